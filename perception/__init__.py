@@ -1,0 +1,3 @@
+"""perception: a low-latency autonomous perception pipeline."""
+
+__version__ = "0.1.0"

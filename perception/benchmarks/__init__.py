@@ -1,0 +1,1 @@
+"""Benchmark scripts; their results are recorded in docs/BENCHMARKS.md."""

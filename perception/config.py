@@ -1,0 +1,190 @@
+"""YAML configuration validated into typed, frozen dataclasses at start-up.
+
+An unknown or misspelled key, a wrong type or a missing required key is a ConfigError whose
+one-line message names the file and the key path. Relative paths (fields typed `Path`) are
+resolved against the directory of the file that holds them, so a config means the same thing
+whatever the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names file and key."""
+
+
+def load_yaml(path: Path) -> Any:
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: invalid YAML: {problem}") from None
+
+
+def load_config(path: str | Path, cls: type[T], overrides: typing.Sequence[str] = ()) -> T:
+    """Load `path` into `cls`, applying `key.path=value` overrides (values parsed as YAML)."""
+    path = Path(path)
+    data = load_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    for override in overrides:
+        apply_override(data, override, path)
+    return from_mapping(cls, data, source=str(path), base_dir=path.parent)
+
+
+def apply_override(data: dict, override: str, source: Path | str = "--set") -> None:
+    """Set a dotted key in a nested mapping from 'a.b.c=value'."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{source}: override {override!r} must look like key.path=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"{source}: override {override!r}: value is not valid YAML") from None
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: override {override!r}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def from_mapping(cls: type[T], data: Any, source: str = "<config>", base_dir: Path | None = None, key: str = "") -> T:
+    """Validate a mapping (parsed YAML) into the dataclass `cls`."""
+    return _convert(cls, data, _Where(source, base_dir or Path.cwd()), key)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Where:
+    source: str
+    base_dir: Path
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {key or '<top level>'}: {message}")
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) < 40 else text[:37] + '...'}"
+
+
+def _convert(tp: Any, value: Any, where: _Where, key: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _convert_dataclass(tp, value, where, key)
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, where, key)
+            except ConfigError as exc:
+                errors.append(str(exc).rsplit(": ", 1)[-1])
+        raise where.error(key, " or ".join(errors))
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value not in allowed:
+            raise where.error(key, f"must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin in (list, tuple):
+        args = get_args(tp)
+        if not isinstance(value, list):
+            raise where.error(key, f"expected a list, got {_describe(value)}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise where.error(key, f"expected a list of {len(args)} items, got {len(value)}")
+            return tuple(_convert(a, v, where, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        item = args[0] if args else Any
+        items = [_convert(item, v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        key_type, value_type = get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            raise where.error(key, f"expected a mapping, got {_describe(value)}")
+        return {_convert(key_type, k, where, key): _convert(value_type, v, where, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        names = [m.name.lower() for m in tp]
+        if isinstance(value, str) and value.lower() in names:
+            return tp[value.upper()]
+        raise where.error(key, f"must be one of {', '.join(names)}, got {value!r}")
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise where.error(key, f"expected a path, got {_describe(value)}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (where.base_dir / path).resolve()
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise where.error(key, f"expected true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise where.error(key, f"expected an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise where.error(key, f"expected a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise where.error(key, f"expected a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"config type {tp!r} at {key} is not supported")
+
+
+def _convert_dataclass(cls: type, value: Any, where: _Where, key: str) -> Any:
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise where.error(key, f"expected a mapping, got {_describe(value)}")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for name in value:
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(fields)})"
+            raise where.error(_join(key, name), f"unknown key{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _convert(hints[name], value[name], where, _join(key, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise where.error(_join(key, name), "required key is missing")
+    try:
+        instance = cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise where.error(key, str(exc)) from None
+    return instance
+
+
+def _join(key: str, name: object) -> str:
+    return f"{key}.{name}" if key else str(name)

@@ -1,0 +1,51 @@
+"""The one clock and the one place that turns timestamps into latencies.
+
+All timestamps are time.monotonic_ns() of this host. They are comparable between processes
+on one host (CLOCK_MONOTONIC is system-wide on Linux), never across hosts.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from perception.messages import Message, Stamp
+
+now_ns = time.monotonic_ns
+
+NS_PER_MS = 1_000_000
+
+
+def since_capture_ns(message: Message, at_ns: int | None = None) -> int:
+    """Age of the frame a message descends from, at `at_ns` (default: now)."""
+    return (now_ns() if at_ns is None else at_ns) - message.capture_ns
+
+
+def since_capture_ms(message: Message, at_ns: int | None = None) -> float:
+    return since_capture_ns(message, at_ns) / NS_PER_MS
+
+
+def stage_durations_ns(capture_ns: int, stamps: Sequence[Stamp]) -> dict[str, int]:
+    """Time spent reaching each stamped stage from the one before it (the first from capture).
+
+    A stage stamped twice (e.g. a message passed through two nodes that use the same stage name)
+    accumulates, so the durations always add up to the last stamp's age.
+    """
+    durations: dict[str, int] = {}
+    previous = capture_ns
+    for stamp in stamps:
+        durations[stamp.stage] = durations.get(stamp.stage, 0) + (stamp.t_ns - previous)
+        previous = stamp.t_ns
+    return durations
+
+
+def percentiles_ms(samples_ns: Iterable[int], quantiles: Sequence[float] = (50, 90, 99, 99.9)) -> dict[str, float]:
+    """Percentiles, max, mean and jitter (standard deviation) of latency samples, in milliseconds."""
+    values = np.fromiter(samples_ns, dtype=np.float64) / NS_PER_MS
+    if values.size == 0:
+        return {}
+    result = {f"p{q:g}": float(np.percentile(values, q)) for q in quantiles}
+    result.update(max=float(values.max()), mean=float(values.mean()), jitter=float(values.std()), count=float(values.size))
+    return result

@@ -1,0 +1,318 @@
+"""Start, supervise and stop a set of node processes described by a launch file.
+
+    perception launch launch/replay.yaml [--duration S] [--status-file F]
+
+Before starting anything, every node's config (with its launch params merged in) is validated
+against the node's CONFIG type, so a misspelled key fails the launch, not a node at 2 a.m.
+Crashed nodes are restarted per their policy with a growing delay. Ctrl-C or SIGTERM stops all
+nodes within stop_timeout_s (SIGTERM, then SIGKILL), then removes the run's ipc sockets and any
+shared memory a killed node left behind. Children also die with the launcher (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import zmq
+
+from perception.config import ConfigError, apply_override, from_mapping, load_yaml
+from perception.latency import now_ns
+from perception.messages import Heartbeat, NodeState
+from perception.node import EXIT_CONFIG, HEARTBEAT_TOPIC, RUN_DIR_ENV, RUN_ID_ENV
+from perception.shm_ring import segments_with_prefix, unlink_segment
+from perception.transport import Subscriber, resolve_endpoint
+
+log = logging.getLogger("launch")
+
+MAX_RESTART_DELAY_S = 5.0
+
+
+@dataclass(frozen=True)
+class LaunchNode:
+    name: str
+    node: str  # module in nodes/, e.g. "capture"
+    config: Path
+    params: dict[str, Any] = field(default_factory=dict)  # dotted config keys merged before validation
+    restart: Literal["never", "on-failure", "always"] = "on-failure"
+    max_restarts: int = 5
+    restart_delay_s: float = 0.5
+    shutdown_on_exit: bool = False  # when this node ends for good (done, or failed past restarts) the launch ends
+
+    def __post_init__(self) -> None:
+        if not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"node name {self.name!r} may hold only letters, digits, '-' and '_'")
+        if self.max_restarts < 0 or self.restart_delay_s < 0:
+            raise ValueError("max_restarts and restart_delay_s must not be negative")
+
+
+@dataclass(frozen=True)
+class LaunchFile:
+    nodes: list[LaunchNode]
+    status_period_s: float = 5.0
+    stop_timeout_s: float = 1.5  # SIGTERM grace before SIGKILL; the whole stop stays under 2 s
+
+    def __post_init__(self) -> None:
+        names = [n.name for n in self.nodes]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"node names must be unique, repeated: {', '.join(duplicates)}")
+        if not self.nodes:
+            raise ValueError("a launch file needs at least one node")
+        if not 0.1 <= self.stop_timeout_s <= 1.8:
+            raise ValueError(f"stop_timeout_s must be 0.1..1.8, got {self.stop_timeout_s}")
+
+
+@dataclass
+class ManagedNode:
+    spec: LaunchNode
+    config_path: Path  # the validated, resolved config written into the run directory
+    endpoint: str
+    process: subprocess.Popen | None = None
+    state: str = "pending"  # pending, running, restarting, exited, failed
+    restarts: int = 0
+    restart_at_ns: int = 0
+    exit_code: int | None = None
+    heartbeat: Heartbeat | None = None
+    heartbeat_ns: int = 0
+
+
+def load_launch_file(path: Path) -> LaunchFile:
+    data = load_yaml(path)
+    return from_mapping(LaunchFile, data, source=str(path), base_dir=path.parent)
+
+
+def node_config_type(spec: LaunchNode, source: str) -> type:
+    try:
+        module = importlib.import_module(f"nodes.{spec.node}")
+    except ModuleNotFoundError:
+        raise ConfigError(f"{source}: nodes[{spec.name}].node: no node module 'nodes.{spec.node}'") from None
+    return module.CONFIG
+
+
+def resolve_node_config(spec: LaunchNode, source: str) -> tuple[dict, Any]:
+    """The node's config with params merged, validated; returns (plain data, typed config)."""
+    config_type = node_config_type(spec, source)
+    data = load_yaml(spec.config) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{spec.config}: top level must be a mapping")
+    for key, value in spec.params.items():
+        apply_override(data, f"{key}={json.dumps(value)}", f"{source}: nodes[{spec.name}].params")
+    typed = from_mapping(config_type, data, source=f"{spec.config} (node {spec.name})", base_dir=spec.config.parent)
+    return _absolutize(typed, data), typed
+
+
+def _absolutize(typed: Any, data: dict) -> dict:
+    """Replace relative paths in `data` by the resolved ones of `typed`, so the copy in the run
+    directory means the same as the original wherever it is read from."""
+    out = dict(data)
+    for f in dataclasses.fields(typed):
+        value = getattr(typed, f.name)
+        if f.name not in out:
+            continue
+        if isinstance(value, Path):
+            out[f.name] = str(value)
+        elif dataclasses.is_dataclass(value) and isinstance(out[f.name], dict):
+            out[f.name] = _absolutize(value, out[f.name])
+    return out
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the launcher dies (even SIGKILL), the node gets SIGTERM.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Launcher:
+    def __init__(self, launch_path: Path, status_file: Path | None = None) -> None:
+        self.launch_path = Path(launch_path)
+        self.spec = load_launch_file(self.launch_path)
+        self.run_id = secrets.token_hex(4)
+        self.run_dir = Path(tempfile.gettempdir()) / f"perception-{self.run_id}"
+        self.status_file = status_file
+        self.nodes: list[ManagedNode] = []
+        self._stop_reason: str | None = None
+        self._exit_code = 0
+        self._context = zmq.Context()
+        self._validate_and_prepare()
+
+    def _validate_and_prepare(self) -> None:
+        resolved = [(spec, *resolve_node_config(spec, str(self.launch_path))) for spec in self.spec.nodes]
+        self.run_dir.mkdir(parents=True)
+        for spec, data, typed in resolved:
+            config_path = self.run_dir / f"{spec.name}.yaml"
+            config_path.write_text(json.dumps(data, indent=1))
+            publish = getattr(getattr(typed, "node", None), "publish", None)
+            self.nodes.append(ManagedNode(spec, config_path, resolve_endpoint(publish or spec.name, self.run_dir)))
+
+    # -- processes ------------------------------------------------------------------------
+    def _start(self, managed: ManagedNode) -> None:
+        env = dict(os.environ, **{RUN_DIR_ENV: str(self.run_dir), RUN_ID_ENV: self.run_id, "PYTHONUNBUFFERED": "1"})
+        command = [sys.executable, "-m", f"nodes.{managed.spec.node}", "--name", managed.spec.name,
+                   "--config", str(managed.config_path)]
+        managed.process = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+        managed.state = "running"
+        managed.heartbeat = None
+        log.info("started %s (pid %d)%s", managed.spec.name, managed.process.pid,
+                 f", restart {managed.restarts}" if managed.restarts else "")
+
+    def _on_exit(self, managed: ManagedNode, code: int) -> None:
+        spec = managed.spec
+        managed.exit_code = code
+        how = f"signal {-code}" if code < 0 else f"code {code}"
+        self._sweep_shared_memory(f"perception-{self.run_id}-{spec.name}-{managed.process.pid}")
+        wants_restart = spec.restart == "always" or (spec.restart == "on-failure" and code != 0)
+        if code == EXIT_CONFIG:
+            log.error("%s exited with %s: bad config or input, not restarting", spec.name, how)
+            managed.state = "failed"
+        elif not wants_restart:
+            managed.state = "exited" if code == 0 else "failed"
+            log.log(logging.INFO if code == 0 else logging.ERROR, "%s exited with %s", spec.name, how)
+        elif managed.restarts >= spec.max_restarts:
+            managed.state = "failed"
+            log.error("%s exited with %s and has used its %d restarts", spec.name, how, spec.max_restarts)
+        else:
+            delay = min(spec.restart_delay_s * (2 ** managed.restarts), MAX_RESTART_DELAY_S)
+            managed.restarts += 1
+            managed.state = "restarting"
+            managed.restart_at_ns = now_ns() + int(delay * 1e9)
+            log.warning("%s exited with %s; restarting in %.1f s (%d/%d)", spec.name, how, delay, managed.restarts, spec.max_restarts)
+        if managed.state == "failed":
+            self._exit_code = 1
+        if spec.shutdown_on_exit and managed.state in ("exited", "failed"):
+            self._stop_reason = f"{spec.name} {'finished' if managed.state == 'exited' else 'failed'}"
+            log.info("%s; ending the launch", self._stop_reason)
+
+    def _supervise(self) -> None:
+        for managed in self.nodes:
+            if managed.state == "running":
+                code = managed.process.poll()
+                if code is not None:
+                    self._on_exit(managed, code)
+            if managed.state == "restarting" and now_ns() >= managed.restart_at_ns:
+                self._start(managed)
+        if self._stop_reason is None and all(m.state in ("exited", "failed") for m in self.nodes):
+            self._stop_reason = "all nodes have ended"
+
+    # -- status ---------------------------------------------------------------------------
+    def _collect_heartbeats(self, subscriber: Subscriber, timeout_s: float) -> None:
+        if subscriber.socket.poll(int(timeout_s * 1000)):
+            for received in subscriber.receive():
+                beat: Heartbeat = received.message
+                for managed in self.nodes:
+                    if managed.spec.name == beat.node:
+                        managed.heartbeat, managed.heartbeat_ns = beat, now_ns()
+
+    def status(self) -> list[dict]:
+        rows = []
+        now = now_ns()
+        for m in self.nodes:
+            beat = m.heartbeat
+            rows.append({
+                "name": m.spec.name, "pid": m.process.pid if m.process else None, "state": m.state,
+                "node_state": NodeState(beat.state).name.lower() if beat else None,
+                "restarts": m.restarts, "exit_code": m.exit_code,
+                "heartbeat_age_ms": round((now - m.heartbeat_ns) / 1e6, 1) if beat else None,
+                "last_frame": beat.frame_id if beat else None,
+                "counters": dict(beat.counters) if beat else {},
+            })
+        return rows
+
+    def _print_status(self) -> None:
+        lines = [f"{'node':<12} {'pid':>7} {'state':<10} {'restarts':>8} {'hb age':>8} {'frame':>7}  counters"]
+        for row in self.status():
+            counters = " ".join(f"{k}={v}" for k, v in row["counters"].items() if v)
+            age = f"{row['heartbeat_age_ms']:.0f}ms" if row["heartbeat_age_ms"] is not None else "-"
+            lines.append(f"{row['name']:<12} {row['pid'] or '-':>7} {row['state']:<10} {row['restarts']:>8} "
+                         f"{age:>8} {row['last_frame'] if row['last_frame'] is not None else '-':>7}  {counters}")
+        print("\n".join(lines), file=sys.stderr, flush=True)
+
+    def _write_status_file(self) -> None:
+        if self.status_file is None:
+            return
+        tmp = self.status_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"run_id": self.run_id, "run_dir": str(self.run_dir), "nodes": self.status()}))
+        tmp.replace(self.status_file)
+
+    # -- run and stop ---------------------------------------------------------------------
+    def run(self, duration_s: float | None = None) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        heartbeats = Subscriber(self._context, [m.endpoint for m in self.nodes], HEARTBEAT_TOPIC, Heartbeat, latest=False)
+        end_ns = now_ns() + int(duration_s * 1e9) if duration_s else None
+        next_status_ns = 0
+        try:
+            for managed in self.nodes:
+                self._start(managed)
+            while self._stop_reason is None:
+                self._collect_heartbeats(heartbeats, 0.05)
+                self._supervise()
+                self._write_status_file()
+                if now_ns() >= next_status_ns:
+                    next_status_ns = now_ns() + int(self.spec.status_period_s * 1e9)
+                    self._print_status()
+                if end_ns is not None and now_ns() >= end_ns:
+                    self._stop_reason = f"duration of {duration_s:g} s reached"
+        finally:
+            log.info("stopping: %s", self._stop_reason or "error")
+            self.stop()
+            heartbeats.close()
+            self._context.term()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self._exit_code
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self._stop_reason = f"received {signal.Signals(signum).name}"
+
+    def stop(self) -> None:
+        """SIGTERM every node, SIGKILL what is left at the deadline, then remove the run's resources."""
+        started = time.monotonic()
+        live = [m for m in self.nodes if m.process and m.process.poll() is None]
+        for managed in live:
+            managed.process.send_signal(signal.SIGTERM)
+        deadline = started + self.spec.stop_timeout_s
+        for managed in live:
+            try:
+                managed.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.1f s; killing it", managed.spec.name, self.spec.stop_timeout_s)
+                managed.process.kill()
+                managed.process.wait()
+        for managed in self.nodes:
+            if managed.state in ("running", "restarting"):
+                managed.state = "exited"
+        self._sweep_shared_memory(f"perception-{self.run_id}-")
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self._write_status_file()
+        log.info("all nodes stopped in %.2f s", time.monotonic() - started)
+
+    @staticmethod
+    def _sweep_shared_memory(prefix: str) -> None:
+        for name in segments_with_prefix(prefix):
+            if unlink_segment(name):
+                log.info("removed shared memory %s left by a stopped node", name)
+
+
+def launch_main(path: Path, duration_s: float | None, status_file: Path | None) -> int:
+    try:
+        launcher = Launcher(path, status_file)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
+    return launcher.run(duration_s)

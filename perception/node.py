@@ -1,0 +1,249 @@
+"""The mechanics every node shares, written once: config and CLI, sockets, heartbeats, signals,
+counters and clean shutdown. A node file in nodes/ only says what the node does."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+import zmq
+
+from perception.config import ConfigError, load_config
+from perception.latency import now_ns
+from perception.messages import FrameTransport, Heartbeat, Message, NodeState
+from perception.transport import FrameReceiver, FrameSender, Publisher, Subscriber, resolve_endpoint
+
+log = logging.getLogger("perception.node")
+
+C = TypeVar("C")
+
+EXIT_CONFIG = 78  # EX_CONFIG: bad configuration or input; restarting cannot help
+HEARTBEAT_TOPIC = "heartbeat"
+RUN_DIR_ENV = "PERCEPTION_RUN_DIR"
+RUN_ID_ENV = "PERCEPTION_RUN_ID"
+
+
+class FatalInputError(RuntimeError):
+    """Input the node cannot start with (missing file, unreadable camera): exits with EXIT_CONFIG."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """The `node:` section of every node config."""
+
+    heartbeat_period_ms: int = 100
+    publish: str | None = None  # endpoint URL override; default ipc://{run_dir}/{name}.pub
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.heartbeat_period_ms <= 10_000:
+            raise ValueError(f"heartbeat_period_ms must be 1..10000, got {self.heartbeat_period_ms}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where one launch keeps its sockets; shared-memory names are prefixed with run_id."""
+
+    run_dir: Path
+    run_id: str
+
+    @classmethod
+    def from_env(cls, run_dir: str | None = None) -> "RunContext":
+        directory = Path(run_dir or os.environ.get(RUN_DIR_ENV) or "/tmp/perception")
+        return cls(directory, os.environ.get(RUN_ID_ENV) or "manual")
+
+
+@dataclass
+class Node:
+    name: str
+    settings: NodeSettings
+    run: RunContext
+    context: zmq.Context = field(default_factory=zmq.Context)
+    counters: dict[str, int] = field(default_factory=dict)
+    state: NodeState = NodeState.STARTING
+
+    def __post_init__(self) -> None:
+        self.endpoint = resolve_endpoint(self.settings.publish or self.name, self.run.run_dir)
+        self.publisher = Publisher(self.context, self.endpoint)
+        self._subscribers: list[Subscriber] = []
+        self._poller = zmq.Poller()
+        self._closers: list[Callable[[], None]] = []
+        self._stop_requested = False
+        self._heartbeat_seq = 0
+        self._next_heartbeat_ns = 0
+        self._last_frame = (0, 0)
+        signal.signal(signal.SIGTERM, self._request_stop)
+        signal.signal(signal.SIGINT, self._request_stop)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _request_stop(self, signum: int, _frame: object) -> None:
+        self._stop_requested = True
+
+    def ok(self) -> bool:
+        return not self._stop_requested
+
+    def stop(self) -> None:
+        self._stop_requested = True
+
+    def close(self) -> None:
+        self.state = NodeState.STOPPING
+        self.heartbeat(force=True)
+        for closer in reversed(self._closers):
+            try:
+                closer()
+            except Exception as exc:  # shutdown must finish even if one resource is broken
+                log.warning("error while closing: %s", exc)
+        for subscriber in self._subscribers:
+            subscriber.close()
+        self.publisher.close()
+        self.context.term()
+
+    def __enter__(self) -> "Node":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- sockets --------------------------------------------------------------------------
+    def subscribe(self, source: str | Sequence[str], topic: str, message_type: type, latest: bool) -> Subscriber:
+        """Subscribe to `topic` of one or more publishers, each a node name or endpoint URL."""
+        refs = [source] if isinstance(source, str) else list(source)
+        endpoints = [resolve_endpoint(ref, self.run.run_dir) for ref in refs]
+        subscriber = Subscriber(self.context, endpoints, topic, message_type, latest)
+        self._subscribers.append(subscriber)
+        self._poller.register(subscriber.socket, zmq.POLLIN)
+        return subscriber
+
+    def publish(self, topic: str, message: Message) -> None:
+        self.publisher.publish(topic, message)
+
+    def frame_sender(self, transport: FrameTransport, slots: int) -> FrameSender:
+        sender = FrameSender(self.publisher, self.run.run_id, self.name, transport, slots)
+        self._closers.append(sender.close)
+        return sender
+
+    def frame_receiver(self) -> FrameReceiver:
+        receiver = FrameReceiver()
+        self._closers.append(receiver.close)
+        return receiver
+
+    # -- the loop -------------------------------------------------------------------------
+    def poll(self, timeout_s: float) -> set[Subscriber]:
+        """Wait up to timeout_s for input (less when a heartbeat is due); returns subscribers with input."""
+        self.heartbeat()
+        timeout_ns = min(int(timeout_s * 1e9), max(0, self._next_heartbeat_ns - now_ns()))
+        if not self._subscribers:
+            time.sleep(timeout_ns / 1e9)
+            ready: set[Subscriber] = set()
+        else:
+            events = dict(self._poller.poll(timeout_ns / 1e6))
+            ready = {s for s in self._subscribers if s.socket in events}
+        self.heartbeat()
+        return ready
+
+    def sleep_until(self, deadline_ns: int) -> None:
+        """Sleep until the monotonic deadline or a stop request, sending heartbeats as they fall due."""
+        while self.ok():
+            self.heartbeat()
+            now = now_ns()
+            if now >= deadline_ns:
+                return
+            time.sleep((min(deadline_ns, self._next_heartbeat_ns) - now) / 1e9)
+
+    def wait_for_subscribers(self, topic: str, count: int, timeout_s: float) -> bool:
+        """Block (heartbeating) until `count` subscribers listen to `topic`; False on timeout or stop."""
+        deadline = now_ns() + int(timeout_s * 1e9)
+        while self.ok() and self.publisher.subscriber_count(topic) < count:
+            if now_ns() >= deadline:
+                return False
+            self.sleep_until(min(deadline, now_ns() + 5_000_000))
+        return self.ok()
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def mark_frame_done(self, frame_id: int, capture_ns: int) -> None:
+        self._last_frame = (frame_id, capture_ns)
+        if self.state == NodeState.STARTING:
+            self.state = NodeState.OK
+
+    def heartbeat(self, force: bool = False) -> None:
+        """Publish a heartbeat if one is due. Heartbeats come from the node's own loop, never from a
+        side thread, so a node stuck in its work goes silent and the watchdog notices."""
+        now = now_ns()
+        if not force and now < self._next_heartbeat_ns:
+            return
+        self._next_heartbeat_ns = now + self.settings.heartbeat_period_ms * 1_000_000
+        counters = dict(self.counters)
+        for subscriber in self._subscribers:
+            counters[f"{subscriber.topic}.received"] = subscriber.received
+            counters[f"{subscriber.topic}.malformed"] = subscriber.malformed
+            counters[f"{subscriber.topic}.superseded"] = subscriber.superseded
+        frame_id, capture_ns = self._last_frame
+        self._heartbeat_seq += 1
+        self.publisher.publish(
+            HEARTBEAT_TOPIC,
+            Heartbeat(
+                frame_id=frame_id, capture_ns=capture_ns, node=self.name, pid=os.getpid(),
+                seq=self._heartbeat_seq, sent_ns=now, state=self.state, counters=counters,
+            ),
+        )
+
+
+def node_argument_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--name", required=True, help="node name: its endpoint, heartbeats and logs use it")
+    parser.add_argument("--config", required=True, type=Path, help="YAML config file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    parser.add_argument("--run-dir", default=None, help=f"socket directory (default ${RUN_DIR_ENV} or /tmp/perception)")
+    return parser
+
+
+def configure_logging(name: str, level: str = "info") -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s.%(msecs)03d {name} %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def run_node(description: str, config_type: type[C], body: Callable[[Node, C], None], argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, load and validate config, run `body` inside a Node, shut down cleanly.
+
+    Returns the process exit code: 0 on a clean stop, EXIT_CONFIG for bad config or input
+    (one line on stderr naming the culprit), 1 for anything unexpected.
+    """
+    args = node_argument_parser(description).parse_args(argv)
+    configure_logging(args.name)
+    try:
+        config = load_config(args.config, config_type, args.set)
+    except ConfigError as exc:
+        log.error("bad config: %s", exc)
+        return EXIT_CONFIG
+    configure_logging(args.name, getattr(getattr(config, "node", None), "log_level", "info"))
+    settings = getattr(config, "node", None) or NodeSettings()
+    try:
+        node = Node(args.name, settings, RunContext.from_env(args.run_dir))
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    with node:
+        try:
+            body(node, config)
+        except FatalInputError as exc:
+            log.error("%s", exc)
+            return EXIT_CONFIG
+        except KeyboardInterrupt:
+            pass
+    return 0

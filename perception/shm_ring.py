@@ -1,0 +1,254 @@
+"""A single-writer, many-reader ring of frames in POSIX shared memory.
+
+ZeroMQ carries only a FrameHeader naming (ring, slot, seq); the pixels stay here, so a 1080p
+handoff costs a header, not a 6 MB copy.
+
+Each slot starts with a 64-byte header whose first word is the sequence number of the frame it
+holds. The writer sets it to 0 before touching the pixels and to the frame's sequence number
+after (a seqlock). A reader checks the word before and after using the pixels: if it changed,
+the frame was overwritten while the reader was behind, and the reader gets FrameOverwritten,
+never a torn frame. Sequence numbers start at 1 and only grow, so a stale header can never
+match a newer frame.
+
+On x86-64 (total store order) the check is exact. On weakly ordered CPUs (ARM) a commit is
+still safe to read, because the header reaches a reader only through a ZeroMQ send (a syscall,
+hence a barrier) after it; but the overwrite check could miss a reuse whose pixel stores became
+visible before its "0" store. With 8 slots that needs a reader 7 frames behind, which the
+pipeline already drops as stale.
+"""
+
+from __future__ import annotations
+
+import os
+import _posixshmem
+from dataclasses import dataclass
+from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
+
+import numpy as np
+
+RING_MAGIC = 0x474E495258500001  # "PXRING" + layout version 1
+HEADER_BYTES = 64
+SLOT_HEADER_BYTES = 64
+SHM_DIR = Path("/dev/shm")
+
+
+class FrameOverwritten(RuntimeError):
+    """The slot named by a header was reused before the reader finished with it."""
+
+
+class RingError(RuntimeError):
+    """A ring could not be created or attached, or a frame does not fit it."""
+
+
+def _untrack(shm: shared_memory.SharedMemory) -> None:
+    # Python < 3.13 registers every attached segment with a resource tracker that unlinks it
+    # when *this* process exits: a reader would delete the writer's ring. Ownership is explicit
+    # here: the writer unlinks on close and the launcher sweeps segments of crashed nodes.
+    try:
+        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
+    except Exception:  # pragma: no cover - tracker internals differ across versions
+        pass
+
+
+def _shm_unlink(name: str) -> bool:
+    """Unlink by name without touching the resource tracker (SharedMemory.unlink() would)."""
+    try:
+        _posixshmem.shm_unlink("/" + name.lstrip("/"))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _round_up(n: int, to: int = 64) -> int:
+    return (n + to - 1) // to * to
+
+
+@dataclass
+class Reservation:
+    """A slot handed to the writer: fill `array` in place, then commit()."""
+
+    slot: int
+    seq: int
+    array: np.ndarray
+
+
+class FrameRingWriter:
+    """Owns the segment: creates it (replacing a stale one of the same name) and unlinks it."""
+
+    def __init__(self, name: str, shape: tuple[int, ...], slots: int = 8) -> None:
+        if slots < 2:
+            raise RingError(f"ring {name}: needs at least 2 slots, got {slots}")
+        self.name = name
+        self.shape = tuple(int(s) for s in shape)
+        self.slots = slots
+        self.slot_capacity = int(np.prod(self.shape))
+        self._stride = SLOT_HEADER_BYTES + _round_up(self.slot_capacity)
+        size = HEADER_BYTES + slots * self._stride
+        try:
+            self._shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+        except FileExistsError:
+            # Left by a previous instance that was killed; nobody can be reading a segment whose
+            # writer is gone and whose name is about to be reused, so reclaim it.
+            unlink_segment(name)
+            self._shm = shared_memory.SharedMemory(name=name, create=True, size=size)
+        _untrack(self._shm)
+        buf = self._shm.buf
+        header = np.ndarray((4,), dtype=np.uint64, buffer=buf, offset=0)
+        header[:] = (RING_MAGIC, slots, self.slot_capacity, 0)
+        self._seq_words = [np.ndarray((1,), np.uint64, buf, HEADER_BYTES + i * self._stride) for i in range(slots)]
+        self._arrays = [
+            np.ndarray(self.shape, np.uint8, buf, HEADER_BYTES + i * self._stride + SLOT_HEADER_BYTES)
+            for i in range(slots)
+        ]
+        self._next_seq = 1
+        self._open_reservation: Reservation | None = None
+
+    def reserve(self) -> Reservation:
+        """The next slot, marked as being written; readers of its old frame will see it overwritten."""
+        seq = self._next_seq
+        slot = seq % self.slots
+        self._seq_words[slot][0] = 0
+        self._open_reservation = Reservation(slot, seq, self._arrays[slot])
+        return self._open_reservation
+
+    def commit(self, reservation: Reservation) -> None:
+        if reservation is not self._open_reservation:
+            raise RingError(f"ring {self.name}: commit of a reservation that is not the open one")
+        self._seq_words[reservation.slot][0] = reservation.seq
+        self._next_seq += 1
+        self._open_reservation = None
+
+    def write(self, frame: np.ndarray) -> Reservation:
+        """Copy a frame into the next slot and commit it."""
+        if frame.shape != self.shape or frame.dtype != np.uint8:
+            raise RingError(
+                f"ring {self.name}: frame {frame.shape} {frame.dtype} does not match the ring's {self.shape} uint8"
+            )
+        reservation = self.reserve()
+        np.copyto(reservation.array, frame)
+        self.commit(reservation)
+        return reservation
+
+    def close(self) -> None:
+        if self._shm is None:
+            return
+        # Views into the buffer must go before the mapping can close.
+        self._seq_words = []
+        self._arrays = []
+        self._open_reservation = None
+        self._shm.close()
+        _shm_unlink(self.name)
+        self._shm = None
+
+    def __enter__(self) -> "FrameRingWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class FrameView:
+    """Zero-copy access to a frame in the ring. Check `still_valid()` after using `array`."""
+
+    __slots__ = ("array", "_seq_word", "_seq")
+
+    def __init__(self, array: np.ndarray, seq_word: np.ndarray | None, seq: int) -> None:
+        self.array = array
+        self._seq_word = seq_word
+        self._seq = seq
+
+    def still_valid(self) -> bool:
+        return self._seq_word is None or int(self._seq_word[0]) == self._seq
+
+    def copy(self) -> np.ndarray:
+        """A private copy, guaranteed untorn; raises FrameOverwritten otherwise."""
+        data = self.array.copy()
+        if not self.still_valid():
+            raise FrameOverwritten(f"frame seq {self._seq} was overwritten during the copy")
+        return data
+
+
+class _AttachedRing:
+    def __init__(self, name: str) -> None:
+        try:
+            self.shm = shared_memory.SharedMemory(name=name, create=False)
+        except FileNotFoundError:
+            raise RingError(f"ring {name}: shared memory segment does not exist") from None
+        _untrack(self.shm)
+        magic, slots, capacity, _ = np.ndarray((4,), np.uint64, self.shm.buf, 0)
+        if int(magic) != RING_MAGIC:
+            self.shm.close()
+            raise RingError(f"ring {name}: not a frame ring (bad magic)")
+        self.slots = int(slots)
+        self.capacity = int(capacity)
+        self.stride = SLOT_HEADER_BYTES + _round_up(self.capacity)
+        buf = self.shm.buf
+        # Built once per attach: a handoff is then a dictionary lookup and two integer reads.
+        self._seq_words = [np.ndarray((1,), np.uint64, buf, HEADER_BYTES + i * self.stride) for i in range(self.slots)]
+        self._arrays: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
+
+    def _array(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+        array = self._arrays.get((slot, shape))
+        if array is None:
+            nbytes = int(np.prod(shape))
+            if slot >= self.slots or nbytes > self.capacity:
+                raise RingError(f"slot {slot} / {nbytes} bytes is outside this ring ({self.slots} slots of {self.capacity})")
+            array = np.ndarray(shape, np.uint8, self.shm.buf, HEADER_BYTES + slot * self.stride + SLOT_HEADER_BYTES)
+            array.flags.writeable = False
+            self._arrays[(slot, shape)] = array
+        return array
+
+    def view(self, slot: int, seq: int, shape: tuple[int, ...]) -> FrameView:
+        array = self._array(slot, shape)
+        seq_word = self._seq_words[slot]
+        if int(seq_word[0]) != seq:
+            raise FrameOverwritten(f"slot {slot} no longer holds frame seq {seq} (reader fell behind)")
+        return FrameView(array, seq_word, seq)
+
+    def close(self) -> None:
+        self._seq_words = []
+        self._arrays.clear()
+        try:
+            self.shm.close()
+        except BufferError:
+            # A caller still holds a view; the mapping is released when that view is collected.
+            pass
+
+
+class FrameRingReader:
+    """Attaches to rings by name on demand (a restarted writer creates a ring with a new name)."""
+
+    def __init__(self) -> None:
+        self._rings: dict[str, _AttachedRing] = {}
+
+    def view(self, ring: str, slot: int, seq: int, shape: tuple[int, ...]) -> FrameView:
+        attached = self._rings.get(ring)
+        if attached is None:
+            for old in self._rings.values():
+                old.close()
+            self._rings.clear()
+            attached = self._rings[ring] = _AttachedRing(ring)
+        return attached.view(slot, seq, shape)
+
+    def close(self) -> None:
+        for attached in self._rings.values():
+            attached.close()
+        self._rings.clear()
+
+
+def unlink_segment(name: str) -> bool:
+    """Remove a shared memory segment by name; True if it existed."""
+    return _shm_unlink(name)
+
+
+def segments_with_prefix(prefix: str) -> list[str]:
+    """Names of existing segments starting with `prefix` (Linux: listed from /dev/shm)."""
+    if not SHM_DIR.is_dir():
+        return []
+    return sorted(p.name for p in SHM_DIR.iterdir() if p.name.startswith(prefix))
+
+
+def ring_name(run_id: str, node: str) -> str:
+    """Segment name for a node's frame ring: unique per process, sweepable per run and node."""
+    return f"perception-{run_id}-{node}-{os.getpid()}"

@@ -1,0 +1,238 @@
+"""Frame sources for the capture node: video file, camera, image folder, synthetic pattern.
+
+A source yields (frame, media_ns): an HxWx3 BGR uint8 image and its position in the source's
+own timeline. A source that cannot start raises SourceError with one line naming the culprit;
+a frame that cannot be decoded mid-stream is skipped and counted in `bad_frames`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class SourceError(RuntimeError):
+    """A source cannot be opened or read at all."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: Literal["video", "camera", "images", "synthetic"]
+    path: Path | None = None  # video file or image folder
+    camera_index: int = 0
+    width: int | None = None  # requested camera size / synthetic size
+    height: int | None = None
+    fps: float | None = None  # images and synthetic: frame rate of the timeline; camera: requested
+    loop: bool = False
+    count: int | None = None  # synthetic: frames before the end (None: endless)
+
+    def __post_init__(self) -> None:
+        if self.kind in ("video", "images") and self.path is None:
+            raise ValueError(f"source kind {self.kind!r} needs a path")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
+        for name in ("width", "height", "count"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+
+
+class FrameSource:
+    """Iterate frames with read(); None means the source has ended."""
+
+    fps: float | None = None
+    bad_frames: int = 0
+    description: str = ""
+
+    def read(self, out: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "FrameSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class VideoFileSource(FrameSource):
+    def __init__(self, path: Path, loop: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SourceError(f"video {self.path}: file not found")
+        self.loop = loop
+        self._capture = self._open()
+        ok, first = self._capture.read()
+        if not ok or first is None:
+            raise SourceError(f"video {self.path}: no frame could be decoded (corrupt or unsupported file)")
+        self._pending: np.ndarray | None = first
+        fps = self._capture.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and 0 < fps < 1000 else None
+        self.frame_count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self._index = 0
+        self._media_offset_ns = 0
+        self.description = f"video {self.path.name} {first.shape[1]}x{first.shape[0]} @ {self.fps or '?'} fps"
+
+    def _open(self) -> cv2.VideoCapture:
+        capture = cv2.VideoCapture(str(self.path))
+        if not capture.isOpened():
+            raise SourceError(f"video {self.path}: cannot open (corrupt or unsupported container/codec)")
+        return capture
+
+    def _media_ns(self) -> int:
+        period = 1e9 / self.fps if self.fps else 0
+        return self._media_offset_ns + int(round(self._index * period))
+
+    def read(self, out: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+        else:
+            ok, frame = self._capture.read(out) if out is not None else self._capture.read()
+            if not ok or frame is None:
+                if self.frame_count and self._index < self.frame_count - 1:
+                    # Containers often overstate their length by a frame or two; more is damage.
+                    self.bad_frames += self.frame_count - self._index
+                    log.warning("video %s ended at frame %d of %d (damaged file?)", self.path, self._index, self.frame_count)
+                if not self.loop:
+                    return None
+                self._media_offset_ns = self._media_ns() + (int(1e9 / self.fps) if self.fps else 0)
+                self._index = 0
+                self._capture.release()
+                self._capture = self._open()
+                ok, frame = self._capture.read()
+                if not ok:
+                    raise SourceError(f"video {self.path}: cannot decode its first frame on loop")
+                return frame, self._media_ns()
+            self._index += 1
+        return frame, self._media_ns()
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+class CameraSource(FrameSource):
+    def __init__(self, index: int, width: int | None, height: int | None, fps: float | None) -> None:
+        self._capture = cv2.VideoCapture(index)
+        if not self._capture.isOpened():
+            raise SourceError(f"camera {index}: cannot open (no such device, or it is busy)")
+        if width:
+            self._capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+        if height:
+            self._capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        if fps:
+            self._capture.set(cv2.CAP_PROP_FPS, fps)
+        reported = self._capture.get(cv2.CAP_PROP_FPS)
+        self.fps = reported if reported and reported > 0 else fps
+        self.index = index
+        self._start_ns: int | None = None
+        self.description = f"camera {index}"
+
+    def read(self, out: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
+        ok, frame = self._capture.read(out) if out is not None else self._capture.read()
+        if not ok or frame is None:
+            self.bad_frames += 1
+            raise SourceError(f"camera {self.index}: read failed (unplugged?)")
+        position_ms = self._capture.get(cv2.CAP_PROP_POS_MSEC)
+        return frame, int(position_ms * 1e6)
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+class ImageFolderSource(FrameSource):
+    def __init__(self, path: Path, fps: float | None, loop: bool) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SourceError(f"image folder {self.path}: not a directory")
+        self.files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self.files:
+            raise SourceError(f"image folder {self.path}: no images ({', '.join(IMAGE_SUFFIXES)})")
+        self.fps = fps
+        self.loop = loop
+        self._position = 0
+        self._emitted = 0
+        self.description = f"images {self.path} ({len(self.files)} files)"
+
+    def read(self, out: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
+        while True:
+            if self._position >= len(self.files):
+                if not self.loop or self.bad_frames >= len(self.files):
+                    return None
+                self._position = 0
+            path = self.files[self._position]
+            self._position += 1
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if frame is None:
+                self.bad_frames += 1
+                log.warning("image %s: cannot decode, skipped", path)
+                continue
+            media_ns = int(round(self._emitted * 1e9 / self.fps)) if self.fps else 0
+            self._emitted += 1
+            return frame, media_ns
+
+
+class SyntheticSource(FrameSource):
+    """A moving test pattern with the frame index marked in it (write_frame_index), so receivers
+    can check they got the frame they were told about."""
+
+    def __init__(self, width: int, height: int, fps: float | None, count: int | None, loop: bool) -> None:
+        self.width, self.height = width, height
+        self.fps = fps
+        self.count = count
+        self.loop = loop
+        self._index = 0
+        yy, xx = np.mgrid[0:height, 0:width]
+        self._base = np.dstack([(xx * 255 // max(width - 1, 1)), (yy * 255 // max(height - 1, 1)), np.zeros_like(xx)]).astype(np.uint8)
+        self.description = f"synthetic {width}x{height}"
+
+    def read(self, out: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
+        if self.count is not None and self._index >= self.count:
+            if not self.loop:
+                return None
+        frame = out if out is not None and out.shape == self._base.shape else np.empty_like(self._base)
+        np.copyto(frame, self._base)
+        shift = (self._index * 8) % self.width
+        frame[:, shift : shift + 8, 2] = 255
+        write_frame_index(frame, self._index)
+        media_ns = int(round(self._index * 1e9 / self.fps)) if self.fps else 0
+        self._index += 1
+        return frame, media_ns
+
+
+def write_frame_index(frame: np.ndarray, index: int) -> None:
+    """Mark bits 0..15 of `index` as black/white 8x8 blocks in the top-left 64x16 pixels.
+    Blocks aligned to JPEG's 8x8 grid survive lossy video compression."""
+    for bit in range(16):
+        row, col = divmod(bit, 8)
+        frame[row * 8 : row * 8 + 8, col * 8 : col * 8 + 8] = 255 if (index >> bit) & 1 else 0
+
+
+def read_frame_index(frame: np.ndarray) -> int:
+    """Inverse of write_frame_index."""
+    index = 0
+    for bit in range(16):
+        row, col = divmod(bit, 8)
+        if frame[row * 8 + 2 : row * 8 + 6, col * 8 + 2 : col * 8 + 6].mean() > 127:
+            index |= 1 << bit
+    return index
+
+
+def open_source(config: SourceConfig) -> FrameSource:
+    if config.kind == "video":
+        return VideoFileSource(config.path, config.loop)  # type: ignore[arg-type]
+    if config.kind == "camera":
+        return CameraSource(config.camera_index, config.width, config.height, config.fps)
+    if config.kind == "images":
+        return ImageFolderSource(config.path, config.fps, config.loop)  # type: ignore[arg-type]
+    return SyntheticSource(config.width or 640, config.height or 480, config.fps or 30.0, config.count, config.loop)

@@ -1,0 +1,31 @@
+"""Rate keeping against the monotonic clock, without drift and without bursts after a stall."""
+
+from __future__ import annotations
+
+from perception.latency import now_ns
+
+
+class RateKeeper:
+    """Deadlines at start + k * period. A loop that falls more than a period behind is re-anchored
+    instead of bursting to catch up (a burst of stale frames helps nobody); each such slip is counted."""
+
+    def __init__(self, hz: float | None) -> None:
+        if hz is not None and hz <= 0:
+            raise ValueError(f"rate must be positive, got {hz}")
+        self.period_ns = None if hz is None else int(round(1e9 / hz))
+        self._next_ns: int | None = None
+        self.slips = 0
+
+    def next_deadline(self, at_ns: int | None = None) -> int:
+        """When the next iteration should start; call once per iteration."""
+        now = now_ns() if at_ns is None else at_ns
+        if self.period_ns is None:
+            return now
+        if self._next_ns is None:
+            self._next_ns = now
+        else:
+            self._next_ns += self.period_ns
+            if now - self._next_ns > self.period_ns:
+                self.slips += 1
+                self._next_ns = now
+        return self._next_ns

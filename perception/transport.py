@@ -1,0 +1,240 @@
+"""Pub/sub over ZeroMQ: endpoints, bounded queues, latest-value reads, frames by shared memory.
+
+Wire: every message is a multipart ZeroMQ message [topic, encoded message, *pixel buffers].
+Topics are exact (checked on receipt, not just prefix-filtered). Every queue is bounded by a
+high-water mark; a `latest` subscriber drains its socket and keeps only the newest message,
+which is what a consumer of frames wants: a stale frame is worth nothing. (ZMQ_CONFLATE would
+do the same but cannot carry multipart messages, which inline frames need.)
+
+Endpoints: a publisher is referred to by node name, resolved to ipc://{run_dir}/{name}.pub,
+or by an explicit URL (tcp://host:port for another host; "{run_dir}" is substituted).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import numpy as np
+import zmq
+
+from perception.messages import FrameHeader, FrameTransport, Message, MessageError, decode, encode
+from perception.shm_ring import FrameOverwritten, FrameRingReader, FrameRingWriter, FrameView, RingError, ring_name
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+LATEST_HWM = 4
+QUEUE_HWM = 1000
+
+
+def resolve_endpoint(ref: str, run_dir: Path) -> str:
+    """A node name or an endpoint URL -> an endpoint URL."""
+    if "://" in ref:
+        return ref.replace("{run_dir}", str(run_dir))
+    if not ref or "/" in ref:
+        raise ValueError(f"{ref!r} is neither a node name nor an endpoint URL")
+    return f"ipc://{run_dir}/{ref}.pub"
+
+
+class Publisher:
+    """One socket per node, bound at the node's endpoint; publishes any number of topics.
+
+    An XPUB rather than a PUB so the node can see subscriptions arrive: a replay source waits for
+    its consumers before the first frame instead of losing frames to ZeroMQ's slow-joiner gap.
+    """
+
+    def __init__(self, context: zmq.Context, endpoint: str, hwm: int = QUEUE_HWM) -> None:
+        self.endpoint = endpoint
+        self.socket = context.socket(zmq.XPUB)
+        self.socket.setsockopt(zmq.SNDHWM, hwm)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # every subscribe and unsubscribe, duplicates too
+        self.subscriptions: dict[bytes, int] = {}
+        if endpoint.startswith("ipc://"):
+            Path(endpoint[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self.socket.close()
+            raise RuntimeError(f"cannot bind publisher at {endpoint}: {exc}") from None
+
+    def publish(self, topic: str, message: Message, buffers: tuple = ()) -> None:
+        # NOBLOCK: a publisher never waits for a slow subscriber; it drops at the HWM instead.
+        self.socket.send_multipart([topic.encode(), encode(message), *buffers], flags=zmq.NOBLOCK, copy=not buffers)
+
+    def subscriber_count(self, topic: str) -> int:
+        """Subscribers currently subscribed to exactly `topic` (processes subscription events first)."""
+        while True:
+            try:
+                event = self.socket.recv(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if event[:1] in (b"\x00", b"\x01"):
+                delta = 1 if event[:1] == b"\x01" else -1
+                self.subscriptions[event[1:]] = self.subscriptions.get(event[1:], 0) + delta
+        return self.subscriptions.get(topic.encode(), 0)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+@dataclass
+class Received(Generic[M]):
+    message: M
+    parts: list  # the raw multipart frames, for inline pixel buffers
+
+
+class Subscriber(Generic[M]):
+    """A SUB socket for one topic of one or more publishers; malformed messages are dropped and counted."""
+
+    def __init__(
+        self,
+        context: zmq.Context,
+        endpoints: str | list[str],
+        topic: str,
+        message_type: type[M],
+        latest: bool,
+    ) -> None:
+        self.topic = topic
+        self.topic_bytes = topic.encode()
+        self.message_type = message_type
+        self.latest = latest
+        self.received = 0
+        self.malformed = 0
+        self.superseded = 0  # messages skipped because a newer one was already queued (latest mode)
+        self._last_warning_ns = 0
+        self.socket = context.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.RCVHWM, LATEST_HWM if latest else QUEUE_HWM)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SUBSCRIBE, self.topic_bytes)
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        for endpoint in self.endpoints:
+            self.socket.connect(endpoint)
+
+    def receive(self) -> list[Received[M]]:
+        """Everything queued now, oldest first; in latest mode only the newest valid message. Never blocks."""
+        raw: list[list] = []
+        # Ask ZMQ_EVENTS rather than catch zmq.Again: an exception per drain costs more than the read.
+        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            raw.append(self.socket.recv_multipart(copy=False))
+        if not self.latest:
+            return [r for r in map(self._parse, raw) if r is not None]
+        for index in range(len(raw) - 1, -1, -1):
+            received = self._parse(raw[index])
+            if received is not None:
+                self.superseded += index  # older messages, never decoded
+                return [received]
+        return []
+
+    def _parse(self, parts: list) -> Received[M] | None:
+        try:
+            if bytes(parts[0].buffer) != self.topic_bytes:
+                raise MessageError(f"topic {bytes(parts[0].buffer)[:32]!r} is not {self.topic!r}")
+            if len(parts) < 2:
+                raise MessageError("multipart message has no payload")
+            message = decode(parts[1].buffer, expect=self.message_type)
+        except MessageError as exc:
+            self.malformed += 1
+            self._warn(f"dropped malformed message on {self.topic!r}: {exc}")
+            return None
+        self.received += 1
+        return Received(message, parts)  # type: ignore[arg-type]
+
+    def _warn(self, text: str) -> None:
+        now = time.monotonic_ns()
+        if now - self._last_warning_ns > 1_000_000_000:  # at most one line a second
+            log.warning("%s (%d dropped so far)", text, self.malformed)
+            self._last_warning_ns = now
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+class FrameSender:
+    """Publishes frames: pixels into a shared-memory ring (default) or inline as a zero-copy part."""
+
+    def __init__(self, publisher: Publisher, run_id: str, node: str, transport: FrameTransport, slots: int = 8) -> None:
+        self.publisher = publisher
+        self.transport = transport
+        self.slots = slots
+        self._ring_name = ring_name(run_id, node)
+        self.ring: FrameRingWriter | None = None
+
+    def reserve(self, shape: tuple[int, ...] | None):
+        """A slot to decode the next frame into, when the ring exists and the transport is SHM."""
+        if self.ring is None or self.transport != FrameTransport.SHM or shape != self.ring.shape:
+            return None
+        return self.ring.reserve()
+
+    def send(self, topic: str, frame: np.ndarray, header: FrameHeader, reservation=None, stage: str = "publish") -> FrameHeader:
+        """Publish `frame` under `header`; transport fields and a `stage` stamp (taken once the
+        pixels are in place) are added here. Returns the header sent."""
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
+            raise RingError(f"frame of shape {frame.shape} {frame.dtype} is not an HxWxC uint8 image")
+        height, width, channels = frame.shape
+        if self.transport == FrameTransport.INLINE:
+            header = _with_transport(header, width, height, channels, FrameTransport.INLINE, "", 0, 0)
+            header = header.stamped(stage, time.monotonic_ns())
+            self.publisher.publish(topic, header, (np.ascontiguousarray(frame).data,))
+            return header
+        if self.ring is None:
+            self.ring = FrameRingWriter(self._ring_name, frame.shape, self.slots)
+        if reservation is not None and reservation.array is frame:
+            self.ring.commit(reservation)
+        else:
+            # The source could not decode in place: copy. An unused reservation is simply replaced
+            # (its slot still reads as "being written", so nobody can read it).
+            reservation = self.ring.write(frame)
+        header = _with_transport(
+            header, width, height, channels, FrameTransport.SHM, self.ring.name, reservation.slot, reservation.seq
+        ).stamped(stage, time.monotonic_ns())
+        self.publisher.publish(topic, header)
+        return header
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+
+
+def _with_transport(header: FrameHeader, width, height, channels, transport, ring, slot, seq) -> FrameHeader:
+    return replace(header, width=width, height=height, channels=channels, transport=transport, ring=ring, slot=slot, seq=seq)
+
+
+class FrameReceiver:
+    """Turns a received frame header into pixels, from the ring or the inline part."""
+
+    def __init__(self) -> None:
+        self._rings = FrameRingReader()
+
+    def view(self, received: Received[FrameHeader]) -> FrameView:
+        """Zero-copy view; raises FrameOverwritten if the ring slot was already reused, RingError if unreadable."""
+        header = received.message
+        if header.transport == FrameTransport.INLINE:
+            if len(received.parts) != 3:
+                raise RingError(f"inline frame {header.frame_id} arrived without its pixel part")
+            pixels = received.parts[2].buffer
+            if len(pixels) != header.nbytes:
+                raise RingError(f"inline frame {header.frame_id}: {len(pixels)} bytes for a {header.shape} frame")
+            return FrameView(np.frombuffer(pixels, np.uint8).reshape(header.shape), None, 0)
+        return self._rings.view(header.ring, header.slot, header.seq, header.shape)
+
+    def close(self) -> None:
+        self._rings.close()
+
+
+__all__ = [
+    "FrameOverwritten",
+    "FrameReceiver",
+    "FrameSender",
+    "Publisher",
+    "Received",
+    "RingError",
+    "Subscriber",
+    "resolve_endpoint",
+]

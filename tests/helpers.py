@@ -1,0 +1,66 @@
+"""Test helpers: tiny media made on the fly, process and polling utilities."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from perception.sources import write_frame_index
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_video(path: Path, frames: int = 20, size: tuple[int, int] = (160, 120), fps: float = 20.0) -> Path:
+    """An MJPG AVI whose frame i carries i in its top-left block (see write_frame_index)."""
+    width, height = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    assert writer.isOpened(), "OpenCV cannot write MJPG here"
+    for i in range(frames):
+        frame = np.full((height, width, 3), 40, np.uint8)
+        cv2.rectangle(frame, (20 + i, 30), (60 + i, 80), (0, 200, 255), -1)
+        write_frame_index(frame, i)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes; it only waits for its parent to reap it.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(predicate, timeout_s: float, interval_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    return predicate()
+
+
+def run_python(args: list[str], timeout_s: float = 30, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout_s, cwd=REPO, **kwargs)
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 5) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

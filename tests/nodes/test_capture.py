@@ -1,0 +1,81 @@
+"""The capture node as a real process: bad input is one clear line; frames cross tcp inline."""
+
+import json
+import socket
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+
+from helpers import REPO, run_python, stop_process, wait_for
+
+
+def run_capture(tmp_path, config_text, *extra):
+    config = tmp_path / "capture.yaml"
+    config.write_text(config_text)
+    return run_python(["-m", "nodes.capture", "--name", "capture", "--config", str(config), *extra])
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if " ERROR " in line]
+
+
+def test_missing_video_exits_with_one_line_naming_it(tmp_path, run_dir):
+    result = run_capture(tmp_path, "source: {kind: video, path: missing.mp4}\n")
+    assert result.returncode == 78
+    assert len(error_lines(result.stderr)) == 1 and "missing.mp4: file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_corrupt_video_exits_with_one_line_naming_it(tmp_path, run_dir):
+    (tmp_path / "bad.avi").write_bytes(b"\x00\x01garbage" * 1000)
+    result = run_capture(tmp_path, "source: {kind: video, path: bad.avi}\n")
+    assert result.returncode == 78
+    assert len(error_lines(result.stderr)) == 1 and "bad.avi: cannot open" in result.stderr
+
+
+def test_bad_config_type_exits_with_one_line_naming_key(tmp_path, run_dir):
+    result = run_capture(tmp_path, "source: {kind: synthetic, fps: fast}\n")
+    assert result.returncode == 78
+    assert len(error_lines(result.stderr)) == 1 and "source.fps: expected a number" in result.stderr
+
+
+def test_frames_of_the_wrong_shape_are_dropped_and_counted(tmp_path, run_dir):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, size in enumerate([(40, 60), (40, 60), (50, 50), (40, 60)]):
+        cv2.imwrite(str(images / f"{i}.png"), np.zeros((*size, 3), np.uint8))
+    result = run_capture(tmp_path, "source: {kind: images, path: images}\nrate: max\n")
+    assert result.returncode == 0, result.stderr
+    assert "does not match the stream's (40, 60, 3); dropped" in result.stderr
+    assert "source ended after 3 frames" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_inline_frames_over_tcp_reach_a_consumer_intact(tmp_path, run_dir):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    record = tmp_path / "frames.jsonl"
+    (tmp_path / "monitor.yaml").write_text(f"frames_from: '{endpoint}'\nrecord: {record.name}\n")
+    (tmp_path / "capture.yaml").write_text(
+        f"node: {{publish: '{endpoint}'}}\nsource: {{kind: synthetic, width: 320, height: 240, count: 40}}\n"
+        "rate: 100\ntransport: inline\nwait_for_subscribers: 1\n"
+    )
+    monitor = subprocess.Popen([sys.executable, "-m", "nodes.monitor", "--name", "monitor", "--config",
+                                str(tmp_path / "monitor.yaml")], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        capture = run_python(["-m", "nodes.capture", "--name", "capture", "--config", str(tmp_path / "capture.yaml")])
+        assert capture.returncode == 0, capture.stderr
+        lines = wait_for(lambda: record.exists() and len(record.read_text().splitlines()) >= 40 and record.read_text(), 10)
+        records = [json.loads(line) for line in lines.splitlines()]
+        assert [r["frame_id"] for r in records] == list(range(1, 41))
+        assert [r["pixel_index"] for r in records] == list(range(40))
+        assert all(r["intact"] and r["ring"] == "" for r in records)
+    finally:
+        stop_process(monitor)
+    assert monitor.returncode == 0

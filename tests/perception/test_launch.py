@@ -1,0 +1,159 @@
+"""End to end: real node processes under the launcher, on ipc sockets and shared memory."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, make_video, pid_alive, run_python, wait_for
+from perception.shm_ring import segments_with_prefix
+
+
+def write_launch(tmp_path: Path, video: Path, record: Path) -> Path:
+    (tmp_path / "capture.yaml").write_text(
+        f"node: {{heartbeat_period_ms: 50}}\n"
+        f"source: {{kind: video, path: {video.name}, loop: true}}\n"
+        "rate: 50\nwait_for_subscribers: 1\n"
+    )
+    (tmp_path / "monitor.yaml").write_text(f"node: {{heartbeat_period_ms: 50}}\nrecord: {record.name}\nlatest: false\n")
+    launch = tmp_path / "test.yaml"
+    launch.write_text(
+        "status_period_s: 60\n"
+        "nodes:\n"
+        "  - {name: capture, node: capture, config: capture.yaml, restart: on-failure, restart_delay_s: 0.1}\n"
+        "  - {name: monitor, node: monitor, config: monitor.yaml, restart: on-failure}\n"
+    )
+    return launch
+
+
+def read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_status(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def node_row(status: dict, name: str) -> dict:
+    return next(row for row in status["nodes"] if row["name"] == name)
+
+
+@pytest.fixture
+def launched(tmp_path):
+    video = make_video(tmp_path / "clip.avi", frames=20)
+    record = tmp_path / "frames.jsonl"
+    status_file = tmp_path / "status.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "perception.cli", "launch", str(write_launch(tmp_path, video, record)),
+         "--status-file", str(status_file)],
+        cwd=REPO, stderr=subprocess.PIPE, text=True,
+    )
+    yield process, record, status_file
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_frames_flow_a_killed_node_restarts_and_shutdown_is_clean(launched):
+    process, record, status_file = launched
+
+    # Frames arrive in order, intact, with their latency stamps.
+    assert wait_for(lambda: len(read_records(record)) >= 30, timeout_s=30), "no frames reached the monitor"
+    records = read_records(record)
+    first_stream = [r for r in records if r["ring"] == records[0]["ring"]]
+    assert [r["frame_id"] for r in first_stream] == list(range(1, len(first_stream) + 1))
+    assert all(r["intact"] for r in first_stream)
+    assert all(r["pixel_index"] == (r["frame_id"] - 1) % 20 for r in first_stream)
+    assert all(list(r["stages_ns"]) == ["capture", "publish", "monitor"] for r in first_stream)
+    assert all(0 < r["latency_ns"] < 1e9 for r in first_stream)
+
+    # Kill the capture node: the launcher restarts it and frames flow again from a new ring.
+    status = wait_for(lambda: read_status(status_file), timeout_s=5)
+    run_id = status["run_id"]
+    old_pid = node_row(status, "capture")["pid"]
+    old_ring = f"perception-{run_id}-capture-{old_pid}"
+    assert old_ring in segments_with_prefix(old_ring)
+    time.sleep(0.1)
+    subprocess.run(["kill", "-KILL", str(old_pid)], check=True)
+    restarted = wait_for(lambda: (s := read_status(status_file)) and node_row(s, "capture")["restarts"] == 1
+                         and node_row(s, "capture")["state"] == "running" and s, timeout_s=10)
+    assert restarted, "capture was not restarted"
+    new_pid = node_row(restarted, "capture")["pid"]
+    assert new_pid != old_pid
+    assert wait_for(lambda: any(r["ring"].endswith(f"-{new_pid}") for r in read_records(record)), timeout_s=15)
+    assert not segments_with_prefix(old_ring), "the killed node's shared memory was not removed"
+    assert node_row(read_status(status_file), "monitor")["restarts"] == 0
+
+    # SIGTERM: everything stops within 2 s, nothing is left behind.
+    pids = [row["pid"] for row in read_status(status_file)["nodes"]]
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=5)
+    assert time.monotonic() - started < 2.5
+    assert process.returncode == 0, process.stderr.read()
+    assert not any(pid_alive(pid) for pid in pids), "orphaned node processes"
+    assert segments_with_prefix(f"perception-{run_id}") == []
+    assert not Path(read_status(status_file)["run_dir"]).exists()
+
+
+def test_nodes_die_with_a_killed_launcher(launched):
+    process, record, status_file = launched
+    status = wait_for(lambda: (s := read_status(status_file)) and all(r["pid"] for r in s["nodes"]) and s, timeout_s=15)
+    assert wait_for(lambda: len(read_records(record)) > 0, timeout_s=30)
+    pids = [row["pid"] for row in status["nodes"]]
+    process.kill()
+    process.wait()
+    assert wait_for(lambda: not any(pid_alive(pid) for pid in pids), timeout_s=3), "nodes outlived the launcher"
+
+
+def test_a_misspelled_key_fails_the_launch_before_any_node_starts(tmp_path):
+    (tmp_path / "capture.yaml").write_text("source: {kind: synthetic}\nrat: 10\n")
+    launch = tmp_path / "bad.yaml"
+    launch.write_text("nodes:\n  - {name: capture, node: capture, config: capture.yaml}\n")
+    result = run_python(["-m", "perception.cli", "launch", str(launch)])
+    assert result.returncode == 78
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "capture.yaml (node capture): rat: unknown key (did you mean 'rate'?)" in errors[0]
+    assert "started" not in result.stderr
+
+
+def test_unknown_node_module_and_bad_restart_policy_are_named(tmp_path):
+    (tmp_path / "c.yaml").write_text("source: {kind: synthetic}\n")
+    launch = tmp_path / "bad.yaml"
+    launch.write_text("nodes:\n  - {name: cam, node: camera, config: c.yaml}\n")
+    result = run_python(["-m", "perception.cli", "launch", str(launch)])
+    assert result.returncode == 78 and "nodes[cam].node: no node module 'nodes.camera'" in result.stderr
+    launch.write_text("nodes:\n  - {name: cam, node: capture, config: c.yaml, restart: sometimes}\n")
+    result = run_python(["-m", "perception.cli", "launch", str(launch)])
+    assert result.returncode == 78 and "nodes[0].restart: must be one of 'never', 'on-failure', 'always'" in result.stderr
+
+
+def test_bundled_replay_launch_plays_the_whole_drive():
+    result = run_python(["-m", "perception.cli", "launch", "launch/replay.yaml"], timeout_s=60)
+    assert result.returncode == 0, result.stderr
+    assert "capture finished; ending the launch" in result.stderr
+    assert "frames ok=38 overwritten=0" in result.stderr
+
+
+def test_a_replay_whose_source_is_missing_ends_with_one_clear_error(tmp_path):
+    launch = tmp_path / "replay.yaml"
+    launch.write_text(
+        f"nodes:\n"
+        f"  - name: capture\n    node: capture\n    config: {REPO}/configs/capture_replay.yaml\n"
+        f"    params: {{source.path: {tmp_path}/gone.mp4}}\n    shutdown_on_exit: true\n"
+        f"  - {{name: monitor, node: monitor, config: {REPO}/configs/monitor.yaml}}\n"
+    )
+    result = run_python(["-m", "perception.cli", "launch", str(launch)], timeout_s=30)
+    assert result.returncode == 1
+    assert "gone.mp4: file not found" in result.stderr
+    assert "bad config or input, not restarting" in result.stderr
+    assert "capture failed; ending the launch" in result.stderr

@@ -1,0 +1,114 @@
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from perception.messages import Control, FrameHeader, FrameTransport, Heartbeat, NodeState, Stamp, encode
+from perception.transport import FrameReceiver, FrameSender, Publisher, Subscriber, resolve_endpoint
+
+
+@pytest.fixture
+def context():
+    ctx = zmq.Context()
+    yield ctx
+    ctx.term()
+
+
+def control(i: int) -> Control:
+    return Control(frame_id=i, capture_ns=i, target="detector", max_depth=i % 3)
+
+
+def receive_until(subscriber, count, timeout_s=3.0):
+    got = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < count and time.monotonic() < deadline:
+        if subscriber.socket.poll(50):
+            got += subscriber.receive()
+    return got
+
+
+def connected_pair(context, run_dir, latest, topic="control", message_type=Control):
+    endpoint = resolve_endpoint("pub", run_dir)
+    publisher = Publisher(context, endpoint)
+    subscriber = Subscriber(context, endpoint, topic, message_type, latest=latest)
+    deadline = time.monotonic() + 3
+    while publisher.subscriber_count(topic) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return publisher, subscriber
+
+
+def test_endpoint_resolution():
+    assert resolve_endpoint("capture", "/run/p") == "ipc:///run/p/capture.pub"
+    assert resolve_endpoint("tcp://10.0.0.2:5555", "/run/p") == "tcp://10.0.0.2:5555"
+    assert resolve_endpoint("ipc://{run_dir}/x", "/run/p") == "ipc:///run/p/x"
+    with pytest.raises(ValueError):
+        resolve_endpoint("a/b", "/run/p")
+
+
+def test_queue_mode_delivers_everything_in_order(context, run_dir):
+    publisher, subscriber = connected_pair(context, run_dir, latest=False)
+    for i in range(50):
+        publisher.publish("control", control(i))
+    assert [r.message.frame_id for r in receive_until(subscriber, 50)] == list(range(50))
+    publisher.close(); subscriber.close()
+
+
+def test_latest_mode_returns_only_the_newest_and_counts_the_rest(context, run_dir):
+    publisher, subscriber = connected_pair(context, run_dir, latest=True)
+    for i in range(3):
+        publisher.publish("control", control(i))
+    time.sleep(0.2)  # all three are queued before the reader looks
+    got = subscriber.receive()
+    assert [r.message.frame_id for r in got] == [2]
+    assert subscriber.superseded == 2
+    publisher.close(); subscriber.close()
+
+
+def test_malformed_messages_are_dropped_counted_and_the_stream_continues(context, run_dir):
+    publisher, subscriber = connected_pair(context, run_dir, latest=False)
+    publisher.publish("control", control(1))
+    publisher.socket.send_multipart([b"control", b"garbage"])
+    publisher.socket.send_multipart([b"control", encode(control(2))[:-3]])
+    publisher.socket.send_multipart([b"control"])
+    publisher.publish("heartbeat", Heartbeat(frame_id=0, capture_ns=0, node="x", pid=1, seq=1, sent_ns=1,
+                                             state=NodeState.OK))  # other topic: filtered, not malformed
+    publisher.socket.send_multipart([b"control", encode(Heartbeat(frame_id=0, capture_ns=0, node="x", pid=1, seq=1,
+                                                                  sent_ns=1, state=NodeState.OK))])
+    publisher.publish("control", control(3))
+    got = receive_until(subscriber, 2)
+    assert [r.message.frame_id for r in got] == [1, 3]
+    assert subscriber.malformed == 4 and subscriber.received == 2
+    publisher.close(); subscriber.close()
+
+
+@pytest.mark.parametrize("transport", [FrameTransport.SHM, FrameTransport.INLINE])
+def test_frames_arrive_intact_over_either_transport(context, run_dir, transport):
+    publisher, subscriber = connected_pair(context, run_dir, latest=False, topic="frames", message_type=FrameHeader)
+    sender = FrameSender(publisher, run_dir.name, "cam", transport, slots=4)
+    receiver = FrameReceiver()
+    images = [np.random.default_rng(i).integers(0, 255, (72, 96, 3), np.uint8) for i in range(3)]
+    for i, image in enumerate(images):
+        header = FrameHeader(frame_id=i + 1, capture_ns=100 + i, stamps=(Stamp("capture", 100 + i),), media_ns=0,
+                             width=1, height=1, channels=3, transport=transport)
+        sent = sender.send("frames", image, header)
+        assert sent.shape == image.shape and sent.stamps[-1].stage == "publish"
+    got = receive_until(subscriber, 3)
+    for received, image in zip(got, images):
+        view = receiver.view(received)
+        assert np.array_equal(view.array, image) and view.still_valid()
+    receiver.close(); sender.close(); publisher.close(); subscriber.close()
+
+
+def test_capture_decodes_straight_into_the_reserved_slot(context, run_dir):
+    publisher = Publisher(context, resolve_endpoint("pub", run_dir))
+    sender = FrameSender(publisher, run_dir.name, "cam", FrameTransport.SHM, slots=4)
+    header = FrameHeader(frame_id=1, capture_ns=1, media_ns=0, width=1, height=1, channels=3, transport=FrameTransport.SHM)
+    first = np.zeros((8, 8, 3), np.uint8)
+    sender.send("frames", first, header)
+    reservation = sender.reserve((8, 8, 3))
+    reservation.array[:] = 7  # what a source's read(out=...) does
+    sent = sender.send("frames", reservation.array, header, reservation)
+    assert (sent.slot, sent.seq) == (reservation.slot, reservation.seq)
+    assert sender.reserve((4, 4, 3)) is None  # different shape: no in-place decode
+    sender.close(); publisher.close()
