@@ -21,6 +21,40 @@ def _bench_handoff(args: argparse.Namespace) -> int:
     return handoff_main(args.frames, args.json)
 
 
+def _bench_detector(args: argparse.Namespace) -> int:
+    from perception.benchmarks.detector import main as detector_main
+
+    return detector_main(args.model, args.passes, args.threads, args.json, args.plot)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from perception.benchmarks.detector import EVAL_ANNOTATIONS, EVAL_VIDEO
+    from perception.detection.adaptive import AdaptiveDetector
+    from perception.detection.manifest import load_manifest
+    from perception.detection.policy import PolicyConfig
+    from perception.engines import EngineConfig, create_engine
+    from perception.evaluation.detector_eval import evaluate_on_video, load_annotations
+
+    manifest = load_manifest(args.model)
+    detector = AdaptiveDetector(manifest, create_engine(EngineConfig(kind=args.engine, threads=args.threads)))
+    policy = PolicyConfig(kind=args.policy, exit=args.exit)
+    report = evaluate_on_video(detector, args.video or EVAL_VIDEO, load_annotations(args.annotations or EVAL_ANNOTATIONS,
+                                                                                   manifest.class_names()), policy)
+    print(json.dumps(report.as_dict()))
+    return 0
+
+
+def _delegate(module: str, function: str = "main"):
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args.rest)
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perception", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -36,6 +70,33 @@ def build_parser() -> argparse.ArgumentParser:
     handoff.add_argument("--frames", type=int, default=500, help="frames per case")
     handoff.add_argument("--json", type=Path, default=None, help="also write the results here")
     handoff.set_defaults(func=_bench_handoff)
+
+    bench = commands.add_parser("bench-detector", help="AP and latency of every exit and depth policy, Pareto plot")
+    bench.add_argument("--model", default="yolox_nano_exits.json", help="manifest (name in perception/weights or path)")
+    bench.add_argument("--passes", type=int, default=3, help="timing passes over the 69 evaluation frames")
+    bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument("--json", type=Path, default=None)
+    bench.add_argument("--plot", type=Path, default=None, help="Pareto curve PNG")
+    bench.set_defaults(func=_bench_detector)
+
+    evaluate = commands.add_parser("evaluate", help="COCO-style AP of a detector on an annotated video")
+    evaluate.add_argument("--model", default="yolox_nano_exits.json")
+    evaluate.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "tensorrt", "torch", "auto"])
+    evaluate.add_argument("--threads", type=int, default=0)
+    evaluate.add_argument("--policy", default="fixed", choices=["fixed", "confidence", "deadline"])
+    evaluate.add_argument("--exit", type=int, default=-1, help="fixed policy: exit index (-1: deepest)")
+    evaluate.add_argument("--video", type=Path, default=None, help="default: the bundled PETS09 evaluation clip")
+    evaluate.add_argument("--annotations", type=Path, default=None)
+    evaluate.set_defaults(func=_evaluate)
+
+    for name, module, function, help_text in (
+        ("train-exits", "perception.training.distill", "main", "train the early-exit heads by distillation (needs .[train])"),
+        ("export", "perception.training.export", "main", "export stages and exits to ONNX with their manifest (needs .[train])"),
+        ("build-engine", "perception.engines.tensorrt_engine", "build_main", "build TensorRT engines for a manifest"),
+    ):
+        sub = commands.add_parser(name, help=help_text, add_help=False)
+        sub.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the command (--help for its own)")
+        sub.set_defaults(func=_delegate(module, function))
     return parser
 
 

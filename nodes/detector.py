@@ -1,0 +1,156 @@
+"""Detector node: runs the adaptive-depth detector on the newest frame and publishes detections.
+
+Each frame gets a deadline from its capture time (budget minus what decision and publication
+need); the depth policy plans against it. Frames already older than `stale_ms` when picked up
+are dropped, never processed late. A Control message from the watchdog caps the depth.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from perception.config import ConfigError
+from perception.detection.adaptive import AdaptiveDetector
+from perception.detection.manifest import WEIGHTS_DIR, load_manifest
+from perception.detection.policy import PolicyConfig, run_policy
+from perception.engines import EngineConfig, EngineUnavailable, create_engine
+from perception.latency import now_ns, percentiles_ms, since_capture_ns
+from perception.messages import Control, Detections, FrameHeader, NodeState, Stamp
+from perception.node import FatalInputError, Node, NodeSettings, run_node
+from perception.shm_ring import FrameOverwritten, RingError
+
+log = logging.getLogger("detector")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    model: Path = WEIGHTS_DIR / "yolox_nano_exits.json"  # a manifest (perception/detection/manifest.py)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    frames_from: str = "capture"
+    control_from: str | None = None  # the watchdog's node name, to accept depth ceilings from it
+    budget_ms: float = 100.0  # capture to published decision
+    reserve_ms: float = 15.0  # of the budget, kept for the decision node and the hops after detection
+    stale_ms: float = 50.0  # a frame older than this when picked up is dropped
+    score_threshold: float = 0.3
+    nms_threshold: float = 0.45
+    report_period_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.reserve_ms < self.budget_ms:
+            raise ValueError(f"need 0 < reserve_ms < budget_ms, got {self.reserve_ms} and {self.budget_ms}")
+        if self.stale_ms <= 0:
+            raise ValueError(f"stale_ms must be positive, got {self.stale_ms}")
+
+
+CONFIG = DetectorConfig
+
+
+def open_detector(config: DetectorConfig) -> AdaptiveDetector:
+    try:
+        manifest = load_manifest(config.model)
+        engine = create_engine(config.engine)
+        detector = AdaptiveDetector(manifest, engine, config.score_threshold, config.nms_threshold)
+    except (ConfigError, EngineUnavailable) as exc:
+        raise FatalInputError(str(exc)) from None
+    # Seed the latency estimates and get first-run costs out of the way before real frames.
+    detector.warm_up(np.full((480, 640, 3), 114, np.uint8))
+    log.info("%s with %d exits on %s, policy %s", manifest.name, detector.exit_count, engine.describe(), config.policy.kind)
+    return detector
+
+
+def detect(node: Node, config: DetectorConfig) -> None:
+    detector = open_detector(config)
+    frames = node.subscribe(config.frames_from, "frames", FrameHeader, latest=True)
+    control = node.subscribe(config.control_from, "control", Control, latest=False) if config.control_from else None
+    receiver = node.frame_receiver()
+    state = {"max_exit": detector.exit_count - 1}
+    latencies: deque[int] = deque(maxlen=500)
+    exits: Counter = Counter()
+    next_report = now_ns() + int(config.report_period_s * 1e9)
+    node.state = NodeState.OK
+    try:
+        while node.ok():
+            ready = node.poll(0.1)
+            if control is not None and control in ready:
+                apply_control(node, control.receive(), state, detector.exit_count)
+            if frames in ready:
+                for received in frames.receive():
+                    message = process_frame(node, config, detector, receiver, received, state["max_exit"])
+                    if message is not None:
+                        node.publish("detections", message)
+                        latencies.append(since_capture_ns(message))
+                        exits[message.exit_index] += 1
+            if now_ns() >= next_report:
+                next_report += int(config.report_period_s * 1e9)
+                report(node, latencies, exits)
+    finally:
+        report(node, latencies, exits)
+        detector.close()
+
+
+def apply_control(node: Node, commands, state: dict, exit_count: int) -> None:
+    for received in commands:
+        command: Control = received.message
+        if command.target not in (node.name, "*"):
+            continue
+        ceiling = max(0, min(command.max_depth, exit_count - 1))
+        if ceiling != state["max_exit"]:
+            log.info("depth ceiling %d -> %d (%s)", state["max_exit"], ceiling, command.reason)
+        state["max_exit"] = ceiling
+        node.state = NodeState.DEGRADED if ceiling < exit_count - 1 else NodeState.OK
+
+
+def process_frame(node: Node, config: DetectorConfig, detector: AdaptiveDetector, receiver, received, max_exit: int):
+    header: FrameHeader = received.message
+    picked_ns = now_ns()
+    if picked_ns - header.capture_ns > config.stale_ms * 1e6:
+        node.count("frames.stale")
+        return None
+    try:
+        view = receiver.view(received)
+        inference = detector.begin(view.array)
+        if not view.still_valid():
+            raise FrameOverwritten("overwritten during preprocessing")
+    except FrameOverwritten:
+        node.count("frames.overwritten")
+        return None
+    except (RingError, ValueError) as exc:
+        node.count("frames.bad")
+        log.warning("frame %d unusable: %s", header.frame_id, exc)
+        return None
+    deadline_ns = header.capture_ns + int((config.budget_ms - config.reserve_ms) * 1e6)
+    outcome = run_policy(detector, inference, config.policy, deadline_ns, max_exit)
+    stamps = header.stamps + (Stamp("det.recv", picked_ns),)
+    stamps += tuple(Stamp(f"det.{part}", end) for part, end, _ in inference.timings)
+    node.count(f"exit{outcome.exit_index}")
+    if now_ns() > deadline_ns:
+        node.count("frames.late")
+    node.mark_frame_done(header.frame_id, header.capture_ns)
+    return Detections(
+        frame_id=header.frame_id, capture_ns=header.capture_ns, stamps=stamps + (Stamp("det.post", now_ns()),),
+        image_width=header.width, image_height=header.height, exit_index=outcome.exit_index,
+        exit_count=detector.exit_count, boxes=outcome.boxes, scores=outcome.scores, class_ids=outcome.class_ids,
+    )
+
+
+def report(node: Node, latencies: deque, exits: Counter) -> None:
+    stats = percentiles_ms(latencies)
+    if stats:
+        log.info("capture->detections ms p50 %.1f p99 %.1f max %.1f | exits %s | stale %d late %d",
+                 stats["p50"], stats["p99"], stats["max"], dict(sorted(exits.items())),
+                 node.counters.get("frames.stale", 0), node.counters.get("frames.late", 0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(__doc__.splitlines()[0], DetectorConfig, detect, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

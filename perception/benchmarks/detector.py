@@ -1,0 +1,116 @@
+"""Accuracy and latency of every exit and depth policy, and the Pareto curve between them.
+
+    perception bench-detector [--model yolox_nano_exits.json] [--passes 3] [--json F] [--plot F.png]
+
+On the bundled evaluation clip (PETS09 view 1, frames 0-68, 69 annotated frames, persons):
+per configuration, AP50 and AP50:95 (COCO-style, checked against pycocotools) and the detector's
+time per frame from preprocessing to final detections (p50, p99, mean) on this machine's CPU.
+Configurations: each exit at fixed depth, then the confidence policy over a grid of thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from perception.detection.adaptive import AdaptiveDetector
+from perception.detection.manifest import WEIGHTS_DIR, load_manifest
+from perception.detection.policy import PolicyConfig
+from perception.engines import EngineConfig, create_engine
+from perception.evaluation.detector_eval import annotated_frames, evaluate_on_video, load_annotations
+
+REPO = Path(__file__).resolve().parents[2]
+EVAL_VIDEO = REPO / "recordings" / "pets09_vtest_eval.avi"
+EVAL_ANNOTATIONS = REPO / "recordings" / "pets09_vtest_eval_person.json"
+CONFIDENCE_GRID = [(0.1, high, max_uncertain) for high in (0.4, 0.5, 0.6, 0.7) for max_uncertain in (0, 1, 2)]
+
+
+def configurations(exit_count: int) -> list[tuple[str, PolicyConfig]]:
+    configs = [(f"fixed exit {k}" + (" (full)" if k == exit_count - 1 else ""), PolicyConfig(kind="fixed", exit=k))
+               for k in range(exit_count)]
+    if exit_count > 1:
+        configs += [(f"confidence low {lo} high {hi} max_uncertain {mu}",
+                     PolicyConfig(kind="confidence", low=lo, high=hi, max_uncertain=mu)) for lo, hi, mu in CONFIDENCE_GRID]
+    return configs
+
+
+def part_latencies(detector: AdaptiveDetector, video: Path, annotations, passes: int) -> dict[str, dict[str, float]]:
+    """p50/p99 in ms of each stage and exit head, from full-depth runs that evaluate every exit."""
+
+    samples: dict[str, list[int]] = {}
+    frames = annotated_frames(video, annotations)
+    for _ in range(passes):
+        for _, frame in frames:
+            inference = detector.begin(frame)
+            for k in range(detector.exit_count):
+                detector.run_exit(inference, k)
+            for part, _, duration in inference.timings:
+                samples.setdefault(part, []).append(duration)
+    return {part: {"p50": round(float(np.percentile(v, 50)) / 1e6, 3), "p99": round(float(np.percentile(v, 99)) / 1e6, 3)}
+            for part, v in samples.items()}
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Rows not beaten on both mean latency (lower) and AP50 (higher) by another row."""
+    return [r for r in rows if not any(o["ms_mean"] <= r["ms_mean"] and o["AP50"] >= r["AP50"] and
+                                       (o["ms_mean"], o["AP50"]) != (r["ms_mean"], r["AP50"]) for o in rows)]
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fixed = [r for r in rows if r["config"].startswith("fixed")]
+    policy = [r for r in rows if not r["config"].startswith("fixed")]
+    ax.scatter([r["ms_mean"] for r in policy], [r["AP50"] for r in policy], c="tab:blue", label="confidence policy", s=25)
+    ax.scatter([r["ms_mean"] for r in fixed], [r["AP50"] for r in fixed], c="tab:red", marker="s", label="fixed exit", s=40)
+    for r in fixed:
+        ax.annotate(r["config"].replace("fixed ", ""), (r["ms_mean"], r["AP50"]), textcoords="offset points", xytext=(5, -12))
+    front = sorted(pareto_front(rows), key=lambda r: r["ms_mean"])
+    ax.plot([r["ms_mean"] for r in front], [r["AP50"] for r in front], "k--", lw=1, label="Pareto front")
+    ax.set_xlabel("mean detector latency per frame (ms, CPU)")
+    ax.set_ylabel("person AP50 (PETS09 frames 0-68)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(model: str = "yolox_nano_exits.json", passes: int = 3, threads: int = 2, json_path: Path | None = None,
+         plot_path: Path | None = None) -> int:
+    manifest = load_manifest(model)
+    engine = create_engine(EngineConfig(threads=threads))
+    detector = AdaptiveDetector(manifest, engine)
+    annotations = load_annotations(EVAL_ANNOTATIONS, manifest.class_names())
+    detector.warm_up(np.full((576, 768, 3), 114, np.uint8), runs=5)
+    parts = part_latencies(detector, EVAL_VIDEO, annotations, passes)
+    print(f"{manifest.name} on {engine.describe()}, {threads} threads")
+    print("part latency ms: " + ", ".join(f"{p} p50 {v['p50']} p99 {v['p99']}" for p, v in parts.items()))
+    rows = []
+    for name, config in configurations(detector.exit_count):
+        result = evaluate_on_video(detector, EVAL_VIDEO, annotations, config, passes=passes)
+        rows.append({"config": name, **result.as_dict()})
+        r = rows[-1]
+        print(f"{name:<48} AP50 {r['AP50']:.4f} AP50:95 {r['AP50:95']:.4f} | ms p50 {r['ms_p50']:6.2f} "
+              f"p99 {r['ms_p99']:6.2f} mean {r['ms_mean']:6.2f} | exits {r['exit_histogram']}", flush=True)
+    full = next(r for r in rows if r["config"].endswith("(full)"))
+    for r in rows:
+        r["latency_cut_vs_full"] = round(1 - r["ms_mean"] / full["ms_mean"], 4)
+        r["ap50_points_lost_vs_full"] = round((full["AP50"] - r["AP50"]) * 100, 2)
+    if json_path:
+        json_path.write_text(json.dumps({"benchmark": "detector", "model": manifest.name, "engine": engine.describe(),
+                                         "threads": threads, "passes": passes, "parts_ms": parts, "results": rows}, indent=2))
+    if plot_path:
+        plot(rows, plot_path, f"{manifest.name}: accuracy vs latency, {threads} CPU threads")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(str(WEIGHTS_DIR / "yolox_nano_exits.json")))

@@ -1,0 +1,120 @@
+"""The manifest of a detector split into stages with early exits.
+
+A stage is a piece of the trunk: it takes named tensors (the image, or features from earlier
+stages) and produces named feature tensors. An exit is a head attached after a stage: it takes
+named tensors available by then and produces detections in the YOLOX raw layout
+[1, N, 5 + num_classes] (dx, dy, log w, log h, objectness, class scores; objectness and classes
+already sigmoided), anchor points ordered by `strides`, row-major per level. Every exit of a
+manifest produces the same N, so decoding is the same whatever the depth.
+
+Running to exit k means running stages 0..after_stage(k) once each, and only the heads of the
+exits actually evaluated: deeper work continues from the kept features, never recomputes them.
+An exit whose `file` is null passes through a stage output that already is the exit output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from perception.config import ConfigError, from_mapping, load_yaml
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    width: int
+    height: int
+    pad_value: float = 114.0
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    file: Path
+    inputs: list[str]
+    outputs: list[str]
+
+
+@dataclass(frozen=True)
+class ExitSpec:
+    name: str
+    after_stage: int
+    file: Path | None
+    inputs: list[str]
+    output: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    input: InputSpec
+    num_classes: int
+    strides: list[int]
+    stages: list[StageSpec]
+    exits: list[ExitSpec]
+    classes_file: Path | None = None
+    description: str = ""
+    # Filled in by training/benchmarks: per-exit facts (e.g. measured relative cost), informative only.
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.stages or not self.exits:
+            raise ValueError("a manifest needs at least one stage and one exit")
+        available = {self.input.name}
+        produced_by_stage: list[set[str]] = []
+        for stage in self.stages:
+            missing = [name for name in stage.inputs if name not in available]
+            if missing:
+                raise ValueError(f"stage {stage.name} needs {missing}, produced by no earlier stage")
+            available |= set(stage.outputs)
+            produced_by_stage.append(set(available))
+        previous = -1
+        for exit_ in self.exits:
+            if not 0 <= exit_.after_stage < len(self.stages):
+                raise ValueError(f"exit {exit_.name}: after_stage {exit_.after_stage} is not a stage index")
+            if exit_.after_stage < previous:
+                raise ValueError(f"exit {exit_.name}: exits must be ordered from shallow to deep")
+            previous = exit_.after_stage
+            missing = [n for n in exit_.inputs if n not in produced_by_stage[exit_.after_stage]]
+            if missing:
+                raise ValueError(f"exit {exit_.name} needs {missing}, not available after stage {exit_.after_stage}")
+            if exit_.file is None and exit_.inputs != [exit_.output]:
+                raise ValueError(f"exit {exit_.name}: without a file, inputs must be exactly [output]")
+
+    @property
+    def anchor_count(self) -> int:
+        return sum((self.input.width // s) * (self.input.height // s) for s in self.strides)
+
+    def class_names(self) -> list[str]:
+        if self.classes_file is None:
+            return [str(i) for i in range(self.num_classes)]
+        names = [line.strip() for line in self.classes_file.read_text().splitlines() if line.strip()]
+        if len(names) != self.num_classes:
+            raise ConfigError(f"{self.classes_file}: {len(names)} class names for {self.num_classes} classes")
+        return names
+
+    def files(self) -> list[Path]:
+        return [s.file for s in self.stages] + [e.file for e in self.exits if e.file is not None]
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Load and check a manifest; relative file names resolve against its folder. Missing files are
+    a one-line ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file() and not path.is_absolute() and (WEIGHTS_DIR / path).is_file():
+        path = WEIGHTS_DIR / path
+    manifest = from_mapping(Manifest, load_yaml(path), source=str(path), base_dir=path.parent)
+    for file in manifest.files():
+        if not file.is_file():
+            raise ConfigError(f"{path}: model file {file} does not exist")
+    return manifest
+
+
+def write_manifest(manifest_data: dict, path: Path) -> None:
+    """Write manifest JSON (used by export); validates by loading it back."""
+    path.write_text(json.dumps(manifest_data, indent=2) + "\n")
+    load_manifest(path)

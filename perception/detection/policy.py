@@ -1,0 +1,94 @@
+"""Depth policies: how deep a frame goes.
+
+- fixed: always the configured exit (for baselines and benchmarks).
+- confidence: start at the shallowest exit and go deeper only while the current exit is unsure:
+  it is sure when at most `max_uncertain` of its detections score in [low, high), i.e. every
+  object it sees is either clearly there or clearly not. It never goes deeper than the deadline
+  allows.
+- deadline: the deepest exit whose estimated remaining cost (p90 of recent runs of each part)
+  still ends `margin_ms` before the frame's deadline.
+
+Every policy respects the depth ceiling commanded by the watchdog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from perception.detection.adaptive import AdaptiveDetector, FrameInference
+from perception.latency import now_ns
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    kind: Literal["fixed", "confidence", "deadline"] = "confidence"
+    exit: int = -1  # fixed: the exit to use; -1 is the deepest
+    low: float = 0.1  # confidence: detections scoring in [low, high) are uncertain
+    high: float = 0.5
+    max_uncertain: int = 0
+    margin_ms: float = 2.0  # deadline (and confidence when going deeper): slack kept before the deadline
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.low < self.high <= 1.0:
+            raise ValueError(f"need 0 <= low < high <= 1, got low {self.low}, high {self.high}")
+        if self.max_uncertain < 0 or self.margin_ms < 0:
+            raise ValueError("max_uncertain and margin_ms must not be negative")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_index: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    exits_evaluated: tuple[int, ...]
+
+
+def _fits(detector: AdaptiveDetector, inference: FrameInference, exit_index: int, deadline_ns: int | None,
+          margin_ns: int) -> bool:
+    if deadline_ns is None:
+        return True
+    return now_ns() + detector.remaining_cost_ns(inference, exit_index) + margin_ns <= deadline_ns
+
+
+def run_policy(
+    detector: AdaptiveDetector,
+    inference: FrameInference,
+    config: PolicyConfig,
+    deadline_ns: int | None = None,
+    max_exit: int | None = None,
+) -> Outcome:
+    """Run `inference` to the exit the policy chooses; returns detections above the score threshold."""
+    deepest = detector.exit_count - 1
+    ceiling = deepest if max_exit is None else max(0, min(max_exit, deepest))
+    margin_ns = int(config.margin_ms * 1e6)
+
+    if config.kind == "fixed":
+        chosen = ceiling if config.exit < 0 else min(config.exit, ceiling)
+        return _finish(detector, inference, chosen, (chosen,))
+
+    if config.kind == "deadline":
+        chosen = next((k for k in range(ceiling, -1, -1) if _fits(detector, inference, k, deadline_ns, margin_ns)), 0)
+        return _finish(detector, inference, chosen, (chosen,))
+
+    evaluated = []
+    exit_index = 0
+    while True:
+        evaluated.append(exit_index)
+        raw = detector.run_exit(inference, exit_index)
+        boxes, scores, class_ids = detector.decode(inference, raw, min(config.low, detector.score_threshold))
+        uncertain = int(((scores >= config.low) & (scores < config.high)).sum())
+        go_deeper = (uncertain > config.max_uncertain and exit_index < ceiling
+                     and _fits(detector, inference, exit_index + 1, deadline_ns, margin_ns))
+        if not go_deeper:
+            keep = scores >= detector.score_threshold
+            return Outcome(exit_index, boxes[keep], scores[keep], class_ids[keep], tuple(evaluated))
+        exit_index += 1
+
+
+def _finish(detector: AdaptiveDetector, inference: FrameInference, exit_index: int, evaluated: tuple[int, ...]) -> Outcome:
+    boxes, scores, class_ids = detector.decode(inference, detector.run_exit(inference, exit_index))
+    return Outcome(exit_index, boxes, scores, class_ids, evaluated)

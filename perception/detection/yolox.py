@@ -1,0 +1,99 @@
+"""YOLOX pre- and post-processing in numpy/OpenCV: letterbox, grid decode, class-wise NMS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a frame was fitted into the network input: scale, then pad right/bottom."""
+
+    scale: float
+    frame_width: int
+    frame_height: int
+
+
+def letterbox(frame: np.ndarray, width: int, height: int, pad_value: float = 114.0,
+              out: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
+    """BGR uint8 HxWx3 -> float32 [1,3,height,width], resized keeping aspect ratio to the top-left
+    corner, padded with pad_value, 0-255 without normalisation (YOLOX's own preprocessing)."""
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 BGR frame, got {frame.shape} {frame.dtype}")
+    frame_h, frame_w = frame.shape[:2]
+    scale = min(width / frame_w, height / frame_h)
+    new_w, new_h = max(1, int(frame_w * scale)), max(1, int(frame_h * scale))
+    canvas = np.full((height, width, 3), pad_value, np.uint8)
+    canvas[:new_h, :new_w] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    if out is None:
+        out = np.empty((1, 3, height, width), np.float32)
+    out[0] = canvas.transpose(2, 0, 1)
+    return out, Letterbox(scale, frame_w, frame_h)
+
+
+_GRID_CACHE: dict[tuple[int, int, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def grids(width: int, height: int, strides: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Anchor-point grid offsets [N,2] and their strides [N,1], in YOLOX's output order."""
+    key = (width, height, tuple(strides))
+    if key not in _GRID_CACHE:
+        offsets, scales = [], []
+        for stride in strides:
+            h, w = height // stride, width // stride
+            yv, xv = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+            offsets.append(np.stack((xv, yv), 2).reshape(-1, 2))
+            scales.append(np.full((h * w, 1), stride))
+        _GRID_CACHE[key] = (np.concatenate(offsets).astype(np.float32), np.concatenate(scales).astype(np.float32))
+    return _GRID_CACHE[key]
+
+
+def decode(raw: np.ndarray, box: Letterbox, input_width: int, input_height: int, strides: tuple[int, ...],
+           score_threshold: float = 0.3, nms_threshold: float = 0.45, max_detections: int = 300,
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw exit output [1,N,5+C] -> (boxes xyxy in frame pixels [K,4], scores [K], class ids [K]).
+
+    Score = objectness x best class score. Only candidates above the threshold are decoded, which
+    is where the time goes on a CPU. NMS is per class.
+    """
+    predictions = raw[0]
+    objectness = predictions[:, 4]
+    class_ids = predictions[:, 5:].argmax(1)
+    scores = objectness * predictions[np.arange(len(predictions)), 5 + class_ids]
+    keep = scores > score_threshold
+    if not keep.any():
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.uint16)
+    offsets, stride = grids(input_width, input_height, strides)
+    p, offsets, stride = predictions[keep], offsets[keep], stride[keep]
+    centers = (p[:, :2] + offsets) * stride
+    sizes = np.exp(np.minimum(p[:, 2:4], 10.0)) * stride  # clamp: a corrupt logit must not overflow
+    boxes = np.concatenate((centers - sizes / 2, centers + sizes / 2), 1) / box.scale
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, box.frame_width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, box.frame_height)
+    scores, class_ids = scores[keep], class_ids[keep]
+    chosen = nms_per_class(boxes, scores, class_ids, nms_threshold)[:max_detections]
+    return boxes[chosen].astype(np.float32), scores[chosen].astype(np.float32), class_ids[chosen].astype(np.uint16)
+
+
+def nms_per_class(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices kept by non-maximum suppression within each class, best score first."""
+    if len(boxes) == 0:
+        return np.zeros(0, np.int64)
+    # Shift each class into its own region of the plane so one NMS pass never mixes classes.
+    shifted = boxes + (class_ids.astype(np.float32) * (boxes.max() + 1.0))[:, None]
+    order = scores.argsort()[::-1]
+    x1, y1, x2, y2 = shifted.T
+    areas = (x2 - x1) * (y2 - y1)
+    kept = []
+    while order.size:
+        i = order[0]
+        kept.append(i)
+        rest = order[1:]
+        w = (np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest])).clip(0)
+        h = (np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest])).clip(0)
+        iou = w * h / (areas[i] + areas[rest] - w * h + 1e-9)
+        order = rest[iou <= iou_threshold]
+    return np.array(kept, np.int64)

@@ -1,0 +1,109 @@
+"""The engine interface and engine selection.
+
+An Engine opens one model part (a stage or an exit head of a manifest, given as its ONNX file
+and its manifest name) into a Session that maps named numpy arrays to named numpy arrays.
+Engines are imported lazily: the runtime imports neither torch nor tensorrt unless asked.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal, Mapping
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class EngineUnavailable(RuntimeError):
+    """The requested engine cannot run here; the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class TensorRTConfig:
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"
+    workspace_mb: int = 1024
+    cache_dir: Path | None = None  # serialized engines and the timing cache; default ~/.cache/perception/tensorrt
+    calibration_video: Path | None = None  # int8: real frames to calibrate on
+    calibration_frames: int = 64
+    device: int = 0
+
+    def __post_init__(self) -> None:
+        if self.workspace_mb <= 0 or self.calibration_frames <= 0:
+            raise ValueError("workspace_mb and calibration_frames must be positive")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    kind: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "onnxruntime"
+    threads: int = 0  # CPU threads for ONNX Runtime / torch; 0: the library's default
+    providers: list[str] | None = None  # ONNX Runtime execution providers; None: best available
+    torch_device: str = "cpu"
+    tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+
+
+class Session(ABC):
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+    @abstractmethod
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on float32 arrays keyed by input name; returns every output by name."""
+
+    def close(self) -> None:
+        pass
+
+
+class Engine(ABC):
+    name: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def unavailable_reason(cls, config: EngineConfig) -> str | None:
+        """None when this engine can run here, else a one-line reason."""
+
+    @abstractmethod
+    def open(self, onnx_path: Path, part_name: str) -> Session:
+        """Open one model part: its ONNX file and its name in the manifest (e.g. 'stage0', 'exit1')."""
+
+    def describe(self) -> str:
+        return self.name
+
+
+_ENGINES = {
+    "onnxruntime": "perception.engines.onnxruntime_engine:OnnxRuntimeEngine",
+    "tensorrt": "perception.engines.tensorrt_engine:TensorRTEngine",
+    "torch": "perception.engines.torch_engine:TorchEngine",
+}
+
+
+def engine_class(kind: str) -> type[Engine]:
+    module_name, _, class_name = _ENGINES[kind].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def create_engine(config: EngineConfig) -> Engine:
+    """The configured engine; `auto` tries TensorRT, then ONNX Runtime, logging each fallback.
+    An explicitly requested engine that cannot run is an EngineUnavailable error, never a silent swap."""
+    kinds = ["tensorrt", "onnxruntime"] if config.kind == "auto" else [config.kind]
+    reasons = []
+    for kind in kinds:
+        try:
+            cls = engine_class(kind)
+            reason = cls.unavailable_reason(config)
+        except ImportError as exc:  # the engine module itself needs a missing package
+            reason = f"cannot import its module ({exc})"
+        if reason is None:
+            if reasons:
+                log.warning("engine auto: %s; using %s", "; ".join(reasons), kind)
+            return cls(config)  # type: ignore[call-arg]
+        reasons.append(f"{kind} unavailable: {reason}")
+    raise EngineUnavailable("; ".join(reasons))

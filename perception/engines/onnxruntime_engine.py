@@ -1,0 +1,68 @@
+"""ONNX Runtime: the default engine, on any CPU, and on NVIDIA GPUs through its CUDA/TensorRT providers."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+from perception.engines.base import Engine, EngineConfig, EngineUnavailable, Session
+
+log = logging.getLogger(__name__)
+
+# Preferred order when no providers are configured; each is used only if this onnxruntime build has it.
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OnnxRuntimeSession(Session):
+    def __init__(self, path: Path, options: ort.SessionOptions, providers: list[str]) -> None:
+        if not path.is_file():
+            raise EngineUnavailable(f"model file {path} does not exist")
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
+            raise EngineUnavailable(f"model file {path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
+        self.input_names = tuple(i.name for i in self._session.get_inputs())
+        self.output_names = tuple(o.name for o in self._session.get_outputs())
+        self.providers = self._session.get_providers()
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = self._session.run(None, {name: feeds[name] for name in self.input_names})
+        return dict(zip(self.output_names, outputs))
+
+
+class OnnxRuntimeEngine(Engine):
+    name = "onnxruntime"
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        available = ort.get_available_providers()
+        if config.providers:
+            missing = [p for p in config.providers if p not in available]
+            if missing:
+                raise EngineUnavailable(f"onnxruntime providers {missing} are not in this build (have {available})")
+            self.providers = list(config.providers)
+        else:
+            self.providers = [p for p in PREFERRED_PROVIDERS if p in available]
+        self.options = ort.SessionOptions()
+        self.options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Sequential execution and one thread pool: predictable latency beats peak throughput here.
+        self.options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if config.threads:
+            self.options.intra_op_num_threads = config.threads
+        self.options.inter_op_num_threads = 1
+
+    @classmethod
+    def unavailable_reason(cls, config: EngineConfig) -> str | None:
+        return None  # onnxruntime is a runtime dependency; provider problems are reported on open
+
+    def open(self, onnx_path: Path, part_name: str) -> Session:
+        session = OnnxRuntimeSession(Path(onnx_path), self.options, self.providers)
+        log.debug("%s: %s on %s", part_name, onnx_path.name, session.providers)
+        return session
+
+    def describe(self) -> str:
+        return f"onnxruntime {ort.__version__} ({', '.join(self.providers)})"

@@ -1,0 +1,1 @@
+"""Accuracy evaluation: COCO-style average precision and detector evaluation on annotated video."""

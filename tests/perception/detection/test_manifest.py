@@ -1,0 +1,39 @@
+import json
+
+import pytest
+
+from perception.config import ConfigError
+from perception.detection.manifest import load_manifest
+
+
+def manifest(tmp_path, **changes):
+    data = json.loads(load_manifest.__globals__["WEIGHTS_DIR"].joinpath("yolox_nano.json").read_text())
+    data["stages"][0]["file"] = str(load_manifest.__globals__["WEIGHTS_DIR"] / "yolox_nano.onnx")
+    data["classes_file"] = str(load_manifest.__globals__["WEIGHTS_DIR"] / "coco_classes.txt")
+    data.update(changes)
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_bundled_manifest_loads_by_name():
+    m = load_manifest("yolox_nano.json")
+    assert m.anchor_count == 3549 and len(m.class_names()) == 80
+
+
+def test_missing_model_file_is_named(tmp_path):
+    path = manifest(tmp_path, stages=[{"name": "full", "file": "gone.onnx", "inputs": ["images"], "outputs": ["output"]}])
+    with pytest.raises(ConfigError, match=r"model file .*gone.onnx does not exist"):
+        load_manifest(path)
+
+
+def test_an_exit_needing_features_not_yet_computed_is_rejected(tmp_path):
+    path = manifest(tmp_path, exits=[{"name": "e", "after_stage": 0, "file": None, "inputs": ["feat9"], "output": "feat9"}])
+    with pytest.raises(ConfigError, match=r"exit e needs \['feat9'\], not available after stage 0"):
+        load_manifest(path)
+
+
+def test_misspelled_manifest_key_is_named(tmp_path):
+    path = manifest(tmp_path, stirdes=[8])
+    with pytest.raises(ConfigError, match="stirdes: unknown key"):
+        load_manifest(path)

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from perception.detection.adaptive import AdaptiveDetector
+from perception.detection.manifest import load_manifest
+from perception.detection.policy import PolicyConfig, run_policy
+from perception.detection.yolox import Letterbox, decode, grids, letterbox, nms_per_class
+from perception.engines import EngineConfig, create_engine
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+
+
+def test_letterbox_keeps_aspect_ratio_top_left_with_yolox_padding():
+    frame = np.full((720, 1280, 3), 200, np.uint8)
+    tensor, box = letterbox(frame, 416, 416)
+    assert tensor.shape == (1, 3, 416, 416) and tensor.dtype == np.float32
+    assert box == Letterbox(scale=416 / 1280, frame_width=1280, frame_height=720)
+    assert (tensor[0, :, :234, :] == 200).all() and (tensor[0, :, 234:, :] == 114).all()
+
+
+def test_letterbox_rejects_wrong_frames():
+    with pytest.raises(ValueError, match="expected an HxWx3 uint8 BGR frame"):
+        letterbox(np.zeros((10, 10), np.uint8), 416, 416)
+
+
+def test_grid_order_is_stride_then_row_major():
+    offsets, strides = grids(416, 416, (8, 16, 32))
+    assert len(offsets) == 3549
+    assert offsets[1].tolist() == [1, 0] and offsets[52].tolist() == [0, 1]
+    assert strides[2704 - 1, 0] == 8 and strides[2704, 0] == 16 and strides[-1, 0] == 32
+
+
+def test_decode_places_a_box_in_frame_pixels():
+    raw = np.zeros((1, 3549, 85), np.float32)
+    anchor = 52 * 10 + 20  # stride 8, cell (x=20, y=10)
+    raw[0, anchor, :4] = [0.5, 0.5, np.log(4), np.log(2)]  # centre (164, 84), size 32 x 16 in input pixels
+    raw[0, anchor, 4] = 0.9
+    raw[0, anchor, 5 + 2] = 0.8
+    boxes, scores, classes = decode(raw, Letterbox(0.5, 832, 832), 416, 416, (8, 16, 32))
+    assert classes.tolist() == [2] and scores[0] == pytest.approx(0.72)
+    np.testing.assert_allclose(boxes[0], [(164 - 16) * 2, (84 - 8) * 2, (164 + 16) * 2, (84 + 8) * 2])
+
+
+def test_nms_suppresses_within_a_class_only():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10]], np.float32)
+    kept = nms_per_class(boxes, np.array([0.9, 0.8, 0.7]), np.array([0, 0, 1]), 0.5)
+    assert sorted(kept.tolist()) == [0, 2]
+
+
+def test_pretrained_model_finds_the_two_cars_in_a_real_dashcam_frame():
+    manifest = load_manifest("yolox_nano.json")
+    detector = AdaptiveDetector(manifest, create_engine(EngineConfig()))
+    frame = cv2.imread(str(DATA / "udacity_test1.jpg"))
+    outcome = run_policy(detector, detector.begin(frame), PolicyConfig(kind="fixed"))
+    names = manifest.class_names()
+    found = sorted(zip(outcome.boxes[:, 0].tolist(), [names[c] for c in outcome.class_ids], outcome.scores.tolist()))
+    assert [name for _, name, _ in found] == ["car", "car"]
+    assert all(score > 0.7 for _, _, score in found)
+    # The white car near the right edge and the black car left of it (ground truth by eye).
+    np.testing.assert_allclose(outcome.boxes[np.argsort(outcome.boxes[:, 0])], [[812, 408, 942, 493], [1050, 404, 1274, 508]], atol=12)

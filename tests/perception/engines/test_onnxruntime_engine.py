@@ -1,0 +1,42 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from perception.detection.manifest import WEIGHTS_DIR
+from perception.engines import EngineConfig, EngineUnavailable, create_engine
+
+
+def test_runs_the_model_by_input_and_output_name():
+    engine = create_engine(EngineConfig(threads=1))
+    session = engine.open(WEIGHTS_DIR / "yolox_nano.onnx", "full")
+    assert session.input_names == ("images",) and session.output_names == ("output",)
+    out = session.run({"images": np.full((1, 3, 416, 416), 114, np.float32)})
+    assert out["output"].shape == (1, 3549, 85)
+
+
+def test_missing_and_corrupt_model_files_are_named(tmp_path):
+    engine = create_engine(EngineConfig())
+    with pytest.raises(EngineUnavailable, match="gone.onnx does not exist"):
+        engine.open(tmp_path / "gone.onnx", "x")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07not a model")
+    with pytest.raises(EngineUnavailable, match="bad.onnx: onnxruntime cannot load it"):
+        engine.open(bad, "x")
+
+
+def test_an_execution_provider_this_build_lacks_is_an_error_not_a_silent_cpu_run():
+    with pytest.raises(EngineUnavailable, match="FooExecutionProvider"):
+        create_engine(EngineConfig(providers=["FooExecutionProvider"]))
+
+
+def test_the_vehicle_runtime_never_imports_torch_or_tensorrt():
+    code = (
+        "import sys, nodes.detector, nodes.capture, perception.detection.policy, perception.evaluation.detector_eval;"
+        "from perception.engines import create_engine, EngineConfig; create_engine(EngineConfig(kind='auto'));"
+        "print(sorted(m for m in ('torch', 'tensorrt', 'torchvision') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

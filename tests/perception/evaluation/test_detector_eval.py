@@ -1,0 +1,31 @@
+import json
+
+import pytest
+
+from perception.benchmarks.detector import EVAL_ANNOTATIONS, EVAL_VIDEO
+from perception.config import ConfigError
+from perception.detection.adaptive import AdaptiveDetector
+from perception.detection.manifest import load_manifest
+from perception.detection.policy import PolicyConfig
+from perception.engines import EngineConfig, create_engine
+from perception.evaluation.detector_eval import load_annotations, evaluate_on_video
+
+
+def test_full_yolox_nano_reproduces_its_known_accuracy_on_the_bundled_clip():
+    manifest = load_manifest("yolox_nano.json")
+    detector = AdaptiveDetector(manifest, create_engine(EngineConfig()))
+    report = evaluate_on_video(detector, EVAL_VIDEO, load_annotations(EVAL_ANNOTATIONS, manifest.class_names()),
+                               PolicyConfig(kind="fixed"))
+    # Published for this model on these 69 frames with pycocotools: AP50 0.84, AP50:95 0.38.
+    assert report.ap.ap50 == pytest.approx(0.844, abs=0.005)
+    assert report.ap.ap == pytest.approx(0.387, abs=0.005)
+    assert report.exit_histogram == {0: 69} and len(report.detector_ms) == 69
+
+
+def test_annotation_problems_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="nope.json: annotation file not found"):
+        load_annotations(tmp_path / "nope.json", ["person"])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []}))
+    with pytest.raises(ConfigError, match="bad.json: not COCO annotations with frame indices"):
+        load_annotations(bad, ["person"])
