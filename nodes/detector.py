@@ -89,9 +89,9 @@ def detect(node: Node, config: DetectorConfig) -> None:
                         exits[message.exit_index] += 1
             if now_ns() >= next_report:
                 next_report += int(config.report_period_s * 1e9)
-                report(node, latencies, exits)
+                report(node, frames, latencies, exits)
     finally:
-        report(node, latencies, exits)
+        report(node, frames, latencies, exits)
         detector.close()
 
 
@@ -140,12 +140,14 @@ def process_frame(node: Node, config: DetectorConfig, detector: AdaptiveDetector
     )
 
 
-def report(node: Node, latencies: deque, exits: Counter) -> None:
+def report(node: Node, frames, latencies: deque, exits: Counter) -> None:
     stats = percentiles_ms(latencies)
     if stats:
-        log.info("capture->detections ms p50 %.1f p99 %.1f max %.1f | exits %s | stale %d late %d",
-                 stats["p50"], stats["p99"], stats["max"], dict(sorted(exits.items())),
-                 node.counters.get("frames.stale", 0), node.counters.get("frames.late", 0))
+        log.info("capture->detections ms p50 %.1f p99 %.1f max %.1f | exits %s",
+                 stats["p50"], stats["p99"], stats["max"], dict(sorted(exits.items())))
+    dropped = " ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(node.counters.items()) if k.startswith("frames."))
+    log.info("frames received %d superseded %d malformed %d | %s", frames.received, frames.superseded,
+             frames.malformed, dropped or "none dropped")
 
 
 def main(argv: list[str] | None = None) -> int:

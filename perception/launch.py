@@ -65,6 +65,7 @@ class LaunchFile:
     nodes: list[LaunchNode]
     status_period_s: float = 5.0
     stop_timeout_s: float = 1.5  # SIGTERM grace before SIGKILL; the whole stop stays under 2 s
+    drain_s: float = 0.0  # after a shutdown_on_exit node finishes cleanly: time for in-flight work downstream
 
     def __post_init__(self) -> None:
         names = [n.name for n in self.nodes]
@@ -75,6 +76,8 @@ class LaunchFile:
             raise ValueError("a launch file needs at least one node")
         if not 0.1 <= self.stop_timeout_s <= 1.8:
             raise ValueError(f"stop_timeout_s must be 0.1..1.8, got {self.stop_timeout_s}")
+        if not 0.0 <= self.drain_s <= 10.0:
+            raise ValueError(f"drain_s must be 0..10, got {self.drain_s}")
 
 
 @dataclass
@@ -148,6 +151,7 @@ class Launcher:
         self.status_file = status_file
         self.nodes: list[ManagedNode] = []
         self._stop_reason: str | None = None
+        self._drain_until_ns: int | None = None
         self._exit_code = 0
         self._context = zmq.Context()
         self._validate_and_prepare()
@@ -195,7 +199,10 @@ class Launcher:
             log.warning("%s exited with %s; restarting in %.1f s (%d/%d)", spec.name, how, delay, managed.restarts, spec.max_restarts)
         if managed.state == "failed":
             self._exit_code = 1
-        if spec.shutdown_on_exit and managed.state in ("exited", "failed"):
+        if spec.shutdown_on_exit and managed.state == "exited" and self.spec.drain_s > 0:
+            log.info("%s finished; ending the launch after %.1f s for in-flight work", spec.name, self.spec.drain_s)
+            self._drain_until_ns = now_ns() + int(self.spec.drain_s * 1e9)
+        elif spec.shutdown_on_exit and managed.state in ("exited", "failed"):
             self._stop_reason = f"{spec.name} {'finished' if managed.state == 'exited' else 'failed'}"
             log.info("%s; ending the launch", self._stop_reason)
 
@@ -268,6 +275,8 @@ class Launcher:
                     self._print_status()
                 if end_ns is not None and now_ns() >= end_ns:
                     self._stop_reason = f"duration of {duration_s:g} s reached"
+                if self._drain_until_ns is not None and now_ns() >= self._drain_until_ns:
+                    self._stop_reason = "source finished and in-flight work drained"
         finally:
             log.info("stopping: %s", self._stop_reason or "error")
             self.stop()

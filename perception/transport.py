@@ -13,7 +13,6 @@ or by an explicit URL (tcp://host:port for another host; "{run_dir}" is substitu
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -21,6 +20,7 @@ from typing import Generic, TypeVar
 import numpy as np
 import zmq
 
+from perception.latency import now_ns
 from perception.messages import FrameHeader, FrameTransport, Message, MessageError, decode, encode
 from perception.shm_ring import FrameOverwritten, FrameRingReader, FrameRingWriter, FrameView, RingError, ring_name
 
@@ -146,7 +146,7 @@ class Subscriber(Generic[M]):
         return Received(message, parts)  # type: ignore[arg-type]
 
     def _warn(self, text: str) -> None:
-        now = time.monotonic_ns()
+        now = now_ns()
         if now - self._last_warning_ns > 1_000_000_000:  # at most one line a second
             log.warning("%s (%d dropped so far)", text, self.malformed)
             self._last_warning_ns = now
@@ -179,7 +179,7 @@ class FrameSender:
         height, width, channels = frame.shape
         if self.transport == FrameTransport.INLINE:
             header = _with_transport(header, width, height, channels, FrameTransport.INLINE, "", 0, 0)
-            header = header.stamped(stage, time.monotonic_ns())
+            header = header.stamped(stage, now_ns())
             self.publisher.publish(topic, header, (np.ascontiguousarray(frame).data,))
             return header
         if self.ring is None:
@@ -192,7 +192,7 @@ class FrameSender:
             reservation = self.ring.write(frame)
         header = _with_transport(
             header, width, height, channels, FrameTransport.SHM, self.ring.name, reservation.slot, reservation.seq
-        ).stamped(stage, time.monotonic_ns())
+        ).stamped(stage, now_ns())
         self.publisher.publish(topic, header)
         return header
 

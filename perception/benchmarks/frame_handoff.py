@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from perception.latency import percentiles_ms
+from perception.latency import now_ns, percentiles_ms
 from perception.messages import FrameHeader, FrameTransport, Stamp
 from perception.transport import FrameReceiver, FrameSender, Publisher, Subscriber
 
@@ -45,13 +45,13 @@ def _reader(endpoint: str, case: str, frames: int, result_path: str, ready) -> N
             parts = subscriber.socket.recv_multipart()  # copies out of ZeroMQ's buffers
             np.frombuffer(parts[2], np.uint8)
             sent_ns = int.from_bytes(parts[1][:8], "little")
-            latencies[got] = time.monotonic_ns() - sent_ns
+            latencies[got] = now_ns() - sent_ns
             got += 1
             continue
         for received in subscriber.receive():
             view = receiver.view(received)
             assert view.still_valid()
-            latencies[got] = time.monotonic_ns() - received.message.stamps[-1].t_ns
+            latencies[got] = now_ns() - received.message.stamps[-1].t_ns
             got += 1
     np.save(result_path, latencies[:got])
     receiver.close()
@@ -80,12 +80,12 @@ def run_case(case: str, shape: tuple[int, int, int], frames: int, workdir: Path)
     for i in range(frames + 20):  # a margin so the reader gets `frames` even if it misses the first
         next_send += period
         time.sleep(max(0.0, next_send - time.monotonic()))
-        start = time.monotonic_ns()
+        start = now_ns()
         header = FrameHeader(frame_id=i + 1, capture_ns=start, stamps=(Stamp("capture", start),), media_ns=0,
                              width=shape[1], height=shape[0], channels=3, transport=transport)
         if case in ("zmq-copy", "zmq-floor"):
             pixels = source.tobytes() if case == "zmq-copy" else b"\0"
-            publisher.socket.send_multipart([b"frames", time.monotonic_ns().to_bytes(8, "little"), pixels])
+            publisher.socket.send_multipart([b"frames", now_ns().to_bytes(8, "little"), pixels])
         elif case == "shm" and sender.ring is not None:
             reservation = sender.reserve(shape)
             reservation.array[0, 0, 0] = i % 256  # the frame is already decoded in place
@@ -93,7 +93,7 @@ def run_case(case: str, shape: tuple[int, int, int], frames: int, workdir: Path)
         else:
             sender.send("frames", source, header)
         if i < frames:
-            writer_ns[i] = time.monotonic_ns() - start
+            writer_ns[i] = now_ns() - start
     reader.join(30)
     latencies = np.load(result_path) if Path(result_path).exists() else np.zeros(0, np.int64)
     sender.close()

@@ -1,6 +1,8 @@
 """End to end: real node processes under the launcher, on ipc sockets and shared memory."""
 
+import ast
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -137,11 +139,19 @@ def test_unknown_node_module_and_bad_restart_policy_are_named(tmp_path):
     assert result.returncode == 78 and "nodes[0].restart: must be one of 'never', 'on-failure', 'always'" in result.stderr
 
 
-def test_bundled_replay_launch_plays_the_whole_drive():
-    result = run_python(["-m", "perception.cli", "launch", "launch/replay.yaml"], timeout_s=60)
+def test_bundled_replay_launch_accounts_for_every_frame_of_the_drive():
+    result = run_python(["-m", "perception.cli", "launch", "launch/replay.yaml"], timeout_s=120)
     assert result.returncode == 0, result.stderr
-    assert "capture finished; ending the launch" in result.stderr
-    assert "frames ok=38 overwritten=0" in result.stderr
+    assert "source ended after 38 frames" in result.stderr
+    exits = re.search(r"detector INFO capture->detections .* exits (\{.*\})", result.stderr)
+    frames = re.search(r"detector INFO frames received (\d+) superseded (\d+) malformed (\d+) \| (.*)", result.stderr)
+    assert exits and frames, result.stderr
+    received, superseded, malformed = map(int, frames.groups()[:3])
+    drops = dict(re.findall(r"(stale|overwritten|bad) (\d+)", frames.group(4)))
+    processed = sum(ast.literal_eval(exits.group(1)).values())
+    assert received + superseded + malformed == 38  # every frame published reached the detector
+    assert processed + sum(map(int, drops.values())) == received  # and each was detected or dropped, counted
+    assert processed > 0
 
 
 def test_a_replay_whose_source_is_missing_ends_with_one_clear_error(tmp_path):
