@@ -33,7 +33,7 @@ class DetectorConfig:
     model: Path = WEIGHTS_DIR / "yolox_nano_exits.json"  # a manifest (perception/detection/manifest.py)
     engine: EngineConfig = field(default_factory=EngineConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
-    frames_from: str = "capture"
+    frames_from: str | list[str] = "capture"  # node name(s) or endpoint URL(s)
     control_from: str | None = None  # the watchdog's node name, to accept depth ceilings from it
     budget_ms: float = 100.0  # capture to published decision
     reserve_ms: float = 15.0  # of the budget, kept for the decision node and the hops after detection

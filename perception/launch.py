@@ -24,6 +24,7 @@ import sys
 import secrets
 import tempfile
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +67,7 @@ class LaunchFile:
     status_period_s: float = 5.0
     stop_timeout_s: float = 1.5  # SIGTERM grace before SIGKILL; the whole stop stays under 2 s
     drain_s: float = 0.0  # after a shutdown_on_exit node finishes cleanly: time for in-flight work downstream
+    budget_ms: float | None = None  # capture-to-decision budget: overrides every node config's `budget_ms`
 
     def __post_init__(self) -> None:
         names = [n.name for n in self.nodes]
@@ -107,12 +109,27 @@ def node_config_type(spec: LaunchNode, source: str) -> type:
     return module.CONFIG
 
 
-def resolve_node_config(spec: LaunchNode, source: str) -> tuple[dict, Any]:
-    """The node's config with params merged, validated; returns (plain data, typed config)."""
+def budget_keys(config_type: type, prefix: str = "") -> list[str]:
+    """Dotted paths of every `budget_ms` field in a config type and its nested sections."""
+    keys = []
+    for f in dataclasses.fields(config_type):
+        nested = typing.get_type_hints(config_type).get(f.name)
+        if f.name == "budget_ms":
+            keys.append(prefix + f.name)
+        elif dataclasses.is_dataclass(nested):
+            keys += budget_keys(nested, f"{prefix}{f.name}.")
+    return keys
+
+
+def resolve_node_config(spec: LaunchNode, source: str, budget_ms: float | None = None) -> tuple[dict, Any]:
+    """The node's config with the launch budget and params merged, validated; returns (plain data, typed config)."""
     config_type = node_config_type(spec, source)
     data = load_yaml(spec.config) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{spec.config}: top level must be a mapping")
+    if budget_ms is not None:
+        for key in budget_keys(config_type):
+            apply_override(data, f"{key}={budget_ms}", f"{source}: budget_ms")
     for key, value in spec.params.items():
         apply_override(data, f"{key}={json.dumps(value)}", f"{source}: nodes[{spec.name}].params")
     typed = from_mapping(config_type, data, source=f"{spec.config} (node {spec.name})", base_dir=spec.config.parent)
@@ -157,7 +174,7 @@ class Launcher:
         self._validate_and_prepare()
 
     def _validate_and_prepare(self) -> None:
-        resolved = [(spec, *resolve_node_config(spec, str(self.launch_path))) for spec in self.spec.nodes]
+        resolved = [(spec, *resolve_node_config(spec, str(self.launch_path), self.spec.budget_ms)) for spec in self.spec.nodes]
         self.run_dir.mkdir(parents=True)
         for spec, data, typed in resolved:
             config_path = self.run_dir / f"{spec.name}.yaml"

@@ -24,7 +24,8 @@ from perception.evaluation.detector_eval import annotated_frames, evaluate_on_vi
 REPO = Path(__file__).resolve().parents[2]
 EVAL_VIDEO = REPO / "recordings" / "pets09_vtest_eval.avi"
 EVAL_ANNOTATIONS = REPO / "recordings" / "pets09_vtest_eval_person.json"
-CONFIDENCE_GRID = [(0.1, high, max_uncertain) for high in (0.4, 0.5, 0.6, 0.7) for max_uncertain in (0, 1, 2)]
+CONFIDENCE_GRID = [(low, high, max_uncertain) for low, high in ((0.1, 0.5), (0.2, 0.5), (0.2, 0.4), (0.3, 0.5))
+                   for max_uncertain in (0, 2, 4, 8)]
 
 
 def configurations(exit_count: int) -> list[tuple[str, PolicyConfig]]:

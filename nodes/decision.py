@@ -1,0 +1,62 @@
+"""Decision node: turns each frame's detections into PROCEED, SLOW or BRAKE with a reason."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from perception.decision import DecisionMaker, DecisionRules
+from perception.detection.manifest import WEIGHTS_DIR
+from perception.latency import now_ns
+from perception.messages import Detections
+from perception.node import FatalInputError, Node, NodeSettings, run_node
+
+log = logging.getLogger("decision")
+
+
+@dataclass(frozen=True)
+class DecisionConfig:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    detections_from: str | list[str] = "detector"
+    classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # names of the detector's class ids
+    rules: DecisionRules = field(default_factory=DecisionRules)
+    budget_ms: float = 100.0  # detections older than this are dropped: the watchdog has already braked
+
+    def __post_init__(self) -> None:
+        if self.budget_ms <= 0:
+            raise ValueError(f"budget_ms must be positive, got {self.budget_ms}")
+
+
+CONFIG = DecisionConfig
+
+
+def decide(node: Node, config: DecisionConfig) -> None:
+    try:
+        class_names = [line.strip() for line in config.classes_file.read_text().splitlines() if line.strip()]
+        maker = DecisionMaker(config.rules, class_names, node.name)
+    except (OSError, ValueError) as exc:
+        raise FatalInputError(f"{config.classes_file}: {exc}") from None
+    detections = node.subscribe(config.detections_from, "detections", Detections, latest=False)
+    actions: Counter = Counter()
+    while node.ok():
+        if detections in node.poll(0.1):
+            for received in detections.receive():
+                if now_ns() - received.message.capture_ns > config.budget_ms * 1e6:
+                    node.count("detections.stale")
+                    continue
+                decision = maker.decide(received.message, now_ns())
+                node.publish("decisions", decision)
+                actions[decision.action.name] += 1
+                node.count(f"decisions.{decision.action.name.lower()}")
+                node.mark_frame_done(decision.frame_id, decision.capture_ns)
+    log.info("decisions %s", dict(actions))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(__doc__.splitlines()[0], DecisionConfig, decide, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

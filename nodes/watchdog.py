@@ -1,0 +1,85 @@
+"""Watchdog node: enforces the capture-to-decision budget, fails safe, degrades depth.
+
+Publishes fail-safe BRAKE decisions on `decisions` (consumers listen to the decision node and to
+the watchdog), depth ceilings on `control`, and a WatchdogStatus on `watchdog` every status period.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from perception.latency import now_ns
+from perception.messages import Decision, FrameHeader, Heartbeat
+from perception.node import Node, NodeSettings, run_node
+from perception.watchdog import Outputs, WatchdogCore, WatchdogRules
+
+log = logging.getLogger("watchdog")
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    rules: WatchdogRules = field(default_factory=WatchdogRules)
+    frames_from: str | list[str] = "capture"  # node name(s) or endpoint URL(s)
+    decisions_from: str | list[str] = "decision"
+    status_period_ms: float = 100.0
+    control_period_ms: float = 1000.0  # re-send the ceiling so a restarted detector learns it
+
+    def __post_init__(self) -> None:
+        if self.status_period_ms <= 0 or self.control_period_ms <= 0:
+            raise ValueError("status_period_ms and control_period_ms must be positive")
+
+
+CONFIG = WatchdogConfig
+
+
+def watch(node: Node, config: WatchdogConfig) -> None:
+    core = WatchdogCore(config.rules, node.name, now_ns())
+    frames = node.subscribe(config.frames_from, "frames", FrameHeader, latest=False)
+    decisions = node.subscribe(config.decisions_from, "decisions", Decision, latest=False)
+    heartbeats = node.subscribe(config.rules.monitored, "heartbeat", Heartbeat, latest=False)
+    next_status = next_control = 0
+    node.mark_frame_done(0, 0)
+    while node.ok():
+        wake = core.next_wakeup_ns()
+        timeout_s = 0.05 if wake is None else max(0.0, min(0.05, (wake - now_ns()) / 1e9))
+        ready = node.poll(timeout_s)
+        # Frames before decisions: a decision for a frame that arrived in the same batch answers it.
+        if frames in ready:
+            for received in frames.receive():
+                core.on_frame(received.message)
+        if decisions in ready:
+            for received in decisions.receive():
+                if received.message.decided_by != node.name:
+                    publish(node, core.on_decision(received.message, now_ns()))
+        if heartbeats in ready:
+            for received in heartbeats.receive():
+                core.on_heartbeat(received.message, now_ns())
+        publish(node, core.tick(now_ns()))
+        now = now_ns()
+        if now >= next_status:
+            next_status = now + int(config.status_period_ms * 1e6)
+            node.publish("watchdog", core.status())
+            node.counters.update(core.counters)
+        if now >= next_control:
+            next_control = now + int(config.control_period_ms * 1e6)
+            node.publish("control", core.control_now())
+    log.info("%s", " ".join(f"{k} {v}" for k, v in core.status().counters.items()))
+
+
+def publish(node: Node, out: Outputs) -> None:
+    for decision in out.decisions:
+        node.publish("decisions", decision)
+        log.warning("fail-safe BRAKE for frame %d: %s: %s", decision.frame_id, decision.reason.name, decision.detail)
+    for control in out.controls:
+        node.publish("control", control)
+        log.warning("depth ceiling -> %d: %s", control.max_depth, control.reason)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(__doc__.splitlines()[0], WatchdogConfig, watch, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,215 @@
+"""The watchdog's rules, free of sockets and clocks so they can be tested exactly.
+
+Obligation: every captured frame must be answered by a decision within the budget, counted from
+its capture time. A decision for a newer frame answers older ones too (a detector that skips
+superseded frames is degrading on purpose, not failing). A frame still unanswered at its deadline
+gets a fail-safe BRAKE at that moment, not later.
+
+Liveness: every monitored node must heartbeat within `heartbeat_timeout_ms`. A silent node puts
+the system in FAILSAFE: a BRAKE naming the node goes out at once and again every
+`failsafe_repeat_ms` until it is back. A node whose last heartbeat said STOPPING left on purpose
+(a replay's source at the end of its recording) and is not waited for until it heartbeats again;
+a crashed or stalled node never says so, and frames it leaves unanswered still fail safe.
+
+Degradation: when the p95 of capture-to-decision latency over the recent window exceeds
+`degrade_fraction` of the budget, or a deadline was missed, the detector's depth ceiling is
+lowered one step; it is raised one step again only after `relax_after` decisions with p95 under
+`relax_fraction` of the budget and no miss (hysteresis). Changes are at least `window` decisions
+apart, so one slow frame cannot swing the depth.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from perception.messages import (
+    Action, Control, Decision, FrameHeader, Heartbeat, NodeState, Reason, Stamp, SystemState, WatchdogStatus,
+)
+
+MS = 1_000_000
+
+
+@dataclass(frozen=True)
+class WatchdogRules:
+    budget_ms: float = 100.0
+    monitored: list[str] = field(default_factory=lambda: ["capture", "detector", "decision"])
+    heartbeat_timeout_ms: float = 300.0
+    startup_grace_ms: float = 5000.0  # nodes get this long to send a first heartbeat
+    failsafe_repeat_ms: float = 100.0
+    control_target: str = "detector"
+    max_depth: int = 1  # the detector's deepest exit index
+    degrade_fraction: float = 0.8
+    relax_fraction: float = 0.5
+    window: int = 20
+    relax_after: int = 50
+
+    def __post_init__(self) -> None:
+        if self.budget_ms <= 0 or self.heartbeat_timeout_ms <= 0 or self.failsafe_repeat_ms <= 0:
+            raise ValueError("budget_ms, heartbeat_timeout_ms and failsafe_repeat_ms must be positive")
+        if not 0 < self.relax_fraction < self.degrade_fraction <= 1:
+            raise ValueError("need 0 < relax_fraction < degrade_fraction <= 1")
+        if self.window < 1 or self.relax_after < 1 or self.max_depth < 0:
+            raise ValueError("window and relax_after must be >= 1, max_depth >= 0")
+
+
+@dataclass
+class Outputs:
+    """What the node must publish after an event or a tick."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    controls: list[Control] = field(default_factory=list)
+
+
+@dataclass
+class _Pending:
+    frame_id: int
+    capture_ns: int
+    deadline_ns: int
+
+
+class WatchdogCore:
+    def __init__(self, rules: WatchdogRules, name: str, start_ns: int) -> None:
+        self.rules = rules
+        self.name = name
+        self.budget_ns = int(rules.budget_ms * MS)
+        self.depth_limit = rules.max_depth
+        self.counters: dict[str, int] = {k: 0 for k in (
+            "frames", "decisions", "deadline_misses", "late_decisions", "failsafes", "node_down_events",
+            "degrade_steps", "relax_steps", "stale_dropped")}
+        self.failsafe_delay_ns: deque[int] = deque(maxlen=10_000)  # fail-safe publish time minus its deadline
+        self._pending: deque[_Pending] = deque()
+        self._answered_ns = -1  # capture time of the newest frame answered by a decision
+        self._latencies: deque[int] = deque(maxlen=rules.window)
+        self._misses_in_window: deque[bool] = deque(maxlen=rules.window)
+        self._since_change = 0
+        self._calm = 0
+        self._last_seen = {node: start_ns + int(rules.startup_grace_ms * MS) - int(rules.heartbeat_timeout_ms * MS)
+                           for node in rules.monitored}
+        self._down: set[str] = set()
+        self._departed: set[str] = set()
+        self._last_repeat_ns = 0
+        self._last_frame = (0, 0)
+
+    # -- events ---------------------------------------------------------------------------
+    def on_frame(self, header: FrameHeader) -> None:
+        self.counters["frames"] += 1
+        self._last_frame = (header.frame_id, header.capture_ns)
+        if header.capture_ns > self._answered_ns:
+            self._pending.append(_Pending(header.frame_id, header.capture_ns, header.capture_ns + self.budget_ns))
+
+    def on_decision(self, decision: Decision, now_ns: int) -> Outputs:
+        self.counters["decisions"] += 1
+        latency = now_ns - decision.capture_ns
+        if latency > self.budget_ns:
+            self.counters["late_decisions"] += 1  # its frame was already answered by a fail-safe
+        self._answered_ns = max(self._answered_ns, decision.capture_ns)
+        while self._pending and self._pending[0].capture_ns <= decision.capture_ns:
+            self._pending.popleft()
+        self._latencies.append(latency)
+        self._misses_in_window.append(latency > self.budget_ns)
+        return self._adapt_depth(decision)
+
+    def on_heartbeat(self, beat: Heartbeat, now_ns: int) -> Outputs:
+        if beat.node in self._last_seen:
+            self._last_seen[beat.node] = now_ns
+            if beat.state == NodeState.STOPPING:
+                self._departed.add(beat.node)
+            else:
+                self._departed.discard(beat.node)
+            if beat.node == self.rules.control_target:
+                # Frames the detector dropped unprocessed: too old when picked up, or a newer one was waiting.
+                self.counters["stale_dropped"] = beat.counters.get("frames.stale", 0) + beat.counters.get("frames.superseded", 0)
+        return Outputs()
+
+    # -- time -----------------------------------------------------------------------------
+    def next_wakeup_ns(self) -> int | None:
+        """When tick() next has something to do (the earliest pending deadline), if anything."""
+        return self._pending[0].deadline_ns if self._pending else None
+
+    def tick(self, now_ns: int) -> Outputs:
+        out = Outputs()
+        while self._pending and self._pending[0].deadline_ns <= now_ns:
+            missed = self._pending.popleft()
+            self.counters["deadline_misses"] += 1
+            self._misses_in_window.append(True)
+            out.decisions.append(self._failsafe(missed.frame_id, missed.capture_ns, Reason.DEADLINE_MISS,
+                                                f"no decision within {self.rules.budget_ms:g} ms of capture", now_ns))
+            self.failsafe_delay_ns.append(now_ns - missed.deadline_ns)
+        out.controls += self._degrade_on_miss(out)
+        self._check_liveness(now_ns, out)
+        return out
+
+    def _check_liveness(self, now_ns: int, out: Outputs) -> None:
+        timeout = int(self.rules.heartbeat_timeout_ms * MS)
+        down = {node for node, seen in self._last_seen.items() if now_ns - seen > timeout and node not in self._departed}
+        newly_down = down - self._down
+        self.counters["node_down_events"] += len(newly_down)
+        self._down = down
+        repeat_due = now_ns - self._last_repeat_ns >= int(self.rules.failsafe_repeat_ms * MS)
+        if down and (newly_down or repeat_due):
+            self._last_repeat_ns = now_ns
+            silent = ", ".join(f"{n} silent {(now_ns - self._last_seen[n]) / MS:.0f} ms" for n in sorted(down))
+            frame_id, capture_ns = self._last_frame
+            out.decisions.append(self._failsafe(frame_id, capture_ns, Reason.NODE_DOWN, silent, now_ns))
+
+    # -- degradation ----------------------------------------------------------------------
+    def _degrade_on_miss(self, out: Outputs) -> list[Control]:
+        if out.decisions and self.depth_limit > 0 and self._since_change >= self.rules.window:
+            return [self._set_depth(self.depth_limit - 1, "deadline missed", *self._last_frame)]
+        return []
+
+    def _adapt_depth(self, decision: Decision) -> Outputs:
+        self._since_change += 1
+        if len(self._latencies) < self.rules.window or self._since_change < self.rules.window:
+            return Outputs()
+        p95 = float(np.percentile(self._latencies, 95))
+        missed = any(self._misses_in_window)
+        if (missed or p95 > self.rules.degrade_fraction * self.budget_ns) and self.depth_limit > 0:
+            self._calm = 0
+            reason = f"p95 {p95 / MS:.0f} ms of {self.rules.budget_ms:g} ms budget" + (", deadline missed" if missed else "")
+            return Outputs(controls=[self._set_depth(self.depth_limit - 1, reason, decision.frame_id, decision.capture_ns)])
+        if not missed and p95 < self.rules.relax_fraction * self.budget_ns:
+            self._calm += 1
+            if self._calm >= self.rules.relax_after and self.depth_limit < self.rules.max_depth:
+                self._calm = 0
+                reason = f"p95 {p95 / MS:.0f} ms, headroom back"
+                return Outputs(controls=[self._set_depth(self.depth_limit + 1, reason, decision.frame_id, decision.capture_ns)])
+        else:
+            self._calm = 0
+        return Outputs()
+
+    def _set_depth(self, depth: int, reason: str, frame_id: int, capture_ns: int) -> Control:
+        self.counters["degrade_steps" if depth < self.depth_limit else "relax_steps"] += 1
+        self.depth_limit = depth
+        self._since_change = 0
+        return Control(frame_id=frame_id, capture_ns=capture_ns, target=self.rules.control_target, max_depth=depth,
+                       reason=reason)
+
+    def control_now(self) -> Control:
+        """The current ceiling, re-sent periodically so a restarted detector learns it."""
+        frame_id, capture_ns = self._last_frame
+        return Control(frame_id=frame_id, capture_ns=capture_ns, target=self.rules.control_target,
+                       max_depth=self.depth_limit, reason="current ceiling")
+
+    # -- outputs --------------------------------------------------------------------------
+    def _failsafe(self, frame_id: int, capture_ns: int, reason: Reason, detail: str, now_ns: int) -> Decision:
+        self.counters["failsafes"] += 1
+        return Decision(frame_id=frame_id, capture_ns=capture_ns, stamps=(Stamp("watchdog", now_ns),),
+                        action=Action.BRAKE, reason=reason, decided_by=self.name, detail=detail)
+
+    @property
+    def state(self) -> SystemState:
+        if self._down:
+            return SystemState.FAILSAFE
+        return SystemState.DEGRADED if self.depth_limit < self.rules.max_depth else SystemState.NOMINAL
+
+    def status(self) -> WatchdogStatus:
+        frame_id, capture_ns = self._last_frame
+        counters = dict(self.counters)
+        if self.failsafe_delay_ns:
+            counters["failsafe_delay_p99_us"] = int(np.percentile(self.failsafe_delay_ns, 99) / 1000)
+        return WatchdogStatus(frame_id=frame_id, capture_ns=capture_ns, state=self.state, depth_limit=self.depth_limit,
+                              nodes_down=tuple(sorted(self._down)), counters=counters)

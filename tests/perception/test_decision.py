@@ -1,0 +1,108 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from perception.decision import DecisionMaker, DecisionRules, fraction_in_polygon
+from perception.detection.adaptive import AdaptiveDetector
+from perception.detection.manifest import load_manifest
+from perception.detection.policy import PolicyConfig, run_policy
+from perception.engines import EngineConfig, create_engine
+from perception.messages import Action, Detections, Reason
+
+NAMES = [line.strip() for line in (Path(__file__).resolve().parents[2] / "perception/weights/coco_classes.txt").read_text().splitlines()]
+PERSON, CAR, BENCH = NAMES.index("person"), NAMES.index("car"), NAMES.index("bench")
+W, H = 1000, 1000
+FRAME_NS = 100_000_000  # 10 fps
+
+
+def detections(i: int, *objects: tuple[int, float, tuple[float, float, float, float]]) -> Detections:
+    return Detections(
+        frame_id=i, capture_ns=i * FRAME_NS, image_width=W, image_height=H, exit_index=0, exit_count=1,
+        boxes=np.array([o[2] for o in objects], np.float32).reshape(-1, 4),
+        scores=np.array([o[1] for o in objects], np.float32), class_ids=np.array([o[0] for o in objects], np.uint16),
+    )
+
+
+def centred(height: float, bottom: float = 0.9, width: float = 0.1) -> tuple[float, float, float, float]:
+    return (W * (0.5 - width / 2), H * (bottom - height), W * (0.5 + width / 2), H * bottom)
+
+
+def maker(**rules) -> DecisionMaker:
+    return DecisionMaker(DecisionRules(**rules), NAMES)
+
+
+def test_point_in_polygon_fraction():
+    square = np.array([(0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75)])
+    assert fraction_in_polygon(0.3, 0.7, 0.5, square) == 1.0
+    assert fraction_in_polygon(0.8, 0.9, 0.5, square) == 0.0
+    assert 0.4 < fraction_in_polygon(0.0, 0.5, 0.5, square) < 0.6
+
+
+def test_a_tall_person_in_the_path_means_brake_with_the_target_named():
+    d = maker().decide(detections(1, (PERSON, 0.9, centred(0.4))), at_ns=5)
+    assert (d.action, d.reason) == (Action.BRAKE, Reason.OBJECT_IN_PATH)
+    assert d.target.class_id == PERSON and d.target.box == pytest.approx(centred(0.4))
+    assert "person in path" in d.detail and d.stamps[-1].stage == "decision"
+
+
+def test_size_bands_slow_then_proceed():
+    assert maker().decide(detections(1, (CAR, 0.9, centred(0.2))), 0).action == Action.SLOW
+    d = maker().decide(detections(1, (CAR, 0.9, centred(0.05))), 0)
+    assert (d.action, d.reason) == (Action.PROCEED, Reason.CLEAR) and d.target.class_id == CAR
+
+
+def test_objects_outside_the_path_low_scores_and_irrelevant_classes_are_ignored():
+    beside = (W * 0.02, H * 0.5, W * 0.15, H * 0.95)
+    d = maker().decide(detections(1, (PERSON, 0.9, beside), (PERSON, 0.2, centred(0.5)), (BENCH, 0.9, centred(0.5))), 0)
+    assert (d.action, d.reason, d.target) == (Action.PROCEED, Reason.CLEAR, None)
+
+
+def test_a_small_but_growing_object_is_closing_fast():
+    m = maker()
+    decisions = [m.decide(detections(i, (CAR, 0.9, centred(0.05 * 1.1 ** i))), 0) for i in range(8)]
+    assert decisions[0].action == Action.PROCEED  # one sample: no rate yet
+    assert (decisions[-1].action, decisions[-1].reason) == (Action.BRAKE, Reason.CLOSING_FAST)
+    # h grows 10% per 0.1 s: d ln h / dt = ln(1.1) / 0.1 s, so TTC = 1.05 s.
+    assert decisions[-1].target.ttc_s == pytest.approx(0.1 / np.log(1.1), rel=0.01)
+
+
+def test_pixel_jitter_is_not_closing():
+    m = maker()
+    for i in range(12):
+        d = m.decide(detections(i, (CAR, 0.9, centred(0.05 + (0.002 if i % 2 else 0)))), 0)
+        assert d.action == Action.PROCEED, d.detail
+
+
+def test_escalation_is_immediate_and_release_waits_for_calm_frames():
+    m = maker(release_frames=3)
+    clear = detections(0)
+    assert m.decide(clear, 0).action == Action.PROCEED
+    assert m.decide(detections(1, (PERSON, 0.9, centred(0.4))), 0).action == Action.BRAKE
+    held = [m.decide(detections(i), 0) for i in range(2, 5)]
+    assert [d.action for d in held] == [Action.BRAKE] * 3 and "holding BRAKE" in held[0].detail
+    assert m.decide(detections(5), 0).action == Action.PROCEED
+    assert m.decide(detections(6, (PERSON, 0.9, centred(0.4))), 0).action == Action.BRAKE
+
+
+def test_unknown_class_names_and_bad_rules_are_rejected():
+    with pytest.raises(ValueError, match=r"\['motorcycle'\] are not classes of the detector"):
+        maker(classes=["person", "motorcycle"])
+    with pytest.raises(ValueError, match="slow_height <= brake_height"):
+        DecisionRules(slow_height=0.5, brake_height=0.2)
+    with pytest.raises(ValueError, match="polygon"):
+        DecisionRules(roi=[(0, 0), (1, 1)])
+
+
+def test_real_dashcam_frame_cars_in_other_lanes_proceed_and_in_a_path_over_them_slow():
+    manifest = load_manifest("yolox_nano.json")
+    detector = AdaptiveDetector(manifest, create_engine(EngineConfig(threads=1)))
+    frame = cv2.imread(str(Path(__file__).resolve().parents[1] / "data/udacity_test1.jpg"))
+    outcome = run_policy(detector, detector.begin(frame), PolicyConfig(kind="fixed"))
+    seen = Detections(frame_id=1, capture_ns=0, image_width=frame.shape[1], image_height=frame.shape[0], exit_index=0,
+                      exit_count=1, boxes=outcome.boxes, scores=outcome.scores, class_ids=outcome.class_ids)
+    assert DecisionMaker(DecisionRules(), manifest.class_names()).decide(seen, 0).action == Action.PROCEED
+    right_lane = DecisionRules(roi=[(0.6, 0.55), (1.0, 0.55), (1.0, 1.0), (0.6, 1.0)], slow_height=0.1)
+    d = DecisionMaker(right_lane, manifest.class_names()).decide(seen, 0)
+    assert (d.action, manifest.class_names()[d.target.class_id]) == (Action.SLOW, "car")

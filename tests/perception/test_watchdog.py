@@ -1,0 +1,119 @@
+"""The watchdog's rules with time injected: exact deadlines, liveness and depth hysteresis."""
+
+import pytest
+
+from perception.messages import Action, Decision, FrameHeader, FrameTransport, Heartbeat, NodeState, Reason, SystemState
+from perception.watchdog import WatchdogCore, WatchdogRules
+
+MS = 1_000_000
+T0 = 1_000 * MS
+
+
+def frame(i: int, capture_ns: int) -> FrameHeader:
+    return FrameHeader(frame_id=i, capture_ns=capture_ns, media_ns=0, width=8, height=8, channels=3,
+                       transport=FrameTransport.SHM)
+
+
+def decision(i: int, capture_ns: int) -> Decision:
+    return Decision(frame_id=i, capture_ns=capture_ns, action=Action.PROCEED, reason=Reason.CLEAR, decided_by="decision")
+
+
+def beat(node: str, state=NodeState.OK) -> Heartbeat:
+    return Heartbeat(frame_id=0, capture_ns=0, node=node, pid=1, seq=1, sent_ns=0, state=state)
+
+
+def core(**rules) -> WatchdogCore:
+    rules = {"monitored": ["detector"], "startup_grace_ms": 0, "heartbeat_timeout_ms": 300, **rules}
+    watchdog = WatchdogCore(WatchdogRules(**rules), "watchdog", T0)
+    watchdog.on_heartbeat(beat("detector"), T0)
+    return watchdog
+
+
+def test_an_unanswered_frame_gets_a_brake_exactly_at_its_deadline():
+    w = core()
+    w.on_frame(frame(7, T0))
+    assert w.next_wakeup_ns() == T0 + 100 * MS
+    assert w.tick(T0 + 100 * MS - 1).decisions == []
+    out = w.tick(T0 + 100 * MS)
+    assert len(out.decisions) == 1
+    failsafe = out.decisions[0]
+    assert (failsafe.frame_id, failsafe.capture_ns, failsafe.action, failsafe.reason) == (7, T0, Action.BRAKE, Reason.DEADLINE_MISS)
+    assert failsafe.decided_by == "watchdog" and w.counters["deadline_misses"] == 1
+    assert list(w.failsafe_delay_ns) == [0]
+
+
+def test_a_decision_for_a_newer_frame_answers_older_ones():
+    w = core()
+    for i in range(3):
+        w.on_frame(frame(i, T0 + i * 40 * MS))
+    w.on_decision(decision(2, T0 + 80 * MS), T0 + 95 * MS)  # frames 0 and 1 were skipped on purpose
+    w.on_heartbeat(beat("detector"), T0 + 150 * MS)
+    assert w.tick(T0 + 200 * MS).decisions == []  # past frame 0's and 1's deadlines
+    assert w.counters["deadline_misses"] == 0 and w.next_wakeup_ns() is None
+
+
+def test_a_late_decision_is_counted_after_the_failsafe():
+    w = core()
+    w.on_frame(frame(1, T0))
+    assert len(w.tick(T0 + 100 * MS).decisions) == 1
+    w.on_decision(decision(1, T0), T0 + 130 * MS)
+    assert w.counters["late_decisions"] == 1 and w.counters["failsafes"] == 1
+
+
+def test_a_silent_node_means_brake_now_and_repeatedly_until_it_is_back():
+    w = core(failsafe_repeat_ms=100)
+    assert w.tick(T0 + 300 * MS).decisions == []  # exactly at the timeout: still alive
+    out = w.tick(T0 + 301 * MS)
+    assert [(d.reason, d.action) for d in out.decisions] == [(Reason.NODE_DOWN, Action.BRAKE)]
+    assert "detector silent 301 ms" in out.decisions[0].detail
+    assert w.state == SystemState.FAILSAFE and w.status().nodes_down == ("detector",)
+    assert w.tick(T0 + 350 * MS).decisions == []  # not every tick
+    assert len(w.tick(T0 + 401 * MS).decisions) == 1  # but every repeat period
+    w.on_heartbeat(beat("detector"), T0 + 420 * MS)
+    assert w.tick(T0 + 430 * MS).decisions == [] and w.state == SystemState.NOMINAL
+    assert w.counters["node_down_events"] == 1
+
+
+def test_nodes_get_a_startup_grace_period():
+    w = WatchdogCore(WatchdogRules(monitored=["detector"], startup_grace_ms=2000), "watchdog", T0)
+    assert w.tick(T0 + 1900 * MS).decisions == []
+    assert w.tick(T0 + 2001 * MS).decisions[0].reason == Reason.NODE_DOWN
+
+
+def test_a_node_that_said_it_is_stopping_is_not_waited_for():
+    w = core()
+    w.on_heartbeat(beat("detector", NodeState.STOPPING), T0 + 10 * MS)
+    assert w.tick(T0 + 5000 * MS).decisions == []
+
+
+def test_slow_decisions_lower_the_depth_and_headroom_raises_it_again_with_hysteresis():
+    w = core(window=5, relax_after=10, max_depth=2)
+    controls = []
+    t = T0
+    for i in range(10):  # p95 at 90 ms of a 100 ms budget
+        w.on_frame(frame(i, t))
+        w.on_heartbeat(beat("detector"), t)
+        controls += w.on_decision(decision(i, t), t + 90 * MS).controls
+        t += 50 * MS
+    assert [c.max_depth for c in controls] == [1, 0]  # one step per window, not one per frame
+    assert w.state == SystemState.DEGRADED and controls[0].target == "detector" and "p95 90 ms" in controls[0].reason
+    controls = []
+    for i in range(10, 40):  # fast again
+        w.on_frame(frame(i, t))
+        w.on_heartbeat(beat("detector"), t)
+        controls += w.on_decision(decision(i, t), t + 20 * MS).controls
+        t += 50 * MS
+    assert [c.max_depth for c in controls] == [1, 2]
+    assert w.state == SystemState.NOMINAL
+
+
+def test_in_between_latency_changes_nothing():
+    w = core(window=5, relax_after=5)
+    for i in range(30):
+        assert w.on_decision(decision(i, T0 + i * MS), T0 + i * MS + 65 * MS).controls == []
+    assert w.depth_limit == 1
+
+
+def test_rules_are_validated():
+    with pytest.raises(ValueError, match="relax_fraction < degrade_fraction"):
+        WatchdogRules(relax_fraction=0.9, degrade_fraction=0.8)
