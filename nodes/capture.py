@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from perception.latency import now_ns
-from perception.messages import FrameHeader, FrameTransport, Stamp
+from perception.messages import Decision, FrameHeader, FrameTransport, Stamp
 from perception.node import FatalInputError, Node, NodeSettings, run_node
 from perception.sources import SourceConfig, SourceError, open_source
 from perception.timing import RateKeeper
@@ -23,7 +23,10 @@ log = logging.getLogger("capture")
 class CaptureConfig:
     source: SourceConfig
     node: NodeSettings = field(default_factory=NodeSettings)
-    rate: Literal["source", "max"] | float = "source"  # source: the file's/camera's own fps
+    rate: Literal["source", "max"] | float = "source"  # source: the recorded timeline (a camera: as it delivers)
+    speed: float = 1.0  # rate source: play the recorded timeline this many times faster
+    lockstep_from: list[str] | None = None  # deterministic replay: send frame N+1 after a decision about N
+    lockstep_timeout_s: float = 10.0
     transport: Literal["shm", "inline"] = "shm"  # inline: pixels inside the message (for tcp://)
     ring_slots: int = 8
     max_frames: int | None = None
@@ -34,6 +37,8 @@ class CaptureConfig:
     def __post_init__(self) -> None:
         if isinstance(self.rate, float) and self.rate <= 0:
             raise ValueError(f"rate must be 'source', 'max' or a positive number, got {self.rate}")
+        if self.speed <= 0 or self.lockstep_timeout_s <= 0:
+            raise ValueError("speed and lockstep_timeout_s must be positive")
         if not 2 <= self.ring_slots <= 256:
             raise ValueError(f"ring_slots must be 2..256, got {self.ring_slots}")
 
@@ -47,10 +52,11 @@ def capture(node: Node, config: CaptureConfig) -> None:
     except SourceError as exc:
         raise FatalInputError(str(exc)) from None
     with source:
-        hz = {"source": source.fps, "max": None}.get(config.rate, config.rate)  # type: ignore[arg-type]
-        log.info("%s, publishing %s at %s", source.description, config.transport, f"{hz:g} Hz" if hz else "max rate")
-        pacer = RateKeeper(hz)
+        pacer = Pacer(config, source)
+        log.info("%s, publishing %s, %s", source.description, config.transport, pacer.describe())
         sender = node.frame_sender(FrameTransport[config.transport.upper()], config.ring_slots)
+        decisions = (node.subscribe(config.lockstep_from, "decisions", Decision, latest=False)
+                     if config.lockstep_from else None)
         if config.wait_for_subscribers and not node.wait_for_subscribers(
             config.topic, config.wait_for_subscribers, config.wait_timeout_s
         ):
@@ -59,13 +65,16 @@ def capture(node: Node, config: CaptureConfig) -> None:
         shape = None
         frame_id = 0
         while node.ok() and (config.max_frames is None or frame_id < config.max_frames):
-            node.sleep_until(pacer.next_deadline())
             reservation = sender.reserve(shape)
-            item = source.read(reservation.array if reservation else None)
+            try:
+                item = source.read(reservation.array if reservation else None)
+            except SourceError as exc:
+                raise FatalInputError(str(exc)) from None
             if item is None:
                 log.info("source ended after %d frames", frame_id)
                 break
             frame, media_ns = item
+            node.sleep_until(pacer.deadline(media_ns))
             capture_ns = now_ns()
             shape = shape or frame.shape
             if frame.shape != shape:
@@ -80,8 +89,43 @@ def capture(node: Node, config: CaptureConfig) -> None:
             sender.send(config.topic, frame, header, reservation)
             node.count("frames.sent")
             node.counters["frames.bad_source"] = source.bad_frames
-            node.counters["pacing.slips"] = pacer.slips
             node.mark_frame_done(frame_id, capture_ns)
+            if decisions is not None and not wait_for_decision(node, decisions, frame_id, config.lockstep_timeout_s):
+                node.count("lockstep.timeouts")
+                log.warning("no decision about frame %d within %.1f s; going on", frame_id, config.lockstep_timeout_s)
+
+
+class Pacer:
+    """When to publish a frame: on the source's own timeline (scaled by speed), at a fixed rate, or at once."""
+
+    def __init__(self, config: CaptureConfig, source) -> None:
+        self.config = config
+        self.follow_media = config.rate == "source" and not source.paced_by_device
+        self.fixed = RateKeeper(config.rate) if isinstance(config.rate, float) else None
+        self._anchor: tuple[int, int] | None = None  # (media_ns, monotonic ns) of the first frame
+
+    def deadline(self, media_ns: int) -> int:
+        now = now_ns()
+        if self.fixed is not None:
+            return self.fixed.next_deadline(now)
+        if not self.follow_media:
+            return now
+        if self._anchor is None:
+            self._anchor = (media_ns, now)
+        return self._anchor[1] + int((media_ns - self._anchor[0]) / self.config.speed)
+
+    def describe(self) -> str:
+        if self.fixed is not None:
+            return f"at {self.config.rate:g} Hz"
+        return f"on recorded time x{self.config.speed:g}" if self.follow_media else "as fast as frames come"
+
+
+def wait_for_decision(node: Node, decisions, frame_id: int, timeout_s: float) -> bool:
+    deadline = now_ns() + int(timeout_s * 1e9)
+    while node.ok() and now_ns() < deadline:
+        if decisions in node.poll(0.05) and any(r.message.frame_id >= frame_id for r in decisions.receive()):
+            return True
+    return not node.ok()
 
 
 def main(argv: list[str] | None = None) -> int:

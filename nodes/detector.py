@@ -41,6 +41,9 @@ class DetectorConfig:
     score_threshold: float = 0.3
     nms_threshold: float = 0.45
     report_period_s: float = 5.0
+    # Deterministic replay: ignore deadlines, staleness and depth ceilings, which all depend on
+    # wall-clock timing, so the same recording gives the same detections run after run.
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.reserve_ms < self.budget_ms:
@@ -79,7 +82,9 @@ def detect(node: Node, config: DetectorConfig) -> None:
         while node.ok():
             ready = node.poll(0.1)
             if control is not None and control in ready:
-                apply_control(node, control.receive(), state, detector.exit_count)
+                commands = control.receive()
+                if not config.deterministic:
+                    apply_control(node, commands, state, detector.exit_count)
             if frames in ready:
                 for received in frames.receive():
                     message = process_frame(node, config, detector, receiver, received, state["max_exit"])
@@ -110,7 +115,7 @@ def apply_control(node: Node, commands, state: dict, exit_count: int) -> None:
 def process_frame(node: Node, config: DetectorConfig, detector: AdaptiveDetector, receiver, received, max_exit: int):
     header: FrameHeader = received.message
     picked_ns = now_ns()
-    if picked_ns - header.capture_ns > config.stale_ms * 1e6:
+    if not config.deterministic and picked_ns - header.capture_ns > config.stale_ms * 1e6:
         node.count("frames.stale")
         return None
     try:
@@ -126,7 +131,7 @@ def process_frame(node: Node, config: DetectorConfig, detector: AdaptiveDetector
         log.warning("frame %d unusable: %s", header.frame_id, exc)
         return None
     deadline_ns = header.capture_ns + int((config.budget_ms - config.reserve_ms) * 1e6)
-    outcome = run_policy(detector, inference, config.policy, deadline_ns, max_exit)
+    outcome = run_policy(detector, inference, config.policy, None if config.deterministic else deadline_ns, max_exit)
     stamps = header.stamps + (Stamp("det.recv", picked_ns),)
     stamps += tuple(Stamp(f"det.{part}", end) for part, end, _ in inference.timings)
     node.count(f"exit{outcome.exit_index}")
@@ -135,7 +140,7 @@ def process_frame(node: Node, config: DetectorConfig, detector: AdaptiveDetector
     node.mark_frame_done(header.frame_id, header.capture_ns)
     return Detections(
         frame_id=header.frame_id, capture_ns=header.capture_ns, stamps=stamps + (Stamp("det.post", now_ns()),),
-        image_width=header.width, image_height=header.height, exit_index=outcome.exit_index,
+        media_ns=header.media_ns, image_width=header.width, image_height=header.height, exit_index=outcome.exit_index,
         exit_count=detector.exit_count, boxes=outcome.boxes, scores=outcome.scores, class_ids=outcome.class_ids,
     )
 

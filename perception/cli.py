@@ -27,6 +27,12 @@ def _bench_detector(args: argparse.Namespace) -> int:
     return detector_main(args.model, args.passes, args.threads, args.json, args.plot)
 
 
+def _bench_watchdog(args: argparse.Namespace) -> int:
+    from perception.benchmarks.watchdog import main as watchdog_main
+
+    return watchdog_main(args.frames, args.rate, args.load, args.json)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import json
 
@@ -46,13 +52,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module: str, function: str = "main"):
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+# Commands with their own argument parsers: `perception NAME ARGS...` hands ARGS over untouched.
+DELEGATED = {
+    "train-exits": ("perception.training.distill", "main", "train the early-exit heads by distillation (needs .[train])"),
+    "export": ("perception.training.export", "main", "export stages and exits to ONNX with their manifest (needs .[train])"),
+    "build-engine": ("perception.engines.tensorrt_engine", "build_main", "build TensorRT engines for a manifest"),
+    "record": ("perception.replay", "record_main", "record a drive (every topic, frames included) to MCAP"),
+    "replay": ("perception.replay", "replay_main", "replay a recording through the pipeline; --compare a reference"),
+    "bench": ("perception.replay", "bench_main", "latency test harness: per-stage and end-to-end latency report"),
+}
 
-        return getattr(importlib.import_module(module), function)(args.rest)
 
-    return run
+def _run_delegated(name: str, argv: Sequence[str]) -> int:
+    import importlib
+
+    module, function, _ = DELEGATED[name]
+    return getattr(importlib.import_module(module), function)(list(argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", type=Path, default=None, help="Pareto curve PNG")
     bench.set_defaults(func=_bench_detector)
 
+    bench_wd = commands.add_parser("bench-watchdog", help="how late after the deadline the fail-safe BRAKE arrives")
+    bench_wd.add_argument("--frames", type=int, default=300)
+    bench_wd.add_argument("--rate", type=float, default=30.0, help="frames per second")
+    bench_wd.add_argument("--load", type=int, default=0, help="extra busy-looping processes")
+    bench_wd.add_argument("--json", type=Path, default=None)
+    bench_wd.set_defaults(func=_bench_watchdog)
+
     evaluate = commands.add_parser("evaluate", help="COCO-style AP of a detector on an annotated video")
     evaluate.add_argument("--model", default="yolox_nano_exits.json")
     evaluate.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "tensorrt", "torch", "auto"])
@@ -89,26 +111,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--annotations", type=Path, default=None)
     evaluate.set_defaults(func=_evaluate)
 
-    for name, module, function, help_text in (
-        ("train-exits", "perception.training.distill", "main", "train the early-exit heads by distillation (needs .[train])"),
-        ("export", "perception.training.export", "main", "export stages and exits to ONNX with their manifest (needs .[train])"),
-        ("build-engine", "perception.engines.tensorrt_engine", "build_main", "build TensorRT engines for a manifest"),
-    ):
-        sub = commands.add_parser(name, help=help_text, add_help=False)
-        sub.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of the command (--help for its own)")
-        sub.set_defaults(func=_delegate(module, function))
+    for name, (_, _, help_text) in DELEGATED.items():
+        commands.add_parser(name, help=help_text + " (--help for its options)", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = bool(argv) and argv[0] in ("-v", "--verbose")
+    rest = argv[1:] if verbose else argv
+    if rest and rest[0] in DELEGATED:
+        _configure_logging(verbose)
+        return _run_delegated(rest[0], rest[1:])
     args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    return args.func(args)
+
+
+def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s.%(msecs)03d %(name)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 class _Track:
     box: np.ndarray
     class_id: int
-    history: list[tuple[int, float]]  # (capture_ns, box height)
+    history: list[tuple[int, float]]  # (media_ns, box height)
 
     def ttc_s(self, min_growth: float) -> float:
         """Time to collision from the growth rate of the box height; inf unless it grew by at
@@ -96,7 +96,7 @@ class ObjectTracker:
         self.history = history
         self.tracks: list[_Track] = []
 
-    def update(self, boxes: np.ndarray, class_ids: np.ndarray, capture_ns: int) -> list[_Track]:
+    def update(self, boxes: np.ndarray, class_ids: np.ndarray, t_ns: int) -> list[_Track]:
         unmatched = list(range(len(self.tracks)))
         updated = []
         for box, class_id in zip(boxes, class_ids):
@@ -112,7 +112,7 @@ class ObjectTracker:
                 unmatched.remove(best)
                 track = self.tracks[best]
                 track.box = box
-            track.history = (track.history + [(capture_ns, float(box[3] - box[1]))])[-self.history:]
+            track.history = (track.history + [(t_ns, float(box[3] - box[1]))])[-self.history:]
             updated.append(track)
         self.tracks = updated
         return updated
@@ -144,7 +144,8 @@ class DecisionMaker:
     def _assess(self, d: Detections) -> tuple[Action, Reason, Target | None, str]:
         keep = (d.scores >= self.rules.min_score) & np.isin(d.class_ids, self._relevant)
         boxes, scores, class_ids = d.boxes[keep], d.scores[keep], d.class_ids[keep]
-        tracks = self._tracker.update(boxes, class_ids, d.capture_ns)
+        # The source's own timeline, not the capture clock: a replay then decides exactly as the drive did.
+        tracks = self._tracker.update(boxes, class_ids, d.media_ns)
         worst: tuple[int, float, float, Target, str] | None = None  # (action, -ttc, height, target, detail)
         for box, score, track in zip(boxes, scores, tracks):
             x1, y1, x2, y2 = (float(v) for v in box)

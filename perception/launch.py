@@ -160,9 +160,10 @@ def _die_with_parent() -> None:
 
 
 class Launcher:
-    def __init__(self, launch_path: Path, status_file: Path | None = None) -> None:
-        self.launch_path = Path(launch_path)
-        self.spec = load_launch_file(self.launch_path)
+    def __init__(self, spec: LaunchFile, source: str, status_file: Path | None = None) -> None:
+        """`source` names where the spec came from (the launch file) in error messages."""
+        self.launch_path = source
+        self.spec = spec
         self.run_id = secrets.token_hex(4)
         self.run_dir = Path(tempfile.gettempdir()) / f"perception-{self.run_id}"
         self.status_file = status_file
@@ -172,6 +173,10 @@ class Launcher:
         self._exit_code = 0
         self._context = zmq.Context()
         self._validate_and_prepare()
+
+    @classmethod
+    def from_file(cls, path: Path, status_file: Path | None = None) -> "Launcher":
+        return cls(load_launch_file(Path(path)), str(path), status_file)
 
     def _validate_and_prepare(self) -> None:
         resolved = [(spec, *resolve_node_config(spec, str(self.launch_path), self.spec.budget_ms)) for spec in self.spec.nodes]
@@ -337,7 +342,7 @@ class Launcher:
 
 def launch_main(path: Path, duration_s: float | None, status_file: Path | None) -> int:
     try:
-        launcher = Launcher(path, status_file)
+        launcher = Launcher.from_file(path, status_file)
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG

@@ -123,6 +123,7 @@ class FrameHeader(Message):
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Detections(Message):
     KIND: ClassVar[MessageKind] = MessageKind.DETECTIONS
+    media_ns: int = 0  # the frame's position in its source: replayed drives keep their own timeline
     image_width: int
     image_height: int
     exit_index: int  # which early exit produced these detections (0 = shallowest)
@@ -143,8 +144,8 @@ class Detections(Message):
         if not isinstance(other, Detections):
             return NotImplemented
         return (
-            (self.frame_id, self.capture_ns, self.stamps, self.image_width, self.image_height)
-            == (other.frame_id, other.capture_ns, other.stamps, other.image_width, other.image_height)
+            (self.frame_id, self.capture_ns, self.stamps, self.media_ns, self.image_width, self.image_height)
+            == (other.frame_id, other.capture_ns, other.stamps, other.media_ns, other.image_width, other.image_height)
             and (self.exit_index, self.exit_count) == (other.exit_index, other.exit_count)
             and np.array_equal(self.boxes, other.boxes)
             and np.array_equal(self.scores, other.scores)
@@ -308,20 +309,20 @@ def _decode_frame(r: _Reader, base: dict) -> FrameHeader:
 
 
 def _encode_detections(w: _Writer, m: Detections) -> None:
-    w.pack("HHBBI", m.image_width, m.image_height, m.exit_index, m.exit_count, len(m.boxes))
+    w.pack("qHHBBI", m.media_ns, m.image_width, m.image_height, m.exit_index, m.exit_count, len(m.boxes))
     w.raw(np.ascontiguousarray(m.boxes, dtype="<f4").tobytes())
     w.raw(np.ascontiguousarray(m.scores, dtype="<f4").tobytes())
     w.raw(np.ascontiguousarray(m.class_ids, dtype="<u2").tobytes())
 
 
 def _decode_detections(r: _Reader, base: dict) -> Detections:
-    width, height, exit_index, exit_count, n = r.unpack("HHBBI")
+    media_ns, width, height, exit_index, exit_count, n = r.unpack("qHHBBI")
     if n > MAX_DETECTIONS:
         raise MessageError(f"detections: count {n} exceeds the limit of {MAX_DETECTIONS}")
     if exit_index >= max(exit_count, 1):
         raise MessageError(f"detections: exit {exit_index} out of range for {exit_count} exits")
     return Detections(
-        **base, image_width=width, image_height=height, exit_index=exit_index, exit_count=exit_count,
+        **base, media_ns=media_ns, image_width=width, image_height=height, exit_index=exit_index, exit_count=exit_count,
         boxes=r.array("<f4", (n, 4)).astype(np.float32),
         scores=r.array("<f4", (n,)).astype(np.float32),
         class_ids=r.array("<u2", (n,)).astype(np.uint16),

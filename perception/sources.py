@@ -26,8 +26,8 @@ class SourceError(RuntimeError):
 
 @dataclass(frozen=True)
 class SourceConfig:
-    kind: Literal["video", "camera", "images", "synthetic"]
-    path: Path | None = None  # video file or image folder
+    kind: Literal["video", "camera", "images", "synthetic", "recording"]
+    path: Path | None = None  # video file, image folder or MCAP recording
     camera_index: int = 0
     width: int | None = None  # requested camera size / synthetic size
     height: int | None = None
@@ -36,7 +36,7 @@ class SourceConfig:
     count: int | None = None  # synthetic: frames before the end (None: endless)
 
     def __post_init__(self) -> None:
-        if self.kind in ("video", "images") and self.path is None:
+        if self.kind in ("video", "images", "recording") and self.path is None:
             raise ValueError(f"source kind {self.kind!r} needs a path")
         if self.fps is not None and self.fps <= 0:
             raise ValueError(f"fps must be positive, got {self.fps}")
@@ -52,6 +52,7 @@ class FrameSource:
     fps: float | None = None
     bad_frames: int = 0
     description: str = ""
+    paced_by_device = False  # a camera delivers frames in real time by itself: never sleep for it
 
     def read(self, out: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
         raise NotImplementedError
@@ -134,6 +135,7 @@ class CameraSource(FrameSource):
             self._capture.set(cv2.CAP_PROP_FPS, fps)
         reported = self._capture.get(cv2.CAP_PROP_FPS)
         self.fps = reported if reported and reported > 0 else fps
+        self.paced_by_device = True
         self.index = index
         self._start_ns: int | None = None
         self.description = f"camera {index}"
@@ -210,6 +212,41 @@ class SyntheticSource(FrameSource):
         return frame, media_ns
 
 
+class RecordingSource(FrameSource):
+    """Frames of an MCAP recording (perception.recording), with their recorded media time."""
+
+    def __init__(self, path: Path, loop: bool) -> None:
+        from perception.recording import RecordingError, RecordingReader
+
+        try:
+            self._reader = RecordingReader(path)
+        except RecordingError as exc:
+            raise SourceError(str(exc)) from None
+        self.path = Path(path)
+        self.loop = loop
+        self._frames = self._reader.frames()
+        self._offset_ns = 0
+        self._last_ns = 0
+        self.description = f"recording {self.path.name}"
+
+    def read(self, out: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
+        from perception.recording import RecordingError
+
+        try:
+            item = next(self._frames, None)
+            if item is None and self.loop:
+                self._offset_ns = self._last_ns + 1
+                self._frames = self._reader.frames()
+                item = next(self._frames, None)
+        except RecordingError as exc:
+            raise SourceError(str(exc)) from None
+        if item is None:
+            return None
+        header, pixels = item
+        self._last_ns = self._offset_ns + header.media_ns
+        return pixels, self._last_ns
+
+
 def write_frame_index(frame: np.ndarray, index: int) -> None:
     """Mark bits 0..15 of `index` as black/white 8x8 blocks in the top-left 64x16 pixels.
     Blocks aligned to JPEG's 8x8 grid survive lossy video compression."""
@@ -235,4 +272,6 @@ def open_source(config: SourceConfig) -> FrameSource:
         return CameraSource(config.camera_index, config.width, config.height, config.fps)
     if config.kind == "images":
         return ImageFolderSource(config.path, config.fps, config.loop)  # type: ignore[arg-type]
+    if config.kind == "recording":
+        return RecordingSource(config.path, config.loop)  # type: ignore[arg-type]
     return SyntheticSource(config.width or 640, config.height or 480, config.fps or 30.0, config.count, config.loop)

@@ -19,7 +19,7 @@ FRAME_NS = 100_000_000  # 10 fps
 
 def detections(i: int, *objects: tuple[int, float, tuple[float, float, float, float]]) -> Detections:
     return Detections(
-        frame_id=i, capture_ns=i * FRAME_NS, image_width=W, image_height=H, exit_index=0, exit_count=1,
+        frame_id=i, capture_ns=i * FRAME_NS, media_ns=i * FRAME_NS, image_width=W, image_height=H, exit_index=0, exit_count=1,
         boxes=np.array([o[2] for o in objects], np.float32).reshape(-1, 4),
         scores=np.array([o[1] for o in objects], np.float32), class_ids=np.array([o[0] for o in objects], np.uint16),
     )

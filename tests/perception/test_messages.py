@@ -3,33 +3,12 @@ import math
 import numpy as np
 import pytest
 
+from samples import STAMPS, all_messages
+
 from perception.messages import (
     Action, Control, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, MessageError, NodeState,
     Reason, Stamp, SystemState, Target, WatchdogStatus, decode, encode,
 )
-
-STAMPS = (Stamp("capture", 1_000), Stamp("publish", 1_500))
-
-
-def all_messages():
-    return [
-        FrameHeader(frame_id=7, capture_ns=1_000, stamps=STAMPS, media_ns=280_000_000, width=1280, height=720,
-                    channels=3, transport=FrameTransport.SHM, ring="perception-x-capture-1", slot=3, seq=11),
-        Detections(frame_id=7, capture_ns=1_000, stamps=STAMPS, image_width=1280, image_height=720, exit_index=1,
-                   exit_count=3, boxes=np.array([[1, 2, 3, 4], [5.5, 6, 7, 8]], np.float32),
-                   scores=np.array([0.9, 0.25], np.float32), class_ids=np.array([0, 2], np.uint16)),
-        Detections(frame_id=8, capture_ns=2_000, image_width=640, image_height=480, exit_index=0, exit_count=1),
-        Decision(frame_id=7, capture_ns=1_000, stamps=STAMPS, action=Action.BRAKE, reason=Reason.OBJECT_IN_PATH,
-                 decided_by="decision", detail="car ahead, ttc 1.2 s",
-                 target=Target(class_id=2, score=0.8, box=(1.0, 2.0, 3.0, 4.0), ttc_s=1.25)),
-        Decision(frame_id=9, capture_ns=3_000, action=Action.PROCEED, reason=Reason.CLEAR, decided_by="decision"),
-        Heartbeat(frame_id=7, capture_ns=1_000, node="detector", pid=1234, seq=99, sent_ns=5_000, state=NodeState.OK,
-                  counters={"frames.in": 10, "frames.dropped": -1}),
-        WatchdogStatus(frame_id=7, capture_ns=1_000, state=SystemState.DEGRADED, depth_limit=1,
-                       nodes_down=("detector", "décision"), counters={"misses": 3}),
-        Control(frame_id=7, capture_ns=1_000, target="detector", max_depth=1, reason="p99 near budget"),
-    ]
-
 
 @pytest.mark.parametrize("message", all_messages(), ids=lambda m: type(m).__name__)
 def test_every_message_round_trips(message):

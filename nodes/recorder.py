@@ -1,0 +1,105 @@
+"""Recorder node: writes every topic of the pipeline, frames included, to an MCAP file.
+
+Subscribes in queue mode (never latest-only: a recording must not skip messages) and reads each
+frame from the shared-memory ring as soon as its header arrives. A frame whose slot was reused
+before it could be read is counted as `frames.lost`, never written torn.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from perception.latency import now_ns
+from perception.node import FatalInputError, Node, NodeSettings, run_node
+from perception.recording import TOPIC_TYPES, RecordingWriter
+from perception.shm_ring import FrameOverwritten, RingError
+
+log = logging.getLogger("recorder")
+
+DEFAULT_SOURCES = {
+    "frames": ["capture"], "detections": ["detector"], "decisions": ["decision", "watchdog"],
+    "watchdog": ["watchdog"], "control": ["watchdog"], "heartbeat": ["capture", "detector", "decision", "watchdog"],
+}
+
+
+@dataclass(frozen=True)
+class RecorderConfig:
+    output: Path
+    node: NodeSettings = field(default_factory=NodeSettings)
+    sources: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_SOURCES))  # topic -> publishers
+    image_format: Literal["jpeg", "raw"] = "jpeg"
+    jpeg_quality: int = 90
+    chunk_size_kb: int = 1024  # a killed recorder loses at most the chunk in progress
+
+    def __post_init__(self) -> None:
+        unknown = set(self.sources) - set(TOPIC_TYPES)
+        if unknown:
+            raise ValueError(f"sources: unknown topics {sorted(unknown)} (known: {', '.join(TOPIC_TYPES)})")
+        if not 1 <= self.jpeg_quality <= 100 or self.chunk_size_kb <= 0:
+            raise ValueError("jpeg_quality must be 1..100 and chunk_size_kb positive")
+
+
+CONFIG = RecorderConfig
+
+
+def free_path(path: Path) -> Path:
+    """`path`, or the first `name-N.mcap` beside it that does not exist: a restarted recorder must
+    never overwrite what the crashed one left."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+def record(node: Node, config: RecorderConfig) -> None:
+    output = free_path(config.output)
+    if output != config.output:
+        log.warning("%s exists; recording to %s", config.output, output)
+    try:
+        writer = RecordingWriter(output, config.image_format, config.jpeg_quality, config.chunk_size_kb * 1024)
+    except OSError as exc:
+        raise FatalInputError(f"recording {output}: cannot write ({exc.strerror})") from None
+    subscribers = {topic: node.subscribe(refs, topic, TOPIC_TYPES[topic], latest=False)
+                   for topic, refs in config.sources.items() if refs}
+    receiver = node.frame_receiver()
+    log.info("recording %s to %s", ", ".join(subscribers), output)
+    try:
+        while node.ok():
+            ready = node.poll(0.1)
+            for topic, subscriber in subscribers.items():
+                if subscriber in ready:
+                    for received in subscriber.receive():
+                        if topic == "frames":
+                            write_frame(node, writer, receiver, received)
+                        else:
+                            writer.write(topic, received.message, now_ns())
+                            node.count(f"{topic}.written")
+    finally:
+        writer.close()
+        log.info("wrote %s: %s", output, " ".join(f"{k} {v}" for k, v in sorted(writer.counts.items())))
+
+
+def write_frame(node: Node, writer: RecordingWriter, receiver, received) -> None:
+    header = received.message
+    try:
+        view = receiver.view(received)
+        pixels = view.copy()  # raises if the slot was reused meanwhile: never write a torn frame
+    except (FrameOverwritten, RingError) as exc:
+        node.count("frames.lost")
+        log.warning("frame %d lost: %s", header.frame_id, exc)
+        return
+    writer.write_frame(header, pixels, now_ns())
+    node.count("frames.written")
+    node.mark_frame_done(header.frame_id, header.capture_ns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(__doc__.splitlines()[0], RecorderConfig, record, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

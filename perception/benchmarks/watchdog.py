@@ -1,0 +1,102 @@
+"""How late after a frame's deadline does the watchdog's fail-safe BRAKE arrive?
+
+    perception bench-watchdog [--frames 300] [--rate 30] [--load 0] [--json F]
+
+Runs the real watchdog node as a process. This script plays the capture node (frame headers
+only, at `rate` Hz) and never answers a frame, so every frame must be answered by a fail-safe at
+its deadline (capture + budget). Reported per fail-safe: the delay from deadline to receipt by
+this process (one more ipc hop than a vehicle interface would have), and the watchdog's own
+measure (deadline to publish) from its status. `--load N` adds N busy-looping processes.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from perception.latency import now_ns, percentiles_ms
+from perception.messages import Decision, FrameHeader, FrameTransport, Reason, WatchdogStatus
+from perception.transport import Publisher, Subscriber, resolve_endpoint
+
+BUDGET_MS = 100.0
+
+
+def _burn(stop) -> None:
+    while not stop.is_set():
+        sum(range(10_000))
+
+
+def main(frames: int = 300, rate: float = 30.0, load: int = 0, json_path: Path | None = None) -> int:
+    with tempfile.TemporaryDirectory(prefix="wd-", dir="/tmp") as tmp:
+        run_dir = Path(tmp)
+        config = run_dir / "watchdog.yaml"
+        config.write_text(f"rules: {{budget_ms: {BUDGET_MS}, monitored: []}}\nstatus_period_ms: 100\n")
+        context = zmq.Context()
+        capture = Publisher(context, resolve_endpoint("capture", run_dir))
+        failsafes = Subscriber(context, resolve_endpoint("watchdog", run_dir), "decisions", Decision, latest=False)
+        status = Subscriber(context, resolve_endpoint("watchdog", run_dir), "watchdog", WatchdogStatus, latest=False)
+        stop = mp.Event()
+        burners = [mp.Process(target=_burn, args=(stop,), daemon=True) for _ in range(load)]
+        for burner in burners:
+            burner.start()
+        watchdog = subprocess.Popen([sys.executable, "-m", "nodes.watchdog", "--name", "watchdog", "--config", str(config),
+                                     "--run-dir", str(run_dir)], stderr=subprocess.DEVNULL)
+        delays: list[int] = []
+        last_status: WatchdogStatus | None = None
+        try:
+            while capture.subscriber_count("frames") < 1:
+                time.sleep(0.01)
+            time.sleep(0.2)
+            period_ns = int(1e9 / rate)
+            next_ns = now_ns()
+            sent = 0
+            end_ns = None
+            while end_ns is None or now_ns() < end_ns:
+                if sent < frames and now_ns() >= next_ns:
+                    sent += 1
+                    capture.publish("frames", FrameHeader(frame_id=sent, capture_ns=now_ns(), media_ns=0, width=1, height=1,
+                                                          channels=3, transport=FrameTransport.SHM))
+                    next_ns += period_ns
+                    if sent == frames:
+                        end_ns = now_ns() + int(BUDGET_MS * 1e6) + 300_000_000
+                if failsafes.socket.poll(1):
+                    for received in failsafes.receive():
+                        decision = received.message
+                        if decision.reason == Reason.DEADLINE_MISS:
+                            delays.append(now_ns() - decision.capture_ns - int(BUDGET_MS * 1e6))
+                for received in status.receive():
+                    last_status = received.message
+        finally:
+            watchdog.terminate()
+            watchdog.wait(5)
+            stop.set()
+            for burner in burners:
+                burner.join(2)
+            failsafes.close()
+            status.close()
+            capture.close()
+            context.term()
+    received_stats = percentiles_ms(delays, (50, 99, 99.9))
+    own_p99_us = (last_status.counters.get("failsafe_delay_p99_us") if last_status else None)
+    result = {"benchmark": "watchdog_failsafe", "frames": frames, "rate_hz": rate, "cpu_load_processes": load,
+              "failsafes_received": len(delays),
+              "deadline_to_receipt_ms": {k: round(v, 3) for k, v in received_stats.items()},
+              "deadline_to_publish_p99_ms": None if own_p99_us is None else own_p99_us / 1000}
+    print(f"fail-safes {len(delays)}/{frames} | deadline->receipt ms p50 {received_stats.get('p50', float('nan')):.3f} "
+          f"p99 {received_stats.get('p99', float('nan')):.3f} max {received_stats.get('max', float('nan')):.3f} | "
+          f"watchdog's own deadline->publish p99 {result['deadline_to_publish_p99_ms']} ms | load {load}")
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2))
+    return 0 if len(delays) == frames else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import REPO, wait_for
+from perception.messages import FrameHeader, FrameTransport
+from perception.recording import (
+    TOPIC_TYPES, RecordingError, RecordingReader, RecordingWriter, decode_message, message_to_dict,
+)
+from perception.sources import read_frame_index, write_frame_index
+from samples import all_messages
+
+
+def header(i: int, width=64, height=48) -> FrameHeader:
+    return FrameHeader(frame_id=i, capture_ns=1000 + i, media_ns=i * 40_000_000, width=width, height=height, channels=3,
+                       transport=FrameTransport.SHM)
+
+
+def frame(i: int, width=64, height=48) -> np.ndarray:
+    image = np.random.default_rng(i).integers(0, 255, (height, width, 3), np.uint8)
+    write_frame_index(image, i)
+    return image
+
+
+@pytest.mark.parametrize("message", all_messages(), ids=lambda m: type(m).__name__)
+def test_every_message_type_round_trips_through_the_recording_json(message):
+    topic = next(t for t, cls in TOPIC_TYPES.items() if isinstance(message, cls))
+    assert decode_message(topic, json.dumps(message_to_dict(message)).encode()) == message
+
+
+def test_raw_frames_come_back_exact_and_jpeg_frames_intact(tmp_path):
+    for image_format in ("raw", "jpeg"):
+        path = tmp_path / f"{image_format}.mcap"
+        with RecordingWriter(path, image_format=image_format) as writer:
+            for i in range(1, 6):
+                writer.write_frame(header(i), frame(i), log_time_ns=i)
+            writer.write("decisions", all_messages()[3], log_time_ns=9)
+        reader = RecordingReader(path)
+        frames = list(reader.frames())
+        assert [h.frame_id for h, _ in frames] == [1, 2, 3, 4, 5] and not reader.truncated
+        if image_format == "raw":
+            assert all(np.array_equal(p, frame(h.frame_id)) for h, p in frames)
+        else:
+            assert all(read_frame_index(p) == h.frame_id for h, p in frames)
+        assert [t for t, _, _ in reader.messages()] == ["frames"] * 5 + ["decisions"]
+
+
+def test_a_file_cut_short_reads_up_to_its_last_complete_chunk(tmp_path):
+    path = tmp_path / "full.mcap"
+    with RecordingWriter(path, image_format="raw", chunk_size=20_000) as writer:
+        for i in range(1, 21):
+            writer.write_frame(header(i, 128, 96), frame(i, 128, 96), log_time_ns=i)
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(path.read_bytes()[: int(path.stat().st_size * 0.5)])
+    reader = RecordingReader(cut)
+    ids = [h.frame_id for h, _ in reader.frames()]
+    assert reader.truncated and 5 <= len(ids) < 20 and ids == list(range(1, len(ids) + 1))
+
+
+def test_not_a_recording_and_missing_file_are_one_line_errors(tmp_path):
+    bogus = tmp_path / "bogus.mcap"
+    bogus.write_bytes(b"RIFF....AVI not mcap")
+    with pytest.raises(RecordingError, match="bogus.mcap: not an MCAP file"):
+        RecordingReader(bogus)
+    with pytest.raises(RecordingError, match="nope.mcap: file not found"):
+        RecordingReader(tmp_path / "nope.mcap")
+
+
+def run_recording(tmp_path, frames: int, width: int, height: int, rate: float, kill_recorder_after_s: float | None = None):
+    output = tmp_path / "drive.mcap"
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\nfrom perception.launch import Launcher\n"
+        "from perception.replay import pipeline_launch\n"
+        f"spec = pipeline_launch({{'kind': 'synthetic', 'width': {width}, 'height': {height}, 'fps': {rate}, "
+        f"'count': {frames}}}, rate={rate}, record_to='{output}', pipeline=False)\n"
+        f"sys.exit(Launcher(spec, 'test', status_file=__import__('pathlib').Path('{tmp_path}/status.json')).run())\n"
+    )
+    process = subprocess.Popen([sys.executable, str(script)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    if kill_recorder_after_s is not None:
+        status = wait_for(lambda: _recorder_pid(tmp_path / "status.json"), timeout_s=20)
+        assert status, "recorder did not start"
+        assert wait_for(lambda: output.exists() and output.stat().st_size > 2_000_000, timeout_s=20)
+        os.kill(status, signal.SIGKILL)
+    process.wait(timeout=120)
+    return output, process
+
+
+def _recorder_pid(path: Path):
+    try:
+        return next(n["pid"] for n in json.loads(path.read_text())["nodes"] if n["name"] == "recorder" and n["pid"])
+    except (FileNotFoundError, json.JSONDecodeError, StopIteration):
+        return None
+
+
+def test_recorder_loses_no_frame_at_30fps_of_720p(tmp_path):
+    output, process = run_recording(tmp_path, frames=90, width=1280, height=720, rate=30.0)
+    assert process.returncode == 0, process.stderr.read()[-2000:]
+    reader = RecordingReader(output)
+    frames = [(h.frame_id, read_frame_index(p)) for h, p in reader.frames()]
+    assert frames == [(i, i - 1) for i in range(1, 91)]  # count in = count out, in order, right pixels
+    assert not reader.truncated
+
+
+def test_a_recorder_killed_mid_run_leaves_a_readable_file(tmp_path):
+    output, process = run_recording(tmp_path, frames=240, width=1280, height=720, rate=30.0, kill_recorder_after_s=1.0)
+    reader = RecordingReader(output)
+    ids = [h.frame_id for h, _ in reader.frames()]
+    assert reader.truncated and len(ids) >= 5 and ids == list(range(1, len(ids) + 1))
+    # The launcher restarted the recorder, which went on in a new file instead of overwriting this one.
+    resumed = RecordingReader(output.with_name("drive-1.mcap"))
+    later = [h.frame_id for h, _ in resumed.frames()]
+    assert not resumed.truncated and later and later[0] > ids[-1] and later[-1] == 240

@@ -1,0 +1,45 @@
+import json
+
+import pytest
+
+from perception.replay import compare_rows
+
+
+def row(frame_id, action="PROCEED", exit_=1, detections=((2, 0.9, 10.0, 10.0, 50.0, 40.0),)):
+    return {"frame_id": frame_id, "action": action, "reason": "CLEAR" if action == "PROCEED" else "OBJECT_IN_PATH",
+            "target_class": None, "exit": exit_, "detections": [list(d) for d in detections]}
+
+
+def test_identical_runs_have_no_differences():
+    rows = [row(i) for i in range(1, 5)]
+    assert compare_rows(rows, json.loads(json.dumps(rows))) == []
+
+
+def test_float_noise_is_tolerated_but_not_a_changed_decision_exit_or_box():
+    reference = [row(1), row(2), row(3), row(4)]
+    current = [row(1, detections=((2, 0.905, 10.4, 10.0, 50.0, 40.3),)),  # float noise between CPUs
+               row(2, action="BRAKE"), row(3, exit_=0), row(4, detections=((2, 0.9, 30.0, 10.0, 50.0, 40.0),))]
+    differences = compare_rows(reference, current)
+    assert differences[0] == "frame 2: action PROCEED -> BRAKE"
+    assert "frame 3: exit 1 -> 0" in differences
+    assert any(d.startswith("frame 4: detection") for d in differences)
+    assert not any(d.startswith("frame 1") for d in differences)
+
+
+def test_missing_frames_on_either_side_are_differences():
+    assert compare_rows([row(1), row(2)], [row(1), row(3)]) == ["frame 2: no decision in this run",
+                                                                 "frame 3: missing in reference"]
+
+
+def test_bench_runs_the_pipeline_and_writes_report_and_plots(tmp_path):
+    from helpers import run_python
+
+    result = run_python(["-m", "perception.cli", "bench", "--synthetic", "320x240", "--rate", "15", "--duration", "2",
+                         "--json", str(tmp_path / "r.json"), "--plots", str(tmp_path / "plots")], timeout_s=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["frames_captured"] == 30 and report["decisions"] >= 25
+    assert {"transport", "preprocess", "stage0", "exit0", "postprocess", "decision"} <= set(report["stages_ms"])
+    assert report["end_to_end_ms"]["count"] == report["decisions"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["latency_histogram_cdf.png", "latency_timeline.png"]
+    assert "end to end" in result.stdout
