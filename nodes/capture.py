@@ -32,6 +32,7 @@ class CaptureConfig:
     max_frames: int | None = None
     topic: str = "frames"
     wait_for_subscribers: int = 0  # replay: hold the first frame until this many consumers listen
+    wait_for_nodes: list[str] | None = None  # and until these nodes run their loops (models loaded, warm)
     wait_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -62,6 +63,10 @@ def capture(node: Node, config: CaptureConfig) -> None:
         ):
             log.warning("only %d of %d subscribers after %.1f s; starting anyway",
                         node.publisher.subscriber_count(config.topic), config.wait_for_subscribers, config.wait_timeout_s)
+        if config.wait_for_nodes:
+            silent = node.wait_for_nodes(config.wait_for_nodes, config.wait_timeout_s)
+            if silent:
+                log.warning("%s not running after %.1f s; starting anyway", ", ".join(silent), config.wait_timeout_s)
         shape = None
         frame_id = 0
         while node.ok() and (config.max_frames is None or frame_id < config.max_frames):

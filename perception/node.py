@@ -168,6 +168,25 @@ class Node:
             self.sleep_until(min(deadline, now_ns() + 5_000_000))
         return self.ok()
 
+    def wait_for_nodes(self, names: Sequence[str], timeout_s: float) -> list[str]:
+        """Block (heartbeating) until each named node has sent a heartbeat, which it does only from
+        its loop, after loading models and warming up. Returns the names still silent at the timeout."""
+        waiting = set(names)
+        heartbeats = self.subscribe(list(names), HEARTBEAT_TOPIC, Heartbeat, latest=False)
+        deadline = now_ns() + int(timeout_s * 1e9)
+        try:
+            while self.ok() and waiting and now_ns() < deadline:
+                if heartbeats in self.poll(min(0.05, max(0.0, (deadline - now_ns()) / 1e9))):
+                    waiting -= {r.message.node for r in heartbeats.receive() if r.message.state != NodeState.STOPPING}
+        finally:
+            self.unsubscribe(heartbeats)
+        return sorted(waiting)
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._poller.unregister(subscriber.socket)
+        self._subscribers.remove(subscriber)
+        subscriber.close()
+
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 

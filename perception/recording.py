@@ -41,6 +41,14 @@ class RecordingError(RuntimeError):
     """A recording cannot be read or written; the message names the file and the problem."""
 
 
+def _require_mcap() -> None:
+    """MCAP is the recording extra, not the vehicle runtime: say how to get it instead of a bare ImportError."""
+    try:
+        import mcap  # noqa: F401
+    except ImportError:
+        raise RecordingError("recordings need the mcap package: pip install 'perception[tools]'") from None
+
+
 # -- messages <-> JSON ----------------------------------------------------------------------
 
 
@@ -126,6 +134,7 @@ _IMAGE_SCHEMAS = {
 class RecordingWriter:
     def __init__(self, path: Path, image_format: Literal["jpeg", "raw"] = "jpeg", jpeg_quality: int = 90,
                  chunk_size: int = 1 << 20) -> None:
+        _require_mcap()
         from mcap.writer import CompressionType, Writer
 
         self.path = Path(path)
@@ -205,6 +214,7 @@ class RecordingReader:
 
     def records(self) -> Iterator[tuple[str, int, bytes]]:
         """(channel topic, log_time_ns, data) in file order, up to the last complete record."""
+        _require_mcap()
         from mcap.records import Channel, Footer, Message as McapMessage
         from mcap.stream_reader import StreamReader
 

@@ -42,11 +42,14 @@ class RunResult:
 
 def pipeline_launch(source: dict, *, rate: object = "source", speed: float = 1.0, deterministic: bool = False,
                     budget_ms: float = 100.0, record_to: Path | None = None, pipeline: bool = True,
-                    detector_params: dict | None = None, max_frames: int | None = None) -> LaunchFile:
+                    detector_params: dict | None = None, max_frames: int | None = None,
+                    recorder_params: dict | None = None) -> LaunchFile:
     """The launch spec of a run: capture from `source`, then the pipeline and/or a recorder."""
     consumers = (2 if pipeline else 0) + (1 if record_to else 0)  # detector + watchdog, recorder
     capture = {**{f"source.{k}": v for k, v in source.items()}, "rate": rate, "speed": speed,
                "wait_for_subscribers": consumers, "wait_timeout_s": 60.0, "max_frames": max_frames}
+    if pipeline:  # frames captured while the pipeline is still starting would be measured as misses
+        capture["wait_for_nodes"] = ["detector", "decision", "watchdog"]
     if deterministic:
         capture["lockstep_from"] = ["decision"]
     nodes = [LaunchNode(name="capture", node="capture", config=CONFIGS / "capture_replay.yaml", params=capture,
@@ -61,7 +64,8 @@ def pipeline_launch(source: dict, *, rate: object = "source", speed: float = 1.0
         ]
     if record_to:
         sources = None if pipeline else {"frames": ["capture"], "heartbeat": ["capture"]}
-        params = {"output": str(Path(record_to).resolve()), **({"sources": sources} if sources else {})}
+        params = {"output": str(Path(record_to).resolve()), **({"sources": sources} if sources else {}),
+                  **(recorder_params or {})}
         nodes.append(LaunchNode(name="recorder", node="recorder", config=CONFIGS / "recorder.yaml", params=params))
     # budget_ms set here applies to every node; the deterministic decision override above comes after it.
     return LaunchFile(nodes=nodes, status_period_s=3600.0, drain_s=2.0, budget_ms=budget_ms)
@@ -215,7 +219,11 @@ def record_main(argv: list[str] | None = None) -> int:
     source.add_argument("--camera", type=int, help="an OpenCV camera index")
     parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     parser.add_argument("--frames-only", action="store_true", help="record the camera alone, without the pipeline")
+    parser.add_argument("--image-format", choices=["jpeg", "raw"], default=None, help="default: configs/recorder.yaml")
+    parser.add_argument("--jpeg-quality", type=int, default=None, help="1-100; default: configs/recorder.yaml")
     args = parser.parse_args(argv)
+    recorder_params = {key: value for key, value in
+                       (("image_format", args.image_format), ("jpeg_quality", args.jpeg_quality)) if value is not None}
     if args.camera is not None:
         spec_source: dict = {"kind": "camera", "camera_index": args.camera}
     elif args.source.is_dir():
@@ -223,7 +231,8 @@ def record_main(argv: list[str] | None = None) -> int:
     else:
         kind = "recording" if args.source.suffix == ".mcap" else "video"
         spec_source = {"kind": kind, "path": str(args.source.resolve())}
-    spec = pipeline_launch(spec_source, record_to=args.output, pipeline=not args.frames_only, max_frames=args.frames)
+    spec = pipeline_launch(spec_source, record_to=args.output, pipeline=not args.frames_only, max_frames=args.frames,
+                           recorder_params=recorder_params)
     result = run_pipeline(spec, f"record {args.output}", args.frames, collect=not args.frames_only, progress=False)
     print(f"recorded {args.output} in {result.seconds:.1f} s")
     return result.exit_code

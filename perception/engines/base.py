@@ -41,6 +41,9 @@ class TensorRTConfig:
 class EngineConfig:
     kind: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "onnxruntime"
     threads: int = 0  # CPU threads for ONNX Runtime / torch; 0: the library's default
+    # ONNX Runtime's worker threads spin-wait between operators by default. That buys a little on an
+    # idle machine and costs a lot when other nodes share the cores (measured in docs/BENCHMARKS.md).
+    spin: bool = False
     providers: list[str] | None = None  # ONNX Runtime execution providers; None: best available
     torch_device: str = "cpu"
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)

@@ -54,6 +54,7 @@ class OnnxRuntimeEngine(Engine):
         if config.threads:
             self.options.intra_op_num_threads = config.threads
         self.options.inter_op_num_threads = 1
+        self.options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spin else "0")
 
     @classmethod
     def unavailable_reason(cls, config: EngineConfig) -> str | None:

@@ -43,3 +43,43 @@ def test_bench_runs_the_pipeline_and_writes_report_and_plots(tmp_path):
     assert report["end_to_end_ms"]["count"] == report["decisions"]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["latency_histogram_cdf.png", "latency_timeline.png"]
     assert "end to end" in result.stdout
+
+
+BUNDLED = "recordings/udacity_dashcam.mcap"
+REFERENCE = "recordings/udacity_dashcam.reference.jsonl"
+
+
+def test_deterministic_replay_of_the_bundled_drive_matches_its_reference(tmp_path):
+    """What CI's process replay checks: same recording, same config -> same decisions and exits."""
+    from helpers import run_python
+
+    result = run_python(["-m", "perception.cli", "replay", BUNDLED, "--speed", "max", "--compare", REFERENCE,
+                         "--json", str(tmp_path / "r.json")], timeout_s=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "0 difference(s) over 38 frames" in result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["frames_captured"] == 38 and report["decisions"] == 38
+
+
+def test_replay_against_a_changed_reference_prints_the_difference_and_fails(tmp_path):
+    from helpers import REPO, run_python
+
+    rows = [json.loads(line) for line in (REPO / REFERENCE).read_text().splitlines()]
+    rows[4]["action"] = "BRAKE"
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run_python(["-m", "perception.cli", "replay", BUNDLED, "--speed", "max", "--compare", str(changed)],
+                        timeout_s=120)
+    assert result.returncode == 1
+    assert "frame 5: action BRAKE -> PROCEED" in result.stdout
+    assert "1 difference(s) over 38 frames" in result.stdout
+
+
+def test_replay_of_a_file_that_is_not_a_recording_is_one_line_naming_it(tmp_path):
+    from helpers import run_python
+
+    bogus = tmp_path / "drive.mcap"
+    bogus.write_bytes(b"not a recording at all")
+    result = run_python(["-m", "perception.cli", "replay", str(bogus)], timeout_s=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"replay: recording {bogus}: not an MCAP file"
