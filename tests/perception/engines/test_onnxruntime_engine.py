@@ -41,3 +41,10 @@ def test_the_vehicle_runtime_never_imports_torch_or_tensorrt_unless_asked():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_worker_threads_do_not_spin_unless_asked():
+    """Spinning ORT threads starve the other nodes on a small CPU (docs/BENCHMARKS.md)."""
+    key = "session.intra_op.allow_spinning"
+    assert create_engine(EngineConfig(threads=2)).options.get_session_config_entry(key) == "0"
+    assert create_engine(EngineConfig(threads=2, spin=True)).options.get_session_config_entry(key) == "1"
