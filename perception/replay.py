@@ -258,7 +258,10 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plots", type=Path)
     args = parser.parse_args(argv)
     if args.synthetic:
-        width, height = (int(v) for v in args.synthetic.lower().split("x"))
+        try:
+            width, height = (int(v) for v in args.synthetic.lower().split("x"))
+        except ValueError:
+            parser.error(f"--synthetic takes WIDTHxHEIGHT, e.g. 1280x720, got {args.synthetic!r}")
         rate = args.rate or 30.0
         frames = int(rate * args.duration)
         source = {"kind": "synthetic", "width": width, "height": height, "fps": rate, "count": frames}

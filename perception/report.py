@@ -131,6 +131,8 @@ def build_report(collected: Collected, budget_ms: float, frames_sent: int | None
         "actions": dict(Counter(d.action.name for _, d in node_decisions)),
         "timeline": [{"frame_id": d.frame_id, "capture_ns": d.capture_ns, "end_to_end_ns": t - d.capture_ns}
                      for t, d in node_decisions],
+        "failsafes": [{"frame_id": d.frame_id, "capture_ns": d.capture_ns, "reason": d.reason.name}
+                      for d in sorted(failsafes, key=lambda d: d.frame_id)],
     }
 
 
@@ -201,6 +203,10 @@ def plot_report(report: dict, directory: Path) -> list[Path]:
     t0 = report["timeline"][0]["capture_ns"]
     times = np.array([(row["capture_ns"] - t0) / 1e9 for row in report["timeline"]])
     ax.plot(times, e2e, ".-", ms=3, lw=0.8, label="capture to decision")
+    failsafe_times = [(row["capture_ns"] - t0) / 1e9 for row in report.get("failsafes", [])]
+    if failsafe_times:
+        ax.plot(failsafe_times, [budget] * len(failsafe_times), "x", color="tab:red", ms=8, mew=2,
+                label=f"fail-safe BRAKE ({len(failsafe_times)})")
     ax.axhline(budget, color="tab:red", ls="--", label=f"budget {budget:g} ms")
     ax.set_xlabel("time since first frame (s)")
     ax.set_ylabel("ms")

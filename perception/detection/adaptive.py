@@ -90,11 +90,7 @@ class AdaptiveDetector:
         if exit_index in inference.raw_exits:
             return inference.raw_exits[exit_index]
         spec = self.manifest.exits[exit_index]
-        while inference.stages_done < spec.after_stage:
-            stage_index = inference.stages_done + 1
-            stage = self.manifest.stages[stage_index]
-            self._timed(inference, stage.name, self._stages[stage_index], stage.inputs)
-            inference.stages_done = stage_index
+        self.run_stages(inference, spec.after_stage)
         session = self._exits[exit_index]
         if session is None:
             raw = inference.tensors[spec.output]
@@ -102,6 +98,14 @@ class AdaptiveDetector:
             raw = self._timed(inference, spec.name, session, spec.inputs)[spec.output]
         inference.raw_exits[exit_index] = raw
         return raw
+
+    def run_stages(self, inference: FrameInference, last_stage: int) -> None:
+        """Run the trunk up to and including stage `last_stage`, from where this frame stands."""
+        while inference.stages_done < last_stage:
+            stage_index = inference.stages_done + 1
+            stage = self.manifest.stages[stage_index]
+            self._timed(inference, stage.name, self._stages[stage_index], stage.inputs)
+            inference.stages_done = stage_index
 
     def _timed(self, inference: FrameInference, part: str, session: Session, inputs: list[str]) -> dict[str, np.ndarray]:
         start = now_ns()

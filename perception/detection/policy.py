@@ -6,7 +6,8 @@
   object it sees is either clearly there or clearly not. It never goes deeper than the deadline
   allows.
 - deadline: the deepest exit whose estimated remaining cost (p90 of recent runs of each part)
-  still ends `margin_ms` before the frame's deadline.
+  still ends `margin_ms` before the frame's deadline, planned again after every trunk stage, so a
+  stage that ran slow (a CPU suddenly busy) makes the frame stop at a shallower exit.
 
 Every policy respects the depth ceiling commanded by the watchdog.
 """
@@ -24,7 +25,7 @@ from perception.latency import now_ns
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    kind: Literal["fixed", "confidence", "deadline"] = "confidence"
+    kind: Literal["fixed", "confidence", "deadline"] = "deadline"
     exit: int = -1  # fixed: the exit to use; -1 is the deepest
     low: float = 0.1  # confidence: detections scoring in [low, high) are uncertain
     high: float = 0.5
@@ -54,6 +55,11 @@ def _fits(detector: AdaptiveDetector, inference: FrameInference, exit_index: int
     return now_ns() + detector.remaining_cost_ns(inference, exit_index) + margin_ns <= deadline_ns
 
 
+def _deepest_fitting(detector: AdaptiveDetector, inference: FrameInference, ceiling: int, deadline_ns: int | None,
+                     margin_ns: int) -> int:
+    return next((k for k in range(ceiling, -1, -1) if _fits(detector, inference, k, deadline_ns, margin_ns)), 0)
+
+
 def run_policy(
     detector: AdaptiveDetector,
     inference: FrameInference,
@@ -71,7 +77,10 @@ def run_policy(
         return _finish(detector, inference, chosen, (chosen,))
 
     if config.kind == "deadline":
-        chosen = next((k for k in range(ceiling, -1, -1) if _fits(detector, inference, k, deadline_ns, margin_ns)), 0)
+        chosen = _deepest_fitting(detector, inference, ceiling, deadline_ns, margin_ns)
+        while inference.stages_done < detector.manifest.exits[chosen].after_stage:
+            detector.run_stages(inference, inference.stages_done + 1)
+            chosen = _deepest_fitting(detector, inference, chosen, deadline_ns, margin_ns)
         return _finish(detector, inference, chosen, (chosen,))
 
     evaluated = []

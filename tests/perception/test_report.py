@@ -34,6 +34,7 @@ def test_report_has_every_stage_end_to_end_misses_drops_and_exits():
     assert report["deadline_misses"] == {"frames_missed": 1, "late_decisions": 1, "watchdog_failsafes": 1, "miss_rate": 0.01}
     assert report["dropped_frames"]["stale"] == 2 and report["dropped_frames"]["superseded"] == 3
     assert report["exit_histogram"] == {"0": 75, "1": 25} and report["decisions"] == 100
+    assert report["failsafes"] == [{"frame_id": 50, "capture_ns": 50 * 40 * MS, "reason": "DEADLINE_MISS"}]
     table = format_report(report)
     assert "end to end" in table and "miss rate 0.01" in table
 

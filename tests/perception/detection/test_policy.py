@@ -1,5 +1,6 @@
 """Depth policies on a scripted two-stage, two-exit detector whose outputs and costs we control."""
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,20 @@ def test_deadline_picks_the_deepest_exit_that_fits(budget_ms, expected_exit):
     outcome = run_policy(detector, detector.begin(FRAME), PolicyConfig(kind="deadline", margin_ms=1), deadline_ns=deadline)
     assert outcome.exit_index == expected_exit
     assert ("exit0" in engine.calls) == (expected_exit == 0)  # the shallow head is skipped when not needed
+
+
+def test_deadline_replans_after_a_stage_that_ran_slow():
+    """Planned for the full depth, but stage0 takes 15 ms instead of 2: stop at exit0, not past the deadline."""
+    detector, engine = make_detector()
+
+    def stage0_on_a_busy_cpu():
+        time.sleep(0.015)
+        return np.zeros(1, np.float32)
+
+    engine.outputs["stage0"]["f0"] = stage0_on_a_busy_cpu  # the session holds this dict
+    inference = detector.begin(FRAME)
+    outcome = run_policy(detector, inference, PolicyConfig(kind="deadline", margin_ms=1), deadline_ns=now_ns() + 20 * MS)
+    assert outcome.exit_index == 0 and engine.calls == ["stage0", "exit0"]
 
 
 def test_policy_thresholds_are_validated():
