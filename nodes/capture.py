@@ -79,6 +79,8 @@ def capture(node: Node, config: CaptureConfig) -> None:
                 log.info("source ended after %d frames", frame_id)
                 break
             frame, media_ns = item
+            if shape is None:
+                sender.prepare(frame.shape)
             node.sleep_until(pacer.deadline(media_ns))
             capture_ns = now_ns()
             shape = shape or frame.shape

@@ -61,14 +61,11 @@ def _shm_unlink(name: str) -> bool:
     return True
 
 
-def _touch_pages(buf: memoryview, write: bool) -> None:
-    """Fault every page of the segment in now, at start-up, instead of inside the first frames'
-    handoffs (a 1080p slot is 1500 pages: milliseconds of page faults per first use)."""
-    pages = np.ndarray((len(buf),), np.uint8, buf)[::mmap.PAGESIZE]
-    if write:
-        pages[:] = 0
-    else:
-        int(pages.sum())
+def _allocate_pages(buf: memoryview) -> None:
+    """Make the kernel allocate every page of a new segment now, at start-up, instead of inside the
+    first frames' handoffs (a 1080p slot is 1500 pages: milliseconds of page faults on first use).
+    Readers still map pages on first read, a cheaper fault that each slot pays once."""
+    np.ndarray((len(buf),), np.uint8, buf)[::mmap.PAGESIZE] = 0
 
 
 def _round_up(n: int, to: int = 64) -> int:
@@ -105,7 +102,7 @@ class FrameRingWriter:
             self._shm = shared_memory.SharedMemory(name=name, create=True, size=size)
         _untrack(self._shm)
         buf = self._shm.buf
-        _touch_pages(buf, write=True)
+        _allocate_pages(buf)
         header = np.ndarray((4,), dtype=np.uint64, buffer=buf, offset=0)
         header[:] = (RING_MAGIC, slots, self.slot_capacity, 0)
         self._seq_words = [np.ndarray((1,), np.uint64, buf, HEADER_BYTES + i * self._stride) for i in range(slots)]
@@ -196,7 +193,6 @@ class _AttachedRing:
         self.capacity = int(capacity)
         self.stride = SLOT_HEADER_BYTES + _round_up(self.capacity)
         buf = self.shm.buf
-        _touch_pages(buf, write=False)
         # Built once per attach: a handoff is then a dictionary lookup and two integer reads.
         self._seq_words = [np.ndarray((1,), np.uint64, buf, HEADER_BYTES + i * self.stride) for i in range(self.slots)]
         self._arrays: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}

@@ -165,6 +165,11 @@ class FrameSender:
         self._ring_name = ring_name(run_id, node)
         self.ring: FrameRingWriter | None = None
 
+    def prepare(self, shape: tuple[int, ...]) -> None:
+        """Create the ring for frames of `shape` now, so its one-time cost is not part of a frame's latency."""
+        if self.transport == FrameTransport.SHM and self.ring is None:
+            self.ring = FrameRingWriter(self._ring_name, tuple(shape), self.slots)
+
     def reserve(self, shape: tuple[int, ...] | None):
         """A slot to decode the next frame into, when the ring exists and the transport is SHM."""
         if self.ring is None or self.transport != FrameTransport.SHM or shape != self.ring.shape:
