@@ -122,10 +122,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest = argv[1:] if verbose else argv
     if rest and rest[0] in DELEGATED:
         _configure_logging(verbose)
-        return _run_delegated(rest[0], rest[1:])
+        return _one_line_errors(rest[0], lambda: _run_delegated(rest[0], rest[1:]))
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
-    return args.func(args)
+    return _one_line_errors(args.command, lambda: args.func(args))
+
+
+def _one_line_errors(command: str, run) -> int:
+    """Bad input (a config key, a recording, a model file, an engine this machine lacks) is one
+    line naming the culprit and exit status 2, not a traceback."""
+    from perception.config import ConfigError
+    from perception.engines.base import EngineUnavailable
+    from perception.recording import RecordingError
+
+    try:
+        return run()
+    except (ConfigError, RecordingError, EngineUnavailable) as exc:
+        print(f"perception {command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _configure_logging(verbose: bool) -> None:

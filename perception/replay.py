@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from perception.config import ConfigError
 from perception.launch import LaunchFile, LaunchNode, Launcher
 from perception.report import Collected, Collector, build_report, format_report, write_outputs
@@ -254,9 +256,17 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", type=int, default=0, help="extra busy-looping processes competing for the CPU")
     parser.add_argument("--policy", choices=["fixed", "confidence", "deadline"], default=None)
     parser.add_argument("--budget-ms", type=float, default=100.0)
+    parser.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a detector config key for this run, e.g. engine.threads=1 (repeatable)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plots", type=Path)
     args = parser.parse_args(argv)
+    detector = {"policy.kind": args.policy} if args.policy else {}
+    for item in args.detector:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--detector takes KEY=VALUE, got {item!r}")
+        detector[key] = yaml.safe_load(value)
     if args.synthetic:
         try:
             width, height = (int(v) for v in args.synthetic.lower().split("x"))
@@ -272,8 +282,7 @@ def bench_main(argv: list[str] | None = None) -> int:
         source = {"kind": "recording", "path": str(recording.resolve()), "loop": args.loops > 1}
         rate = args.rate or "source"
         title = f"bench {recording.name}" + (f" at {rate:g} Hz" if args.rate else " at recorded rate")
-    title += f", load {args.load}" + (f", policy {args.policy}" if args.policy else "")
-    detector = {"policy.kind": args.policy} if args.policy else {}
+    title += f", load {args.load}" + "".join(f", {k} {v}" for k, v in detector.items())
     spec = pipeline_launch(source, rate=rate, budget_ms=args.budget_ms, detector_params=detector, max_frames=frames)
     stop = mp.Event()
     burners = [mp.Process(target=_burn, args=(stop,), daemon=True) for _ in range(args.load)]

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -47,6 +48,7 @@ def test_bench_runs_the_pipeline_and_writes_report_and_plots(tmp_path):
 
 
 BUNDLED = "recordings/udacity_dashcam.mcap"
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 REFERENCE = "recordings/udacity_dashcam.reference.jsonl"
 
 
@@ -84,3 +86,13 @@ def test_replay_of_a_file_that_is_not_a_recording_is_one_line_naming_it(tmp_path
     result = run_python(["-m", "perception.cli", "replay", str(bogus)], timeout_s=60)
     assert result.returncode == 2
     assert result.stderr.strip() == f"replay: recording {bogus}: not an MCAP file"
+
+
+def test_bench_with_a_misspelled_detector_key_is_one_line_naming_it():
+    from helpers import run_python
+
+    result = run_python(["-m", "perception.cli", "bench", "--synthetic", "320x240", "--duration", "1",
+                         "--detector", "engine.spinn=true"], timeout_s=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"perception bench: {REPO_CONFIGS}/detector.yaml (node detector): engine.spinn: unknown key (did you mean 'spin'?)"]
