@@ -134,10 +134,11 @@ def _one_line_errors(command: str, run) -> int:
     from perception.config import ConfigError
     from perception.engines.base import EngineUnavailable
     from perception.recording import RecordingError
+    from perception.report import CollectorError
 
     try:
         return run()
-    except (ConfigError, RecordingError, EngineUnavailable) as exc:
+    except (ConfigError, RecordingError, EngineUnavailable, CollectorError) as exc:
         print(f"perception {command}: {exc}", file=sys.stderr)
         return 2
 

@@ -34,6 +34,10 @@ class Collected:
     counters: dict[str, dict[str, int]] = field(default_factory=dict)  # node -> last heartbeat counters
 
 
+class CollectorError(RuntimeError):
+    pass
+
+
 class Collector:
     """Subscribes to a running pipeline's outputs from a background thread."""
 
@@ -50,10 +54,17 @@ class Collector:
         ]
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self.error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._collect()
+        except Exception as exc:  # surfaced by close(): a report from a dead collector would be silently short
+            self.error = exc
+
+    def _collect(self) -> None:
         poller = zmq.Poller()
         for sub in self._subs:
             poller.register(sub.socket, zmq.POLLIN)
@@ -78,11 +89,14 @@ class Collector:
             return sum(1 for _, d in self.data.decisions if d.decided_by != "watchdog")
 
     def close(self) -> Collected:
+        """Stop collecting; raises CollectorError if collection stopped early, as the data would be incomplete."""
         self._stop.set()
         self._thread.join(2)
         for sub in self._subs:
             sub.close()
         self._context.term()
+        if self.error is not None:
+            raise CollectorError(f"the harness stopped collecting mid-run: {type(self.error).__name__}: {self.error}")
         return self.data
 
 

@@ -1,7 +1,8 @@
 import numpy as np
+import pytest
 
 from perception.messages import Action, Decision, Detections, Reason, Stamp, WatchdogStatus, SystemState
-from perception.report import Collected, build_report, format_report, write_outputs
+from perception.report import Collected, Collector, CollectorError, build_report, format_report, write_outputs
 
 MS = 1_000_000
 
@@ -44,3 +45,13 @@ def test_json_and_plots_are_written(tmp_path):
     written = write_outputs(report, tmp_path / "r.json", tmp_path / "plots")
     assert [p.name for p in written] == ["r.json", "latency_histogram_cdf.png", "latency_timeline.png"]
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_a_collector_that_died_mid_run_fails_loudly_instead_of_reporting_short(run_dir, monkeypatch):
+    def broken(self):
+        raise OSError("socket gone")
+
+    monkeypatch.setattr(Collector, "_collect", broken)
+    collector = Collector(run_dir)
+    with pytest.raises(CollectorError, match="stopped collecting mid-run: OSError: socket gone"):
+        collector.close()
