@@ -30,7 +30,7 @@ def _bench_detector(args: argparse.Namespace) -> int:
 def _bench_watchdog(args: argparse.Namespace) -> int:
     from perception.benchmarks.watchdog import main as watchdog_main
 
-    return watchdog_main(args.frames, args.rate, args.load, args.json)
+    return watchdog_main(args.frames, args.rate, args.load, args.json, args.realtime)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_wd.add_argument("--frames", type=int, default=300)
     bench_wd.add_argument("--rate", type=float, default=30.0, help="frames per second")
     bench_wd.add_argument("--load", type=int, default=0, help="extra busy-looping processes")
+    bench_wd.add_argument("--realtime", type=int, default=None, metavar="PRIORITY",
+                          help="run the watchdog at this SCHED_FIFO priority (needs root or CAP_SYS_NICE)")
     bench_wd.add_argument("--json", type=Path, default=None)
     bench_wd.set_defaults(func=_bench_watchdog)
 

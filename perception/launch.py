@@ -53,12 +53,20 @@ class LaunchNode:
     max_restarts: int = 5
     restart_delay_s: float = 0.5
     shutdown_on_exit: bool = False  # when this node ends for good (done, or failed past restarts) the launch ends
+    # SCHED_FIFO priority (1-99) for a node that must never wait behind the others for a core (the
+    # watchdog); needs root or CAP_SYS_NICE, else the node runs at normal priority with a warning.
+    realtime_priority: int | None = None
+    nice: int = 0  # -20 (first) .. 19 (last) among normal-priority processes
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"node name {self.name!r} may hold only letters, digits, '-' and '_'")
         if self.max_restarts < 0 or self.restart_delay_s < 0:
             raise ValueError("max_restarts and restart_delay_s must not be negative")
+        if self.realtime_priority is not None and not 1 <= self.realtime_priority <= 99:
+            raise ValueError(f"realtime_priority must be 1..99, got {self.realtime_priority}")
+        if not -20 <= self.nice <= 19:
+            raise ValueError(f"nice must be -20..19, got {self.nice}")
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,25 @@ def _die_with_parent() -> None:
         pass
 
 
+def _child_setup(spec: LaunchNode):
+    """What runs in the child between fork and exec. Scheduling is set here, before the node starts
+    any thread (ZeroMQ's I/O thread, ONNX Runtime's pool), so every thread inherits it."""
+
+    def setup() -> None:
+        _die_with_parent()
+        try:
+            if spec.nice:
+                os.nice(spec.nice)
+            if spec.realtime_priority is not None:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(spec.realtime_priority))
+        except OSError as exc:
+            # No logging between fork and exec; one line straight to the launcher's stderr.
+            os.write(2, f"launch: {spec.name}: scheduling (nice {spec.nice}, realtime priority "
+                        f"{spec.realtime_priority}) refused ({exc.strerror}): running at normal priority\n".encode())
+
+    return setup
+
+
 class Launcher:
     def __init__(self, spec: LaunchFile, source: str, status_file: Path | None = None) -> None:
         """`source` names where the spec came from (the launch file) in error messages."""
@@ -192,7 +219,7 @@ class Launcher:
         env = dict(os.environ, **{RUN_DIR_ENV: str(self.run_dir), RUN_ID_ENV: self.run_id, "PYTHONUNBUFFERED": "1"})
         command = [sys.executable, "-m", f"nodes.{managed.spec.node}", "--name", managed.spec.name,
                    "--config", str(managed.config_path)]
-        managed.process = subprocess.Popen(command, env=env, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+        managed.process = subprocess.Popen(command, env=env, preexec_fn=_child_setup(managed.spec), stdin=subprocess.DEVNULL)
         managed.state = "running"
         managed.heartbeat = None
         log.info("started %s (pid %d)%s", managed.spec.name, managed.process.pid,

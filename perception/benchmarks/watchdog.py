@@ -1,18 +1,21 @@
 """How late after a frame's deadline does the watchdog's fail-safe BRAKE arrive?
 
-    perception bench-watchdog [--frames 300] [--rate 30] [--load 0] [--json F]
+    perception bench-watchdog [--frames 300] [--rate 30] [--load 0] [--realtime PRIORITY] [--json F]
 
 Runs the real watchdog node as a process. This script plays the capture node (frame headers
 only, at `rate` Hz) and never answers a frame, so every frame must be answered by a fail-safe at
 its deadline (capture + budget). Reported per fail-safe: the delay from deadline to receipt by
 this process (one more ipc hop than a vehicle interface would have), and the watchdog's own
-measure (deadline to publish) from its status. `--load N` adds N busy-looping processes.
+measure (deadline to publish) from its status. `--load N` adds N busy-looping processes;
+`--realtime P` runs the watchdog (and this process, its consumer) at SCHED_FIFO priority P, as a
+launch file's `realtime_priority` would.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import subprocess
 import sys
 import tempfile
@@ -34,21 +37,34 @@ def _burn(stop) -> None:
         sum(range(10_000))
 
 
-def main(frames: int = 300, rate: float = 30.0, load: int = 0, json_path: Path | None = None) -> int:
+def _realtime(priority: int):
+    def setup() -> None:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # refused: PermissionError, the run stops
+
+    return setup
+
+
+def main(frames: int = 300, rate: float = 30.0, load: int = 0, json_path: Path | None = None,
+         realtime_priority: int | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="wd-", dir="/tmp") as tmp:
         run_dir = Path(tmp)
         config = run_dir / "watchdog.yaml"
         config.write_text(f"rules: {{budget_ms: {BUDGET_MS}, monitored: []}}\nstatus_period_ms: 100\n")
-        context = zmq.Context()
-        capture = Publisher(context, resolve_endpoint("capture", run_dir))
-        failsafes = Subscriber(context, resolve_endpoint("watchdog", run_dir), "decisions", Decision, latest=False)
-        status = Subscriber(context, resolve_endpoint("watchdog", run_dir), "watchdog", WatchdogStatus, latest=False)
         stop = mp.Event()
         burners = [mp.Process(target=_burn, args=(stop,), daemon=True) for _ in range(load)]
         for burner in burners:
             burner.start()
+        if realtime_priority:
+            # This process plays the consumer of fail-safes (the vehicle interface), which must run
+            # at the watchdog's priority too or the BRAKE waits in its socket. Set before the
+            # ZeroMQ context exists so its I/O thread inherits the priority; after the burners fork.
+            _realtime(realtime_priority)()
+        context = zmq.Context()
+        capture = Publisher(context, resolve_endpoint("capture", run_dir))
+        failsafes = Subscriber(context, resolve_endpoint("watchdog", run_dir), "decisions", Decision, latest=False)
+        status = Subscriber(context, resolve_endpoint("watchdog", run_dir), "watchdog", WatchdogStatus, latest=False)
         watchdog = subprocess.Popen([sys.executable, "-m", "nodes.watchdog", "--name", "watchdog", "--config", str(config),
-                                     "--run-dir", str(run_dir)], stderr=subprocess.DEVNULL)
+                                     "--run-dir", str(run_dir)], stderr=subprocess.DEVNULL)  # inherits the priority
         delays: list[int] = []
         last_status: WatchdogStatus | None = None
         try:
@@ -87,12 +103,14 @@ def main(frames: int = 300, rate: float = 30.0, load: int = 0, json_path: Path |
     received_stats = percentiles_ms(delays, (50, 99, 99.9))
     own_p99_us = (last_status.counters.get("failsafe_delay_p99_us") if last_status else None)
     result = {"benchmark": "watchdog_failsafe", "frames": frames, "rate_hz": rate, "cpu_load_processes": load,
+              "realtime_priority": realtime_priority,
               "failsafes_received": len(delays),
               "deadline_to_receipt_ms": {k: round(v, 3) for k, v in received_stats.items()},
               "deadline_to_publish_p99_ms": None if own_p99_us is None else own_p99_us / 1000}
     print(f"fail-safes {len(delays)}/{frames} | deadline->receipt ms p50 {received_stats.get('p50', float('nan')):.3f} "
           f"p99 {received_stats.get('p99', float('nan')):.3f} max {received_stats.get('max', float('nan')):.3f} | "
-          f"watchdog's own deadline->publish p99 {result['deadline_to_publish_p99_ms']} ms | load {load}")
+          f"watchdog's own deadline->publish p99 {result['deadline_to_publish_p99_ms']} ms | load {load}"
+          + (f" | SCHED_FIFO {realtime_priority}" if realtime_priority else ""))
     if json_path:
         json_path.write_text(json.dumps(result, indent=2))
     return 0 if len(delays) == frames else 1

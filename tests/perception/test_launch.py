@@ -2,6 +2,7 @@
 
 import ast
 import json
+import os
 import re
 import signal
 import subprocess
@@ -167,3 +168,45 @@ def test_a_replay_whose_source_is_missing_ends_with_one_clear_error(tmp_path):
     assert "gone.mp4: file not found" in result.stderr
     assert "bad config or input, not restarting" in result.stderr
     assert "capture failed; ending the launch" in result.stderr
+
+
+def test_a_node_gets_the_realtime_priority_and_nice_its_launch_file_asks_for(tmp_path):
+    (tmp_path / "monitor.yaml").write_text("frames_from: nobody\n")
+    launch = tmp_path / "rt.yaml"
+    launch.write_text(
+        "status_period_s: 60\nnodes:\n"
+        "  - {name: watcher, node: monitor, config: monitor.yaml, realtime_priority: 10}\n"
+        "  - {name: background, node: monitor, config: monitor.yaml, nice: 5}\n"
+    )
+    status_file = tmp_path / "status.json"
+    process = subprocess.Popen([sys.executable, "-m", "perception.cli", "launch", str(launch), "--status-file",
+                                str(status_file)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        def pids():
+            status = read_status(status_file)
+            rows = {r["name"]: r.get("pid") for r in status["nodes"]} if status else {}
+            return rows if all(rows.get(n) for n in ("watcher", "background")) else None
+
+        assert wait_for(pids, timeout_s=30)
+        rows = pids()
+        permitted = os.geteuid() == 0
+        if permitted:
+            assert os.sched_getscheduler(rows["watcher"]) == os.SCHED_FIFO
+            assert os.sched_getparam(rows["watcher"]).sched_priority == 10
+        assert os.sched_getscheduler(rows["background"]) == os.SCHED_OTHER
+        assert os.getpriority(os.PRIO_PROCESS, rows["background"]) == os.getpriority(os.PRIO_PROCESS, 0) + 5
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0
+    if not permitted:
+        assert "launch: watcher: scheduling (nice 0, realtime priority 10) refused" in stderr
+
+
+def test_an_out_of_range_realtime_priority_is_a_config_error(tmp_path):
+    launch = tmp_path / "bad.yaml"
+    (tmp_path / "monitor.yaml").write_text("frames_from: nobody\n")
+    launch.write_text("nodes:\n  - {name: w, node: monitor, config: monitor.yaml, realtime_priority: 120}\n")
+    result = run_python(["-m", "perception.cli", "launch", str(launch)])
+    assert result.returncode != 0
+    assert "realtime_priority must be 1..99, got 120" in result.stderr and "Traceback" not in result.stderr
