@@ -117,3 +117,24 @@ def test_a_recorder_killed_mid_run_leaves_a_readable_file(tmp_path):
     resumed = RecordingReader(output.with_name("drive-1.mcap"))
     later = [h.frame_id for h, _ in resumed.frames()]
     assert not resumed.truncated and later and later[0] > ids[-1] and later[-1] == 240
+
+
+def test_the_bundled_drive_reads_with_the_standard_mcap_reader_as_foxglove_expects():
+    """What Foxglove relies on: a summary, JSON-schema channels, foxglove.CompressedImage JPEGs."""
+    import base64
+
+    import cv2
+    from mcap.reader import make_reader
+
+    with open(REPO / "recordings" / "udacity_dashcam.mcap", "rb") as f:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        topics = {channel.topic: (channel.message_encoding, summary.schemas[channel.schema_id])
+                  for channel in summary.channels.values()}
+        assert {"/camera/image", "/frames", "/detections", "/decisions", "/watchdog", "/heartbeat"} <= set(topics)
+        assert all(encoding == "json" and schema.encoding == "jsonschema" for encoding, schema in topics.values())
+        assert topics["/camera/image"][1].name == "foxglove.CompressedImage"
+        images = [json.loads(message.data) for _, _, message in reader.iter_messages(topics=["/camera/image"])]
+    assert len(images) == 38 and all(image["format"] == "jpeg" for image in images)
+    first = cv2.imdecode(np.frombuffer(base64.b64decode(images[0]["data"]), np.uint8), cv2.IMREAD_COLOR)
+    assert first.shape == (720, 1280, 3)
