@@ -12,7 +12,7 @@ from typing import Literal
 
 from perception.latency import now_ns
 from perception.messages import Decision, FrameHeader, FrameTransport, Stamp
-from perception.node import FatalInputError, Node, NodeSettings, run_node
+from perception.node import DeviceLostError, FatalInputError, Node, NodeSettings, run_node
 from perception.sources import SourceConfig, SourceError, open_source
 from perception.timing import RateKeeper
 
@@ -51,7 +51,7 @@ def capture(node: Node, config: CaptureConfig) -> None:
     try:
         source = open_source(config.source)
     except SourceError as exc:
-        raise FatalInputError(str(exc)) from None
+        raise input_error(exc) from None
     with source:
         pacer = Pacer(config, source)
         log.info("%s, publishing %s, %s", source.description, config.transport, pacer.describe())
@@ -74,7 +74,7 @@ def capture(node: Node, config: CaptureConfig) -> None:
             try:
                 item = source.read(reservation.array if reservation else None)
             except SourceError as exc:
-                raise FatalInputError(str(exc)) from None
+                raise input_error(exc) from None
             if item is None:
                 log.info("source ended after %d frames", frame_id)
                 break
@@ -100,6 +100,11 @@ def capture(node: Node, config: CaptureConfig) -> None:
             if decisions is not None and not wait_for_decision(node, decisions, frame_id, config.lockstep_timeout_s):
                 node.count("lockstep.timeouts")
                 log.warning("no decision about frame %d within %.1f s; going on", frame_id, config.lockstep_timeout_s)
+
+
+def input_error(exc: SourceError) -> Exception:
+    """A lost camera is retried by the launcher; a bad file is not."""
+    return DeviceLostError(str(exc)) if exc.retryable else FatalInputError(str(exc))
 
 
 class Pacer:

@@ -31,7 +31,13 @@ RUN_ID_ENV = "PERCEPTION_RUN_ID"
 
 
 class FatalInputError(RuntimeError):
-    """Input the node cannot start with (missing file, unreadable camera): exits with EXIT_CONFIG."""
+    """Input the node cannot start with (a missing or corrupt file): exits with EXIT_CONFIG, which
+    the launcher never restarts."""
+
+
+class DeviceLostError(RuntimeError):
+    """A device that may come back (a camera unplugged or busy): exits with 1, so the launcher's
+    restart policy retries it while the watchdog holds the vehicle in fail-safe."""
 
 
 @dataclass(frozen=True)
@@ -263,6 +269,9 @@ def run_node(description: str, config_type: type[C], body: Callable[[Node, C], N
         except FatalInputError as exc:
             log.error("%s", exc)
             return EXIT_CONFIG
+        except DeviceLostError as exc:
+            log.error("%s", exc)
+            return 1
         except KeyboardInterrupt:
             pass
     return 0

@@ -23,6 +23,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 class SourceError(RuntimeError):
     """A source cannot be opened or read at all."""
 
+    # A missing or corrupt file stays so; a camera that is unplugged or busy may come back.
+    retryable: bool = False
+
+
+class DeviceError(SourceError):
+    """A camera cannot be opened or read now; restarting the node may find it again."""
+
+    retryable = True
+
 
 @dataclass(frozen=True)
 class SourceConfig:
@@ -126,7 +135,7 @@ class CameraSource(FrameSource):
     def __init__(self, index: int, width: int | None, height: int | None, fps: float | None) -> None:
         self._capture = cv2.VideoCapture(index)
         if not self._capture.isOpened():
-            raise SourceError(f"camera {index}: cannot open (no such device, or it is busy)")
+            raise DeviceError(f"camera {index}: cannot open (no such device, or it is busy)")
         if width:
             self._capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
         if height:
@@ -144,7 +153,7 @@ class CameraSource(FrameSource):
         ok, frame = self._capture.read(out) if out is not None else self._capture.read()
         if not ok or frame is None:
             self.bad_frames += 1
-            raise SourceError(f"camera {self.index}: read failed (unplugged?)")
+            raise DeviceError(f"camera {self.index}: read failed (unplugged?)")
         position_ms = self._capture.get(cv2.CAP_PROP_POS_MSEC)
         return frame, int(position_ms * 1e6)
 

@@ -79,3 +79,12 @@ def test_inline_frames_over_tcp_reach_a_consumer_intact(tmp_path, run_dir):
     finally:
         stop_process(monitor)
     assert monitor.returncode == 0
+
+
+def test_a_camera_that_cannot_be_opened_exits_restartable_with_one_line(tmp_path, run_dir):
+    """Unlike a bad file, a camera may come back (replugged, released): exit 1, which the
+    launcher's restart policy retries, not 78, which it never restarts."""
+    result = run_capture(tmp_path, "source: {kind: camera, camera_index: 37}\n")
+    assert result.returncode == 1
+    assert len(error_lines(result.stderr)) == 1 and "camera 37: cannot open" in result.stderr
+    assert "Traceback" not in result.stderr
