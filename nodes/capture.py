@@ -13,7 +13,7 @@ from typing import Literal
 from perception.latency import now_ns
 from perception.messages import Decision, FrameHeader, FrameTransport, Stamp
 from perception.node import DeviceLostError, FatalInputError, Node, NodeSettings, run_node
-from perception.sources import SourceConfig, SourceError, open_source
+from perception.sources import DeviceError, SourceConfig, SourceError, open_source
 from perception.timing import RateKeeper
 
 log = logging.getLogger("capture")
@@ -104,7 +104,7 @@ def capture(node: Node, config: CaptureConfig) -> None:
 
 def input_error(exc: SourceError) -> Exception:
     """A lost camera is retried by the launcher; a bad file is not."""
-    return DeviceLostError(str(exc)) if exc.retryable else FatalInputError(str(exc))
+    return DeviceLostError(str(exc)) if isinstance(exc, DeviceError) else FatalInputError(str(exc))
 
 
 class Pacer:

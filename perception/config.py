@@ -54,17 +54,22 @@ def load_config(path: str | Path, cls: type[T], overrides: typing.Sequence[str] 
     return from_mapping(cls, data, source=str(path), base_dir=path.parent)
 
 
-def apply_override(data: dict, override: str, source: Path | str = "--set") -> None:
-    """Set a dotted key in a nested mapping from 'a.b.c=value'."""
+def parse_override(override: str, source: Path | str = "--set") -> tuple[str, Any]:
+    """'a.b.c=value' -> ('a.b.c', value parsed as YAML)."""
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"{source}: override {override!r} must look like key.path=value")
     try:
-        value = yaml.safe_load(raw)
+        return key.strip(), yaml.safe_load(raw)
     except yaml.YAMLError:
         raise ConfigError(f"{source}: override {override!r}: value is not valid YAML") from None
+
+
+def apply_override(data: dict, override: str, source: Path | str = "--set") -> None:
+    """Set a dotted key in a nested mapping from 'a.b.c=value'."""
+    key, value = parse_override(override, source)
     node = data
-    parts = key.strip().split(".")
+    parts = key.split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):

@@ -167,6 +167,14 @@ def _die_with_parent() -> None:
         pass
 
 
+def apply_scheduling(nice: int = 0, realtime_priority: int | None = None) -> None:
+    """Lower this process's priority by `nice` and/or put it in SCHED_FIFO; OSError when refused."""
+    if nice:
+        os.nice(nice)
+    if realtime_priority is not None:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(realtime_priority))
+
+
 def _child_setup(spec: LaunchNode):
     """What runs in the child between fork and exec. Scheduling is set here, before the node starts
     any thread (ZeroMQ's I/O thread, ONNX Runtime's pool), so every thread inherits it."""
@@ -174,10 +182,7 @@ def _child_setup(spec: LaunchNode):
     def setup() -> None:
         _die_with_parent()
         try:
-            if spec.nice:
-                os.nice(spec.nice)
-            if spec.realtime_priority is not None:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(spec.realtime_priority))
+            apply_scheduling(spec.nice, spec.realtime_priority)
         except OSError as exc:
             # No logging between fork and exec; one line straight to the launcher's stderr.
             os.write(2, f"launch: {spec.name}: scheduling (nice {spec.nice}, realtime priority "

@@ -23,9 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from perception.config import ConfigError
+from perception.config import ConfigError, parse_override
 from perception.launch import LaunchFile, LaunchNode, Launcher
 from perception.report import Collected, Collector, build_report, format_report, write_outputs
 
@@ -262,11 +260,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plots", type=Path)
     args = parser.parse_args(argv)
     detector = {"policy.kind": args.policy} if args.policy else {}
-    for item in args.detector:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--detector takes KEY=VALUE, got {item!r}")
-        detector[key] = yaml.safe_load(value)
+    detector.update(parse_override(item, "--detector") for item in args.detector)
     if args.synthetic:
         try:
             width, height = (int(v) for v in args.synthetic.lower().split("x"))

@@ -23,14 +23,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 class SourceError(RuntimeError):
     """A source cannot be opened or read at all."""
 
-    # A missing or corrupt file stays so; a camera that is unplugged or busy may come back.
-    retryable: bool = False
-
 
 class DeviceError(SourceError):
-    """A camera cannot be opened or read now; restarting the node may find it again."""
-
-    retryable = True
+    """A camera cannot be opened or read now; unlike a missing or corrupt file, it may come back."""
 
 
 @dataclass(frozen=True)

@@ -187,8 +187,7 @@ class FrameSender:
             header = header.stamped(stage, now_ns())
             self.publisher.publish(topic, header, (np.ascontiguousarray(frame).data,))
             return header
-        if self.ring is None:
-            self.ring = FrameRingWriter(self._ring_name, frame.shape, self.slots)
+        self.prepare(frame.shape)
         if reservation is not None and reservation.array is frame:
             self.ring.commit(reservation)
         else:

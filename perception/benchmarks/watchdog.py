@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import numpy as np
 import zmq
 
 from perception.latency import now_ns, percentiles_ms
+from perception.launch import apply_scheduling
 from perception.messages import Decision, FrameHeader, FrameTransport, Reason, WatchdogStatus
 from perception.transport import Publisher, Subscriber, resolve_endpoint
 
@@ -35,13 +35,6 @@ BUDGET_MS = 100.0
 def _burn(stop) -> None:
     while not stop.is_set():
         sum(range(10_000))
-
-
-def _realtime(priority: int):
-    def setup() -> None:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # refused: PermissionError, the run stops
-
-    return setup
 
 
 def main(frames: int = 300, rate: float = 30.0, load: int = 0, json_path: Path | None = None,
@@ -58,7 +51,7 @@ def main(frames: int = 300, rate: float = 30.0, load: int = 0, json_path: Path |
             # This process plays the consumer of fail-safes (the vehicle interface), which must run
             # at the watchdog's priority too or the BRAKE waits in its socket. Set before the
             # ZeroMQ context exists so its I/O thread inherits the priority; after the burners fork.
-            _realtime(realtime_priority)()
+            apply_scheduling(realtime_priority=realtime_priority)  # refused: PermissionError, the run stops
         context = zmq.Context()
         capture = Publisher(context, resolve_endpoint("capture", run_dir))
         failsafes = Subscriber(context, resolve_endpoint("watchdog", run_dir), "decisions", Decision, latest=False)
