@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from perception.latency import now_ns
-from perception.messages import Decision, FrameHeader, FrameTransport, Stamp
+from perception.messages import Decision, FrameTransport, Stamp
 from perception.node import DeviceLostError, FatalInputError, Node, NodeSettings, run_node
 from perception.sources import DeviceError, SourceConfig, SourceError, open_source
 from perception.timing import RateKeeper
@@ -89,11 +89,8 @@ def capture(node: Node, config: CaptureConfig) -> None:
                 log.warning("frame %s does not match the stream's %s; dropped", frame.shape, shape)
                 continue
             frame_id += 1
-            header = FrameHeader(
-                frame_id=frame_id, capture_ns=capture_ns, stamps=(Stamp("capture", capture_ns),), media_ns=media_ns,
-                width=frame.shape[1], height=frame.shape[0], channels=frame.shape[2], transport=sender.transport,
-            )
-            sender.send(config.topic, frame, header, reservation)
+            sender.send(config.topic, frame, frame_id=frame_id, capture_ns=capture_ns, media_ns=media_ns,
+                        stamps=(Stamp("capture", capture_ns),), reservation=reservation)
             node.count("frames.sent")
             node.counters["frames.bad_source"] = source.bad_frames
             node.mark_frame_done(frame_id, capture_ns)

@@ -56,7 +56,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 DELEGATED = {
     "train-exits": ("perception.training.distill", "main", "train the early-exit heads by distillation (needs .[train])"),
     "export": ("perception.training.export", "main", "export stages and exits to ONNX with their manifest (needs .[train])"),
-    "build-engine": ("perception.engines.tensorrt_engine", "build_main", "build TensorRT engines for a manifest"),
+    "build-engine": ("perception.engines.tensorrt.build", "build_main", "build TensorRT engines for a manifest"),
     "record": ("perception.replay", "record_main", "record a drive (every topic, frames included) to MCAP"),
     "replay": ("perception.replay", "replay_main", "replay a recording through the pipeline; --compare a reference"),
     "bench": ("perception.replay", "bench_main", "latency test harness: per-stage and end-to-end latency report"),

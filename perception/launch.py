@@ -4,9 +4,17 @@
 
 Before starting anything, every node's config (with its launch params merged in) is validated
 against the node's CONFIG type, so a misspelled key fails the launch, not a node at 2 a.m.
-Crashed nodes are restarted per their policy with a growing delay. Ctrl-C or SIGTERM stops all
-nodes within stop_timeout_s (SIGTERM, then SIGKILL), then removes the run's ipc sockets and any
-shared memory a killed node left behind. Children also die with the launcher (PR_SET_PDEATHSIG).
+Crashed nodes are restarted per their policy with a growing delay. A hung node (alive, but its
+heartbeat older than `hang_timeout_s`, or no first heartbeat within `startup_timeout_s`) is killed
+and restarted the same way, like openpilot's manager does, while the watchdog keeps braking.
+Ctrl-C or SIGTERM stops all nodes within stop_timeout_s (SIGTERM, then SIGKILL), then removes the
+run's ipc sockets and any shared memory a killed node left behind. Before it signals a node the
+launcher leaves a stop order in the run directory: only a node stopped that way (or one that
+finished its input) leaves quietly; any other exit is a node down for the watchdog.
+
+The run directory is private (0700) and records its launcher's pid: a later launch removes run
+directories, and their shared memory, whose launcher is gone (killed with SIGKILL, say). Children
+also die with the launcher (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -34,13 +42,15 @@ import zmq
 from perception.config import ConfigError, apply_override, from_mapping, load_yaml
 from perception.latency import now_ns
 from perception.messages import Heartbeat, NodeState
-from perception.node import EXIT_CONFIG, HEARTBEAT_TOPIC, RUN_DIR_ENV, RUN_ID_ENV
-from perception.shm_ring import segments_with_prefix, unlink_segment
+from perception.node import EXIT_CONFIG, HEARTBEAT_TOPIC, RUN_DIR_ENV, RUN_ID_ENV, private_run_dir, stop_order_path
+from perception.shm_ring import run_ring_prefix, segments_with_prefix, unlink_segment
 from perception.transport import Subscriber, resolve_endpoint
 
 log = logging.getLogger("launch")
 
 MAX_RESTART_DELAY_S = 5.0
+RUN_DIR_PREFIX = "perception-"
+OWNER_FILE = "launcher.pid"  # "<pid> <process start time>" of the launcher that owns a run directory
 
 
 @dataclass(frozen=True)
@@ -57,10 +67,18 @@ class LaunchNode:
     # watchdog); needs root or CAP_SYS_NICE, else the node runs at normal priority with a warning.
     realtime_priority: int | None = None
     nice: int = 0  # -20 (first) .. 19 (last) among normal-priority processes
+    # A running node whose last heartbeat is older than this is hung: killed and restarted per
+    # `restart`. None: never (a node that may block for long on purpose).
+    hang_timeout_s: float | None = 2.0
+    startup_timeout_s: float = 30.0  # for the first heartbeat, which comes after models load
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"node name {self.name!r} may hold only letters, digits, '-' and '_'")
+        if not self.node.isidentifier() or self.node.startswith("_"):
+            raise ValueError(f"node {self.node!r} is not a node module name (a file nodes/<name>.py)")
+        if self.hang_timeout_s is not None and self.hang_timeout_s <= 0 or self.startup_timeout_s <= 0:
+            raise ValueError("hang_timeout_s and startup_timeout_s must be positive")
         if self.max_restarts < 0 or self.restart_delay_s < 0:
             raise ValueError("max_restarts and restart_delay_s must not be negative")
         if self.realtime_priority is not None and not 1 <= self.realtime_priority <= 99:
@@ -102,6 +120,9 @@ class ManagedNode:
     exit_code: int | None = None
     heartbeat: Heartbeat | None = None
     heartbeat_ns: int = 0
+    started_ns: int = 0
+    hangs: int = 0  # times it was killed for a stale heartbeat
+    killed_hung: bool = False
 
 
 def load_launch_file(path: Path) -> LaunchFile:
@@ -114,6 +135,8 @@ def node_config_type(spec: LaunchNode, source: str) -> type:
         module = importlib.import_module(f"nodes.{spec.node}")
     except ModuleNotFoundError:
         raise ConfigError(f"{source}: nodes[{spec.name}].node: no node module 'nodes.{spec.node}'") from None
+    if not dataclasses.is_dataclass(getattr(module, "CONFIG", None)) or not callable(getattr(module, "main", None)):
+        raise ConfigError(f"{source}: nodes[{spec.name}].node: 'nodes.{spec.node}' is not a node (no CONFIG and main)")
     return module.CONFIG
 
 
@@ -197,7 +220,7 @@ class Launcher:
         self.launch_path = source
         self.spec = spec
         self.run_id = secrets.token_hex(4)
-        self.run_dir = Path(tempfile.gettempdir()) / f"perception-{self.run_id}"
+        self.run_dir = Path(tempfile.gettempdir()) / f"{RUN_DIR_PREFIX}{self.run_id}"
         self.status_file = status_file
         self.nodes: list[ManagedNode] = []
         self._stop_reason: str | None = None
@@ -212,7 +235,10 @@ class Launcher:
 
     def _validate_and_prepare(self) -> None:
         resolved = [(spec, *resolve_node_config(spec, str(self.launch_path), self.spec.budget_ms)) for spec in self.spec.nodes]
-        self.run_dir.mkdir(parents=True)
+        remove_stale_run_dirs(self.run_dir.parent)
+        self.run_dir.mkdir(mode=0o700)
+        private_run_dir(self.run_dir)
+        (self.run_dir / OWNER_FILE).write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
         for spec, data, typed in resolved:
             config_path = self.run_dir / f"{spec.name}.yaml"
             config_path.write_text(json.dumps(data, indent=1))
@@ -224,8 +250,11 @@ class Launcher:
         env = dict(os.environ, **{RUN_DIR_ENV: str(self.run_dir), RUN_ID_ENV: self.run_id, "PYTHONUNBUFFERED": "1"})
         command = [sys.executable, "-m", f"nodes.{managed.spec.node}", "--name", managed.spec.name,
                    "--config", str(managed.config_path)]
+        stop_order_path(self.run_dir, managed.spec.name).unlink(missing_ok=True)
         managed.process = subprocess.Popen(command, env=env, preexec_fn=_child_setup(managed.spec), stdin=subprocess.DEVNULL)
         managed.state = "running"
+        managed.started_ns = now_ns()
+        managed.killed_hung = False
         managed.heartbeat = None
         log.info("started %s (pid %d)%s", managed.spec.name, managed.process.pid,
                  f", restart {managed.restarts}" if managed.restarts else "")
@@ -234,6 +263,9 @@ class Launcher:
         spec = managed.spec
         managed.exit_code = code
         how = f"signal {-code}" if code < 0 else f"code {code}"
+        if managed.killed_hung:
+            how = "a kill for a stale heartbeat"
+            code = code or 1  # a hang is a failure whatever the exit code says
         self._sweep_shared_memory(f"perception-{self.run_id}-{spec.name}-{managed.process.pid}")
         wants_restart = spec.restart == "always" or (spec.restart == "on-failure" and code != 0)
         if code == EXIT_CONFIG:
@@ -266,10 +298,28 @@ class Launcher:
                 code = managed.process.poll()
                 if code is not None:
                     self._on_exit(managed, code)
+                elif not managed.killed_hung:
+                    self._kill_if_hung(managed)
             if managed.state == "restarting" and now_ns() >= managed.restart_at_ns:
                 self._start(managed)
         if self._stop_reason is None and all(m.state in ("exited", "failed") for m in self.nodes):
             self._stop_reason = "all nodes have ended"
+
+    def _kill_if_hung(self, managed: ManagedNode) -> None:
+        """SIGKILL a node whose heartbeat is stale (SIGKILL: a stopped or stuck process cannot run a
+        SIGTERM handler); its exit then takes the usual restart path."""
+        spec, now = managed.spec, now_ns()
+        if managed.heartbeat is None:
+            silent_s, limit_s, what = (now - managed.started_ns) / 1e9, spec.startup_timeout_s, "no first heartbeat"
+        elif spec.hang_timeout_s is not None:
+            silent_s, limit_s, what = (now - managed.heartbeat_ns) / 1e9, spec.hang_timeout_s, "heartbeat stale"
+        else:
+            return
+        if silent_s > limit_s:
+            log.error("%s is hung (%s for %.1f s, limit %.1f s): killing it", spec.name, what, silent_s, limit_s)
+            managed.killed_hung = True
+            managed.hangs += 1
+            managed.process.kill()
 
     # -- status ---------------------------------------------------------------------------
     def _collect_heartbeats(self, subscriber: Subscriber, timeout_s: float) -> None:
@@ -277,7 +327,9 @@ class Launcher:
             for received in subscriber.receive():
                 beat: Heartbeat = received.message
                 for managed in self.nodes:
-                    if managed.spec.name == beat.node:
+                    # Only the process this launcher started counts: not a previous instance's
+                    # last words, nor a heartbeat that merely borrows the name.
+                    if managed.spec.name == beat.node and managed.process is not None and managed.process.pid == beat.pid:
                         managed.heartbeat, managed.heartbeat_ns = beat, now_ns()
 
     def status(self) -> list[dict]:
@@ -288,7 +340,7 @@ class Launcher:
             rows.append({
                 "name": m.spec.name, "pid": m.process.pid if m.process else None, "state": m.state,
                 "node_state": NodeState(beat.state).name.lower() if beat else None,
-                "restarts": m.restarts, "exit_code": m.exit_code,
+                "restarts": m.restarts, "hangs": m.hangs, "exit_code": m.exit_code,
                 "heartbeat_age_ms": round((now - m.heartbeat_ns) / 1e6, 1) if beat else None,
                 "last_frame": beat.frame_id if beat else None,
                 "counters": dict(beat.counters) if beat else {},
@@ -348,6 +400,7 @@ class Launcher:
         started = time.monotonic()
         live = [m for m in self.nodes if m.process and m.process.poll() is None]
         for managed in live:
+            stop_order_path(self.run_dir, managed.spec.name).touch()
             managed.process.send_signal(signal.SIGTERM)
         deadline = started + self.spec.stop_timeout_s
         for managed in live:
@@ -370,6 +423,38 @@ class Launcher:
         for name in segments_with_prefix(prefix):
             if unlink_segment(name):
                 log.info("removed shared memory %s left by a stopped node", name)
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (field 22 of /proc/PID/stat), which tells a live owner from
+    an unrelated process that got its pid later; None when no such process exists."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def remove_stale_run_dirs(parent: Path) -> list[Path]:
+    """Remove this user's run directories whose launcher is gone, and the shared memory of their
+    run; returns what was removed. A directory without an owner file is left alone: it is not
+    known to be ours."""
+    removed = []
+    for run_dir in sorted(Path(parent).glob(f"{RUN_DIR_PREFIX}*")):
+        try:
+            if run_dir.stat().st_uid != os.geteuid():
+                continue
+            pid, started = (run_dir / OWNER_FILE).read_text().split()
+        except (OSError, ValueError):
+            continue
+        if process_start_time(int(pid)) == started:
+            continue  # its launcher still runs
+        run_id = run_dir.name[len(RUN_DIR_PREFIX):]
+        for name in segments_with_prefix(run_ring_prefix(run_id)):
+            unlink_segment(name)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log.info("removed %s, left by launcher %s which is gone", run_dir, pid)
+        removed.append(run_dir)
+    return removed
 
 
 def launch_main(path: Path, duration_s: float | None, status_file: Path | None) -> int:

@@ -10,12 +10,21 @@ Every message carries the frame id and capture time of the frame it descends fro
 stamp appended at each hop, so latency since capture can be computed anywhere
 (see perception.latency). Decoding validates every length, enum and string and raises
 MessageError with a one-line reason; a receiver drops and counts such messages.
+
+Validation lives in each message's __post_init__, so it holds however a message is made: decoded
+from the wire, read back from a recording, or built by a node. A message that passes cannot crash
+its consumer: shapes and sizes are positive and bounded, floats are finite, names are plain ASCII
+identifiers (a shared-memory ring name can never be a path), and every kind carries at most the
+stamps it can legitimately have, so each hop downstream has room to add its own. What decoding
+cannot check is time: a stamp from the future or far past is rejected by the receiver against its
+own clock (perception.transport.Subscriber), never here.
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import re
 import struct
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
@@ -23,10 +32,17 @@ from typing import ClassVar
 import numpy as np
 
 MAGIC = b"PX"
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: NodeState.FAILED, per-kind stamp limits, unused Reasons removed
 STAGE_NAME_BYTES = 16
 MAX_STAMPS = 32
 MAX_DETECTIONS = 4096
+MAX_IMAGE_SIDE = 16384
+MAX_RING_SLOTS = 256
+MAX_COUNTERS = 1024
+# Node names, stage names, shared-memory ring names: letters, digits and '._-', never a path.
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+NODE_NAME_CHARS = 64
+RING_NAME_CHARS = 128
 
 _ENVELOPE = struct.Struct("<2sBBQqB")
 _STAMP = struct.Struct(f"<{STAGE_NAME_BYTES}sq")
@@ -62,15 +78,14 @@ class Reason(enum.IntEnum):
     CLOSING_FAST = 2
     DEADLINE_MISS = 3
     NODE_DOWN = 4
-    STALE_INPUT = 5
-    NO_INPUT = 6
 
 
 class NodeState(enum.IntEnum):
     STARTING = 0
     OK = 1
     DEGRADED = 2
-    STOPPING = 3
+    STOPPING = 3  # leaving on purpose: the launcher ordered the stop, or the node finished its input
+    FAILED = 4  # leaving on an error: down at once, the watchdog need not wait for silence
 
 
 class SystemState(enum.IntEnum):
@@ -79,10 +94,31 @@ class SystemState(enum.IntEnum):
     FAILSAFE = 2
 
 
+def check_name(value: str, what: str, limit: int = NODE_NAME_CHARS) -> None:
+    """A node, stage or ring name: 1..limit characters of letters, digits and '._-'; ValueError otherwise."""
+    if not isinstance(value, str) or not 0 < len(value) <= limit or not _NAME.fullmatch(value):
+        raise ValueError(f"{what} {value!r} is not a name (1-{limit} of letters, digits, '._-')")
+
+
+def check_finite(values: np.ndarray | tuple | float, what: str) -> None:
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{what} is not finite")
+
+
+def _check_range(value: int, low: int, high: int, what: str) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{what} {value} is outside {low}..{high}")
+
+
 @dataclass(frozen=True)
 class Stamp:
     stage: str
     t_ns: int
+
+    def __post_init__(self) -> None:
+        check_name(self.stage, "stage", STAGE_NAME_BYTES)
+        if self.t_ns < 0:
+            raise ValueError(f"stamp {self.stage}: time {self.t_ns} is negative")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,9 +126,23 @@ class Message:
     """Fields shared by every message: the ancestry of the frame it descends from."""
 
     KIND: ClassVar[MessageKind]
+    # The stamps a message of this kind can carry when it arrives; the hops after it add their own
+    # and must stay within MAX_STAMPS, so a header arriving already full cannot make a node fail.
+    MAX_STAMPS_IN: ClassVar[int] = 2
     frame_id: int
     capture_ns: int
     stamps: tuple[Stamp, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_range(self.frame_id, 0, 2**63 - 1, "frame_id")
+        _check_range(self.capture_ns, 0, 2**63 - 1, "capture_ns")
+        if len(self.stamps) > self.MAX_STAMPS_IN:
+            raise ValueError(f"{len(self.stamps)} stamps, a {type(self).__name__} carries at most {self.MAX_STAMPS_IN}")
+        previous = self.capture_ns
+        for stamp in self.stamps:
+            if stamp.t_ns < previous:
+                raise ValueError(f"stamp {stamp.stage} at {stamp.t_ns} is earlier than the hop before it ({previous})")
+            previous = stamp.t_ns
 
     def stamped(self, stage: str, t_ns: int) -> "Message":
         """A copy with one more hop recorded; the original is left untouched."""
@@ -102,6 +152,7 @@ class Message:
 @dataclass(frozen=True, kw_only=True)
 class FrameHeader(Message):
     KIND: ClassVar[MessageKind] = MessageKind.FRAME
+    MAX_STAMPS_IN: ClassVar[int] = 4  # capture, publish (+ a relay's)
     media_ns: int  # position of the frame in its source (video time), for replay and pacing
     width: int
     height: int
@@ -110,6 +161,19 @@ class FrameHeader(Message):
     ring: str = ""  # shared-memory segment name (SHM transport only)
     slot: int = 0
     seq: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_range(self.width, 1, MAX_IMAGE_SIDE, "frame width")
+        _check_range(self.height, 1, MAX_IMAGE_SIDE, "frame height")
+        if self.channels not in (1, 3, 4):
+            raise ValueError(f"impossible frame shape {self.height}x{self.width}x{self.channels}")
+        if self.transport == FrameTransport.SHM:
+            check_name(self.ring, "ring", RING_NAME_CHARS)
+            _check_range(self.slot, 0, MAX_RING_SLOTS - 1, "ring slot")
+            _check_range(self.seq, 1, 2**63 - 1, "ring sequence")
+        elif self.ring or self.slot or self.seq:
+            raise ValueError("an inline frame names no ring, slot or sequence")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -123,6 +187,7 @@ class FrameHeader(Message):
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Detections(Message):
     KIND: ClassVar[MessageKind] = MessageKind.DETECTIONS
+    MAX_STAMPS_IN: ClassVar[int] = 24  # a frame's, plus the detector's per part
     media_ns: int = 0  # the frame's position in its source: replayed drives keep their own timeline
     image_width: int
     image_height: int
@@ -133,12 +198,24 @@ class Detections(Message):
     class_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.uint16))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         n = len(self.boxes)
         if self.boxes.shape != (n, 4) or self.scores.shape != (n,) or self.class_ids.shape != (n,):
             raise ValueError(
                 f"detections arrays disagree: boxes {self.boxes.shape}, scores {self.scores.shape}, "
                 f"class_ids {self.class_ids.shape}"
             )
+        _check_range(n, 0, MAX_DETECTIONS, "detection count")
+        _check_range(self.image_width, 1, MAX_IMAGE_SIDE, "image width")
+        _check_range(self.image_height, 1, MAX_IMAGE_SIDE, "image height")
+        _check_range(self.exit_count, 1, 255, "exit count")
+        _check_range(self.exit_index, 0, self.exit_count - 1, "exit")
+        check_finite(self.boxes, "a box")
+        check_finite(self.scores, "a score")
+        if n and (np.any(self.boxes[:, 2] < self.boxes[:, 0]) or np.any(self.boxes[:, 3] < self.boxes[:, 1])):
+            raise ValueError("a box has x2 < x1 or y2 < y1")
+        if n and (self.scores.min() < 0 or self.scores.max() > 1):
+            raise ValueError("a score is outside 0..1")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Detections):
@@ -164,15 +241,25 @@ class Target:
     box: tuple[float, float, float, float]
     ttc_s: float = math.inf  # time to collision estimate; inf when not closing
 
+    def __post_init__(self) -> None:
+        check_finite((self.score, *self.box), "the target's score or box")
+        if not 0 <= self.score <= 1 or math.isnan(self.ttc_s) or self.ttc_s < 0:
+            raise ValueError(f"target score {self.score} or ttc {self.ttc_s} is impossible")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Decision(Message):
     KIND: ClassVar[MessageKind] = MessageKind.DECISION
+    MAX_STAMPS_IN: ClassVar[int] = 28  # the detections', plus the decision's
     action: Action
     reason: Reason
     decided_by: str  # node name: the decision node, or the watchdog for a fail-safe
     detail: str = ""
     target: Target | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_name(self.decided_by, "decided_by")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,6 +274,19 @@ class Heartbeat(Message):
     state: NodeState
     counters: dict[str, int] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_name(self.node, "node")
+        _check_range(self.pid, 1, 2**32 - 1, "pid")
+        _check_counters(self.counters)
+
+
+def _check_counters(counters: dict[str, int]) -> None:
+    if len(counters) > MAX_COUNTERS:
+        raise ValueError(f"{len(counters)} counters exceed the limit of {MAX_COUNTERS}")
+    for name in counters:
+        check_name(name, "counter", 128)
+
 
 @dataclass(frozen=True, kw_only=True)
 class WatchdogStatus(Message):
@@ -195,6 +295,12 @@ class WatchdogStatus(Message):
     depth_limit: int
     nodes_down: tuple[str, ...] = ()
     counters: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in self.nodes_down:
+            check_name(name, "node")
+        _check_counters(self.counters)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,6 +311,12 @@ class Control(Message):
     target: str
     max_depth: int
     reason: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target != "*":
+            check_name(self.target, "control target")
+        _check_range(self.max_depth, 0, 255, "max_depth")
 
 
 # --- primitive writer/reader -------------------------------------------------------------
@@ -300,8 +412,6 @@ def _decode_frame(r: _Reader, base: dict) -> FrameHeader:
     transport = r.enum(FrameTransport)
     slot, seq = r.unpack("IQ")
     ring = r.text()
-    if width == 0 or height == 0 or channels not in (1, 3, 4):
-        raise MessageError(f"frame header: impossible frame shape {height}x{width}x{channels}")
     return FrameHeader(
         **base, media_ns=media_ns, width=width, height=height, channels=channels,
         transport=transport, ring=ring, slot=slot, seq=seq,
@@ -319,8 +429,6 @@ def _decode_detections(r: _Reader, base: dict) -> Detections:
     media_ns, width, height, exit_index, exit_count, n = r.unpack("qHHBBI")
     if n > MAX_DETECTIONS:
         raise MessageError(f"detections: count {n} exceeds the limit of {MAX_DETECTIONS}")
-    if exit_index >= max(exit_count, 1):
-        raise MessageError(f"detections: exit {exit_index} out of range for {exit_count} exits")
     return Detections(
         **base, media_ns=media_ns, image_width=width, image_height=height, exit_index=exit_index, exit_count=exit_count,
         boxes=r.array("<f4", (n, 4)).astype(np.float32),
@@ -442,10 +550,9 @@ def decode(data: bytes | memoryview, expect: type[Message] | None = None) -> Mes
     for _ in range(n_stamps):
         raw_name, t_ns = r.unpack(f"{STAGE_NAME_BYTES}sq")
         try:
-            stage = bytes(raw_name).rstrip(b"\0").decode("ascii")
-        except UnicodeDecodeError:
-            raise MessageError(f"{cls.__name__}: stage name is not ASCII") from None
-        stamps.append(Stamp(stage, t_ns))
+            stamps.append(Stamp(bytes(raw_name).rstrip(b"\0").decode("ascii"), t_ns))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise MessageError(f"{cls.__name__}: bad stamp ({exc})") from None
     base = {"frame_id": frame_id, "capture_ns": capture_ns, "stamps": tuple(stamps)}
     try:
         message = decode_body(r, base)

@@ -4,6 +4,7 @@ counters and clean shutdown. A node file in nodes/ only says what the node does.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ import zmq
 from perception.config import ConfigError, load_config
 from perception.latency import now_ns
 from perception.messages import FrameTransport, Heartbeat, Message, NodeState
+from perception.shm_ring import run_ring_prefix
 from perception.transport import FrameReceiver, FrameSender, Publisher, Subscriber, resolve_endpoint
 
 log = logging.getLogger("perception.node")
@@ -25,9 +27,55 @@ log = logging.getLogger("perception.node")
 C = TypeVar("C")
 
 EXIT_CONFIG = 78  # EX_CONFIG: bad configuration or input; restarting cannot help
+EXIT_SIGNALLED = 143  # 128 + SIGTERM: stopped by a signal nobody ordered through the launcher
 HEARTBEAT_TOPIC = "heartbeat"
 RUN_DIR_ENV = "PERCEPTION_RUN_DIR"
 RUN_ID_ENV = "PERCEPTION_RUN_ID"
+FAREWELL_WAIT_NS = 300_000_000  # a failing node repeats its last heartbeat this long, and lets it go out
+FAREWELL_REPEAT_S = 0.05
+STOP_ORDER_SUFFIX = ".stop"  # {run_dir}/{name}.stop: the launcher ordered this node to stop
+
+
+class RunDirError(RuntimeError):
+    """The run directory is not private to this user, or a node's name is already taken in it."""
+
+
+def stop_order_path(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / f"{name}{STOP_ORDER_SUFFIX}"
+
+
+def private_run_dir(path: Path) -> Path:
+    """Create `path` as a directory only this user can enter (0700), or check an existing one.
+
+    Its ipc sockets are the pipeline's inputs: another local user who could reach them could publish
+    forged frames or decisions. An existing directory owned by someone else is refused; one of ours
+    that others may enter is tightened."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.geteuid():
+        raise RunDirError(f"run directory {path} belongs to uid {info.st_uid}, not this user ({os.geteuid()})")
+    if info.st_mode & 0o077:
+        log.warning("run directory %s was open to others (mode %o); made private (0700)", path, info.st_mode & 0o777)
+        path.chmod(0o700)
+    return path
+
+
+def claim_name(run_dir: Path, name: str) -> int:
+    """Hold `{run_dir}/{name}.lock` for this process's lifetime (the kernel lets go when it dies, even
+    by SIGKILL). A second node of the same name in the same run would otherwise silently take over
+    the first one's ipc endpoint."""
+    path = Path(run_dir) / f"{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 16, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise RunDirError(f"node name {name!r} is already running in {run_dir} (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 class FatalInputError(RuntimeError):
@@ -78,12 +126,15 @@ class Node:
     state: NodeState = NodeState.STARTING
 
     def __post_init__(self) -> None:
+        private_run_dir(self.run.run_dir)
+        self._name_lock = claim_name(self.run.run_dir, self.name)
         self.endpoint = resolve_endpoint(self.settings.publish or self.name, self.run.run_dir)
         self.publisher = Publisher(self.context, self.endpoint)
         self._subscribers: list[Subscriber] = []
         self._poller = zmq.Poller()
         self._closers: list[Callable[[], None]] = []
         self._stop_requested = False
+        self.signalled = False
         self._heartbeat_seq = 0
         self._next_heartbeat_ns = 0
         self._last_frame = (0, 0)
@@ -93,6 +144,7 @@ class Node:
     # -- lifecycle ------------------------------------------------------------------------
     def _request_stop(self, signum: int, _frame: object) -> None:
         self._stop_requested = True
+        self.signalled = True
 
     def ok(self) -> bool:
         return not self._stop_requested
@@ -100,9 +152,23 @@ class Node:
     def stop(self) -> None:
         self._stop_requested = True
 
-    def close(self) -> None:
-        self.state = NodeState.STOPPING
+    def stop_ordered(self) -> bool:
+        """True when the launcher ordered this stop (it leaves a stop order before it signals)."""
+        return stop_order_path(self.run.run_dir, self.name).exists()
+
+    def close(self, final_state: NodeState = NodeState.STOPPING) -> None:
+        """Say goodbye and free everything. STOPPING tells the watchdog this node left on purpose;
+        FAILED that it is down now (a crash, or a stop nobody ordered): see run_node."""
+        self.state = final_state
         self.heartbeat(force=True)
+        if final_state == NodeState.FAILED:
+            # Say it a few more times: a node failing at start-up may fail before the watchdog's
+            # subscription reaches it, and a lost "failed" would leave the watchdog waiting out its
+            # start-up grace instead of braking now.
+            deadline = now_ns() + FAREWELL_WAIT_NS
+            while now_ns() < deadline:
+                time.sleep(FAREWELL_REPEAT_S)
+                self.heartbeat(force=True)
         for closer in reversed(self._closers):
             try:
                 closer()
@@ -110,14 +176,15 @@ class Node:
                 log.warning("error while closing: %s", exc)
         for subscriber in self._subscribers:
             subscriber.close()
-        self.publisher.close()
+        self.publisher.close(linger_ms=FAREWELL_WAIT_NS // 1_000_000)  # the last heartbeat must go out
         self.context.term()
+        os.close(self._name_lock)
 
     def __enter__(self) -> "Node":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        self.close(NodeState.FAILED if exc_type is not None else NodeState.STOPPING)
 
     # -- sockets --------------------------------------------------------------------------
     def subscribe(self, source: str | Sequence[str], topic: str, message_type: type, latest: bool) -> Subscriber:
@@ -138,7 +205,7 @@ class Node:
         return sender
 
     def frame_receiver(self) -> FrameReceiver:
-        receiver = FrameReceiver()
+        receiver = FrameReceiver(ring_prefix=run_ring_prefix(self.run.run_id))
         self._closers.append(receiver.close)
         return receiver
 
@@ -212,6 +279,7 @@ class Node:
         for subscriber in self._subscribers:
             counters[f"{subscriber.topic}.received"] = subscriber.received
             counters[f"{subscriber.topic}.malformed"] = subscriber.malformed
+            counters[f"{subscriber.topic}.bad_stamp"] = subscriber.bad_stamp
             counters[f"{subscriber.topic}.superseded"] = subscriber.superseded
         frame_id, capture_ns = self._last_frame
         self._heartbeat_seq += 1
@@ -246,8 +314,11 @@ def configure_logging(name: str, level: str = "info") -> None:
 def run_node(description: str, config_type: type[C], body: Callable[[Node, C], None], argv: Sequence[str] | None = None) -> int:
     """Parse the command line, load and validate config, run `body` inside a Node, shut down cleanly.
 
-    Returns the process exit code: 0 on a clean stop, EXIT_CONFIG for bad config or input
-    (one line on stderr naming the culprit), 1 for anything unexpected.
+    Returns the process exit code: 0 when the body finished or the launcher ordered the stop,
+    EXIT_CONFIG for bad config or input (one line on stderr naming the culprit), 1 for a lost
+    device or anything unexpected (a traceback follows), EXIT_SIGNALLED for a stop by a signal the
+    launcher did not order. Only an exit 0 leaves quietly (a STOPPING heartbeat); every other exit
+    says FAILED, so the watchdog treats the node as down at once.
     """
     args = node_argument_parser(description).parse_args(argv)
     configure_logging(args.name)
@@ -260,18 +331,23 @@ def run_node(description: str, config_type: type[C], body: Callable[[Node, C], N
     settings = getattr(config, "node", None) or NodeSettings()
     try:
         node = Node(args.name, settings, RunContext.from_env(args.run_dir))
+    except RunDirError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG
     except RuntimeError as exc:
         log.error("%s", exc)
         return 1
-    with node:
-        try:
-            body(node, config)
-        except FatalInputError as exc:
-            log.error("%s", exc)
-            return EXIT_CONFIG
-        except DeviceLostError as exc:
-            log.error("%s", exc)
-            return 1
-        except KeyboardInterrupt:
-            pass
-    return 0
+    code = 1  # until the body returns or fails in a way we know
+    try:
+        body(node, config)
+        code = EXIT_SIGNALLED if node.signalled and not node.stop_ordered() else 0
+    except FatalInputError as exc:
+        log.error("%s", exc)
+        code = EXIT_CONFIG
+    except DeviceLostError as exc:
+        log.error("%s", exc)
+    finally:
+        if code == EXIT_SIGNALLED:
+            log.error("stopped by a signal the launcher did not order: leaving as failed")
+        node.close(NodeState.STOPPING if code == 0 else NodeState.FAILED)
+    return code

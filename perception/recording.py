@@ -7,7 +7,10 @@ written back to back with the frame id as the MCAP sequence number.
 
 Crash safety: every completed chunk (`chunk_size`) is handed to the OS at once, so a recorder
 killed mid-run leaves every completed chunk on disk; RecordingReader reads such a file up to its last
-complete record and says it was truncated. A file that is not MCAP at all is a one-line error.
+complete record and says it was truncated. Damage is not truncation: a chunk whose CRC does not
+match, a record that does not parse before the end of the file (or anywhere in a file the writer
+finished), a message that does not decode, or a file that is not MCAP at all is a RecordingError,
+one line naming the file and where.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import dataclasses
 import enum
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -35,6 +39,7 @@ TOPIC_TYPES: dict[str, type[Message]] = {
     "watchdog": WatchdogStatus, "control": Control, "heartbeat": Heartbeat,
 }
 IMAGE_CHANNEL = "/camera/image"
+MAGIC = b"\x89MCAP0\r\n"  # at the start of every MCAP file, and at the end of a finished one
 
 
 class RecordingError(RuntimeError):
@@ -72,6 +77,8 @@ def message_to_dict(message: Message) -> dict:
 
 
 def message_from_dict(message_type: type[Message], data: dict) -> Message:
+    if not isinstance(data, dict):
+        raise RecordingError(f"{message_type.__name__} must be a JSON object, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(message_type)}
     unknown = set(data) - names
     if unknown:
@@ -201,37 +208,55 @@ class RecordingWriter:
 
 
 class RecordingReader:
-    """Reads a recording in file order; tolerates a file cut short by a crash (see `truncated`)."""
+    """Reads a recording in file order; tolerates a file cut short by a crash (see `truncated`), not a damaged one."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise RecordingError(f"recording {self.path}: file not found")
         with open(self.path, "rb") as f:
-            if f.read(8) != b"\x89MCAP0\r\n":
+            if f.read(len(MAGIC)) != MAGIC:
                 raise RecordingError(f"recording {self.path}: not an MCAP file")
         self.truncated = False
 
     def records(self) -> Iterator[tuple[str, int, bytes]]:
-        """(channel topic, log_time_ns, data) in file order, up to the last complete record."""
+        """(channel topic, log_time_ns, data) in file order, up to the last complete record.
+
+        Chunk CRCs are checked, so damaged data is an error (RecordingError naming the byte offset)
+        rather than garbage handed on; only a file that ends mid-record without the closing magic a
+        finished recording has counts as cut short (`truncated`, a warning)."""
         _require_mcap()
-        from mcap.records import Channel, Footer, Message as McapMessage
+        from mcap.records import Channel, Footer, Header, Message as McapMessage
         from mcap.stream_reader import StreamReader
 
+        size = self.path.stat().st_size
         channels: dict[int, str] = {}
         with open(self.path, "rb") as f:
-            reader = StreamReader(f, skip_magic=False)
-            iterator = iter(reader.records)
+            iterator = iter(StreamReader(f, skip_magic=False, validate_crcs=True).records)
+            first = True
             while True:
+                # A failure comes from reading the next top-level record (a chunk is checked whole
+                # before its records are yielded), which starts where the stream stands now.
+                offset = f.tell()
                 try:
                     record = next(iterator)
                 except StopIteration:
                     return
-                except Exception as exc:  # the mcap library raises several types for a cut-off file
+                except Exception as exc:  # the mcap library raises struct, unicode, CRC and its own errors
+                    if first:
+                        raise RecordingError(f"recording {self.path}: no complete MCAP header record after the "
+                                             f"magic (corrupt or cut short: {_describe(exc)})") from None
+                    if f.tell() < size or self._finished(size):  # bad data before the end of the file
+                        raise RecordingError(f"recording {self.path}: corrupt record at byte {offset} of {size} "
+                                             f"({_describe(exc)})") from None
                     self.truncated = True
-                    log.warning("recording %s ends mid-record (%s): read up to the last complete chunk",
-                                self.path, type(exc).__name__)
+                    log.warning("recording %s ends mid-record at byte %d (cut short?): read up to the last complete "
+                                "chunk", self.path, offset)
                     return
+                if first and not isinstance(record, Header):
+                    raise RecordingError(f"recording {self.path}: corrupt: its first record is a "
+                                         f"{type(record).__name__}, not the MCAP header")
+                first = False
                 if isinstance(record, Footer):
                     return  # a complete file: the writer finished it
                 if isinstance(record, Channel):
@@ -239,34 +264,65 @@ class RecordingReader:
                 elif isinstance(record, McapMessage):
                     yield channels.get(record.channel_id, "?"), record.log_time, record.data
 
+    def _finished(self, size: int) -> bool:
+        """Whether the file ends with the closing magic: a recorder killed mid-run never writes it."""
+        with open(self.path, "rb") as f:
+            f.seek(max(size - len(MAGIC), 0))
+            return f.read() == MAGIC
+
     def messages(self, topics: set[str] | None = None) -> Iterator[tuple[str, int, Message]]:
         """(topic, log_time_ns, message) for the JSON topics (without the leading '/')."""
         for channel, log_time, data in self.records():
             topic = channel.lstrip("/")
             if topic in TOPIC_TYPES and (topics is None or topic in topics):
-                try:
-                    yield topic, log_time, decode_message(topic, data)
-                except (ValueError, KeyError, TypeError, RecordingError) as exc:
-                    raise RecordingError(f"recording {self.path}: bad {topic} message at {log_time}: {exc}") from None
+                with self._decoding(f"{topic} message at log time {log_time}"):
+                    message = decode_message(topic, data)
+                yield topic, log_time, message
 
     def frames(self) -> Iterator[tuple[FrameHeader, np.ndarray]]:
         """Frame headers with their decoded pixels, in recorded order."""
         header: FrameHeader | None = None
-        for channel, _, data in self.records():
+        for channel, log_time, data in self.records():
             if channel == "/frames":
-                header = decode_message("frames", data)
+                with self._decoding(f"frame header at log time {log_time}"):
+                    header = decode_message("frames", data)
             elif channel == IMAGE_CHANNEL and header is not None:
-                yield header, self._decode_image(json.loads(data), header)
+                with self._decoding(f"image of frame {header.frame_id}"):
+                    pixels = _decode_image(json.loads(data))
+                yield header, pixels
                 header = None
 
-    def _decode_image(self, image: dict, header: FrameHeader) -> np.ndarray:
-        raw = base64.b64decode(image["data"])
-        if image.get("format") == "jpeg":
-            pixels = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
-            if pixels is None:
-                raise RecordingError(f"recording {self.path}: frame {header.frame_id} is not a decodable JPEG")
-            return pixels
-        expected = image["height"] * image["step"]
-        if len(raw) != expected:
-            raise RecordingError(f"recording {self.path}: frame {header.frame_id} has {len(raw)} bytes, expected {expected}")
-        return np.frombuffer(raw, np.uint8).reshape(image["height"], image["width"], -1).copy()
+    @contextmanager
+    def _decoding(self, what: str) -> Iterator[None]:
+        """Turn whatever a damaged message makes JSON, base64 or the decoders raise into one line
+        naming the file and the message."""
+        try:
+            yield
+        except (ValueError, KeyError, TypeError, RecordingError) as exc:  # binascii.Error is a ValueError
+            raise RecordingError(f"recording {self.path}: bad {what} ({_describe(exc)})") from None
+
+
+def _decode_image(image: dict) -> np.ndarray:
+    """The pixels of a foxglove.CompressedImage (JPEG) or foxglove.RawImage (bgr8) message."""
+    if not isinstance(image, dict):
+        raise TypeError(f"expected a JSON object, got {type(image).__name__}")
+    raw = base64.b64decode(image["data"], validate=True)
+    if image.get("format") == "jpeg":
+        pixels = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+        if pixels is None:
+            raise ValueError("not a decodable JPEG")
+        return pixels
+    expected = image["height"] * image["step"]
+    if len(raw) != expected:
+        raise ValueError(f"{len(raw)} bytes of pixels, expected {expected}")
+    return np.frombuffer(raw, np.uint8).reshape(image["height"], image["width"], -1).copy()
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as a short phrase for a one-line error."""
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}"
+    if isinstance(exc, RecordingError):
+        return str(exc)
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -184,18 +184,30 @@ class _AttachedRing:
             self.shm = shared_memory.SharedMemory(name=name, create=False)
         except FileNotFoundError:
             raise RingError(f"ring {name}: shared memory segment does not exist") from None
+        except (OSError, ValueError) as exc:  # a name the OS refuses, a segment we may not open
+            raise RingError(f"ring {name}: cannot attach ({exc})") from None
         _untrack(self.shm)
-        magic, slots, capacity, _ = np.ndarray((4,), np.uint64, self.shm.buf, 0)
-        if int(magic) != RING_MAGIC:
+        problem = self._check_layout()
+        if problem:
             self.shm.close()
-            raise RingError(f"ring {name}: not a frame ring (bad magic)")
-        self.slots = int(slots)
-        self.capacity = int(capacity)
-        self.stride = SLOT_HEADER_BYTES + _round_up(self.capacity)
+            raise RingError(f"ring {name}: {problem}")
         buf = self.shm.buf
         # Built once per attach: a handoff is then a dictionary lookup and two integer reads.
         self._seq_words = [np.ndarray((1,), np.uint64, buf, HEADER_BYTES + i * self.stride) for i in range(self.slots)]
         self._arrays: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
+
+    def _check_layout(self) -> str | None:
+        """Why this segment is not a frame ring whose every slot lies inside it (None if it is)."""
+        if self.shm.size < HEADER_BYTES:
+            return f"segment of {self.shm.size} bytes is too small to be a frame ring"
+        magic, slots, capacity, _ = (int(v) for v in np.ndarray((4,), np.uint64, self.shm.buf, 0))
+        if magic != RING_MAGIC:
+            return "not a frame ring (bad magic)"
+        self.slots, self.capacity = slots, capacity
+        self.stride = SLOT_HEADER_BYTES + _round_up(capacity)
+        if not 2 <= slots <= 256 or HEADER_BYTES + slots * self.stride > self.shm.size:
+            return f"header claims {slots} slots of {capacity} bytes, more than its {self.shm.size} bytes"
+        return None
 
     def _array(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
         array = self._arrays.get((slot, shape))
@@ -234,10 +246,10 @@ class FrameRingReader:
     def view(self, ring: str, slot: int, seq: int, shape: tuple[int, ...]) -> FrameView:
         attached = self._rings.get(ring)
         if attached is None:
+            attached = _AttachedRing(ring)  # raises before the current ring is let go
             for old in self._rings.values():
                 old.close()
-            self._rings.clear()
-            attached = self._rings[ring] = _AttachedRing(ring)
+            self._rings = {ring: attached}
         return attached.view(slot, seq, shape)
 
     def close(self) -> None:
@@ -258,6 +270,11 @@ def segments_with_prefix(prefix: str) -> list[str]:
     return sorted(p.name for p in SHM_DIR.iterdir() if p.name.startswith(prefix))
 
 
+def run_ring_prefix(run_id: str) -> str:
+    """What the names of every ring of one run start with."""
+    return f"perception-{run_id}-"
+
+
 def ring_name(run_id: str, node: str) -> str:
     """Segment name for a node's frame ring: unique per process, sweepable per run and node."""
-    return f"perception-{run_id}-{node}-{os.getpid()}"
+    return f"{run_ring_prefix(run_id)}{node}-{os.getpid()}"

@@ -2,7 +2,8 @@
 
 A source yields (frame, media_ns): an HxWx3 BGR uint8 image and its position in the source's
 own timeline. A source that cannot start raises SourceError with one line naming the culprit;
-a frame that cannot be decoded mid-stream is skipped and counted in `bad_frames`.
+a frame that cannot be decoded mid-stream is skipped and counted in `bad_frames`, but a file
+source that ends without delivering a single frame is a SourceError too, never a quiet success.
 """
 
 from __future__ import annotations
@@ -173,7 +174,10 @@ class ImageFolderSource(FrameSource):
     def read(self, out: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
         while True:
             if self._position >= len(self.files):
-                if not self.loop or self.bad_frames >= len(self.files):
+                if not self._emitted:  # every file was bad: playing nothing is not a success
+                    raise SourceError(f"image folder {self.path}: none of its {len(self.files)} images could be "
+                                      f"decoded (first: {self.files[0].name})")
+                if not self.loop:
                     return None
                 self._position = 0
             path = self.files[self._position]
@@ -231,6 +235,7 @@ class RecordingSource(FrameSource):
         self._frames = self._reader.frames()
         self._offset_ns = 0
         self._last_ns = 0
+        self._delivered = 0
         self.description = f"recording {self.path.name}"
 
     def read(self, out: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
@@ -245,7 +250,11 @@ class RecordingSource(FrameSource):
         except RecordingError as exc:
             raise SourceError(str(exc)) from None
         if item is None:
+            if not self._delivered:  # a recording made without frames, or cut short before its first chunk
+                cut = " (cut short)" if self._reader.truncated else ""
+                raise SourceError(f"recording {self.path}: no frames in it{cut}")
             return None
+        self._delivered += 1
         header, pixels = item
         self._last_ns = self._offset_ns + header.media_ns
         return pixels, self._last_ns

@@ -13,7 +13,7 @@ or by an explicit URL (tcp://host:port for another host; "{run_dir}" is substitu
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -21,7 +21,7 @@ import numpy as np
 import zmq
 
 from perception.latency import now_ns
-from perception.messages import FrameHeader, FrameTransport, Message, MessageError, decode, encode
+from perception.messages import FrameHeader, FrameTransport, Message, MessageError, Stamp, decode, encode
 from perception.shm_ring import FrameOverwritten, FrameRingReader, FrameRingWriter, FrameView, RingError, ring_name
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,9 @@ class Publisher:
                 self.subscriptions[event[1:]] = self.subscriptions.get(event[1:], 0) + delta
         return self.subscriptions.get(topic.encode(), 0)
 
-    def close(self) -> None:
-        self.socket.close(linger=0)
+    def close(self, linger_ms: int = 0) -> None:
+        """`linger_ms`: how long queued messages (a node's last heartbeat) may still take to go out."""
+        self.socket.close(linger=linger_ms)
 
 
 @dataclass
@@ -89,8 +90,22 @@ class Received(Generic[M]):
     parts: list  # the raw multipart frames, for inline pixel buffers
 
 
+def newest_stamp_ns(message: Message) -> int:
+    """The latest time a message claims: its capture, a hop's stamp or a heartbeat's send time."""
+    newest = max(message.capture_ns, message.stamps[-1].t_ns if message.stamps else 0)
+    return max(newest, getattr(message, "sent_ns", 0))
+
+
 class Subscriber(Generic[M]):
-    """A SUB socket for one topic of one or more publishers; malformed messages are dropped and counted."""
+    """A SUB socket for one topic of one or more publishers.
+
+    Every message is decoded and validated (perception.messages) and its stamps are checked
+    against this host's clock: one claiming a time in the future cannot be true (the clock is
+    CLOCK_MONOTONIC, shared by every process of the host) and is dropped and counted as
+    `bad_stamp`, like a malformed one, so a single forged stamp cannot move a deadline.
+    Per-input state for the node's loop, like openpilot's SubMaster: `updated` (this poll brought
+    a valid message), `last` (the newest valid message), `last_ns` (when it arrived), `alive()`.
+    """
 
     def __init__(
         self,
@@ -106,7 +121,11 @@ class Subscriber(Generic[M]):
         self.latest = latest
         self.received = 0
         self.malformed = 0
+        self.bad_stamp = 0
         self.superseded = 0  # messages skipped because a newer one was already queued (latest mode)
+        self.updated = False
+        self.last: M | None = None
+        self.last_ns: int | None = None
         self._last_warning_ns = 0
         self.socket = context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.RCVHWM, LATEST_HWM if latest else QUEUE_HWM)
@@ -123,13 +142,23 @@ class Subscriber(Generic[M]):
         while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             raw.append(self.socket.recv_multipart(copy=False))
         if not self.latest:
-            return [r for r in map(self._parse, raw) if r is not None]
+            return self._note([r for r in map(self._parse, raw) if r is not None])
         for index in range(len(raw) - 1, -1, -1):
             received = self._parse(raw[index])
             if received is not None:
                 self.superseded += index  # older messages, never decoded
-                return [received]
-        return []
+                return self._note([received])
+        return self._note([])
+
+    def alive(self, timeout_ns: int, at_ns: int | None = None) -> bool:
+        """A valid message arrived within `timeout_ns`."""
+        return self.last_ns is not None and (now_ns() if at_ns is None else at_ns) - self.last_ns <= timeout_ns
+
+    def _note(self, received: list[Received[M]]) -> list[Received[M]]:
+        self.updated = bool(received)
+        if received:
+            self.last, self.last_ns = received[-1].message, now_ns()
+        return received
 
     def _parse(self, parts: list) -> Received[M] | None:
         try:
@@ -142,13 +171,19 @@ class Subscriber(Generic[M]):
             self.malformed += 1
             self._warn(f"dropped malformed message on {self.topic!r}: {exc}")
             return None
+        claimed, now = newest_stamp_ns(message), now_ns()
+        if claimed > now:
+            self.bad_stamp += 1
+            self._warn(f"dropped {self.message_type.__name__} {message.frame_id} on {self.topic!r}: "
+                       f"stamped {(claimed - now) / 1e6:.1f} ms in the future")
+            return None
         self.received += 1
         return Received(message, parts)  # type: ignore[arg-type]
 
     def _warn(self, text: str) -> None:
         now = now_ns()
         if now - self._last_warning_ns > 1_000_000_000:  # at most one line a second
-            log.warning("%s (%d dropped so far)", text, self.malformed)
+            log.warning("%s (%d malformed, %d bad stamps so far)", text, self.malformed, self.bad_stamp)
             self._last_warning_ns = now
 
     def close(self) -> None:
@@ -176,15 +211,18 @@ class FrameSender:
             return None
         return self.ring.reserve()
 
-    def send(self, topic: str, frame: np.ndarray, header: FrameHeader, reservation=None, stage: str = "publish") -> FrameHeader:
-        """Publish `frame` under `header`; transport fields and a `stage` stamp (taken once the
-        pixels are in place) are added here. Returns the header sent."""
+    def send(self, topic: str, frame: np.ndarray, *, frame_id: int, capture_ns: int, media_ns: int,
+             stamps: tuple[Stamp, ...] = (), reservation=None, stage: str = "publish") -> FrameHeader:
+        """Publish `frame` under a header built here, once the pixels are in place: its shape and
+        transport fields come from the frame and the ring, and a `stage` stamp ends `stamps`.
+        Returns the header sent."""
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
             raise RingError(f"frame of shape {frame.shape} {frame.dtype} is not an HxWxC uint8 image")
         height, width, channels = frame.shape
+        origin = {"frame_id": frame_id, "capture_ns": capture_ns, "media_ns": media_ns,
+                  "width": width, "height": height, "channels": channels}
         if self.transport == FrameTransport.INLINE:
-            header = _with_transport(header, width, height, channels, FrameTransport.INLINE, "", 0, 0)
-            header = header.stamped(stage, now_ns())
+            header = FrameHeader(**origin, stamps=stamps + (Stamp(stage, now_ns()),), transport=FrameTransport.INLINE)
             self.publisher.publish(topic, header, (np.ascontiguousarray(frame).data,))
             return header
         self.prepare(frame.shape)
@@ -194,9 +232,8 @@ class FrameSender:
             # The source could not decode in place: copy. An unused reservation is simply replaced
             # (its slot still reads as "being written", so nobody can read it).
             reservation = self.ring.write(frame)
-        header = _with_transport(
-            header, width, height, channels, FrameTransport.SHM, self.ring.name, reservation.slot, reservation.seq
-        ).stamped(stage, now_ns())
+        header = FrameHeader(**origin, stamps=stamps + (Stamp(stage, now_ns()),), transport=FrameTransport.SHM,
+                             ring=self.ring.name, slot=reservation.slot, seq=reservation.seq)
         self.publisher.publish(topic, header)
         return header
 
@@ -206,15 +243,16 @@ class FrameSender:
             self.ring = None
 
 
-def _with_transport(header: FrameHeader, width, height, channels, transport, ring, slot, seq) -> FrameHeader:
-    return replace(header, width=width, height=height, channels=channels, transport=transport, ring=ring, slot=slot, seq=seq)
-
-
 class FrameReceiver:
-    """Turns a received frame header into pixels, from the ring or the inline part."""
+    """Turns a received frame header into pixels, from the ring or the inline part.
 
-    def __init__(self) -> None:
+    With `ring_prefix` (this run's, see perception.shm_ring.ring_name), a header naming any other
+    shared-memory segment is refused: a forged header cannot make a node map memory that is not
+    a frame ring of its own pipeline."""
+
+    def __init__(self, ring_prefix: str | None = None) -> None:
         self._rings = FrameRingReader()
+        self._ring_prefix = ring_prefix
 
     def view(self, received: Received[FrameHeader]) -> FrameView:
         """Zero-copy view; raises FrameOverwritten if the ring slot was already reused, RingError if unreadable."""
@@ -226,6 +264,8 @@ class FrameReceiver:
             if len(pixels) != header.nbytes:
                 raise RingError(f"inline frame {header.frame_id}: {len(pixels)} bytes for a {header.shape} frame")
             return FrameView(np.frombuffer(pixels, np.uint8).reshape(header.shape), None, 0)
+        if self._ring_prefix is not None and not header.ring.startswith(self._ring_prefix):
+            raise RingError(f"frame {header.frame_id} names ring {header.ring!r}, not one of this run's")
         return self._rings.view(header.ring, header.slot, header.seq, header.shape)
 
     def close(self) -> None:

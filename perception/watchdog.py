@@ -5,11 +5,19 @@ its capture time. A decision for a newer frame answers older ones too (a detecto
 superseded frames is degrading on purpose, not failing). A frame still unanswered at its deadline
 gets a fail-safe BRAKE at that moment, not later.
 
+Trust: a decision answers frames only if it names a frame this watchdog saw captured (the same
+frame id with the same capture stamp); any other is counted as untrusted and ignored, so a forged
+or corrupt decision cannot silence the deadlines of the frames after it. Stamps from the future
+never get here (the subscriber drops them), and pending deadlines are kept in deadline order, so
+no single frame can hold back the fail-safes of the others.
+
 Liveness: every monitored node must heartbeat within `heartbeat_timeout_ms`. A silent node puts
 the system in FAILSAFE: a BRAKE naming the node goes out at once and again every
-`failsafe_repeat_ms` until it is back. A node whose last heartbeat said STOPPING left on purpose
-(a replay's source at the end of its recording) and is not waited for until it heartbeats again;
-a crashed or stalled node never says so, and frames it leaves unanswered still fail safe.
+`failsafe_repeat_ms` until it is back. A node whose last heartbeat said FAILED (it crashed, or
+was stopped by a signal the launcher did not order) is down at once, without waiting for the
+timeout. Only a node whose last heartbeat said STOPPING (the launcher ordered the stop, or it
+finished its input, as a replay's source does at the end of its recording) is not waited for
+until it heartbeats again; frames it leaves unanswered still fail safe.
 
 Degradation: when the p95 of capture-to-decision latency over the recent window exceeds
 `degrade_fraction` of the budget, or a deadline was missed, the detector's depth ceiling is
@@ -20,7 +28,8 @@ apart, so one slow frame cannot swing the depth.
 
 from __future__ import annotations
 
-from collections import deque
+import bisect
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +39,7 @@ from perception.messages import (
 )
 
 MS = 1_000_000
+RECENT_FRAMES = 1024  # frames a decision may name: far more than fit in any budget at any frame rate
 
 
 @dataclass(frozen=True)
@@ -78,9 +88,10 @@ class WatchdogCore:
         self.depth_limit = rules.max_depth
         self.counters: dict[str, int] = {k: 0 for k in (
             "frames", "decisions", "deadline_misses", "late_decisions", "failsafes", "node_down_events",
-            "degrade_steps", "relax_steps", "stale_dropped")}
+            "degrade_steps", "relax_steps", "stale_dropped", "untrusted_decisions")}
         self.failsafe_delay_ns: deque[int] = deque(maxlen=10_000)  # fail-safe publish time minus its deadline
-        self._pending: deque[_Pending] = deque()
+        self._pending: list[_Pending] = []  # in deadline order
+        self._seen: OrderedDict[int, int] = OrderedDict()  # frame_id -> capture_ns of recent frames
         self._answered_ns = -1  # capture time of the newest frame answered by a decision
         self._latencies: deque[int] = deque(maxlen=rules.window)
         self._misses_in_window: deque[bool] = deque(maxlen=rules.window)
@@ -90,6 +101,7 @@ class WatchdogCore:
                            for node in rules.monitored}
         self._down: set[str] = set()
         self._departed: set[str] = set()
+        self._failed: set[str] = set()
         self._last_repeat_ns = 0
         self._last_frame = (0, 0)
 
@@ -97,17 +109,24 @@ class WatchdogCore:
     def on_frame(self, header: FrameHeader) -> None:
         self.counters["frames"] += 1
         self._last_frame = (header.frame_id, header.capture_ns)
+        self._seen[header.frame_id] = header.capture_ns
+        self._seen.move_to_end(header.frame_id)
+        if len(self._seen) > RECENT_FRAMES:
+            self._seen.popitem(last=False)
         if header.capture_ns > self._answered_ns:
-            self._pending.append(_Pending(header.frame_id, header.capture_ns, header.capture_ns + self.budget_ns))
+            pending = _Pending(header.frame_id, header.capture_ns, header.capture_ns + self.budget_ns)
+            bisect.insort(self._pending, pending, key=lambda p: p.deadline_ns)
 
     def on_decision(self, decision: Decision, now_ns: int) -> Outputs:
+        if self._seen.get(decision.frame_id) != decision.capture_ns:
+            self.counters["untrusted_decisions"] += 1  # not about a frame we saw: forged, corrupt or foreign
+            return Outputs()
         self.counters["decisions"] += 1
         latency = now_ns - decision.capture_ns
         if latency > self.budget_ns:
             self.counters["late_decisions"] += 1  # its frame was already answered by a fail-safe
         self._answered_ns = max(self._answered_ns, decision.capture_ns)
-        while self._pending and self._pending[0].capture_ns <= decision.capture_ns:
-            self._pending.popleft()
+        self._pending = [p for p in self._pending if p.capture_ns > decision.capture_ns]
         self._latencies.append(latency)
         self._misses_in_window.append(latency > self.budget_ns)
         return self._adapt_depth(decision)
@@ -115,10 +134,12 @@ class WatchdogCore:
     def on_heartbeat(self, beat: Heartbeat, now_ns: int) -> Outputs:
         if beat.node in self._last_seen:
             self._last_seen[beat.node] = now_ns
+            self._departed.discard(beat.node)
+            self._failed.discard(beat.node)
             if beat.state == NodeState.STOPPING:
                 self._departed.add(beat.node)
-            else:
-                self._departed.discard(beat.node)
+            elif beat.state == NodeState.FAILED:
+                self._failed.add(beat.node)
             if beat.node == self.rules.control_target:
                 # Frames the detector dropped unprocessed: too old when picked up, or a newer one was waiting.
                 self.counters["stale_dropped"] = beat.counters.get("frames.stale", 0) + beat.counters.get("frames.superseded", 0)
@@ -132,7 +153,7 @@ class WatchdogCore:
     def tick(self, now_ns: int) -> Outputs:
         out = Outputs()
         while self._pending and self._pending[0].deadline_ns <= now_ns:
-            missed = self._pending.popleft()
+            missed = self._pending.pop(0)
             self.counters["deadline_misses"] += 1
             self._misses_in_window.append(True)
             out.decisions.append(self._failsafe(missed.frame_id, missed.capture_ns, Reason.DEADLINE_MISS,
@@ -144,16 +165,18 @@ class WatchdogCore:
 
     def _check_liveness(self, now_ns: int, out: Outputs) -> None:
         timeout = int(self.rules.heartbeat_timeout_ms * MS)
-        down = {node for node, seen in self._last_seen.items() if now_ns - seen > timeout and node not in self._departed}
+        silent = {node for node, seen in self._last_seen.items() if now_ns - seen > timeout and node not in self._departed}
+        down = silent | self._failed
         newly_down = down - self._down
         self.counters["node_down_events"] += len(newly_down)
         self._down = down
         repeat_due = now_ns - self._last_repeat_ns >= int(self.rules.failsafe_repeat_ms * MS)
         if down and (newly_down or repeat_due):
             self._last_repeat_ns = now_ns
-            silent = ", ".join(f"{n} silent {(now_ns - self._last_seen[n]) / MS:.0f} ms" for n in sorted(down))
+            detail = ", ".join(f"{n} failed" if n in self._failed else f"{n} silent {(now_ns - self._last_seen[n]) / MS:.0f} ms"
+                               for n in sorted(down))
             frame_id, capture_ns = self._last_frame
-            out.decisions.append(self._failsafe(frame_id, capture_ns, Reason.NODE_DOWN, silent, now_ns))
+            out.decisions.append(self._failsafe(frame_id, capture_ns, Reason.NODE_DOWN, detail, now_ns))
 
     # -- degradation ----------------------------------------------------------------------
     def _degrade_on_miss(self, out: Outputs) -> list[Control]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from perception.node import stop_order_path
 from perception.sources import write_frame_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,20 @@ def run_python(args: list[str], timeout_s: float = 30, **kwargs) -> subprocess.C
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout_s, cwd=REPO, **kwargs)
 
 
-def stop_process(process: subprocess.Popen, timeout_s: float = 5) -> None:
+def order_stop(process: subprocess.Popen) -> None:
+    """Leave the stop order the launcher leaves before it signals a node (perception.node.stop_order_path),
+    so the node leaves quietly (exit 0, STOPPING) instead of as failed. Works for a node started with
+    `--name N` under $PERCEPTION_RUN_DIR, as the run_dir fixture sets it."""
+    args = [str(a) for a in process.args]
+    run_dir = os.environ.get("PERCEPTION_RUN_DIR")
+    if "--name" in args and run_dir:
+        stop_order_path(Path(run_dir), args[args.index("--name") + 1]).touch()
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 5, ordered: bool = True) -> None:
+    """SIGTERM, then SIGKILL after `timeout_s`; `ordered`: as the launcher would (see order_stop)."""
+    if ordered and process.poll() is None:
+        order_stop(process)
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:

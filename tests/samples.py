@@ -25,6 +25,19 @@ def all_messages():
         Heartbeat(frame_id=7, capture_ns=1_000, node="detector", pid=1234, seq=99, sent_ns=5_000, state=NodeState.OK,
                   counters={"frames.in": 10, "frames.dropped": -1}),
         WatchdogStatus(frame_id=7, capture_ns=1_000, state=SystemState.DEGRADED, depth_limit=1,
-                       nodes_down=("detector", "décision"), counters={"misses": 3}),
+                       nodes_down=("detector", "decision"), counters={"misses": 3}),
         Control(frame_id=7, capture_ns=1_000, target="detector", max_depth=1, reason="p99 near budget"),
     ]
+
+
+def forged(message, **fields) -> bytes:
+    """Wire bytes of `message` with `fields` replaced, skipping the checks a sender runs: what a
+    buggy or hostile publisher could send."""
+    import copy
+
+    from perception.messages import encode
+
+    bad = copy.copy(message)
+    for name, value in fields.items():
+        object.__setattr__(bad, name, value)
+    return encode(bad)

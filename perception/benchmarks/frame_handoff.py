@@ -81,17 +81,16 @@ def run_case(case: str, shape: tuple[int, int, int], frames: int, workdir: Path)
         next_send += period
         time.sleep(max(0.0, next_send - time.monotonic()))
         start = now_ns()
-        header = FrameHeader(frame_id=i + 1, capture_ns=start, stamps=(Stamp("capture", start),), media_ns=0,
-                             width=shape[1], height=shape[0], channels=3, transport=transport)
+        origin = {"frame_id": i + 1, "capture_ns": start, "media_ns": 0, "stamps": (Stamp("capture", start),)}
         if case in ("zmq-copy", "zmq-floor"):
             pixels = source.tobytes() if case == "zmq-copy" else b"\0"
             publisher.socket.send_multipart([b"frames", now_ns().to_bytes(8, "little"), pixels])
         elif case == "shm" and sender.ring is not None:
             reservation = sender.reserve(shape)
             reservation.array[0, 0, 0] = i % 256  # the frame is already decoded in place
-            sender.send("frames", reservation.array, header, reservation)
+            sender.send("frames", reservation.array, **origin, reservation=reservation)
         else:
-            sender.send("frames", source, header)
+            sender.send("frames", source, **origin)
         if i < frames:
             writer_ns[i] = now_ns() - start
     reader.join(30)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from perception.config import ConfigError
 from perception.detection.manifest import Manifest
 from perception.detection.yolox import Letterbox, decode, letterbox
 from perception.engines.base import Engine, Session
@@ -38,9 +40,6 @@ class LatencyEstimator:
             self._cache[part] = int(np.percentile(samples, self._quantile)) if samples else 0
         return self._cache[part]
 
-    def known(self, part: str) -> bool:
-        return part in self._samples
-
 
 @dataclass
 class FrameInference:
@@ -53,13 +52,23 @@ class FrameInference:
     raw_exits: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class DetectionResult:
-    exit_index: int
-    boxes: np.ndarray
-    scores: np.ndarray
-    class_ids: np.ndarray
-    timings: list[tuple[str, int, int]]
+def open_part(engine: Engine, name: str, file: Path, inputs: list[str], outputs: list[str]) -> Session:
+    """Open one model part and check that its graph takes and gives the tensors the manifest names.
+
+    Checked here, where every engine's sessions are opened, so a wrong or swapped file is one
+    ConfigError naming file, part and names at load, not a KeyError on the first frame."""
+    session = engine.open(file, name)
+    found_inputs, found_outputs = list(session.input_names), list(session.output_names)
+    if sorted(found_inputs) != sorted(inputs) or sorted(found_outputs) != sorted(outputs):
+        session.close()
+        raise ConfigError(f"model file {file} does not match part {name} of its manifest: expected inputs "
+                          f"{_names(inputs)} -> outputs {_names(outputs)}, found inputs {_names(found_inputs)} "
+                          f"-> outputs {_names(found_outputs)}")
+    return session
+
+
+def _names(names: list[str]) -> str:
+    return "[" + ", ".join(names) + "]"
 
 
 class AdaptiveDetector:
@@ -69,8 +78,9 @@ class AdaptiveDetector:
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.estimator = LatencyEstimator()
-        self._stages: list[Session] = [engine.open(s.file, s.name) for s in manifest.stages]
-        self._exits: list[Session | None] = [engine.open(e.file, e.name) if e.file else None for e in manifest.exits]
+        self._stages: list[Session] = [open_part(engine, s.name, s.file, s.inputs, s.outputs) for s in manifest.stages]
+        self._exits: list[Session | None] = [open_part(engine, e.name, e.file, e.inputs, [e.output]) if e.file else None
+                                             for e in manifest.exits]
         self._input_buffer = np.empty((1, 3, manifest.input.height, manifest.input.width), np.float32)
 
     @property

@@ -83,7 +83,7 @@ class Engine(ABC):
 
 _ENGINES = {
     "onnxruntime": "perception.engines.onnxruntime_engine:OnnxRuntimeEngine",
-    "tensorrt": "perception.engines.tensorrt_engine:TensorRTEngine",
+    "tensorrt": "perception.engines.tensorrt.runtime:TensorRTEngine",
     "torch": "perception.engines.torch_engine:TorchEngine",
 }
 

@@ -23,7 +23,6 @@ ordered stride 8, 16, 32, row-major.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -347,8 +346,3 @@ def build_model(onnx_path: Path = ORIGINAL_ONNX, exits_path: Path | None = EXITS
     else:
         model.exit0.init_from_teacher(model.exit1)
     return model.eval()
-
-
-def trainable_parameters(model: YOLOXNanoExits) -> Iterator[nn.Parameter]:
-    """The new exit heads only: the trunk and the original head stay frozen."""
-    return model.exit0.parameters()

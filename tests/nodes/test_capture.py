@@ -1,14 +1,18 @@
 """The capture node as a real process: bad input is one clear line; frames cross tcp inline."""
 
 import json
+import re
 import socket
 import subprocess
 import sys
 
 import cv2
 import numpy as np
+import zmq
 
 from helpers import REPO, run_python, stop_process, wait_for
+from perception.messages import FrameHeader
+from perception.transport import Subscriber, resolve_endpoint
 
 
 def run_capture(tmp_path, config_text, *extra):
@@ -88,3 +92,50 @@ def test_a_camera_that_cannot_be_opened_exits_restartable_with_one_line(tmp_path
     assert result.returncode == 1
     assert len(error_lines(result.stderr)) == 1 and "camera 37: cannot open" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_recording_damaged_mid_file_plays_up_to_the_damage_then_exits_with_one_line(tmp_path, run_dir):
+    data = bytearray((REPO / "recordings" / "udacity_dashcam.mcap").read_bytes())
+    offset = int(len(data) * 0.6)
+    data[offset : offset + 16] = bytes(range(0xA0, 0xB0))
+    (tmp_path / "drive.mcap").write_bytes(data)
+    (tmp_path / "capture.yaml").write_text("source: {kind: recording, path: drive.mcap}\nrate: max\n"
+                                           "wait_for_subscribers: 1\n")
+    context = zmq.Context()
+    subscriber = Subscriber(context, resolve_endpoint("capture", run_dir), "frames", FrameHeader, latest=False)
+    capture = subprocess.Popen([sys.executable, "-m", "nodes.capture", "--name", "capture", "--config",
+                                str(tmp_path / "capture.yaml")], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    ids: list[int] = []
+    try:
+        while subscriber.socket.poll(200) or capture.poll() is None:  # until it exited and all is read
+            ids += [r.message.frame_id for r in subscriber.receive()]
+        stderr = capture.stderr.read()
+    finally:
+        stop_process(capture)
+        subscriber.close()
+        context.term()
+    assert capture.returncode == 78, stderr
+    assert "Traceback" not in stderr and len(error_lines(stderr)) == 1
+    assert re.search(r"drive.mcap: corrupt record at byte \d+ of 5749263 \(CRCValidationError", stderr)
+    # The damaged chunk holds frames 22..29; those before it play. The last one or two may still
+    # be queued when the node exits (its sockets do not linger), so not all 21 need arrive.
+    assert ids == list(range(1, len(ids) + 1)) and 15 <= len(ids) <= 21, ids
+
+
+def test_an_mcap_magic_followed_by_garbage_exits_with_one_line(tmp_path, run_dir):
+    (tmp_path / "bogus.mcap").write_bytes(b"\x89MCAP0\r\n" + bytes(range(256)) * 20)
+    result = run_capture(tmp_path, "source: {kind: recording, path: bogus.mcap}\n")
+    assert result.returncode == 78, result.stderr
+    assert len(error_lines(result.stderr)) == 1 and "Traceback" not in result.stderr
+    assert "bogus.mcap: no complete MCAP header record after the magic" in result.stderr
+
+
+def test_a_folder_of_undecodable_images_exits_with_one_line(tmp_path, run_dir):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        (images / f"{i}.jpg").write_bytes(np.random.default_rng(i).bytes(2000))
+    result = run_capture(tmp_path, "source: {kind: images, path: images}\nrate: max\n")
+    assert result.returncode == 78, result.stderr
+    assert len(error_lines(result.stderr)) == 1 and "Traceback" not in result.stderr
+    assert "images: none of its 4 images could be decoded (first: 0.jpg)" in result.stderr

@@ -1,12 +1,14 @@
 """The detector node as a real process: people in the real vtest clip, exits and stage stamps reported."""
 
+import json
+import shutil
 import subprocess
 import sys
 import time
 
 import zmq
 
-from helpers import REPO, stop_process
+from helpers import REPO, run_python, stop_process
 from perception.latency import stage_durations_ns
 from perception.messages import Detections
 from perception.transport import Subscriber, resolve_endpoint
@@ -49,3 +51,24 @@ def test_detects_people_in_real_video_with_latency_stamps(tmp_path, run_dir):
     assert (first.image_width, first.image_height, first.exit_index, first.exit_count) == (768, 576, 0, 1)
     stages = list(stage_durations_ns(first.capture_ns, first.stamps))
     assert stages == ["capture", "publish", "det.recv", "det.preprocess", "det.full", "det.post"]
+
+
+def test_a_model_file_with_the_wrong_graph_exits_with_one_line_naming_file_part_and_names(tmp_path, run_dir):
+    """stage0's graph saved as exit1's file (a bad copy or export): caught at load, never restarted."""
+    weights = REPO / "perception" / "weights"
+    manifest = json.loads((weights / "yolox_nano_exits.json").read_text())
+    manifest["classes_file"] = str(weights / manifest["classes_file"])
+    for part in manifest["stages"] + manifest["exits"]:
+        part["file"] = str(weights / part["file"])
+    wrong = tmp_path / "yolox_nano_exit1.onnx"
+    shutil.copy(weights / "yolox_nano_stage0.onnx", wrong)
+    manifest["exits"][1]["file"] = str(wrong)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "detector.yaml").write_text(f"model: {tmp_path / 'manifest.json'}\nengine: {{threads: 1}}\n")
+    result = run_python(["-m", "nodes.detector", "--name", "detector", "--config", str(tmp_path / "detector.yaml")])
+    assert result.returncode == 78, result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert "Traceback" not in result.stderr and len(errors) == 1
+    assert errors[0].endswith(
+        f"model file {wrong} does not match part exit1 of its manifest: expected inputs [pan_s8, pan_s16, pan_s32] "
+        "-> outputs [output_exit1], found inputs [images] -> outputs [dark3, dark4]")

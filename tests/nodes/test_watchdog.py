@@ -22,7 +22,10 @@ import zmq
 
 from helpers import REPO, wait_for
 from perception.latency import now_ns
-from perception.messages import Action, Decision, FrameHeader, Heartbeat, Reason, WatchdogStatus, encode
+from perception.messages import (
+    Action, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, Reason, Stamp, WatchdogStatus, encode,
+)
+from samples import forged
 from perception.transport import Publisher, Subscriber, resolve_endpoint
 
 BUDGET_MS = 100
@@ -90,13 +93,16 @@ class Observer:
         return dict(beats[-1].counters) if beats else {}
 
 
-def write_pipeline(tmp_path: Path, rate: float = 10.0) -> Path:
+HANG_TIMEOUT_S = 2.0  # the launcher's, per node: a longer stall is a hang, killed and restarted
+
+
+def write_pipeline(tmp_path: Path, rate: float = 10.0, detector_model: Path | None = None) -> Path:
     (tmp_path / "capture.yaml").write_text(
         f"node: {{heartbeat_period_ms: 50}}\nsource: {{kind: synthetic, width: 640, height: 480, fps: {rate}}}\n"
         f"rate: {rate}\nwait_for_subscribers: 3\n"  # detector, watchdog and the test's observer
     )
     (tmp_path / "detector.yaml").write_text(
-        f"node: {{heartbeat_period_ms: 50}}\nmodel: {REPO}/perception/weights/yolox_nano_exits.json\n"
+        f"node: {{heartbeat_period_ms: 50}}\nmodel: {detector_model or REPO / 'perception/weights/yolox_nano_exits.json'}\n"
         "engine: {threads: 1}\npolicy: {kind: fixed, exit: 0}\nframes_from: [capture, rogue]\ncontrol_from: watchdog\n"
     )
     (tmp_path / "decision.yaml").write_text("node: {heartbeat_period_ms: 50}\ndetections_from: [detector, rogue]\n")
@@ -107,21 +113,26 @@ def write_pipeline(tmp_path: Path, rate: float = 10.0) -> Path:
     launch = tmp_path / "pipeline.yaml"
     launch.write_text(
         f"status_period_s: 60\nbudget_ms: {BUDGET_MS}\nnodes:\n"
-        + "".join(f"  - {{name: {n}, node: {n}, config: {n}.yaml, restart: on-failure, restart_delay_s: 0.2}}\n"
+        + "".join(f"  - {{name: {n}, node: {n}, config: {n}.yaml, restart: on-failure, restart_delay_s: 0.2, "
+                  f"hang_timeout_s: {HANG_TIMEOUT_S}}}\n"
                   for n in ("capture", "detector", "decision", "watchdog"))
     )
     return launch
+
+
+def start_pipeline(launch: Path, status_file: Path) -> tuple[subprocess.Popen, Observer]:
+    launcher = subprocess.Popen([sys.executable, "-m", "perception.cli", "launch", str(launch),
+                                 "--status-file", str(status_file)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    status = wait_for(lambda: _status(status_file), timeout_s=15)
+    assert status, "launcher did not start"
+    return launcher, Observer(Path(status["run_dir"]))
 
 
 @pytest.fixture
 def pipeline(tmp_path, request):
     rate = getattr(request, "param", 10.0)
     status_file = tmp_path / "status.json"
-    launcher = subprocess.Popen([sys.executable, "-m", "perception.cli", "launch", str(write_pipeline(tmp_path, rate)),
-                                 "--status-file", str(status_file)], cwd=REPO, stderr=subprocess.PIPE, text=True)
-    status = wait_for(lambda: _status(status_file), timeout_s=15)
-    assert status, "launcher did not start"
-    observer = Observer(Path(status["run_dir"]))
+    launcher, observer = start_pipeline(write_pipeline(tmp_path, rate), status_file)
     try:
         # Steady state: frames flowing and the decision node answering them.
         assert wait_for(lambda: len(observer.decisions_by("decision", 0)) >= 5, timeout_s=60), launcher.stderr
@@ -187,7 +198,7 @@ def test_stalled_detector_brakes_names_the_silent_node_drops_stale_frames_and_re
                     timeout_s=5)
     time.sleep(0.3)
     assert observer.unanswered(observer.frames_between(stalled_at, resumed_at)) == []
-    assert restarts_of(status_file, "detector") == 0  # stalled, not crashed: nothing to restart
+    assert restarts_of(status_file, "detector") == 0  # a stall shorter than HANG_TIMEOUT_S: nothing to restart
     assert launcher.poll() is None
 
 
@@ -254,3 +265,141 @@ def test_capture_flooding_at_twice_the_rate_is_answered_and_counted(pipeline):
     handled = sum(v for k, v in sent.items() if k.startswith("exit")) + sent.get("frames.stale", 0) + \
         sent.get("frames.overwritten", 0) + sent.get("frames.bad", 0)
     assert handled == sent["frames.received"] and offered >= len(frames)
+
+
+def test_a_hung_detector_is_killed_and_restarted_while_the_watchdog_keeps_braking(pipeline):
+    launcher, observer, status_file = pipeline
+    pid = pid_of(status_file, "detector")
+    hung_at = now_ns()
+    os.kill(pid, signal.SIGSTOP)  # alive, but never runs again: only a kill ends it
+    try:
+        row = wait_for(lambda: (r := next(n for n in _status(status_file)["nodes"] if n["name"] == "detector"))
+                       and r["restarts"] == 1 and r["state"] == "running" and r, timeout_s=HANG_TIMEOUT_S + 8)
+    finally:
+        if pid_alive_raw(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert row and row["hangs"] == 1 and row["pid"] != pid and not pid_alive_raw(pid)
+    back = wait_for(lambda: observer.decisions_by("decision", hung_at + int(HANG_TIMEOUT_S * 1e9)), timeout_s=30)
+    assert back, "the restarted detector never fed the decision node again"
+    recovered_at = now_ns()
+    time.sleep(0.3)
+    assert observer.decisions_by("watchdog", hung_at, Reason.NODE_DOWN)
+    assert observer.unanswered(observer.frames_between(hung_at, recovered_at)) == []
+
+
+def pid_alive_raw(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_forged_decisions_cannot_silence_the_watchdog(pipeline):
+    """Issue 8 case 2: one Decision stamped 2**62 used to answer every later frame in advance."""
+    launcher, observer, status_file = pipeline
+    run_dir = Path(_status(status_file)["run_dir"])
+    context = zmq.Context()
+    rogue = Publisher(context, resolve_endpoint("rogue", run_dir))
+    assert wait_for(lambda: rogue.subscriber_count("decisions") >= 1, 10)
+    last = observer.log["frames"][-1][1]
+    from_the_future = Decision(frame_id=last.frame_id, capture_ns=2**62, action=Action.PROCEED, reason=Reason.CLEAR,
+                               decided_by="decision")
+    unknown_frame = Decision(frame_id=10**9, capture_ns=now_ns(), action=Action.PROCEED, reason=Reason.CLEAR,
+                             decided_by="decision")
+    for message in (from_the_future, unknown_frame):
+        rogue.publish("decisions", message)
+    time.sleep(0.3)
+    pid = pid_of(status_file, "decision")
+    stopped_at = now_ns()
+    os.kill(pid, signal.SIGSTOP)  # now only the watchdog can answer frames
+    try:
+        time.sleep(0.8)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    resumed_at = now_ns()
+    assert wait_for(lambda: observer.decisions_by("decision", resumed_at), timeout_s=10)
+    frames = observer.frames_between(stopped_at, resumed_at - 200 * MS)
+    assert len(frames) >= 4 and observer.unanswered(frames) == []
+    assert observer.decisions_by("watchdog", stopped_at, Reason.DEADLINE_MISS)
+    assert wait_for(lambda: observer.last_counters("watchdog").get("decisions.bad_stamp") == 1, timeout_s=3)
+    assert observer.last_status().counters["untrusted_decisions"] >= 1
+    rogue.close()
+    context.term()
+
+
+def test_well_formed_messages_with_bad_fields_are_dropped_and_nobody_crashes(pipeline):
+    """Issue 8 case 3: each of these crashed the detector or the decision node."""
+    from multiprocessing import shared_memory
+
+    launcher, observer, status_file = pipeline
+    status = _status(status_file)
+    run_dir = Path(status["run_dir"])
+    context = zmq.Context()
+    rogue = Publisher(context, resolve_endpoint("rogue", run_dir))
+    assert wait_for(lambda: rogue.subscriber_count("frames") >= 1 and rogue.subscriber_count("detections") >= 1, 10)
+    tiny = shared_memory.SharedMemory(name=f"perception-{status['run_id']}-rogue-1", create=True, size=8)
+    pids = {name: pid_of(status_file, name) for name in ("detector", "decision", "watchdog")}
+    now = now_ns()
+    frame = FrameHeader(frame_id=1, capture_ns=now, media_ns=0, width=640, height=480, channels=3,
+                        transport=FrameTransport.SHM, ring="perception-x-capture-1", slot=0, seq=1)
+    detections = Detections(frame_id=1, capture_ns=now, image_width=640, image_height=480, exit_index=0, exit_count=2)
+    full = tuple(Stamp(f"s{i}", now) for i in range(32))
+    started = now_ns()
+    try:
+        bad_frames = [forged(frame, ring=""), forged(frame, ring="a/b"), forged(frame, stamps=full)]
+        bad_detections = [forged(detections, image_width=0), forged(detections, image_height=0),
+                          forged(detections, stamps=full)]
+        for payload in bad_frames:
+            rogue.socket.send_multipart([b"frames", payload])
+            time.sleep(0.15)  # the detector reads frames latest-only: one at a time, so each is counted
+        for payload in bad_detections:
+            rogue.socket.send_multipart([b"detections", payload])
+        # Well formed and valid, but naming an 8-byte segment of this run: unusable, not fatal.
+        for _ in range(3):  # three times: a real frame arriving at the same moment supersedes it
+            rogue.publish("frames", FrameHeader(frame_id=1, capture_ns=now_ns(), media_ns=0, width=640, height=480,
+                                                channels=3, transport=FrameTransport.SHM, ring=tiny.name, slot=0, seq=1))
+            time.sleep(0.15)
+        time.sleep(1.0)
+        ended = now_ns()
+        assert wait_for(lambda: observer.last_counters("decision").get("detections.malformed") == 3, timeout_s=3)
+        assert wait_for(lambda: observer.last_counters("detector").get("frames.malformed") == 3, timeout_s=3)
+        assert wait_for(lambda: observer.last_counters("detector").get("frames.bad", 0) >= 1, timeout_s=3)
+        assert {name: pid_of(status_file, name) for name in pids} == pids  # nothing crashed or restarted
+        assert observer.unanswered(observer.frames_between(started, ended - 200 * MS)) == []
+        assert observer.decisions_by("watchdog", started) == []
+    finally:
+        tiny.close()
+        tiny.unlink()
+        rogue.close()
+        context.term()
+
+
+def test_a_detector_that_fails_at_start_is_down_at_once_not_after_its_grace(tmp_path):
+    """Issue 8 case 1: a corrupt model made the detector exit saying "stopping", and the watchdog
+    never counted it down. Now its last heartbeat says FAILED and the brakes start at once."""
+    weights = REPO / "perception/weights"
+    models = tmp_path / "models"
+    models.mkdir()
+    for path in weights.glob("yolox_nano_*"):
+        (models / path.name).write_bytes(path.read_bytes())
+    (models / "yolox_nano_stage1.onnx").write_bytes(b"\x08\x07corrupt" * 100)
+    manifest = json.loads((weights / "yolox_nano_exits.json").read_text())
+    manifest["classes_file"] = str(weights / "coco_classes.txt")
+    (models / "yolox_nano_exits.json").write_text(json.dumps(manifest))
+    status_file = tmp_path / "status.json"
+    launch = write_pipeline(tmp_path, detector_model=models / "yolox_nano_exits.json")
+    launcher, observer = start_pipeline(launch, status_file)
+    try:
+        started = now_ns()
+        down = wait_for(lambda: observer.decisions_by("watchdog", 0, Reason.NODE_DOWN), timeout_s=10)
+        assert down and "detector failed" in down[0].detail
+        assert (now_ns() - started) / 1e9 < 10  # the test's start-up grace is 15 s: this was not silence
+        assert wait_for(lambda: (s := observer.last_status()) and s.counters["node_down_events"] >= 1
+                        and "detector" in s.nodes_down, timeout_s=3)
+        row = next(n for n in _status(status_file)["nodes"] if n["name"] == "detector")
+        assert row["state"] == "failed" and row["exit_code"] == 78  # bad input: not restarted
+    finally:
+        observer.close()
+        launcher.send_signal(signal.SIGTERM)
+        launcher.wait(timeout=10)

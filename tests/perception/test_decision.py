@@ -15,6 +15,7 @@ NAMES = [line.strip() for line in (Path(__file__).resolve().parents[2] / "percep
 PERSON, CAR, BENCH = NAMES.index("person"), NAMES.index("car"), NAMES.index("bench")
 W, H = 1000, 1000
 FRAME_NS = 100_000_000  # 10 fps
+LATER = 10**12  # a decision time after every capture in these tests
 
 
 def detections(i: int, *objects: tuple[int, float, tuple[float, float, float, float]]) -> Detections:
@@ -41,27 +42,27 @@ def test_point_in_polygon_fraction():
 
 
 def test_a_tall_person_in_the_path_means_brake_with_the_target_named():
-    d = maker().decide(detections(1, (PERSON, 0.9, centred(0.4))), at_ns=5)
+    d = maker().decide(detections(1, (PERSON, 0.9, centred(0.4))), LATER)
     assert (d.action, d.reason) == (Action.BRAKE, Reason.OBJECT_IN_PATH)
     assert d.target.class_id == PERSON and d.target.box == pytest.approx(centred(0.4))
     assert "person in path" in d.detail and d.stamps[-1].stage == "decision"
 
 
 def test_size_bands_slow_then_proceed():
-    assert maker().decide(detections(1, (CAR, 0.9, centred(0.2))), 0).action == Action.SLOW
-    d = maker().decide(detections(1, (CAR, 0.9, centred(0.05))), 0)
+    assert maker().decide(detections(1, (CAR, 0.9, centred(0.2))), LATER).action == Action.SLOW
+    d = maker().decide(detections(1, (CAR, 0.9, centred(0.05))), LATER)
     assert (d.action, d.reason) == (Action.PROCEED, Reason.CLEAR) and d.target.class_id == CAR
 
 
 def test_objects_outside_the_path_low_scores_and_irrelevant_classes_are_ignored():
     beside = (W * 0.02, H * 0.5, W * 0.15, H * 0.95)
-    d = maker().decide(detections(1, (PERSON, 0.9, beside), (PERSON, 0.2, centred(0.5)), (BENCH, 0.9, centred(0.5))), 0)
+    d = maker().decide(detections(1, (PERSON, 0.9, beside), (PERSON, 0.2, centred(0.5)), (BENCH, 0.9, centred(0.5))), LATER)
     assert (d.action, d.reason, d.target) == (Action.PROCEED, Reason.CLEAR, None)
 
 
 def test_a_small_but_growing_object_is_closing_fast():
     m = maker()
-    decisions = [m.decide(detections(i, (CAR, 0.9, centred(0.05 * 1.1 ** i))), 0) for i in range(8)]
+    decisions = [m.decide(detections(i, (CAR, 0.9, centred(0.05 * 1.1 ** i))), LATER) for i in range(8)]
     assert decisions[0].action == Action.PROCEED  # one sample: no rate yet
     assert (decisions[-1].action, decisions[-1].reason) == (Action.BRAKE, Reason.CLOSING_FAST)
     # h grows 10% per 0.1 s: d ln h / dt = ln(1.1) / 0.1 s, so TTC = 1.05 s.
@@ -71,19 +72,19 @@ def test_a_small_but_growing_object_is_closing_fast():
 def test_pixel_jitter_is_not_closing():
     m = maker()
     for i in range(12):
-        d = m.decide(detections(i, (CAR, 0.9, centred(0.05 + (0.002 if i % 2 else 0)))), 0)
+        d = m.decide(detections(i, (CAR, 0.9, centred(0.05 + (0.002 if i % 2 else 0)))), LATER)
         assert d.action == Action.PROCEED, d.detail
 
 
 def test_escalation_is_immediate_and_release_waits_for_calm_frames():
     m = maker(release_frames=3)
     clear = detections(0)
-    assert m.decide(clear, 0).action == Action.PROCEED
-    assert m.decide(detections(1, (PERSON, 0.9, centred(0.4))), 0).action == Action.BRAKE
-    held = [m.decide(detections(i), 0) for i in range(2, 5)]
+    assert m.decide(clear, LATER).action == Action.PROCEED
+    assert m.decide(detections(1, (PERSON, 0.9, centred(0.4))), LATER).action == Action.BRAKE
+    held = [m.decide(detections(i), LATER) for i in range(2, 5)]
     assert [d.action for d in held] == [Action.BRAKE] * 3 and "holding BRAKE" in held[0].detail
-    assert m.decide(detections(5), 0).action == Action.PROCEED
-    assert m.decide(detections(6, (PERSON, 0.9, centred(0.4))), 0).action == Action.BRAKE
+    assert m.decide(detections(5), LATER).action == Action.PROCEED
+    assert m.decide(detections(6, (PERSON, 0.9, centred(0.4))), LATER).action == Action.BRAKE
 
 
 def test_unknown_class_names_and_bad_rules_are_rejected():
@@ -102,7 +103,7 @@ def test_real_dashcam_frame_cars_in_other_lanes_proceed_and_in_a_path_over_them_
     outcome = run_policy(detector, detector.begin(frame), PolicyConfig(kind="fixed"))
     seen = Detections(frame_id=1, capture_ns=0, image_width=frame.shape[1], image_height=frame.shape[0], exit_index=0,
                       exit_count=1, boxes=outcome.boxes, scores=outcome.scores, class_ids=outcome.class_ids)
-    assert DecisionMaker(DecisionRules(), manifest.class_names()).decide(seen, 0).action == Action.PROCEED
+    assert DecisionMaker(DecisionRules(), manifest.class_names()).decide(seen, LATER).action == Action.PROCEED
     right_lane = DecisionRules(roi=[(0.6, 0.55), (1.0, 0.55), (1.0, 1.0), (0.6, 1.0)], slow_height=0.1)
-    d = DecisionMaker(right_lane, manifest.class_names()).decide(seen, 0)
+    d = DecisionMaker(right_lane, manifest.class_names()).decide(seen, LATER)
     assert (d.action, manifest.class_names()[d.target.class_id]) == (Action.SLOW, "car")

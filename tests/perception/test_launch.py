@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, make_video, pid_alive, run_python, wait_for
+from helpers import REPO, make_video, pid_alive, run_python, stop_process, wait_for
 from perception.shm_ring import segments_with_prefix
 
 
@@ -210,3 +210,92 @@ def test_an_out_of_range_realtime_priority_is_a_config_error(tmp_path):
     result = run_python(["-m", "perception.cli", "launch", str(launch)])
     assert result.returncode != 0
     assert "realtime_priority must be 1..99, got 120" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_module_in_nodes_that_is_not_a_node_is_named_not_a_traceback(tmp_path):
+    (tmp_path / "c.yaml").write_text("source: {kind: synthetic}\n")
+    launch = tmp_path / "bad.yaml"
+    for module in ("__init__", "os"):
+        launch.write_text(f"nodes:\n  - {{name: cam, node: {module}, config: c.yaml}}\n")
+        result = run_python(["-m", "perception.cli", "launch", str(launch)])
+        assert result.returncode == 78 and "Traceback" not in result.stderr, result.stderr
+        assert "is not a node module name" in result.stderr or "no node module" in result.stderr
+
+
+def test_a_hung_node_is_killed_and_restarted_and_a_short_stall_is_not(tmp_path):
+    (tmp_path / "monitor.yaml").write_text("node: {heartbeat_period_ms: 50}\nframes_from: nobody\n")
+    launch = tmp_path / "hang.yaml"
+    launch.write_text("status_period_s: 60\nnodes:\n"
+                      "  - {name: watcher, node: monitor, config: monitor.yaml, hang_timeout_s: 1.0, restart_delay_s: 0.1}\n")
+    status_file = tmp_path / "status.json"
+    process = subprocess.Popen([sys.executable, "-m", "perception.cli", "launch", str(launch), "--status-file",
+                                str(status_file)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        row = wait_for(lambda: (s := read_status(status_file)) and (r := node_row(s, "watcher"))["node_state"]
+                       and r, timeout_s=30)
+        assert row, "the node never heartbeated"
+        pid = row["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(0.4)  # well under hang_timeout_s
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(1.0)
+        assert node_row(read_status(status_file), "watcher")["restarts"] == 0
+        os.kill(pid, signal.SIGSTOP)  # now for good
+        restarted = wait_for(lambda: (r := node_row(read_status(status_file), "watcher"))["restarts"] == 1
+                             and r["state"] == "running" and r["pid"] != pid and r, timeout_s=10)
+        assert restarted and restarted["hangs"] == 1 and not pid_alive(pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+    assert "watcher is hung (heartbeat stale for" in stderr and "restarting in" in stderr
+
+
+def test_run_directories_are_private_and_a_killed_launchers_leftovers_are_cleaned_at_the_next_start(tmp_path):
+    import stat
+    import tempfile
+    from multiprocessing import shared_memory
+
+    from perception.launch import OWNER_FILE, Launcher, LaunchFile, LaunchNode, process_start_time
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid whose process is gone
+    stale = Path(tempfile.gettempdir()) / "perception-stale0test"
+    stale.mkdir(exist_ok=True)
+    (stale / OWNER_FILE).write_text(f"{gone.pid} 12345")
+    segment = shared_memory.SharedMemory(name="perception-stale0test-capture-1", create=True, size=64)
+    segment.close()
+    alive = Path(tempfile.gettempdir()) / "perception-alive0test"
+    alive.mkdir(exist_ok=True)
+    (alive / OWNER_FILE).write_text(f"{os.getpid()} {process_start_time(os.getpid())}")  # this process: running
+    (tmp_path / "monitor.yaml").write_text("frames_from: nobody\n")
+    try:
+        launcher = Launcher(LaunchFile(nodes=[LaunchNode(name="m", node="monitor", config=tmp_path / "monitor.yaml")]), "test")
+        assert not stale.exists() and segments_with_prefix("perception-stale0test-") == []
+        assert alive.exists()
+        assert stat.S_IMODE(launcher.run_dir.stat().st_mode) == 0o700
+        launcher.stop()
+    finally:
+        import shutil
+        shutil.rmtree(alive, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def test_a_second_node_with_the_same_name_in_one_run_fails_with_one_line(run_dir, tmp_path):
+    (tmp_path / "monitor.yaml").write_text("frames_from: nobody\n")
+    command = [sys.executable, "-m", "nodes.monitor", "--name", "twin", "--config", str(tmp_path / "monitor.yaml")]
+    first = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: (run_dir / "twin.pub").exists(), timeout_s=15)
+        second = run_python(command[1:], timeout_s=30)
+        assert second.returncode == 78
+        errors = [line for line in second.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and f"node name 'twin' is already running in {run_dir} (pid {first.pid})" in errors[0]
+        assert first.poll() is None and (run_dir / "twin.pub").exists()  # the first keeps its endpoint
+        assert stat_mode(run_dir) == 0o700
+    finally:
+        stop_process(first)
+    assert first.returncode == 0
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from samples import STAMPS, all_messages
+from samples import STAMPS, all_messages, forged
 
 from perception.messages import (
     Action, Control, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, MessageError, NodeState,
@@ -98,3 +98,52 @@ def test_detections_with_inconsistent_arrays_cannot_be_built():
     with pytest.raises(ValueError, match="disagree"):
         Detections(frame_id=1, capture_ns=1, image_width=1, image_height=1, exit_index=0, exit_count=1,
                    boxes=np.zeros((2, 4), np.float32), scores=np.zeros(1, np.float32), class_ids=np.zeros(2, np.uint16))
+
+
+FRAME, DETECTIONS, DECISION, HEARTBEAT = (all_messages()[i] for i in (0, 1, 3, 5))
+FULL = tuple(Stamp(f"s{i}", 2_000 + i) for i in range(32))
+
+
+@pytest.mark.parametrize("message, fields, match", [
+    (FRAME, {"ring": ""}, "ring '' is not a name"),
+    (FRAME, {"ring": "../../etc/passwd"}, "is not a name"),
+    (FRAME, {"ring": "a/b"}, "is not a name"),
+    (FRAME, {"stamps": FULL}, "32 stamps, a FrameHeader carries at most 4"),
+    (FRAME, {"slot": 4096}, "ring slot 4096 is outside"),
+    (FRAME, {"width": 0}, "frame width 0"),
+    (FRAME, {"transport": FrameTransport.INLINE}, "an inline frame names no ring"),
+    (DETECTIONS, {"image_width": 0}, "image width 0"),
+    (DETECTIONS, {"image_height": 0}, "image height 0"),
+    (DETECTIONS, {"stamps": FULL}, "32 stamps, a Detections carries at most 24"),
+    (DETECTIONS, {"boxes": np.array([[1, 2, 3, np.nan], [5, 6, 7, 8]], np.float32)}, "a box is not finite"),
+    (DETECTIONS, {"boxes": np.array([[3, 2, 1, 4], [5, 6, 7, 8]], np.float32)}, "x2 < x1"),
+    (DETECTIONS, {"scores": np.array([0.9, 7.0], np.float32)}, "score is outside 0..1"),
+    (DETECTIONS, {"exit_index": 3}, "exit 3 is outside 0..2"),
+    (DECISION, {"stamps": (Stamp("late", 5_000), Stamp("early", 10))}, "earlier than the hop before it"),
+    (DECISION, {"decided_by": "wa tch/dog"}, "decided_by"),
+    (DECISION, {"target": Target(class_id=2, score=0.8, box=(1.0, 2.0, 3.0, 4.0))}, None),
+    (HEARTBEAT, {"node": ""}, "node '' is not a name"),
+    (HEARTBEAT, {"pid": 0}, "pid 0"),
+])
+def test_well_formed_messages_with_impossible_fields_are_malformed(message, fields, match):
+    """What crashed nodes under fault injection (issue 8): each is a MessageError at decode."""
+    data = forged(message, **fields)
+    if match is None:  # the control case: a legitimate change decodes
+        decode(data)
+        return
+    with pytest.raises(MessageError, match=match):
+        decode(data)
+
+
+def test_a_target_with_an_impossible_score_is_malformed():
+    bad = Target(class_id=2, score=0.8, box=(1.0, 2.0, 3.0, 4.0))
+    object.__setattr__(bad, "score", float("nan"))
+    with pytest.raises(MessageError, match="score or box is not finite"):
+        decode(forged(DECISION, target=bad))
+
+
+def test_the_hops_after_a_full_message_still_have_room_for_their_stamps():
+    """A frame that arrives with the most stamps it may carry can still become detections with the
+    detector's stamps, then a decision: no node fails to encode what it was allowed to receive."""
+    assert FrameHeader.MAX_STAMPS_IN + 16 <= Detections.MAX_STAMPS_IN
+    assert Detections.MAX_STAMPS_IN + 4 <= Decision.MAX_STAMPS_IN <= 32

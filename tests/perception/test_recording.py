@@ -1,10 +1,13 @@
+import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -19,7 +22,7 @@ from samples import all_messages
 
 def header(i: int, width=64, height=48) -> FrameHeader:
     return FrameHeader(frame_id=i, capture_ns=1000 + i, media_ns=i * 40_000_000, width=width, height=height, channels=3,
-                       transport=FrameTransport.SHM)
+                       transport=FrameTransport.SHM, ring="perception-test-capture-1", slot=i % 8, seq=i + 1)
 
 
 def frame(i: int, width=64, height=48) -> np.ndarray:
@@ -70,6 +73,98 @@ def test_not_a_recording_and_missing_file_are_one_line_errors(tmp_path):
         RecordingReader(bogus)
     with pytest.raises(RecordingError, match="nope.mcap: file not found"):
         RecordingReader(tmp_path / "nope.mcap")
+
+
+BUNDLED = REPO / "recordings" / "udacity_dashcam.mcap"
+
+
+def damaged(path: Path, source: Path, at: float, cut: float = 1.0) -> Path:
+    """`source` with 16 bytes overwritten at fraction `at` of its length, kept up to fraction `cut`."""
+    data = bytearray(source.read_bytes())
+    offset = int(len(data) * at)
+    data[offset : offset + 16] = bytes(range(0xA0, 0xB0))
+    path.write_bytes(data[: int(len(data) * cut)])
+    return path
+
+
+def read_until_error(reader: RecordingReader) -> tuple[list[int], str]:
+    ids: list[int] = []
+    with pytest.raises(RecordingError) as error:
+        for h, _ in reader.frames():
+            ids.append(h.frame_id)
+    return ids, str(error.value)
+
+
+def test_damage_mid_file_plays_the_frames_before_it_then_is_an_error_naming_the_offset(tmp_path):
+    """A recorder killed mid-run cuts a file short; 16 bytes overwritten mid-file is damage, not that."""
+    reader = RecordingReader(damaged(tmp_path / "drive.mcap", BUNDLED, at=0.6))
+    ids, error = read_until_error(reader)
+    assert ids == list(range(1, 22))  # the three chunks before the damaged one
+    assert re.fullmatch(r"recording \S+drive.mcap: corrupt record at byte \d+ of 5749263 \(CRCValidationError: .*\)", error)
+    assert not reader.truncated
+
+
+def test_damage_before_the_end_of_a_file_cut_short_is_still_an_error(tmp_path):
+    ids, error = read_until_error(RecordingReader(damaged(tmp_path / "drive.mcap", BUNDLED, at=0.25, cut=0.8)))
+    assert ids == list(range(1, 8)) and "corrupt record at byte" in error  # the frames of the first chunk
+
+
+@pytest.mark.parametrize("after_magic", [b"", bytes(range(256)) * 20], ids=["nothing", "garbage"])
+def test_an_mcap_magic_followed_by_no_header_is_an_error(tmp_path, after_magic):
+    path = tmp_path / "bogus.mcap"
+    path.write_bytes(b"\x89MCAP0\r\n" + after_magic)
+    with pytest.raises(RecordingError, match=r"bogus.mcap: no complete MCAP header record after the magic"):
+        list(RecordingReader(path).frames())
+
+
+def write_mcap(path: Path, messages: list[tuple[str, bytes]]) -> Path:
+    """A recording written with the mcap library itself, so its payloads can be anything."""
+    from mcap.writer import Writer
+
+    with open(path, "wb") as f:
+        writer = Writer(f)
+        writer.start()
+        channels = {topic: writer.register_channel(topic, "json", 0) for topic in ("/frames", "/camera/image")}
+        for i, (topic, data) in enumerate(messages):
+            writer.add_message(channels[topic], log_time=i, data=data, publish_time=i)
+        writer.finish()
+    return path
+
+
+def jpeg_image(i: int) -> bytes:
+    encoded = cv2.imencode(".jpg", frame(i))[1].tobytes()
+    return json.dumps({"format": "jpeg", "data": base64.b64encode(encoded).decode()}).encode()
+
+
+def header_json(i: int) -> bytes:
+    return json.dumps(message_to_dict(header(i))).encode()
+
+
+@pytest.mark.parametrize("image, problem", [
+    (b"\xff\xfe\x00", "UnicodeDecodeError"),
+    (b"[1, 2]", "expected a JSON object, got list"),
+    (b'{"format": "jpeg"}', "missing field 'data'"),
+    (b'{"format": "jpeg", "data": "not base64!"}', "Error: "),
+    (b'{"format": "jpeg", "data": "AAAA"}', "not a decodable JPEG"),
+    (b'{"format": "raw", "data": "AAAA", "width": 64, "height": 48, "step": 192}', "3 bytes of pixels, expected 9216"),
+], ids=["utf8", "list", "no-data", "base64", "jpeg", "raw-size"])
+def test_a_bad_image_message_is_an_error_naming_file_and_frame(tmp_path, image, problem):
+    path = write_mcap(tmp_path / "bad.mcap", [("/frames", header_json(1)), ("/camera/image", jpeg_image(1)),
+                                              ("/frames", header_json(2)), ("/camera/image", image)])
+    ids, error = read_until_error(RecordingReader(path))
+    assert ids == [1]
+    assert error.startswith(f"recording {path}: bad image of frame 2 (") and problem in error
+
+
+@pytest.mark.parametrize("frame_header", [b"\x00garbage", b'{"frame_id": 2}', b'{"frame_id": 2, "colour": 1}'],
+                         ids=["not-json", "missing-fields", "unknown-field"])
+def test_a_bad_frame_header_is_an_error_naming_file_and_message(tmp_path, frame_header):
+    path = write_mcap(tmp_path / "bad.mcap", [("/frames", header_json(1)), ("/camera/image", jpeg_image(1)),
+                                              ("/frames", frame_header), ("/camera/image", jpeg_image(2))])
+    ids, error = read_until_error(RecordingReader(path))
+    assert ids == [1] and error.startswith(f"recording {path}: bad frame header at log time 2 (")
+    with pytest.raises(RecordingError, match=r"bad.mcap: bad frames message at log time 2 \("):
+        list(RecordingReader(path).messages())
 
 
 def run_recording(tmp_path, frames: int, width: int, height: int, rate: float, kill_recorder_after_s: float | None = None):

@@ -111,3 +111,39 @@ def test_wrong_frame_shape_and_missing_ring_are_named(ring_name):
             writer.write(np.zeros((10, 10, 3), np.uint8))
     with pytest.raises(RingError, match="does not exist"):
         FrameRingReader().view("perception-no-such-ring", 0, 1, SHAPE)
+
+
+def test_a_segment_too_small_or_lying_about_its_slots_is_a_ring_error_not_a_crash(ring_name):
+    from multiprocessing import shared_memory
+
+    tiny = shared_memory.SharedMemory(name=ring_name, create=True, size=8)  # what a forged header pointed at
+    try:
+        with pytest.raises(RingError, match="8 bytes is too small to be a frame ring"):
+            FrameRingReader().view(ring_name, 0, 1, SHAPE)
+    finally:
+        tiny.close()
+        unlink_segment(ring_name)
+    with FrameRingWriter(ring_name, SHAPE, slots=2) as writer:
+        header = np.ndarray((4,), np.uint64, writer._shm.buf, 0)
+        header[1] = 200  # claims 200 slots in a segment that holds 2
+        with pytest.raises(RingError, match="claims 200 slots"):
+            FrameRingReader().view(ring_name, 0, 1, SHAPE)
+
+
+def test_a_bad_ring_name_does_not_detach_the_good_ring(ring_name):
+    with FrameRingWriter(ring_name, SHAPE, slots=2) as writer:
+        reader = FrameRingReader()
+        first = writer.write(frame(1))
+        assert reader.view(ring_name, first.slot, first.seq, SHAPE).array[0, 0, 0] == 1
+        with pytest.raises(RingError):
+            reader.view("perception-no-such-ring", 0, 1, SHAPE)
+        assert ring_name in reader._rings  # still attached: no re-mapping on the next good frame
+        reader.close()
+
+
+def test_segments_are_private_to_their_user(ring_name):
+    import os
+    import stat
+
+    with FrameRingWriter(ring_name, SHAPE, slots=2):
+        assert stat.S_IMODE(os.stat(f"/dev/shm/{ring_name}").st_mode) == 0o600

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from perception.sources import (
-    ImageFolderSource, SourceConfig, SourceError, SyntheticSource, VideoFileSource, open_source, read_frame_index,
+    ImageFolderSource, RecordingSource, SourceConfig, SourceError, SyntheticSource, VideoFileSource, open_source, read_frame_index,
 )
 
 
@@ -70,6 +70,30 @@ def test_image_folder_skips_undecodable_files_and_counts_them(tmp_path):
 def test_empty_image_folder_is_an_error(tmp_path):
     with pytest.raises(SourceError, match="no images"):
         ImageFolderSource(tmp_path, fps=None, loop=False)
+
+
+@pytest.mark.parametrize("loop", [False, True])
+def test_a_folder_of_only_undecodable_images_is_an_error_not_an_empty_run(tmp_path, loop):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i:02d}.jpg").write_bytes(np.random.default_rng(i).bytes(500))
+    with ImageFolderSource(folder, fps=10, loop=loop) as source:
+        with pytest.raises(SourceError, match=r"images: none of its 3 images could be decoded \(first: 00.jpg\)$"):
+            source.read()
+    assert source.bad_frames == 3
+
+
+def test_a_recording_without_frames_is_an_error_not_an_empty_run(tmp_path):
+    from perception.recording import RecordingWriter
+    from samples import all_messages
+
+    path = tmp_path / "detections_only.mcap"
+    with RecordingWriter(path) as writer:
+        writer.write("decisions", all_messages()[3], log_time_ns=1)
+    with RecordingSource(path, loop=False) as source:
+        with pytest.raises(SourceError, match=r"detections_only.mcap: no frames in it$"):
+            source.read()
 
 
 def test_synthetic_frames_carry_their_index():

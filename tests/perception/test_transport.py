@@ -5,7 +5,7 @@ import pytest
 import zmq
 
 from perception.messages import Control, FrameHeader, FrameTransport, Heartbeat, NodeState, Stamp, encode
-from perception.transport import FrameReceiver, FrameSender, Publisher, Subscriber, resolve_endpoint
+from perception.transport import FrameReceiver, FrameSender, Publisher, RingError, Subscriber, resolve_endpoint
 
 
 @pytest.fixture
@@ -89,9 +89,8 @@ def test_frames_arrive_intact_over_either_transport(context, run_dir, transport)
     receiver = FrameReceiver()
     images = [np.random.default_rng(i).integers(0, 255, (72, 96, 3), np.uint8) for i in range(3)]
     for i, image in enumerate(images):
-        header = FrameHeader(frame_id=i + 1, capture_ns=100 + i, stamps=(Stamp("capture", 100 + i),), media_ns=0,
-                             width=1, height=1, channels=3, transport=transport)
-        sent = sender.send("frames", image, header)
+        sent = sender.send("frames", image, frame_id=i + 1, capture_ns=100 + i, media_ns=0,
+                           stamps=(Stamp("capture", 100 + i),))
         assert sent.shape == image.shape and sent.stamps[-1].stage == "publish"
     got = receive_until(subscriber, 3)
     for received, image in zip(got, images):
@@ -103,12 +102,40 @@ def test_frames_arrive_intact_over_either_transport(context, run_dir, transport)
 def test_capture_decodes_straight_into_the_reserved_slot(context, run_dir):
     publisher = Publisher(context, resolve_endpoint("pub", run_dir))
     sender = FrameSender(publisher, run_dir.name, "cam", FrameTransport.SHM, slots=4)
-    header = FrameHeader(frame_id=1, capture_ns=1, media_ns=0, width=1, height=1, channels=3, transport=FrameTransport.SHM)
+    origin = {"frame_id": 1, "capture_ns": 1, "media_ns": 0}
     first = np.zeros((8, 8, 3), np.uint8)
-    sender.send("frames", first, header)
+    sender.send("frames", first, **origin)
     reservation = sender.reserve((8, 8, 3))
     reservation.array[:] = 7  # what a source's read(out=...) does
-    sent = sender.send("frames", reservation.array, header, reservation)
+    sent = sender.send("frames", reservation.array, **origin, reservation=reservation)
     assert (sent.slot, sent.seq) == (reservation.slot, reservation.seq)
     assert sender.reserve((4, 4, 3)) is None  # different shape: no in-place decode
     sender.close(); publisher.close()
+
+
+def test_a_stamp_from_the_future_is_dropped_counted_and_not_taken_as_the_latest(context, run_dir):
+    """One clock per host: a capture stamp later than now was never true; it must not move a deadline."""
+    publisher, subscriber = connected_pair(context, run_dir, latest=False)
+    now = time.monotonic_ns()
+    publisher.publish("control", Control(frame_id=1, capture_ns=now, target="detector", max_depth=1))
+    publisher.publish("control", Control(frame_id=2, capture_ns=2**62, target="detector", max_depth=1))
+    publisher.publish("control", Control(frame_id=3, capture_ns=now, stamps=(Stamp("hop", now + 10**12),),
+                                         target="detector", max_depth=1))
+    time.sleep(0.2)
+    got = receive_until(subscriber, 1)
+    assert [r.message.frame_id for r in got] == [1]
+    assert (subscriber.bad_stamp, subscriber.received, subscriber.malformed) == (2, 1, 0)
+    assert subscriber.updated and subscriber.last.frame_id == 1 and subscriber.alive(10**9)
+    assert subscriber.receive() == [] and not subscriber.updated and subscriber.last.frame_id == 1
+    publisher.close(); subscriber.close()
+
+
+def test_a_frame_naming_another_runs_ring_is_refused(context, run_dir):
+    publisher, subscriber = connected_pair(context, run_dir, latest=False, topic="frames", message_type=FrameHeader)
+    sender = FrameSender(publisher, "otherrun", "cam", FrameTransport.SHM, slots=2)
+    sender.send("frames", np.zeros((8, 8, 3), np.uint8), frame_id=1, capture_ns=1, media_ns=0)
+    received = receive_until(subscriber, 1)[0]
+    with pytest.raises(RingError, match="not one of this run's"):
+        FrameReceiver(ring_prefix="perception-thisrun-").view(received)
+    assert FrameReceiver(ring_prefix="perception-otherrun-").view(received).array.shape == (8, 8, 3)
+    sender.close(); publisher.close(); subscriber.close()

@@ -11,7 +11,7 @@ T0 = 1_000 * MS
 
 def frame(i: int, capture_ns: int) -> FrameHeader:
     return FrameHeader(frame_id=i, capture_ns=capture_ns, media_ns=0, width=8, height=8, channels=3,
-                       transport=FrameTransport.SHM)
+                       transport=FrameTransport.INLINE)
 
 
 def decision(i: int, capture_ns: int) -> Decision:
@@ -84,6 +84,34 @@ def test_a_node_that_said_it_is_stopping_is_not_waited_for():
     w = core()
     w.on_heartbeat(beat("detector", NodeState.STOPPING), T0 + 10 * MS)
     assert w.tick(T0 + 5000 * MS).decisions == []
+
+
+def test_a_node_that_failed_is_down_at_once_even_in_its_startup_grace_until_it_is_back():
+    w = WatchdogCore(WatchdogRules(monitored=["detector"], startup_grace_ms=10_000), "watchdog", T0)
+    w.on_heartbeat(beat("detector", NodeState.FAILED), T0 + 10 * MS)  # e.g. a corrupt model file
+    out = w.tick(T0 + 11 * MS)
+    assert [d.reason for d in out.decisions] == [Reason.NODE_DOWN] and "detector failed" in out.decisions[0].detail
+    assert w.counters["node_down_events"] == 1 and w.status().nodes_down == ("detector",)
+    w.on_heartbeat(beat("detector"), T0 + 500 * MS)  # the restarted detector
+    assert w.tick(T0 + 510 * MS).decisions == [] and w.state == SystemState.NOMINAL
+
+
+def test_a_forged_decision_from_the_far_future_is_untrusted_and_later_frames_still_fail_safe():
+    w = core()
+    w.on_frame(frame(1, T0))
+    w.on_decision(decision(1, 2**62), T0 + 10 * MS)  # the frame's id, not its capture stamp
+    w.on_decision(decision(99, T0), T0 + 10 * MS)  # a frame nobody captured
+    assert w.counters["untrusted_decisions"] == 2 and w.counters["decisions"] == 0
+    w.on_frame(frame(2, T0 + 40 * MS))
+    w.on_heartbeat(beat("detector"), T0 + 100 * MS)
+    assert [d.frame_id for d in w.tick(T0 + 140 * MS).decisions] == [1, 2]
+
+
+def test_one_frame_with_a_distant_deadline_does_not_hold_back_the_others():
+    w = core()
+    w.on_frame(frame(1, T0 + 10**12))  # got past the subscriber's clock check somehow
+    w.on_frame(frame(2, T0))
+    assert [d.frame_id for d in w.tick(T0 + 100 * MS).decisions] == [2]
 
 
 def test_slow_decisions_lower_the_depth_and_headroom_raises_it_again_with_hysteresis():

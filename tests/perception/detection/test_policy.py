@@ -26,9 +26,9 @@ def raw_with_scores(*scores: float) -> np.ndarray:
 
 
 class ScriptedSession(Session):
-    def __init__(self, name: str, outputs: dict, calls: list) -> None:
+    def __init__(self, name: str, inputs: tuple[str, ...], outputs: dict, calls: list) -> None:
         self.name, self.outputs, self.calls = name, outputs, calls
-        self.input_names, self.output_names = (), tuple(outputs)
+        self.input_names, self.output_names = inputs, tuple(outputs)
 
     def run(self, feeds):
         self.calls.append(self.name)
@@ -46,6 +46,7 @@ class ScriptedEngine(Engine):
             "exit0": {"e0": lambda: self.exit0_raw},
             "exit1": {"e1": raw_with_scores(0.9)},
         }
+        self.inputs = {"stage0": ("images",), "stage1": ("f0",), "exit0": ("f0",), "exit1": ("f1",)}
         self.exit0_raw = exit0_raw
 
     @classmethod
@@ -53,7 +54,7 @@ class ScriptedEngine(Engine):
         return None
 
     def open(self, onnx_path, part_name):
-        return ScriptedSession(part_name, self.outputs[part_name], self.calls)
+        return ScriptedSession(part_name, self.inputs[part_name], self.outputs[part_name], self.calls)
 
 
 def make_detector(exit0_raw=None) -> tuple[AdaptiveDetector, ScriptedEngine]:

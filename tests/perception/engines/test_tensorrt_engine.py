@@ -1,6 +1,7 @@
-"""The TensorRT engine: its pure parts (cache key and layout, precision flags, calibration input, the
-reasons it is unavailable, the CLI's refusal) run everywhere; building and running engines needs
-TensorRT and a CUDA GPU and is skipped, with the reason, where they are missing."""
+"""The `tensorrt` engine (ONNX Runtime's TensorRT provider, configured from TensorRTConfig): its pure
+parts (cache folders, provider options, calibration input), INT8 calibration on the CPU, the reasons it
+is unavailable and the CLI's refusal run everywhere; building and running engines needs onnxruntime-gpu,
+TensorRT and a CUDA GPU, and is skipped, with the reason, where they are missing."""
 
 from __future__ import annotations
 
@@ -12,113 +13,78 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from helpers import REPO
 from perception.detection.manifest import WEIGHTS_DIR
 from perception.engines import EngineConfig, EngineUnavailable, TensorRTConfig, create_engine
-from perception.engines import tensorrt_engine as trt_engine
-from perception.engines.tensorrt_engine import (
-    CudaError,
-    CudaRuntime,
-    GpuInfo,
-    PrecisionPlan,
-    TensorRTEngine,
-    build_main,
-    cache_key,
+from perception.engines.tensorrt.build import build_main
+from perception.engines.tensorrt.cache import atomic_write, cache_key, engine_cache_dir, resolve_cache_dir
+from perception.engines.tensorrt.calibration import (
     calibration_batches,
-    calibration_cache_path,
-    engine_cache_path,
-    has_fast_fp16,
-    precision_plan,
-    resolve_cache_dir,
+    image_input,
     static_input_shape,
-    timing_cache_path,
+    write_calibration_table,
 )
+from perception.engines.tensorrt.provider import CALIBRATION_TABLE, cuda_options, provider_options
+from perception.engines.tensorrt.runtime import TensorRTEngine
 
 YOLOX_ONNX = WEIGHTS_DIR / "yolox_nano.onnx"
+STAGE0_ONNX = WEIGHTS_DIR / "yolox_nano_stage0.onnx"
+STAGE1_ONNX = WEIGHTS_DIR / "yolox_nano_stage1.onnx"
 DASHCAM = REPO / "recordings" / "udacity_dashcam.mp4"
-H100 = GpuInfo("NVIDIA H100 80GB HBM3", (9, 0))
 
-TRT_INSTALLED = importlib.util.find_spec("tensorrt") is not None
-CUDA_PYTHON = importlib.util.find_spec("cuda") is not None and (
-    importlib.util.find_spec("cuda.bindings") is not None or importlib.util.find_spec("cuda.cudart") is not None)
-REASON = TensorRTEngine.unavailable_reason(EngineConfig(kind="tensorrt"))
-SKIP_REASON = (f"{REASON} (NVIDIA's package index is unreachable here)" if REASON == "tensorrt is not installed"
-               else f"TensorRT cannot run here: {REASON}")
-needs_tensorrt_gpu = pytest.mark.skipif(REASON is not None, reason=SKIP_REASON)
-needs_no_tensorrt = pytest.mark.skipif(TRT_INSTALLED, reason="tensorrt is installed here; this checks the machine without it")
+TRT_PROVIDER = "TensorrtExecutionProvider" in ort.get_available_providers()
+NOT_INSTALLABLE = "TensorRT is not installable here: its wheels come only from NVIDIA's index"
+needs_tensorrt_gpu = pytest.mark.skipif(not TRT_PROVIDER, reason=f"{NOT_INSTALLABLE} (this onnxruntime has no "
+                                        "TensorrtExecutionProvider)")
+needs_no_tensorrt = pytest.mark.skipif(TRT_PROVIDER, reason="this onnxruntime has the TensorRT provider; this checks one without it")
+QUANTIZATION = importlib.util.find_spec("onnx") is not None
+needs_quantization = pytest.mark.skipif(not QUANTIZATION, reason="onnxruntime.quantization needs the onnx package (.[train])")
 
 
-def _cudart():
-    return trt_engine._import_cudart()
-
-
-def _gpu_visible() -> bool:
-    if not CUDA_PYTHON:
-        return False
-    try:
-        return CudaRuntime(_cudart()).device_count() > 0
-    except CudaError:
-        return False
-
-
-# ---------------------------------------------------------------------------- cache key and layout
+# ---------------------------------------------------------------------------- cache folders
 
 
 def test_cache_key_is_stable_for_the_same_inputs():
     model = YOLOX_ONNX.read_bytes()
-    config = TensorRTConfig()
-    key = cache_key(model, H100, "10.13.0.35", config)
-    assert key == cache_key(bytes(model), GpuInfo(H100.name, (9, 0)), "10.13.0.35", TensorRTConfig())
+    key = cache_key(model, TensorRTConfig())
+    assert key == cache_key(bytes(model), TensorRTConfig())
     assert len(key) == 64 and int(key, 16) >= 0
 
 
-@pytest.mark.parametrize("change", [
-    "model bytes", "gpu name", "compute capability", "tensorrt version", "precision", "workspace",
-])
-def test_cache_key_changes_with_everything_that_changes_the_build(change):
-    model, gpu, version, config = b"onnx model bytes", H100, "10.13.0.35", TensorRTConfig(precision="fp16")
-    base = cache_key(model, gpu, version, config)
+@pytest.mark.parametrize("change", ["model bytes", "precision", "workspace"])
+def test_cache_key_changes_with_what_onnxruntimes_names_miss(change):
+    # The weights above all: ONNX Runtime's engine names hash the graph's structure, not its weights.
+    model, config = b"onnx model bytes", TensorRTConfig(precision="fp16")
+    base = cache_key(model, config)
     if change == "model bytes":
         model = b"onnx model bytez"
-    elif change == "gpu name":
-        gpu = GpuInfo("NVIDIA H200", gpu.compute_capability)
-    elif change == "compute capability":
-        gpu = GpuInfo(gpu.name, (8, 9))
-    elif change == "tensorrt version":
-        version = "10.13.2.6"
     elif change == "precision":
         config = dataclasses.replace(config, precision="fp32")
     elif change == "workspace":
         config = dataclasses.replace(config, workspace_mb=2048)
-    assert cache_key(model, gpu, version, config) != base
+    assert cache_key(model, config) != base
 
 
 def test_calibration_settings_key_int8_engines_only():
     int8 = TensorRTConfig(precision="int8", calibration_video=Path("/data/a.mp4"), calibration_frames=64)
-    key = cache_key(b"m", H100, "10.0", int8)
-    assert cache_key(b"m", H100, "10.0", dataclasses.replace(int8, calibration_frames=32)) != key
-    assert cache_key(b"m", H100, "10.0", dataclasses.replace(int8, calibration_video=Path("/data/b.mp4"))) != key
+    key = cache_key(b"m", int8)
+    assert cache_key(b"m", dataclasses.replace(int8, calibration_frames=32)) != key
+    assert cache_key(b"m", dataclasses.replace(int8, calibration_video=Path("/data/b.mp4"))) != key
     # The same file name elsewhere: a vehicle finds the engine without the calibration video.
-    assert cache_key(b"m", H100, "10.0", dataclasses.replace(int8, calibration_video=Path("/else/a.mp4"))) == key
+    assert cache_key(b"m", dataclasses.replace(int8, calibration_video=Path("/else/a.mp4"))) == key
     fp16 = TensorRTConfig(precision="fp16")
-    assert cache_key(b"m", H100, "10.0", dataclasses.replace(fp16, calibration_frames=8)) == cache_key(b"m", H100, "10.0", fp16)
+    assert cache_key(b"m", dataclasses.replace(fp16, calibration_frames=8)) == cache_key(b"m", fp16)
     # Device index and cache directory do not change what is built.
-    assert cache_key(b"m", H100, "10.0", dataclasses.replace(fp16, device=1, cache_dir=Path("/x"))) == cache_key(b"m", H100, "10.0", fp16)
+    assert cache_key(b"m", dataclasses.replace(fp16, device=1, cache_dir=Path("/x"))) == cache_key(b"m", fp16)
 
 
-def test_cache_path_layout(tmp_path):
+def test_engine_cache_dir_layout(tmp_path):
     key = "ab" * 32
-    path = engine_cache_path(tmp_path, Path("/models/yolox_nano_stages/stage0.onnx"), "stage0", "fp16", key)
-    assert path == tmp_path / f"stage0.stage0.fp16.{key[:16]}.engine"
-    assert engine_cache_path(tmp_path, YOLOX_ONNX, "full", "int8", key).name == f"yolox_nano.full.int8.{key[:16]}.engine"
-    assert calibration_cache_path(path) == tmp_path / f"stage0.stage0.fp16.{key[:16]}.calib"
-    timing = timing_cache_path(tmp_path, H100, "10.13.0.35")
-    assert timing.parent == tmp_path and timing.name.startswith("timing.") and timing.suffix == ".cache"
-    assert timing == timing_cache_path(tmp_path, H100, "10.13.0.35")
-    assert timing != timing_cache_path(tmp_path, H100, "10.14.0.1")
-    assert timing != timing_cache_path(tmp_path, GpuInfo(H100.name, (8, 0)), "10.13.0.35")
+    assert engine_cache_dir(tmp_path, Path("/models/yolox_nano_stage0.onnx"), "fp16", key) == \
+        tmp_path / f"yolox_nano_stage0.fp16.{key[:16]}"
 
 
 def test_cache_dir_defaults_to_the_user_cache(monkeypatch, tmp_path):
@@ -129,79 +95,76 @@ def test_cache_dir_defaults_to_the_user_cache(monkeypatch, tmp_path):
 
 
 def test_cache_files_are_written_whole(tmp_path):
-    target = tmp_path / "sub" / "x.engine"
-    trt_engine._atomic_write(target, b"plan")
-    trt_engine._atomic_write(target, b"plan2")
-    assert target.read_bytes() == b"plan2"
-    assert [p.name for p in target.parent.iterdir()] == ["x.engine"]  # no temporary left behind
+    target = tmp_path / "sub" / "x.flatbuffers"
+    atomic_write(target, b"table")
+    atomic_write(target, b"table2")
+    assert target.read_bytes() == b"table2"
+    assert [p.name for p in target.parent.iterdir()] == ["x.flatbuffers"]  # no temporary left behind
 
 
-# ---------------------------------------------------------------------------- precision
+# ---------------------------------------------------------------------------- provider options
 
 
-TRT10_FLAGS = {"FP16", "INT8", "TF32", "BF16", "FP8", "REFIT"}
-TRT11_FLAGS = {"TF32", "REFIT"}
+def test_fp16_provider_options(tmp_path):
+    options = provider_options(TensorRTConfig(precision="fp16", workspace_mb=512, device=1), tmp_path / "e", tmp_path)
+    assert options == {
+        "device_id": "1",
+        "trt_max_workspace_size": str(512 * 1024 * 1024),
+        "trt_fp16_enable": "True",
+        "trt_int8_enable": "False",
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(tmp_path / "e"),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(tmp_path),
+    }
+    assert all(isinstance(v, str) for v in options.values())
 
 
-@pytest.mark.parametrize("precision, fast, flags, expected", [
-    ("fp32", True, TRT10_FLAGS, PrecisionPlan((), ("TF32",), False)),
-    ("fp16", True, TRT10_FLAGS, PrecisionPlan(("FP16",), (), False)),
-    ("int8", True, TRT10_FLAGS, PrecisionPlan(("INT8", "FP16"), (), True)),
-    ("int8", False, TRT10_FLAGS, PrecisionPlan(("INT8",), (), True)),
-    ("fp32", True, {"FP16"}, PrecisionPlan((), (), False)),
-])
-def test_precision_maps_to_builder_flags(precision, fast, flags, expected):
-    assert precision_plan(precision, fast, flags) == expected
+def test_fp32_turns_fp16_off_and_int8_reads_our_table(tmp_path):
+    fp32 = provider_options(TensorRTConfig(precision="fp32"), tmp_path, tmp_path)
+    assert fp32["trt_fp16_enable"] == "False" and fp32["trt_int8_enable"] == "False"
+    assert "trt_int8_calibration_table_name" not in fp32
+    int8 = provider_options(TensorRTConfig(precision="int8"), tmp_path, tmp_path)
+    assert int8["trt_int8_enable"] == "True" and int8["trt_fp16_enable"] == "True"  # FP16 for layers without INT8
+    assert int8["trt_int8_calibration_table_name"] == CALIBRATION_TABLE
+    assert int8["trt_int8_use_native_calibration_table"] == "False"  # onnxruntime.quantization's flatbuffers table
 
 
-def test_fp16_without_fast_fp16_or_without_the_flag_stays_fp32_with_a_note():
-    slow = precision_plan("fp16", False, TRT10_FLAGS)
-    assert slow.set_flags == () and not slow.calibrate and "no fast FP16" in slow.note
-    trt11 = precision_plan("fp16", True, TRT11_FLAGS)
-    assert trt11.set_flags == () and "no FP16 builder flag" in trt11.note
-
-
-def test_int8_without_implicit_calibration_is_a_clear_error():
-    with pytest.raises(EngineUnavailable, match=r"int8: .*no implicit INT8 calibration.*Q/DQ"):
-        precision_plan("int8", True, TRT11_FLAGS)
-    with pytest.raises(ValueError, match="bf16"):
-        precision_plan("bf16", True, TRT10_FLAGS)
-
-
-@pytest.mark.parametrize("cc, fast", [((9, 0), True), ((8, 7), True), ((7, 2), True), ((6, 2), True), ((6, 1), False),
-                                      ((6, 0), True), ((5, 3), True), ((5, 2), False)])
-def test_fast_fp16_by_compute_capability(cc, fast):
-    assert has_fast_fp16(cc) is fast
-
-
-def test_a_dynamic_batch_is_built_for_one_frame_other_dynamic_sizes_are_refused():
-    assert static_input_shape("images", (-1, 3, 416, 416)) == (1, 3, 416, 416)
-    assert static_input_shape("images", (1, 3, 416, 416)) == (1, 3, 416, 416)
-    with pytest.raises(EngineUnavailable, match=r"input images has dynamic dimensions \[1, 3, -1, -1\]"):
-        static_input_shape("images", (1, 3, -1, -1))
+def test_an_unknown_precision_is_named(tmp_path):
+    with pytest.raises(ValueError, match="'bf16'"):
+        provider_options(TensorRTConfig(precision="bf16"), tmp_path, tmp_path)  # type: ignore[arg-type]
+    assert cuda_options(TensorRTConfig(device=2)) == {"device_id": "2"}
 
 
 # ---------------------------------------------------------------------------- availability
 
 
-def test_the_module_imports_without_importing_tensorrt_or_cuda():
-    code = ("import sys, perception.engines.tensorrt_engine;"
-            "print(sorted(m for m in sys.modules if m == 'tensorrt' or m.startswith('cuda')))")
+def test_the_package_imports_without_tensorrt_cuda_or_onnx():
+    code = ("import sys, perception.engines.tensorrt.runtime, perception.engines.tensorrt.build;"
+            "print(sorted(m for m in sys.modules if m in ('tensorrt', 'onnx') or m.startswith(('cuda', 'onnxruntime.quantization'))))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
 
+def test_the_engine_table_points_at_this_package():
+    from perception.engines.base import engine_class
+
+    assert engine_class("tensorrt") is TensorRTEngine
+
+
 @needs_no_tensorrt
-def test_unavailable_reason_says_tensorrt_is_not_installed():
-    assert TensorRTEngine.unavailable_reason(EngineConfig(kind="tensorrt")) == "tensorrt is not installed"
+def test_unavailable_reason_names_the_missing_provider():
+    reason = TensorRTEngine.unavailable_reason(EngineConfig(kind="tensorrt"))
+    assert reason == (f"onnxruntime {ort.__version__} has no TensorrtExecutionProvider (it needs onnxruntime-gpu "
+                      "and TensorRT 10, whose wheels come only from NVIDIA's index)")
 
 
 @needs_no_tensorrt
 def test_requesting_tensorrt_explicitly_raises_with_the_reason():
-    with pytest.raises(EngineUnavailable, match="tensorrt unavailable: tensorrt is not installed"):
+    with pytest.raises(EngineUnavailable, match="tensorrt unavailable: onnxruntime .* has no TensorrtExecutionProvider"):
         create_engine(EngineConfig(kind="tensorrt"))
-    with pytest.raises(EngineUnavailable, match="tensorrt is not installed"):
+    with pytest.raises(EngineUnavailable, match="has no TensorrtExecutionProvider"):
         TensorRTEngine(EngineConfig(kind="tensorrt"))
 
 
@@ -211,51 +174,53 @@ def test_auto_falls_back_to_onnxruntime_and_says_why(caplog):
         engine = create_engine(EngineConfig(kind="auto", threads=1))
     assert engine.name == "onnxruntime"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("tensorrt unavailable: tensorrt is not installed" in m and "using onnxruntime" in m for m in warnings), warnings
+    assert any("tensorrt unavailable: onnxruntime" in m and "using onnxruntime" in m for m in warnings), warnings
 
 
-def test_without_cuda_python_the_reason_says_so(monkeypatch):
-    monkeypatch.setattr(trt_engine, "_import_tensorrt", lambda: object())  # get past the tensorrt check
-
-    def no_cuda():
-        raise ImportError("No module named 'cuda'")
-
-    monkeypatch.setattr(trt_engine, "_import_cudart", no_cuda)
-    assert "cuda-python is not installed" in TensorRTEngine.unavailable_reason(EngineConfig(kind="tensorrt"))
+@pytest.fixture
+def engine_past_the_provider_check(monkeypatch):
+    """The engine as it is built where the provider is listed: what comes before the GPU runs for real."""
+    monkeypatch.setattr(TensorRTEngine, "unavailable_reason", classmethod(lambda cls, config: None))
 
 
-@pytest.mark.skipif(not CUDA_PYTHON, reason="cuda-python is not installed")
-@pytest.mark.skipif(_gpu_visible(), reason="a CUDA GPU is visible here; this checks the machine without one")
-def test_without_a_gpu_the_reason_comes_from_the_real_cuda_runtime(monkeypatch):
-    monkeypatch.setattr(trt_engine, "_import_tensorrt", lambda: object())  # get past the tensorrt check
-    reason = TensorRTEngine.unavailable_reason(EngineConfig(kind="tensorrt"))
-    assert reason.startswith("no CUDA GPU visible") and "\n" not in reason
-    assert "cudaGetDeviceCount failed: cudaError" in reason  # CUDA's own error name, e.g. InsufficientDriver
+@needs_no_tensorrt
+@needs_quantization
+@pytest.mark.skipif(not DASHCAM.is_file(), reason=f"{DASHCAM} is not in this checkout")
+def test_prepare_makes_the_engine_folder_and_calibrates_int8_once(tmp_path, engine_past_the_provider_check, caplog):
+    engine = _trt_engine(tmp_path, "int8", calibration_video=DASHCAM, calibration_frames=2, device=1)
+    engine_dir, providers = engine.prepare(STAGE0_ONNX, "stage0")
+    assert engine_dir.parent == tmp_path / "cache" and engine_dir.name.startswith("yolox_nano_stage0.int8.")
+    assert (engine_dir / CALIBRATION_TABLE).is_file()
+    assert providers[0] == ("TensorrtExecutionProvider", provider_options(engine.settings, engine_dir, tmp_path / "cache"))
+    with caplog.at_level(logging.INFO, logger="perception.engines.tensorrt.calibration"):
+        assert engine.prepare(STAGE0_ONNX, "stage0")[0] == engine_dir
+    assert not caplog.records, "the table is made once per engine folder"
 
 
-@pytest.mark.skipif(not CUDA_PYTHON, reason="cuda-python is not installed")
-def test_cuda_errors_name_the_call_and_cudas_error():
-    cuda = CudaRuntime(_cudart())
-    error = cuda.rt.cudaError_t.cudaErrorMemoryAllocation
-    with pytest.raises(CudaError, match=r"^cudaMalloc\(64\) failed: cudaErrorMemoryAllocation \(out of memory\)$"):
-        cuda.check((error, None), "cudaMalloc(64)")
-    ok = cuda.rt.cudaError_t.cudaSuccess
-    assert cuda.check((ok, 42), "x") == 42
-    assert cuda.check((ok,), "x") is None
-    assert cuda.check((ok, 1, 2), "x") == (1, 2)
+@needs_no_tensorrt
+@pytest.mark.filterwarnings("ignore:Specified provider 'TensorrtExecutionProvider' is not in available provider names")
+def test_a_session_without_the_tensorrt_provider_is_refused_not_run_on_the_cpu(tmp_path, engine_past_the_provider_check):
+    # onnxruntime drops a provider it cannot start with only a warning; explicit tensorrt must not run elsewhere.
+    with pytest.raises(EngineUnavailable, match=r"^full: onnxruntime did not start its TensorRT provider for .*yolox_nano\.onnx "
+                                                r"\(running on \['CPUExecutionProvider'\]"):
+        _trt_engine(tmp_path, "fp16").open(YOLOX_ONNX, "full")
 
 
-@pytest.mark.skipif(not CUDA_PYTHON, reason="cuda-python is not installed")
-def test_a_device_out_of_range_is_named():
-    class OneGpu(CudaRuntime):
-        def device_count(self) -> int:
-            return 1
-
-    assert trt_engine._gpu_reason(OneGpu(_cudart()), 1) == "CUDA device 1 is out of range (1 visible)"
-    assert trt_engine._gpu_reason(OneGpu(_cudart()), 0) is None
+# ---------------------------------------------------------------------------- INT8 calibration
 
 
-# ---------------------------------------------------------------------------- INT8 calibration input
+def test_a_dynamic_batch_is_calibrated_as_one_frame_other_dynamic_sizes_are_refused():
+    assert static_input_shape("images", ("batch", 3, 416, 416)) == (1, 3, 416, 416)
+    assert static_input_shape("images", (None, 3, 416, 416)) == (1, 3, 416, 416)
+    assert static_input_shape("images", (1, 3, 416, 416)) == (1, 3, 416, 416)
+    with pytest.raises(EngineUnavailable, match=r"input images has dynamic dimensions \[1, 3, -1, -1\]"):
+        static_input_shape("images", (1, 3, "h", "w"))
+
+
+def test_only_parts_fed_by_the_image_can_be_calibrated_on_frames():
+    assert image_input(STAGE0_ONNX, "stage0") == ("images", (1, 3, 416, 416))
+    with pytest.raises(EngineUnavailable, match=r"stage1: int8 calibration feeds letterboxed frames, .*dark3.*fp16"):
+        image_input(STAGE1_ONNX, "stage1")
 
 
 def test_calibration_batches_are_letterboxed_float32_frames(tiny_video):
@@ -270,17 +235,10 @@ def test_calibration_batches_are_letterboxed_float32_frames(tiny_video):
 
 
 def test_a_short_video_gives_what_it_has_with_a_warning(tiny_video, caplog):
-    with caplog.at_level(logging.WARNING, logger="perception.engines.tensorrt_engine"):
+    with caplog.at_level(logging.WARNING, logger="perception.engines.tensorrt.calibration"):
         batches = list(calibration_batches(tiny_video, 50, 32, 32))
     assert len(batches) == 20
     assert any("only 20 of the 50 frames" in r.getMessage() for r in caplog.records)
-
-
-@pytest.mark.skipif(not DASHCAM.is_file(), reason=f"{DASHCAM} is not in this checkout")
-def test_calibration_batches_from_the_dashcam_recording():
-    batches = list(calibration_batches(DASHCAM, 3, 416, 416))
-    assert [b.shape for b in batches] == [(1, 3, 416, 416)] * 3
-    assert all(b.dtype == np.float32 and b.std() > 1 for b in batches)
 
 
 def test_a_missing_or_unset_calibration_video_is_a_clear_error(tmp_path):
@@ -290,14 +248,42 @@ def test_a_missing_or_unset_calibration_video_is_a_clear_error(tmp_path):
         calibration_batches(None, 8, 416, 416)
 
 
+def _read_table(path: Path) -> dict[str, float]:
+    from onnxruntime.quantization.CalTableFlatBuffers.TrtTable import TrtTable
+
+    table = TrtTable.GetRootAsTrtTable(path.read_bytes(), 0)
+    return {table.Dict(i).Key().decode(): float(table.Dict(i).Value()) for i in range(table.DictLength())}
+
+
+@needs_quantization
+@pytest.mark.skipif(not DASHCAM.is_file(), reason=f"{DASHCAM} is not in this checkout")
+def test_the_calibration_table_comes_from_real_frames_on_the_cpu(tmp_path):
+    table_path = tmp_path / CALIBRATION_TABLE
+    assert write_calibration_table(STAGE0_ONNX, "stage0", table_path, DASHCAM, 4) == 4
+    ranges = _read_table(table_path)
+    # A range for every tensor the provider may run in INT8, the input and outputs included.
+    assert {"images", "dark3", "dark4"} <= set(ranges)
+    assert all(np.isfinite(v) and v >= 0 for v in ranges.values())
+    assert 100 < ranges["images"] <= 255  # pixels, 0-255 as the detector feeds them
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CALIBRATION_TABLE]  # no working files left
+
+
+@needs_quantization
+def test_calibration_on_an_empty_video_is_named(tmp_path, tiny_video):
+    with pytest.raises(EngineUnavailable, match=r"int8 calibration: .*gone\.mp4: file not found"):
+        write_calibration_table(STAGE0_ONNX, "stage0", tmp_path / CALIBRATION_TABLE, tmp_path / "gone.mp4", 4)
+    with pytest.raises(EngineUnavailable, match=r"int8 calibration: .* gave no frames"):
+        write_calibration_table(STAGE0_ONNX, "stage0", tmp_path / CALIBRATION_TABLE, tiny_video, 0)
+
+
 # ---------------------------------------------------------------------------- CLI
 
 
 @needs_no_tensorrt
 def test_build_engine_without_tensorrt_prints_the_reason_and_fails(capsys):
     assert build_main([str(WEIGHTS_DIR / "yolox_nano.json"), "--precision", "fp32"]) == 1
-    err = capsys.readouterr().err
-    assert err.strip() == "build-engine: tensorrt unavailable: tensorrt is not installed"
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("build-engine: tensorrt unavailable: onnxruntime ") and "\n" not in err
 
 
 @needs_no_tensorrt
@@ -305,7 +291,7 @@ def test_build_engine_is_wired_into_the_perception_cli():
     result = subprocess.run([sys.executable, "-m", "perception.cli", "build-engine", "yolox_nano.json"],
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 1
-    assert "tensorrt unavailable: tensorrt is not installed" in result.stderr
+    assert "tensorrt unavailable: onnxruntime" in result.stderr
 
 
 def test_build_engine_names_a_bad_manifest_or_argument(tmp_path, capsys):
@@ -334,16 +320,14 @@ def _trt_engine(tmp_path: Path, precision: str, **kwargs) -> TensorRTEngine:
 
 @needs_tensorrt_gpu
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("precision, score_atol, box_atol", [("fp32", 1e-3, 1e-2), ("fp16", 0.03, 0.3)])
+# fp32 may run TF32 on Ampere and newer (the provider cannot clear TensorRT's TF32 flag): a looser bound.
+@pytest.mark.parametrize("precision, score_atol, box_atol", [("fp32", 5e-3, 5e-2), ("fp16", 0.03, 0.3)])
 def test_tensorrt_matches_onnxruntime(tmp_path, precision, score_atol, box_atol):
     images = _dashcam_input()
     expected = _onnxruntime_output(images)
     session = _trt_engine(tmp_path, precision).open(YOLOX_ONNX, "full")
-    try:
-        assert session.input_names == ("images",) and session.output_names == ("output",)
-        got = session.run({"images": images})["output"]
-    finally:
-        session.close()
+    assert session.input_names == ("images",) and session.output_names == ("output",)
+    got = session.run({"images": images})["output"]
     assert got.shape == expected.shape == (1, 3549, 85) and got.dtype == np.float32
     np.testing.assert_allclose(got[..., 4:], expected[..., 4:], atol=score_atol)  # objectness, classes: 0..1
     np.testing.assert_allclose(got[..., :4], expected[..., :4], atol=box_atol, rtol=0.02)  # box regressions
@@ -351,33 +335,14 @@ def test_tensorrt_matches_onnxruntime(tmp_path, precision, score_atol, box_atol)
 
 @needs_tensorrt_gpu
 @pytest.mark.timeout(600)
-def test_results_are_copies_and_close_frees(tmp_path):
-    session = _trt_engine(tmp_path, "fp16").open(YOLOX_ONNX, "full")
-    first = session.run({"images": _dashcam_input()})["output"]
-    kept = first.copy()
-    session.run({"images": np.full((1, 3, 416, 416), 114, np.float32)})
-    np.testing.assert_array_equal(first, kept)
-    with pytest.raises(ValueError, match=r"input images has shape \(1, 3, 320, 320\)"):
-        session.run({"images": np.zeros((1, 3, 320, 320), np.float32)})
-    session.close()
-    session.close()  # idempotent
-    with pytest.raises(RuntimeError, match="closed"):
-        session.run({"images": kept})
-
-
-@needs_tensorrt_gpu
-@pytest.mark.timeout(600)
-def test_a_second_build_hits_the_cache_and_a_corrupt_cache_is_rebuilt(tmp_path, caplog):
-    first = _trt_engine(tmp_path, "fp16").prepare(YOLOX_ONNX, "full")
-    assert first.built and first.path.is_file() and first.path.parent == tmp_path / "cache"
-    assert list((tmp_path / "cache").glob("timing.*.cache")), "the timing cache is saved after a build"
-    again = _trt_engine(tmp_path, "fp16").prepare(YOLOX_ONNX, "full")
-    assert not again.built and again.path == first.path
-    first.path.write_bytes(b"not an engine")
-    with caplog.at_level(logging.WARNING, logger="perception.engines.tensorrt_engine"):
-        rebuilt = _trt_engine(tmp_path, "fp16").prepare(YOLOX_ONNX, "full")
-    assert rebuilt.built and rebuilt.path == first.path
-    assert any("cannot be deserialized" in r.getMessage() and "rebuilding" in r.getMessage() for r in caplog.records)
+def test_engines_are_cached_per_model_and_reused(tmp_path):
+    _trt_engine(tmp_path, "fp16").open(YOLOX_ONNX, "full")
+    engine_dir, _ = _trt_engine(tmp_path, "fp16").prepare(YOLOX_ONNX, "full")
+    engines = sorted(engine_dir.glob("*.engine"))
+    assert engines, f"no engine cached in {engine_dir}"
+    assert list((tmp_path / "cache").glob("*.timing")), "the timing cache is shared, in the cache root"
+    _trt_engine(tmp_path, "fp16").open(YOLOX_ONNX, "full")
+    assert sorted(engine_dir.glob("*.engine")) == engines  # reused, not rebuilt
 
 
 @needs_tensorrt_gpu
@@ -394,32 +359,22 @@ def test_build_main_builds_then_reuses(tmp_path, capsys):
 def test_an_unparsable_onnx_file_is_named(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07not a model")
-    with pytest.raises(EngineUnavailable, match=r"bad\.onnx: TensorRT cannot parse it \(\d+ errors: "):
+    with pytest.raises(EngineUnavailable, match=r"x: onnxruntime cannot open .*bad\.onnx on TensorRT"):
         _trt_engine(tmp_path, "fp32").open(bad, "x")
     with pytest.raises(EngineUnavailable, match="gone.onnx does not exist"):
         _trt_engine(tmp_path, "fp32").open(tmp_path / "gone.onnx", "x")
 
 
-def _implicit_int8() -> bool:
-    try:
-        import tensorrt as trt
-    except ImportError:
-        return False
-    return "INT8" in getattr(trt.BuilderFlag, "__members__", {}) and hasattr(trt, "IInt8EntropyCalibrator2")
-
-
 @needs_tensorrt_gpu
-@pytest.mark.skipif(REASON is None and not _implicit_int8(),
-                    reason="this TensorRT has no implicit INT8 calibration (removed in 11.x)")
+@needs_quantization
 @pytest.mark.timeout(600)
 def test_int8_calibrates_on_real_frames(tmp_path):
     engine = _trt_engine(tmp_path, "int8", calibration_video=DASHCAM, calibration_frames=16)
-    prepared = engine.prepare(YOLOX_ONNX, "full")
-    assert prepared.built and calibration_cache_path(prepared.path).is_file()
-    session = engine.open(YOLOX_ONNX, "full")  # reuses the engine
+    session = engine.open(YOLOX_ONNX, "full")
+    engine_dir, _ = engine.prepare(YOLOX_ONNX, "full")
+    assert (engine_dir / CALIBRATION_TABLE).is_file() and list(engine_dir.glob("*.engine"))
     images = _dashcam_input()
     got = session.run({"images": images})["output"]
-    session.close()
     expected = _onnxruntime_output(images)
     # INT8 is lossy: the scores must still track ONNX Runtime's.
     assert np.corrcoef(got[0, :, 4], expected[0, :, 4])[0, 1] > 0.9

@@ -70,3 +70,9 @@ def test_the_module_imports_without_torch():
             "print(TorchEngine.unavailable_reason(EngineConfig(kind='torch')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert "torch is not installed" in result.stdout
+
+
+def test_its_parts_take_and_give_the_tensors_the_manifest_names():
+    from perception.detection.adaptive import AdaptiveDetector
+
+    AdaptiveDetector(load_manifest(MANIFEST), TorchEngine(EngineConfig(kind="torch", threads=2))).close()
