@@ -23,6 +23,7 @@ from perception.latency import now_ns, percentiles_ms, since_capture_ns
 from perception.messages import Control, Detections, FrameHeader, NodeState, Stamp
 from perception.node import FatalInputError, Node, NodeSettings, run_node
 from perception.shm_ring import FrameOverwritten, RingError
+from perception.timing import Periodic
 
 log = logging.getLogger("detector")
 
@@ -68,48 +69,56 @@ def open_detector(config: DetectorConfig) -> AdaptiveDetector:
     return detector
 
 
+class DepthCeiling:
+    """The deepest exit the watchdog allows now (it lowers it when the budget gets tight)."""
+
+    def __init__(self, exit_count: int) -> None:
+        self.exit_count = exit_count
+        self.max_exit = exit_count - 1
+
+    @property
+    def degraded(self) -> bool:
+        return self.max_exit < self.exit_count - 1
+
+    def apply(self, command: Control, node_name: str) -> None:
+        if command.target not in (node_name, "*"):
+            return
+        ceiling = max(0, min(command.max_depth, self.exit_count - 1))
+        if ceiling != self.max_exit:
+            log.info("depth ceiling %d -> %d (%s)", self.max_exit, ceiling, command.reason)
+        self.max_exit = ceiling
+
+
 def detect(node: Node, config: DetectorConfig) -> None:
     detector = open_detector(config)
     frames = node.subscribe(config.frames_from, "frames", FrameHeader, latest=True)
     control = node.subscribe(config.control_from, "control", Control, latest=False) if config.control_from else None
     receiver = node.frame_receiver()
-    state = {"max_exit": detector.exit_count - 1}
+    ceiling = DepthCeiling(detector.exit_count)
     latencies: deque[int] = deque(maxlen=500)
     exits: Counter = Counter()
-    next_report = now_ns() + int(config.report_period_s * 1e9)
+    reporting = Periodic(config.report_period_s)
     node.state = NodeState.OK
     try:
         while node.ok():
             ready = node.poll(0.1)
             if control is not None and control in ready:
-                commands = control.receive()
-                if not config.deterministic:
-                    apply_control(node, commands, state, detector.exit_count)
+                for received in control.receive():
+                    if not config.deterministic:
+                        ceiling.apply(received.message, node.name)
+                node.state = NodeState.DEGRADED if ceiling.degraded else NodeState.OK
             if frames in ready:
                 for received in frames.receive():
-                    message = process_frame(node, config, detector, receiver, received, state["max_exit"])
+                    message = process_frame(node, config, detector, receiver, received, ceiling.max_exit)
                     if message is not None:
                         node.publish("detections", message)
                         latencies.append(since_capture_ns(message))
                         exits[message.exit_index] += 1
-            if now_ns() >= next_report:
-                next_report += int(config.report_period_s * 1e9)
+            if reporting.due():
                 report(node, frames, latencies, exits)
     finally:
         report(node, frames, latencies, exits)
         detector.close()
-
-
-def apply_control(node: Node, commands, state: dict, exit_count: int) -> None:
-    for received in commands:
-        command: Control = received.message
-        if command.target not in (node.name, "*"):
-            continue
-        ceiling = max(0, min(command.max_depth, exit_count - 1))
-        if ceiling != state["max_exit"]:
-            log.info("depth ceiling %d -> %d (%s)", state["max_exit"], ceiling, command.reason)
-        state["max_exit"] = ceiling
-        node.state = NodeState.DEGRADED if ceiling < exit_count - 1 else NodeState.OK
 
 
 def process_frame(node: Node, config: DetectorConfig, detector: AdaptiveDetector, receiver, received, max_exit: int):

@@ -16,6 +16,7 @@ from perception.messages import FrameHeader
 from perception.node import Node, NodeSettings, run_node
 from perception.shm_ring import FrameOverwritten, RingError
 from perception.sources import read_frame_index
+from perception.timing import Periodic
 
 log = logging.getLogger("monitor")
 
@@ -43,7 +44,7 @@ def monitor(node: Node, config: MonitorConfig) -> None:
     receiver = node.frame_receiver()
     latencies: deque[int] = deque(maxlen=config.window)
     record = open(config.record, "a", buffering=1) if config.record else None
-    next_report = now_ns() + int(config.report_period_s * 1e9)
+    reporting = Periodic(config.report_period_s)
     try:
         while node.ok():
             if frames in node.poll(0.1):
@@ -54,8 +55,7 @@ def monitor(node: Node, config: MonitorConfig) -> None:
                     node.mark_frame_done(header.frame_id, header.capture_ns)
                     if record:
                         record.write(json.dumps(entry) + "\n")
-            if now_ns() >= next_report:
-                next_report += int(config.report_period_s * 1e9)
+            if reporting.due():
                 report(node, latencies)
     finally:
         report(node, latencies)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from perception.latency import now_ns
 from perception.messages import Decision, FrameHeader, Heartbeat
 from perception.node import Node, NodeSettings, run_node
+from perception.timing import Periodic
 from perception.watchdog import Outputs, WatchdogCore, WatchdogRules
 
 log = logging.getLogger("watchdog")
@@ -39,7 +40,7 @@ def watch(node: Node, config: WatchdogConfig) -> None:
     frames = node.subscribe(config.frames_from, "frames", FrameHeader, latest=False)
     decisions = node.subscribe(config.decisions_from, "decisions", Decision, latest=False)
     heartbeats = node.subscribe(config.rules.monitored, "heartbeat", Heartbeat, latest=False)
-    next_status = next_control = 0
+    status_due, control_due = Periodic(config.status_period_ms / 1e3, True), Periodic(config.control_period_ms / 1e3, True)
     node.mark_frame_done(0, 0)
     while node.ok():
         wake = core.next_wakeup_ns()
@@ -57,13 +58,10 @@ def watch(node: Node, config: WatchdogConfig) -> None:
             for received in heartbeats.receive():
                 core.on_heartbeat(received.message, now_ns())
         publish(node, core.tick(now_ns()))
-        now = now_ns()
-        if now >= next_status:
-            next_status = now + int(config.status_period_ms * 1e6)
+        if status_due.due():
             node.publish("watchdog", core.status())
             node.counters.update(core.counters)
-        if now >= next_control:
-            next_control = now + int(config.control_period_ms * 1e6)
+        if control_due.due():
             node.publish("control", core.control_now())
     log.info("%s", " ".join(f"{k} {v}" for k, v in core.status().counters.items()))
 

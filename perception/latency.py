@@ -23,10 +23,6 @@ def since_capture_ns(message: Message, at_ns: int | None = None) -> int:
     return (now_ns() if at_ns is None else at_ns) - message.capture_ns
 
 
-def since_capture_ms(message: Message, at_ns: int | None = None) -> float:
-    return since_capture_ns(message, at_ns) / NS_PER_MS
-
-
 def stage_durations_ns(capture_ns: int, stamps: Sequence[Stamp]) -> dict[str, int]:
     """Time spent reaching each stamped stage from the one before it (the first from capture).
 

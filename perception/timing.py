@@ -29,3 +29,24 @@ class RateKeeper:
                 self.slips += 1
                 self._next_ns = now
         return self._next_ns
+
+
+class Periodic:
+    """Something done every `period_s` from a loop (a report, a status, a re-sent command): `due()`
+    says when, once per period, without drift and without a burst after a stall. The one place
+    for the "next_report += period" arithmetic every loop would otherwise write for itself."""
+
+    def __init__(self, period_s: float, first_now: bool = False) -> None:
+        if period_s <= 0:
+            raise ValueError(f"period must be positive, got {period_s}")
+        self.period_ns = int(period_s * 1e9)
+        self._next_ns = now_ns() + (0 if first_now else self.period_ns)
+
+    def due(self, at_ns: int | None = None) -> bool:
+        now = now_ns() if at_ns is None else at_ns
+        if now < self._next_ns:
+            return False
+        self._next_ns += self.period_ns
+        if self._next_ns <= now:  # fell a whole period behind: skip the missed ones
+            self._next_ns = now + self.period_ns
+        return True

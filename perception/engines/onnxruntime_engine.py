@@ -1,4 +1,4 @@
-"""ONNX Runtime: the default engine, on any CPU, and on NVIDIA GPUs through its CUDA/TensorRT providers."""
+"""ONNX Runtime: the default engine, on any CPU, and on NVIDIA GPUs through its CUDA provider (onnxruntime-gpu)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from perception.engines.base import Engine, EngineConfig, EngineUnavailable, Ses
 log = logging.getLogger(__name__)
 
 # Preferred order when no providers are configured; each is used only if this onnxruntime build has it.
-PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+# Not TensorRT: unconfigured, its provider would rebuild every engine at every start with no cache
+# and may fall back to the CPU silently. `engine.kind: tensorrt` (perception/engines/tensorrt) configures it.
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 class OnnxRuntimeSession(Session):

@@ -72,3 +72,63 @@ def test_a_model_file_with_the_wrong_graph_exits_with_one_line_naming_file_part_
     assert errors[0].endswith(
         f"model file {wrong} does not match part exit1 of its manifest: expected inputs [pan_s8, pan_s16, pan_s32] "
         "-> outputs [output_exit1], found inputs [images] -> outputs [dark3, dark4]")
+
+
+def test_the_detector_body_runs_in_process_on_fed_frames_and_obeys_the_depth_ceiling():
+    """The node body with its inputs fed directly (perception.testing): no processes, same code."""
+    import cv2
+    import numpy as np
+
+    from nodes.detector import DetectorConfig, detect
+    from perception.config import from_mapping
+    from perception.latency import now_ns
+    from perception.messages import Control, FrameHeader, FrameTransport, Stamp
+    from perception.testing import TestingNode
+
+    image = cv2.imread(str(REPO / "tests/data/udacity_test1.jpg"))
+    config = from_mapping(DetectorConfig, {"policy": {"kind": "fixed"}, "engine": {"threads": 1}, "control_from": "watchdog",
+                                           "stale_ms": 60_000, "budget_ms": 60_000, "reserve_ms": 10})
+
+    def frame(i: int) -> FrameHeader:
+        t = now_ns()
+        return FrameHeader(frame_id=i, capture_ns=t, stamps=(Stamp("capture", t),), media_ns=0, width=image.shape[1],
+                           height=image.shape[0], channels=3, transport=FrameTransport.INLINE)
+
+    node = TestingNode("detector")
+    node.expect("frames", FrameHeader, latest=True)
+    node.feed("frames", frame(1), image)
+    detect(node, config)
+    full = node.published("detections")
+    assert [(d.frame_id, d.exit_index, d.exit_count) for d in full] == [(1, 1, 2)]
+    assert (full[0].class_ids == 2).sum() >= 2  # cars in the dashcam still
+
+    node = TestingNode("detector")
+    node.feed("control", Control(frame_id=0, capture_ns=0, target="detector", max_depth=0, reason="test"))
+    node.feed("control", Control(frame_id=0, capture_ns=0, target="somebody-else", max_depth=1, reason="not mine"))
+    node.expect("frames", FrameHeader, latest=True)
+    node.feed("frames", frame(2), image)
+    node.feed("frames", frame(3), image)
+    detect(node, config)
+    shallow = node.published("detections")
+    assert [(d.frame_id, d.exit_index) for d in shallow] == [(3, 0)]  # latest only: frame 2 superseded
+    assert node.inputs["frames"].superseded == 1 and node.counters["exit0"] == 1
+
+
+def test_a_frame_of_the_wrong_shape_is_dropped_and_counted_in_process():
+    import numpy as np
+
+    from nodes.detector import DetectorConfig, detect
+    from perception.config import from_mapping
+    from perception.latency import now_ns
+    from perception.messages import FrameHeader, FrameTransport
+    from perception.testing import TestingNode
+
+    config = from_mapping(DetectorConfig, {"policy": {"kind": "fixed"}, "engine": {"threads": 1}, "stale_ms": 60_000,
+                                           "budget_ms": 60_000, "reserve_ms": 10})
+    node = TestingNode("detector")
+    gray = FrameHeader(frame_id=1, capture_ns=now_ns(), media_ns=0, width=64, height=48, channels=1,
+                       transport=FrameTransport.INLINE)
+    node.expect("frames", FrameHeader, latest=True)
+    node.feed("frames", gray, np.zeros((48, 64, 1), np.uint8))  # valid on the wire; not what YOLOX takes
+    detect(node, config)
+    assert node.published("detections") == [] and node.counters["frames.bad"] == 1

@@ -403,3 +403,23 @@ def test_a_detector_that_fails_at_start_is_down_at_once_not_after_its_grace(tmp_
         observer.close()
         launcher.send_signal(signal.SIGTERM)
         launcher.wait(timeout=10)
+
+
+def test_the_watchdog_body_in_process_brakes_for_an_unanswered_frame_and_ignores_a_forged_answer():
+    from nodes.watchdog import WatchdogConfig, watch
+    from perception.config import from_mapping
+    from perception.testing import TestingNode
+
+    config = from_mapping(WatchdogConfig, {"rules": {"startup_grace_ms": 60_000}})
+    node = TestingNode("watchdog", linger_s=0.3)  # longer than the 100 ms budget
+    captured = now_ns()
+    node.feed("frames", FrameHeader(frame_id=5, capture_ns=captured, media_ns=0, width=8, height=8, channels=3,
+                                    transport=FrameTransport.INLINE))
+    node.feed("decisions", Decision(frame_id=5, capture_ns=captured + 1, action=Action.PROCEED, reason=Reason.CLEAR,
+                                    decided_by="decision"))  # not the frame's capture stamp: untrusted
+    watch(node, config)
+    failsafes = node.published("decisions")
+    assert [(d.frame_id, d.action, d.reason) for d in failsafes] == [(5, Action.BRAKE, Reason.DEADLINE_MISS)]
+    assert failsafes[0].stamps[0].t_ns - captured >= BUDGET_MS * MS
+    status = node.published("watchdog")[-1]
+    assert status.counters["untrusted_decisions"] == 1 and status.counters["deadline_misses"] == 1

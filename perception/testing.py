@@ -1,0 +1,164 @@
+"""Run a node body in-process, feeding its inputs and collecting its outputs, as dora-rs's testing
+node does (apis/python/node/dora/testing.py): no sockets, no processes, the same code path.
+
+    node = TestingNode("decision")
+    node.feed("detections", detections)        # any message; encoded, then decoded as on the wire
+    decide(node, config)                        # the body runs until its inputs are used up
+    node.published("decisions")                 # what it would have sent
+
+Inputs go through the real codec and the real Subscriber logic (validation, clock checks, latest
+mode, per-input state), so what a test feeds is checked exactly as a live message would be.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Sequence
+
+import numpy as np
+
+from perception.latency import now_ns
+from perception.messages import FrameTransport, Message, NodeState, encode
+from perception.transport import FrameReceiver, FrameSender, Subscriber
+
+
+class FedInput(Subscriber):
+    """A Subscriber whose messages come from a test instead of a socket."""
+
+    def __init__(self, topic: str, message_type: type, latest: bool) -> None:  # noqa: D107 - no socket to open
+        self.topic, self.topic_bytes, self.message_type, self.latest = topic, topic.encode(), message_type, latest
+        self.received = self.malformed = self.bad_stamp = self.superseded = 0
+        self.updated, self.last, self.last_ns, self._last_warning_ns = False, None, None, 0
+        self.endpoints: list[str] = []
+        self.queue: deque[list] = deque()
+
+    def put(self, raw: bytes, pixels: bytes | None = None) -> None:
+        parts = [self.topic_bytes, raw] + ([pixels] if pixels is not None else [])
+        self.queue.append([SimpleNamespace(buffer=memoryview(part)) for part in parts])
+
+    def _drain(self) -> list[list]:
+        raw = list(self.queue)
+        self.queue.clear()
+        return raw
+
+    def pending(self) -> bool:
+        return bool(self.queue)
+
+    def close(self) -> None:
+        self.queue.clear()
+
+
+class _RecordingPublisher:
+    """Stands in for a node's Publisher: keeps what is published, encoded and decoded back."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Message, tuple]] = []
+
+    def publish(self, topic: str, message: Message, buffers: tuple = ()) -> None:
+        encode(message)  # what cannot go on the wire must fail here as it would live
+        self.sent.append((topic, message, tuple(bytes(b) for b in buffers)))
+
+    def subscriber_count(self, topic: str) -> int:
+        return 1 << 30
+
+    def close(self, linger_ms: int = 0) -> None:
+        pass
+
+
+@dataclass
+class TestingNode:
+    """The Node interface (perception.node.Node) for a body run in-process. The body's loop ends
+    once every fed input is used up and `linger_s` more has passed (time a watchdog needs for a
+    deadline to fall due)."""
+
+    __test__ = False  # not a pytest test class
+    name: str = "node"
+    linger_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.state = NodeState.STARTING
+        self.signalled = False
+        self.publisher = _RecordingPublisher()
+        self.inputs: dict[str, FedInput] = {}
+        self.frames_done: list[tuple[int, int]] = []
+        self._stop = False
+        self._idle_since: int | None = None
+
+    # -- what a test does -----------------------------------------------------------------
+    def feed(self, topic: str, message: Message, pixels: np.ndarray | None = None) -> None:
+        """Queue `message` on `topic` (subscribe first: the body does, so call after a first run or
+        use `expect`). Inline frames carry their pixels."""
+        self.expect(topic, type(message)).put(encode(message), None if pixels is None else np.ascontiguousarray(pixels).tobytes())
+
+    def feed_raw(self, topic: str, data: bytes, message_type: type) -> None:
+        """Queue raw bytes, as a buggy or hostile publisher could send them."""
+        self.expect(topic, message_type).put(data)
+
+    def expect(self, topic: str, message_type: type, latest: bool = False) -> FedInput:
+        if topic not in self.inputs:
+            self.inputs[topic] = FedInput(topic, message_type, latest)
+        return self.inputs[topic]
+
+    def published(self, topic: str) -> list[Message]:
+        return [message for t, message, _ in self.publisher.sent if t == topic]
+
+    # -- the Node interface ---------------------------------------------------------------
+    def subscribe(self, source: str | Sequence[str], topic: str, message_type: type, latest: bool) -> FedInput:
+        fed = self.expect(topic, message_type, latest)
+        fed.latest = latest
+        return fed
+
+    def unsubscribe(self, subscriber: FedInput) -> None:
+        self.inputs.pop(subscriber.topic, None)
+
+    def publish(self, topic: str, message: Message) -> None:
+        self.publisher.publish(topic, message)
+
+    def poll(self, timeout_s: float) -> set[FedInput]:
+        ready = {fed for fed in self.inputs.values() if fed.pending()}
+        if ready:
+            self._idle_since = None
+            return ready
+        now = now_ns()
+        self._idle_since = self._idle_since or now
+        if now - self._idle_since >= self.linger_s * 1e9:
+            self._stop = True
+        else:
+            time.sleep(min(timeout_s, 0.005))
+        return set()
+
+    def ok(self) -> bool:
+        return not self._stop
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def sleep_until(self, deadline_ns: int) -> None:
+        time.sleep(max(0.0, (deadline_ns - now_ns()) / 1e9))
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
+
+    def mark_frame_done(self, frame_id: int, capture_ns: int) -> None:
+        self.frames_done.append((frame_id, capture_ns))
+        if self.state == NodeState.STARTING:
+            self.state = NodeState.OK
+
+    def heartbeat(self, force: bool = False) -> None:
+        pass
+
+    def frame_receiver(self) -> FrameReceiver:
+        return FrameReceiver()
+
+    def frame_sender(self, transport: FrameTransport, slots: int) -> FrameSender:
+        """Frames are kept inline (pixels with the message): no shared memory in a test."""
+        return FrameSender(self.publisher, "testing", self.name, FrameTransport.INLINE, slots)  # type: ignore[arg-type]
+
+    def frame_pixels(self, topic: str = "frames") -> list[np.ndarray]:
+        """The pixels of every frame published inline on `topic`."""
+        return [np.frombuffer(buffers[0], np.uint8).reshape(message.shape)
+                for t, message, buffers in self.publisher.sent if t == topic and buffers]
