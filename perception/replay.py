@@ -1,36 +1,43 @@
 """Record drives, replay them through the full pipeline, compare runs, and benchmark the pipeline.
 
     perception record OUTPUT.mcap --source VIDEO|IMAGE_DIR|RECORDING | --camera N  [--frames N]
-    perception replay RECORDING [--speed 1.0|max] [--save D.jsonl] [--compare REF.jsonl] [--json R] [--plots DIR]
+    perception replay RECORDING [--speed 1.0|max] [--decision KEY=VALUE]... [--save D.jsonl] [--compare REF.jsonl]
+                      [--json R] [--plots DIR]
     perception bench [--recording R | --synthetic 1280x720] [--rate HZ] [--duration S] [--load N] [--json R] [--plots DIR]
 
 Every run is the real pipeline (capture -> detector -> decision -> watchdog, and a recorder when
-recording) as processes under the launcher, built from the configs in configs/. `--speed max`
+recording) as processes under the launcher, as launch/replay.yaml defines it. `--speed max`
 replays deterministically: the capture node sends the next frame only after a decision about the
 previous one, and the detector ignores wall-clock deadlines, so the same recording and config give
 the same decisions and exits run after run; `--compare` checks that against a saved reference,
-like openpilot's process replay.
+like openpilot's process replay. `record` opens its source before starting anything (a bad one is
+one line, exit 2) and never leaves an empty file or reports a failed run as recorded.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from perception.config import ConfigError, parse_override
-from perception.launch import LaunchFile, LaunchNode, Launcher
+from perception.config import ConfigError, from_mapping, parse_override
+from perception.launch import LaunchFile, LaunchNode, Launcher, load_launch_file, resolve_node_config
 from perception.report import Collected, Collector, build_report, format_report, write_outputs
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-PIPELINE = ("capture", "detector", "decision", "watchdog")
+# The pipeline is defined once, in this launch file; replay, bench and record adjust its capture
+# source and add a recorder, they do not list the nodes again.
+PIPELINE_LAUNCH = REPO / "launch" / "replay.yaml"
+RECORDER_CONFIG = REPO / "configs" / "recorder.yaml"
+BUNDLED_DRIVE = REPO / "recordings" / "udacity_dashcam.mcap"
 EXIT_DIFFERENT = 1
+EXIT_BAD_INPUT = 2
 
 
 @dataclass
@@ -38,37 +45,44 @@ class RunResult:
     collected: Collected
     exit_code: int
     seconds: float
+    failed: list[str] = field(default_factory=list)  # "NAME exited with code N" for every node that failed for good
 
 
 def pipeline_launch(source: dict, *, rate: object = "source", speed: float = 1.0, deterministic: bool = False,
                     budget_ms: float = 100.0, record_to: Path | None = None, pipeline: bool = True,
-                    detector_params: dict | None = None, max_frames: int | None = None,
-                    recorder_params: dict | None = None) -> LaunchFile:
-    """The launch spec of a run: capture from `source`, then the pipeline and/or a recorder."""
-    consumers = (2 if pipeline else 0) + (1 if record_to else 0)  # detector + watchdog, recorder
-    capture = {**{f"source.{k}": v for k, v in source.items()}, "rate": rate, "speed": speed,
-               "wait_for_subscribers": consumers, "wait_timeout_s": 60.0, "max_frames": max_frames}
-    if pipeline:  # frames captured while the pipeline is still starting would be measured as misses
-        capture["wait_for_nodes"] = ["detector", "decision", "watchdog"]
+                    detector_params: dict | None = None, decision_params: dict | None = None,
+                    max_frames: int | None = None, recorder_params: dict | None = None) -> LaunchFile:
+    """The launch spec of a run: launch/replay.yaml with its capture reading `source`, and/or a recorder.
+
+    Differences from `perception launch launch/replay.yaml`, all on purpose: the capture node is never
+    restarted (a restarted capture would play the source again from its first frame, under the same
+    frame ids, and a replay would compare or record that twice); no status table (the harness shows
+    its own progress and report); a longer drain, so the last decisions of a loaded run still count."""
+    launch = load_launch_file(PIPELINE_LAUNCH)
+    capture_node = next(n for n in launch.nodes if n.name == "capture")
+    downstream = [n for n in launch.nodes if n.name != "capture"] if pipeline else []
+    capture = {key: value for key, value in capture_node.params.items() if pipeline or key != "wait_for_nodes"}
+    # Subscribers to wait for before the first frame: the pipeline's frame consumers as the capture
+    # config counts them, plus the recorder.
+    consumers = resolve_node_config(capture_node, str(PIPELINE_LAUNCH))[1].wait_for_subscribers if pipeline else 0
+    capture.update({**{f"source.{k}": v for k, v in source.items()}, "rate": rate, "speed": speed,
+                    "wait_for_subscribers": consumers + (1 if record_to else 0), "wait_timeout_s": 60.0,
+                    "max_frames": max_frames})
     if deterministic:
         capture["lockstep_from"] = ["decision"]
-    nodes = [LaunchNode(name="capture", node="capture", config=CONFIGS / "capture_replay.yaml", params=capture,
-                        restart="never", shutdown_on_exit=True)]
-    if pipeline:
-        detector = {"deterministic": deterministic, **(detector_params or {})}
-        decision = {"budget_ms": 1e9} if deterministic else {}  # lockstep: nothing is ever stale
-        nodes += [
-            LaunchNode(name="detector", node="detector", config=CONFIGS / "detector.yaml", params=detector),
-            LaunchNode(name="decision", node="decision", config=CONFIGS / "decision.yaml", params=decision),
-            LaunchNode(name="watchdog", node="watchdog", config=CONFIGS / "watchdog.yaml"),
-        ]
+    extra_params = {
+        "detector": {"deterministic": deterministic, **(detector_params or {})},
+        # Lockstep: nothing is ever stale. Given after budget_ms, which the launch file applies to every node.
+        "decision": {**({"budget_ms": 1e9} if deterministic else {}), **(decision_params or {})},
+    }
+    nodes = [dataclasses.replace(capture_node, params=capture, restart="never")]
+    nodes += [dataclasses.replace(n, params={**n.params, **extra_params.get(n.name, {})}) for n in downstream]
     if record_to:
         sources = None if pipeline else {"frames": ["capture"], "heartbeat": ["capture"]}
         params = {"output": str(Path(record_to).resolve()), **({"sources": sources} if sources else {}),
                   **(recorder_params or {})}
-        nodes.append(LaunchNode(name="recorder", node="recorder", config=CONFIGS / "recorder.yaml", params=params))
-    # budget_ms set here applies to every node; the deterministic decision override above comes after it.
-    return LaunchFile(nodes=nodes, status_period_s=3600.0, drain_s=2.0, budget_ms=budget_ms)
+        nodes.append(LaunchNode(name="recorder", node="recorder", config=RECORDER_CONFIG, params=params))
+    return dataclasses.replace(launch, nodes=nodes, status_period_s=3600.0, drain_s=2.0, budget_ms=budget_ms)
 
 
 def run_pipeline(spec: LaunchFile, name: str, expected_decisions: int | None, collect: bool = True,
@@ -84,7 +98,8 @@ def run_pipeline(spec: LaunchFile, name: str, expected_decisions: int | None, co
     finally:
         stop_progress.set()
         collected = collector.close() if collector else Collected()
-    return RunResult(collected, code, time.monotonic() - started)
+    failed = [f"{m.spec.name} exited with code {m.exit_code}" for m in launcher.nodes if m.state == "failed"]
+    return RunResult(collected, code, time.monotonic() - started, failed)
 
 
 def _progress(collector: Collector, total: int | None, stop: threading.Event) -> None:
@@ -176,33 +191,40 @@ def replay_main(argv: list[str] | None = None) -> int:
     parser.add_argument("recording", type=Path)
     parser.add_argument("--speed", default="1.0", help="a factor of recorded time, or 'max' (deterministic)")
     parser.add_argument("--budget-ms", type=float, default=100.0)
+    parser.add_argument("--decision", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a decision config key for this run, e.g. rules.brake_height=0.5 (repeatable)")
     parser.add_argument("--save", type=Path, help="write this run's decisions (JSON lines) here")
     parser.add_argument("--compare", type=Path, help="a reference saved with --save: print the differences")
     parser.add_argument("--json", type=Path, help="write the latency report (docs/REPORT.md) here")
     parser.add_argument("--plots", type=Path, help="write latency plots (PNG) into this folder")
     args = parser.parse_args(argv)
     deterministic = args.speed == "max"
+    decision = dict(parse_override(item, "--decision") for item in args.decision)
     try:
         speed = 1.0 if deterministic else float(args.speed)
-        frames = count_recorded_frames(args.recording)
     except ValueError:
         parser.error(f"--speed must be a number or 'max', got {args.speed!r}")
+    try:
+        frames = count_recorded_frames(args.recording)
     except Exception as exc:  # RecordingError and friends: one line naming the file
         print(f"replay: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    # Read before the run: a missing or broken reference is an error now, not after a long replay.
+    reference = load_rows(args.compare) if args.compare else None
     spec = pipeline_launch({"kind": "recording", "path": str(args.recording.resolve())}, rate="max" if deterministic else "source",
-                           speed=speed, deterministic=deterministic, budget_ms=args.budget_ms)
+                           speed=speed, deterministic=deterministic, budget_ms=args.budget_ms, decision_params=decision)
     result = run_pipeline(spec, f"replay of {args.recording}", frames)
-    report = build_report(result.collected, args.budget_ms, title=f"replay {args.recording.name} "
-                          f"({'deterministic, max speed' if deterministic else f'x{speed:g} recorded time'})")
+    title = (f"replay {args.recording.name} ({'deterministic, max speed' if deterministic else f'x{speed:g} recorded time'})"
+             + "".join(f", {k} {v}" for k, v in decision.items()))
+    report = build_report(result.collected, args.budget_ms, title=title)
     print(format_report(report))
     write_outputs(report, args.json, args.plots)
     rows = decision_rows(result.collected)
     if args.save:
         args.save.write_text("".join(json.dumps(row) + "\n" for row in rows))
         print(f"saved {len(rows)} decisions to {args.save}")
-    if args.compare:
-        differences = compare_rows(load_rows(args.compare), rows)
+    if reference is not None:
+        differences = compare_rows(reference, rows)
         for line in differences[:50]:
             print(line)
         print(f"compare with {args.compare}: {len(differences)} difference(s) over {len(rows)} frames")
@@ -211,7 +233,26 @@ def replay_main(argv: list[str] | None = None) -> int:
     return result.exit_code
 
 
+def source_spec(path: Path) -> dict:
+    """The capture source for `perception record --source PATH`: an image folder, an MCAP recording or a video."""
+    if path.is_dir():
+        return {"kind": "images", "path": str(path.resolve()), "fps": 10.0}
+    return {"kind": "recording" if path.suffix == ".mcap" else "video", "path": str(path.resolve())}
+
+
+def probe_source(spec: dict) -> None:
+    """Open the source as the capture node will, and close it again, so that a missing file, an
+    undecodable video, an empty image folder or a file that is not a recording is one line now,
+    before any process starts. Raises SourceError."""
+    from perception.sources import SourceConfig, open_source
+
+    open_source(from_mapping(SourceConfig, spec, source="--source")).close()
+
+
 def record_main(argv: list[str] | None = None) -> int:
+    from perception.recording import RecordingError
+    from perception.sources import SourceError
+
     parser = argparse.ArgumentParser(prog="perception record", description="record a drive (every topic) to MCAP")
     parser.add_argument("output", type=Path)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -222,25 +263,41 @@ def record_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-format", choices=["jpeg", "raw"], default=None, help="default: configs/recorder.yaml")
     parser.add_argument("--jpeg-quality", type=int, default=None, help="1-100; default: configs/recorder.yaml")
     args = parser.parse_args(argv)
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames must be at least 1, got {args.frames}")
     recorder_params = {key: value for key, value in
                        (("image_format", args.image_format), ("jpeg_quality", args.jpeg_quality)) if value is not None}
-    if args.camera is not None:
-        spec_source: dict = {"kind": "camera", "camera_index": args.camera}
-    elif args.source.is_dir():
-        spec_source = {"kind": "images", "path": str(args.source.resolve()), "fps": 10.0}
-    else:
-        kind = "recording" if args.source.suffix == ".mcap" else "video"
-        spec_source = {"kind": kind, "path": str(args.source.resolve())}
+    spec_source = {"kind": "camera", "camera_index": args.camera} if args.camera is not None else source_spec(args.source)
+    # The recorder never overwrites a file (it would write NAME-1.mcap beside it), so an existing
+    # output would leave this command reporting on the wrong file.
+    if args.output.exists():
+        print(f"record: {args.output} exists; remove it or choose another name", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        probe_source(spec_source)
+    except SourceError as exc:
+        print(f"record: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     spec = pipeline_launch(spec_source, record_to=args.output, pipeline=not args.frames_only, max_frames=args.frames,
                            recorder_params=recorder_params)
     result = run_pipeline(spec, f"record {args.output}", args.frames, collect=not args.frames_only, progress=False)
-    print(f"recorded {args.output} in {result.seconds:.1f} s")
-    return result.exit_code
-
-
-def _burn(stop) -> None:
-    while not stop.is_set():
-        sum(range(10_000))
+    try:
+        frames = count_recorded_frames(args.output) if args.output.exists() else 0
+    except RecordingError as exc:  # written but unreadable: kept for a look, never called a drive
+        print(f"record: failed: {exc}", file=sys.stderr)
+        return 1
+    what = f"{args.source}" if args.source else f"camera {args.camera}"
+    if frames == 0:
+        # An empty file is not a drive: leave nothing that `perception replay` would take for one.
+        args.output.unlink(missing_ok=True)
+    if result.exit_code != 0 or frames == 0:
+        why = ", ".join(result.failed) or (f"the launcher exited with code {result.exit_code}" if result.exit_code
+                                           else f"no frame of {what} reached the recorder")
+        kept = f"the {frames} frames recorded before it are in {args.output}" if frames else "nothing was recorded"
+        print(f"record: failed: {why} (see the log above); {kept}", file=sys.stderr)
+        return result.exit_code or 1
+    print(f"recorded {frames} frames of {what} to {args.output} in {result.seconds:.1f} s")
+    return 0
 
 
 def bench_main(argv: list[str] | None = None) -> int:
@@ -259,6 +316,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plots", type=Path)
     args = parser.parse_args(argv)
+    from perception.benchmarks.watchdog import burn_cpu
+
     detector = {"policy.kind": args.policy} if args.policy else {}
     detector.update(parse_override(item, "--detector") for item in args.detector)
     if args.synthetic:
@@ -271,7 +330,7 @@ def bench_main(argv: list[str] | None = None) -> int:
         source = {"kind": "synthetic", "width": width, "height": height, "fps": rate, "count": frames}
         title = f"bench synthetic {width}x{height} at {rate:g} Hz"
     else:
-        recording = args.recording or REPO / "recordings" / "udacity_dashcam.mcap"
+        recording = args.recording or BUNDLED_DRIVE
         frames = count_recorded_frames(recording) * args.loops
         source = {"kind": "recording", "path": str(recording.resolve()), "loop": args.loops > 1}
         rate = args.rate or "source"
@@ -279,7 +338,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     title += f", load {args.load}" + "".join(f", {k} {v}" for k, v in detector.items())
     spec = pipeline_launch(source, rate=rate, budget_ms=args.budget_ms, detector_params=detector, max_frames=frames)
     stop = mp.Event()
-    burners = [mp.Process(target=_burn, args=(stop,), daemon=True) for _ in range(args.load)]
+    burners = [mp.Process(target=burn_cpu, args=(stop,), daemon=True) for _ in range(args.load)]
     for burner in burners:
         burner.start()
     try:

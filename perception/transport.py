@@ -137,10 +137,7 @@ class Subscriber(Generic[M]):
 
     def receive(self) -> list[Received[M]]:
         """Everything queued now, oldest first; in latest mode only the newest valid message. Never blocks."""
-        raw: list[list] = []
-        # Ask ZMQ_EVENTS rather than catch zmq.Again: an exception per drain costs more than the read.
-        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-            raw.append(self.socket.recv_multipart(copy=False))
+        raw = self._drain()
         if not self.latest:
             return self._note([r for r in map(self._parse, raw) if r is not None])
         for index in range(len(raw) - 1, -1, -1):
@@ -149,6 +146,18 @@ class Subscriber(Generic[M]):
                 self.superseded += index  # older messages, never decoded
                 return self._note([received])
         return self._note([])
+
+    def _drain(self) -> list[list]:
+        """The raw multipart messages queued now (each part has a `.buffer`)."""
+        raw: list[list] = []
+        # Ask ZMQ_EVENTS rather than catch zmq.Again: an exception per drain costs more than the read.
+        while self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            raw.append(self.socket.recv_multipart(copy=False))
+        return raw
+
+    def pending(self) -> bool:
+        """Input is waiting (what a poller would report)."""
+        return bool(self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN)
 
     def alive(self, timeout_ns: int, at_ns: int | None = None) -> bool:
         """A valid message arrived within `timeout_ns`."""

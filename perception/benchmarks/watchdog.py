@@ -32,7 +32,8 @@ from perception.transport import Publisher, Subscriber, resolve_endpoint
 BUDGET_MS = 100.0
 
 
-def _burn(stop) -> None:
+def burn_cpu(stop: mp.synchronize.Event) -> None:
+    """Busy-loop until `stop` is set: one process of competing load for --load (bench, bench-watchdog)."""
     while not stop.is_set():
         sum(range(10_000))
 
@@ -44,7 +45,7 @@ def main(frames: int = 300, rate: float = 30.0, load: int = 0, json_path: Path |
         config = run_dir / "watchdog.yaml"
         config.write_text(f"rules: {{budget_ms: {BUDGET_MS}, monitored: []}}\nstatus_period_ms: 100\n")
         stop = mp.Event()
-        burners = [mp.Process(target=_burn, args=(stop,), daemon=True) for _ in range(load)]
+        burners = [mp.Process(target=burn_cpu, args=(stop,), daemon=True) for _ in range(load)]
         for burner in burners:
             burner.start()
         if realtime_priority:
@@ -72,7 +73,7 @@ def main(frames: int = 300, rate: float = 30.0, load: int = 0, json_path: Path |
                 if sent < frames and now_ns() >= next_ns:
                     sent += 1
                     capture.publish("frames", FrameHeader(frame_id=sent, capture_ns=now_ns(), media_ns=0, width=1, height=1,
-                                                          channels=3, transport=FrameTransport.SHM))
+                                                          channels=3, transport=FrameTransport.INLINE))
                     next_ns += period_ns
                     if sent == frames:
                         end_ns = now_ns() + int(BUDGET_MS * 1e6) + 300_000_000

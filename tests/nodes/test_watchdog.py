@@ -397,7 +397,8 @@ def test_a_detector_that_fails_at_start_is_down_at_once_not_after_its_grace(tmp_
         assert (now_ns() - started) / 1e9 < 10  # the test's start-up grace is 15 s: this was not silence
         assert wait_for(lambda: (s := observer.last_status()) and s.counters["node_down_events"] >= 1
                         and "detector" in s.nodes_down, timeout_s=3)
-        row = next(n for n in _status(status_file)["nodes"] if n["name"] == "detector")
+        row = wait_for(lambda: (r := next(n for n in _status(status_file)["nodes"] if n["name"] == "detector"))
+                       and r["state"] != "running" and r, timeout_s=5)
         assert row["state"] == "failed" and row["exit_code"] == 78  # bad input: not restarted
     finally:
         observer.close()

@@ -1,4 +1,6 @@
+import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,57 @@ def test_bench_with_a_misspelled_detector_key_is_one_line_naming_it():
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"perception bench: {REPO_CONFIGS}/detector.yaml (node detector): engine.spinn: unknown key (did you mean 'spin'?)"]
+
+
+APPROACH = "recordings/udacity_approach.mcap"
+APPROACH_REFERENCE = "recordings/udacity_approach.reference.jsonl"
+
+
+def approach_reference():
+    from helpers import REPO
+
+    return [json.loads(line) for line in (REPO / APPROACH_REFERENCE).read_text().splitlines()]
+
+
+def test_the_approach_reference_proceeds_slows_brakes_for_the_car_and_releases():
+    """What makes the approach drive worth replaying: a decision node that never brakes fails on it."""
+    rows = approach_reference()
+    assert [row["frame_id"] for row in rows] == list(range(1, len(rows) + 1))
+    assert [action for action, _ in itertools.groupby(row["action"] for row in rows)] == \
+        ["PROCEED", "SLOW", "BRAKE", "SLOW", "PROCEED"]
+    assert {row["target_class"] for row in rows if row["action"] != "PROCEED"} == {2}  # COCO car
+
+
+def test_deterministic_replay_of_the_approach_matches_its_reference():
+    from helpers import run_python
+
+    result = run_python(["-m", "perception.cli", "replay", APPROACH, "--speed", "max", "--compare", APPROACH_REFERENCE],
+                        timeout_s=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"0 difference(s) over {len(approach_reference())} frames" in result.stdout
+
+
+def test_a_changed_decision_rule_fails_the_compare_from_the_first_braking_frame():
+    """--decision changes the rules for one run: with braking thresholds out of reach the node only
+    slows, and the compare names the first frame where the reference brakes."""
+    from helpers import run_python
+
+    result = run_python(["-m", "perception.cli", "replay", APPROACH, "--speed", "max", "--compare", APPROACH_REFERENCE,
+                         "--decision", "rules.brake_height=0.9", "--decision", "rules.brake_ttc_s=0.5"], timeout_s=180)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    differences = [line for line in result.stdout.splitlines() if re.match(r"frame \d+: ", line)]
+    first_brake = next(row["frame_id"] for row in approach_reference() if row["action"] == "BRAKE")
+    assert differences[0] == f"frame {first_brake}: action BRAKE -> SLOW"
+    assert not any("detection" in line for line in differences)  # same frames, same detector: only the rules differ
+    assert f"{len(differences)} difference(s) over {len(approach_reference())} frames" in result.stdout
+
+
+def test_replay_with_a_misspelled_decision_key_is_one_line_naming_it():
+    from helpers import run_python
+
+    result = run_python(["-m", "perception.cli", "replay", APPROACH, "--speed", "max",
+                         "--decision", "rules.brake_hieght=0.9"], timeout_s=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"perception replay: {REPO_CONFIGS}/decision.yaml (node decision): rules.brake_hieght: unknown key "
+        "(did you mean 'brake_height'?)"]
