@@ -29,8 +29,8 @@ from pathlib import Path
 from perception.config import ConfigError, from_mapping, parse_override
 from perception.launch import LaunchFile, LaunchNode, Launcher, load_launch_file, resolve_node_config
 from perception.report import Collected, Collector, build_report, format_report, write_outputs
+from perception import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 # The pipeline is defined once, in this launch file; replay, bench and record adjust its capture
 # source and add a recorder, they do not list the nodes again.
 PIPELINE_LAUNCH = REPO / "launch" / "replay.yaml"

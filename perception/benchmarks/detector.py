@@ -20,8 +20,8 @@ from perception.detection.manifest import WEIGHTS_DIR, load_manifest
 from perception.detection.policy import PolicyConfig
 from perception.engines import EngineConfig, create_engine
 from perception.evaluation.detector_eval import annotated_frames, evaluate_on_video, load_annotations, time_policy
+from perception import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 EVAL_VIDEO = REPO / "recordings" / "pets09_vtest_eval.avi"
 EVAL_ANNOTATIONS = REPO / "recordings" / "pets09_vtest_eval_person.json"
 CONFIDENCE_GRID = [(low, high, max_uncertain) for low, high in ((0.1, 0.5), (0.2, 0.5), (0.2, 0.4), (0.3, 0.5))

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+from perception import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TRAIN_VIDEOS = (REPO / "recordings" / "pets09_vtest_train.avi", REPO / "recordings" / "udacity_dashcam.mp4")
 EVAL_VIDEO_NAME = "pets09_vtest_eval.avi"
 BOX_WEIGHT = 2.0  # the box L1 is a few tenths per anchor, the BCEs a few hundredths per class: balance them

@@ -17,8 +17,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from perception import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 MANIFEST_NAME = "yolox_nano_exits.json"
 DEFAULT_VERIFY_VIDEO = REPO / "recordings" / "udacity_dashcam.mp4"  # never the evaluation video
 CHAIN_TOLERANCE = 1e-3

@@ -22,3 +22,30 @@ def test_wait_for_nodes_returns_when_each_named_node_runs_and_names_the_silent_o
     finally:
         stop_process(monitor)
     assert monitor.returncode == 0
+
+
+def test_only_an_ordered_stop_is_quiet_any_other_signal_is_a_failure(tmp_path, run_dir):
+    import zmq
+
+    from helpers import wait_for
+    from perception.messages import Heartbeat, NodeState
+    from perception.transport import Subscriber, resolve_endpoint
+
+    (tmp_path / "monitor.yaml").write_text("node: {heartbeat_period_ms: 20}\nframes_from: nobody\n")
+    command = [sys.executable, "-m", "nodes.monitor", "--name", "monitor", "--config", str(tmp_path / "monitor.yaml")]
+    context = zmq.Context()
+    beats = Subscriber(context, resolve_endpoint("monitor", run_dir), "heartbeat", Heartbeat, latest=False)
+    try:
+        for ordered, code, last_state in ((False, 143, NodeState.FAILED), (True, 0, NodeState.STOPPING)):
+            monitor = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+            seen: list = []
+            assert wait_for(lambda: seen.extend(r.message for r in beats.receive()) or seen, timeout_s=30)
+            stop_process(monitor, ordered=ordered)
+            wait_for(lambda: seen.extend(r.message for r in beats.receive()) or seen[-1].state == last_state, 3)
+            assert monitor.returncode == code and seen[-1].state == last_state
+            if not ordered:
+                assert "stopped by a signal the launcher did not order" in monitor.stderr.read()
+            (run_dir / "monitor.stop").unlink(missing_ok=True)
+    finally:
+        beats.close()
+        context.term()
