@@ -94,14 +94,21 @@ class SystemState(enum.IntEnum):
     FAILSAFE = 2
 
 
+_GOOD_NAMES: set[tuple[str, int]] = set()  # names seen valid: the same few recur in every message
+
+
 def check_name(value: str, what: str, limit: int = NODE_NAME_CHARS) -> None:
     """A node, stage or ring name: 1..limit characters of letters, digits and '._-'; ValueError otherwise."""
+    if (value, limit) in _GOOD_NAMES:
+        return
     if not isinstance(value, str) or not 0 < len(value) <= limit or not _NAME.fullmatch(value):
         raise ValueError(f"{what} {value!r} is not a name (1-{limit} of letters, digits, '._-')")
+    if len(_GOOD_NAMES) < 4096:  # bounded: a stream of novel names must not grow it forever
+        _GOOD_NAMES.add((value, limit))
 
 
 def check_finite(values: np.ndarray | tuple | float, what: str) -> None:
-    if not np.all(np.isfinite(values)):
+    if not np.isfinite(values).all():
         raise ValueError(f"{what} is not finite")
 
 
@@ -210,12 +217,13 @@ class Detections(Message):
         _check_range(self.image_height, 1, MAX_IMAGE_SIDE, "image height")
         _check_range(self.exit_count, 1, 255, "exit count")
         _check_range(self.exit_index, 0, self.exit_count - 1, "exit")
-        check_finite(self.boxes, "a box")
-        check_finite(self.scores, "a score")
-        if n and (np.any(self.boxes[:, 2] < self.boxes[:, 0]) or np.any(self.boxes[:, 3] < self.boxes[:, 1])):
-            raise ValueError("a box has x2 < x1 or y2 < y1")
-        if n and (self.scores.min() < 0 or self.scores.max() > 1):
-            raise ValueError("a score is outside 0..1")
+        if n:
+            check_finite(self.boxes, "a box")
+            check_finite(self.scores, "a score")
+            if (self.boxes[:, 2:] < self.boxes[:, :2]).any():
+                raise ValueError("a box has x2 < x1 or y2 < y1")
+            if self.scores.min() < 0 or self.scores.max() > 1:
+                raise ValueError("a score is outside 0..1")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Detections):
