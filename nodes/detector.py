@@ -1,8 +1,11 @@
 """Detector node: runs the adaptive-depth detector on the newest frame and publishes detections.
 
 Each frame gets a deadline from its capture time (budget minus what decision and publication
-need); the depth policy plans against it. Frames already older than `stale_ms` when picked up
-are dropped, never processed late. A Control message from the watchdog caps the depth.
+need); the depth policy plans against it. With the `adaptive` policy a gate may run no network
+at all and move the last frame's tracks by optical flow (perception/detection/temporal.py).
+Every detection carries its track id and velocity (one tracker, perception/tracking). Frames
+already older than `stale_ms` when picked up are dropped, never processed late. A Control message
+from the watchdog caps the depth.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import numpy as np
 from perception.config import ConfigError
 from perception.detection.adaptive import AdaptiveDetector
 from perception.detection.manifest import WEIGHTS_DIR, load_manifest
-from perception.detection.policy import PolicyConfig, run_policy
+from perception.detection.policy import PolicyConfig
+from perception.detection.temporal import TemporalConfig, TemporalDetector
 from perception.engines import EngineConfig, EngineUnavailable, create_engine
 from perception.latency import now_ns, percentiles_ms, since_capture_ns
-from perception.messages import Control, Detections, FrameHeader, NodeState, Stamp
+from perception.messages import LEVEL_PROPAGATE, Control, Detections, FrameHeader, NodeState, Stamp
 from perception.node import FatalInputError, Node, NodeSettings, run_node
 from perception.shm_ring import FrameOverwritten, RingError
 from perception.timing import Periodic
@@ -34,6 +38,7 @@ class DetectorConfig:
     model: Path = WEIGHTS_DIR / "yolox_nano_exits.json"  # a manifest (perception/detection/manifest.py)
     engine: EngineConfig = field(default_factory=EngineConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)  # gate, tracker and optical flow
     frames_from: str | list[str] = "capture"  # node name(s) or endpoint URL(s)
     control_from: str | None = None  # the watchdog's node name, to accept depth ceilings from it
     budget_ms: float = 100.0  # capture to published decision
@@ -56,17 +61,18 @@ class DetectorConfig:
 CONFIG = DetectorConfig
 
 
-def open_detector(config: DetectorConfig) -> AdaptiveDetector:
+def open_detector(config: DetectorConfig) -> TemporalDetector:
     try:
         manifest = load_manifest(config.model)
         engine = create_engine(config.engine)
         detector = AdaptiveDetector(manifest, engine, config.score_threshold, config.nms_threshold)
-    except (ConfigError, EngineUnavailable) as exc:
+        temporal = TemporalDetector(detector, config.policy, config.temporal)
+    except (ConfigError, EngineUnavailable, ValueError) as exc:
         raise FatalInputError(str(exc)) from None
     # Seed the latency estimates and get first-run costs out of the way before real frames.
     detector.warm_up(np.full((480, 640, 3), 114, np.uint8))
     log.info("%s with %d exits on %s, policy %s", manifest.name, detector.exit_count, engine.describe(), config.policy.kind)
-    return detector
+    return temporal
 
 
 class DepthCeiling:
@@ -90,7 +96,8 @@ class DepthCeiling:
 
 
 def detect(node: Node, config: DetectorConfig) -> None:
-    detector = open_detector(config)
+    temporal = open_detector(config)
+    detector = temporal.detector
     frames = node.subscribe(config.frames_from, "frames", FrameHeader, latest=True)
     control = node.subscribe(config.control_from, "control", Control, latest=False) if config.control_from else None
     receiver = node.frame_receiver()
@@ -109,11 +116,11 @@ def detect(node: Node, config: DetectorConfig) -> None:
                 node.state = NodeState.DEGRADED if ceiling.degraded else NodeState.OK
             if frames in ready:
                 for received in frames.receive():
-                    message = process_frame(node, config, detector, receiver, received, ceiling.max_exit)
+                    message = process_frame(node, config, temporal, receiver, received, ceiling.max_exit)
                     if message is not None:
                         node.publish("detections", message)
                         latencies.append(since_capture_ns(message))
-                        exits[message.exit_index] += 1
+                        exits[message.level] += 1
             if reporting.due():
                 report(node, frames, latencies, exits)
     finally:
@@ -121,17 +128,20 @@ def detect(node: Node, config: DetectorConfig) -> None:
         detector.close()
 
 
-def process_frame(node: Node, config: DetectorConfig, detector: AdaptiveDetector, receiver, received, max_exit: int):
+def process_frame(node: Node, config: DetectorConfig, temporal: TemporalDetector, receiver, received, max_exit: int):
     header: FrameHeader = received.message
     picked_ns = now_ns()
     if not config.deterministic and picked_ns - header.capture_ns > config.stale_ms * 1e6:
         node.count("frames.stale")
         return None
+    deadline_ns = header.capture_ns + int((config.budget_ms - config.reserve_ms) * 1e6)
     try:
         view = receiver.view(received)
-        inference = detector.begin(view.array)
+        # The source's timeline drives the tracker (and so velocities): a replay tracks as the drive did.
+        outcome = temporal.process(view.array, header.media_ns, None if config.deterministic else deadline_ns, max_exit)
         if not view.still_valid():
-            raise FrameOverwritten("overwritten during preprocessing")
+            temporal.reset("torn frame")  # what the tracker just learned may come from a torn frame
+            raise FrameOverwritten("overwritten while in use")
     except FrameOverwritten:
         node.count("frames.overwritten")
         return None
@@ -139,19 +149,28 @@ def process_frame(node: Node, config: DetectorConfig, detector: AdaptiveDetector
         node.count("frames.bad")
         log.warning("frame %d unusable: %s", header.frame_id, exc)
         return None
-    deadline_ns = header.capture_ns + int((config.budget_ms - config.reserve_ms) * 1e6)
-    outcome = run_policy(detector, inference, config.policy, None if config.deterministic else deadline_ns, max_exit)
     stamps = header.stamps + (Stamp("det.recv", picked_ns),)
-    stamps += tuple(Stamp(f"det.{part}", end) for part, end, _ in inference.timings)
-    node.count(f"exit{outcome.exit_index}")
+    if outcome.flow_ns:  # the adaptive policy's optical flow and gate, before any network
+        stamps += (Stamp("det.flow", picked_ns + outcome.flow_ns),)
+    if outcome.inference is not None:
+        stamps += tuple(Stamp(f"det.{part}", end) for part, end, _ in outcome.inference.timings)
+    out = outcome.output
+    count_outcome(node, outcome, temporal)
     if now_ns() > deadline_ns:
         node.count("frames.late")
     node.mark_frame_done(header.frame_id, header.capture_ns)
     return Detections(
         frame_id=header.frame_id, capture_ns=header.capture_ns, stamps=stamps + (Stamp("det.post", now_ns()),),
-        media_ns=header.media_ns, image_width=header.width, image_height=header.height, exit_index=outcome.exit_index,
-        exit_count=detector.exit_count, boxes=outcome.boxes, scores=outcome.scores, class_ids=outcome.class_ids,
+        media_ns=header.media_ns, image_width=header.width, image_height=header.height, exit_index=outcome.level,
+        exit_count=temporal.detector.exit_count, boxes=out.boxes, scores=out.scores, class_ids=out.class_ids,
+        track_ids=out.track_ids, velocities=out.velocities,
     )
+
+
+def count_outcome(node: Node, outcome, temporal: TemporalDetector) -> None:
+    node.count("propagate" if outcome.level == LEVEL_PROPAGATE else f"exit{outcome.level}")
+    for reason, n in temporal.resets.items():
+        node.counters[f"tracks.reset.{reason.replace(' ', '_')}"] = n
 
 
 def report(node: Node, frames, latencies: deque, exits: Counter) -> None:

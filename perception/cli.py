@@ -35,20 +35,33 @@ def _bench_watchdog(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     import json
+    from dataclasses import replace
 
-    from perception.benchmarks.detector import EVAL_ANNOTATIONS, EVAL_VIDEO
-    from perception.detection.adaptive import AdaptiveDetector
-    from perception.detection.manifest import load_manifest
+    from perception.benchmarks.temporal import DEV_ANNOTATIONS, DEV_MOT, DEV_VIDEO, open_eval_detector
     from perception.detection.policy import PolicyConfig
-    from perception.engines import EngineConfig, create_engine
-    from perception.evaluation.detector_eval import evaluate_on_video, load_annotations
+    from perception.detection.temporal import TemporalConfig
+    from perception.evaluation.detector_eval import load_annotations
+    from perception.evaluation.sequence_eval import evaluate_sequence
 
-    manifest = load_manifest(args.model)
-    detector = AdaptiveDetector(manifest, create_engine(EngineConfig(kind=args.engine, threads=args.threads)))
-    policy = PolicyConfig(kind=args.policy, exit=args.exit)
-    report = evaluate_on_video(detector, args.video or EVAL_VIDEO, load_annotations(args.annotations or EVAL_ANNOTATIONS,
-                                                                                   manifest.class_names()), policy)
-    print(json.dumps(report.as_dict()))
+    detector = open_eval_detector(args.model, args.threads)
+    temporal = TemporalConfig()
+    gate = replace(temporal.gate, risk=not args.no_risk, **({"mode": "interval", "interval": args.interval}
+                                                             if args.interval else {}))
+    policy = PolicyConfig(kind="adaptive" if args.interval else args.policy, exit=args.exit)
+    annotations = load_annotations(args.annotations or DEV_ANNOTATIONS, detector.manifest.class_names())
+    truth = None
+    mot = args.mot or (DEV_MOT if args.video is None else None)
+    if mot is not None:
+        from perception.evaluation.mot import load_mot_csv
+
+        truth = load_mot_csv(mot)
+    name = f"keyframe every {args.interval}" if args.interval else args.policy
+    report = evaluate_sequence(name, detector, policy, replace(temporal, gate=gate), args.video or DEV_VIDEO,
+                               annotations, truth)
+    result = report.as_dict()
+    print(json.dumps(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
     return 0
 
 
@@ -60,6 +73,8 @@ DELEGATED = {
     "record": ("perception.replay", "record_main", "record a drive (every topic, frames included) to MCAP"),
     "replay": ("perception.replay", "replay_main", "replay a recording through the pipeline; --compare a reference"),
     "bench": ("perception.replay", "bench_main", "latency test harness: per-stage and end-to-end latency report"),
+    "bench-temporal": ("perception.benchmarks.temporal", "main",
+                       "accuracy vs time of keyframe intervals, exit 0 and the adaptive gate, Pareto plot"),
 }
 
 
@@ -103,14 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench_wd.add_argument("--json", type=Path, default=None)
     bench_wd.set_defaults(func=_bench_watchdog)
 
-    evaluate = commands.add_parser("evaluate", help="COCO-style AP of a detector on an annotated video")
+    evaluate = commands.add_parser("evaluate", help="AP and tracking metrics of a depth policy over an annotated clip, "
+                                                    "every frame in order")
     evaluate.add_argument("--model", default="yolox_nano_exits.json")
-    evaluate.add_argument("--engine", default="onnxruntime", choices=["onnxruntime", "tensorrt", "torch", "auto"])
-    evaluate.add_argument("--threads", type=int, default=0)
-    evaluate.add_argument("--policy", default="fixed", choices=["fixed", "confidence", "deadline"])
+    evaluate.add_argument("--threads", type=int, default=2)
+    evaluate.add_argument("--policy", default="adaptive", choices=["fixed", "confidence", "deadline", "adaptive"])
     evaluate.add_argument("--exit", type=int, default=-1, help="fixed policy: exit index (-1: deepest)")
-    evaluate.add_argument("--video", type=Path, default=None, help="default: the bundled PETS09 evaluation clip")
-    evaluate.add_argument("--annotations", type=Path, default=None)
+    evaluate.add_argument("--interval", type=int, default=None, help="the network every N frames, flow in between")
+    evaluate.add_argument("--no-risk", action="store_true", help="adaptive: without the ego-path risk rule")
+    evaluate.add_argument("--video", type=Path, default=None, help="default: PETS09-S2L1 frames 1-400 (recordings/)")
+    evaluate.add_argument("--annotations", type=Path, default=None, help="COCO json with frame indices")
+    evaluate.add_argument("--mot", type=Path, default=None, help="MOT csv ground truth for MOTA / IDF1")
+    evaluate.add_argument("--json", type=Path, default=None, help="also write the result here")
     evaluate.set_defaults(func=_evaluate)
 
     for name, (_, _, help_text) in DELEGATED.items():

@@ -4,8 +4,10 @@ An object matters when its class is one the vehicle must not hit, its score is h
 its ground contact (the bottom edge of its box) lies in the ego path, a polygon in normalised
 image coordinates. Two proxies say how urgent it is, since a monocular detector has no range:
 - size: box height as a fraction of image height (near objects are tall);
-- time to collision: objects are tracked across frames by IoU, and TTC = 1 / (d ln h / dt),
-  the time until the box would fill the view at its current rate of growth.
+- time to collision: TTC = 1 / (d ln h / dt), the time until the box would fill the view at its
+  current rate of growth, fitted over the recent heights of the object's track. Tracks come with
+  the detections (the detector's tracker, perception/tracking): this node keeps only each track's
+  recent heights, never matches boxes itself. An untracked detection (track id 0) has no history.
 Escalation is immediate; de-escalation waits `release_frames` consecutive calmer frames, so the
 decision does not flicker between frames.
 """
@@ -34,7 +36,6 @@ class DecisionRules:
     slow_ttc_s: float = 4.0
     brake_ttc_s: float = 2.0
     release_frames: int = 5
-    track_iou: float = 0.3
     ttc_frames: int = 8  # samples in the growth-rate fit
     min_growth: float = 0.05  # box growth over the fit below which TTC is not trusted (pixel jitter)
 
@@ -62,60 +63,46 @@ def fraction_in_polygon(x1: float, x2: float, y: float, polygon: np.ndarray, sam
     return float(inside.mean())
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
-
-
 @dataclass
-class _Track:
-    box: np.ndarray
-    class_id: int
-    history: list[tuple[int, float]]  # (media_ns, box height)
+class _History:
+    """Recent (media_ns, box height) samples of one track, for its growth rate."""
+
+    samples: list[tuple[int, float]]
 
     def ttc_s(self, min_growth: float) -> float:
         """Time to collision from the growth rate of the box height; inf unless it grew by at
         least `min_growth` over the samples (a pixel of jitter on a small box is not closing)."""
-        if len(self.history) < 2 or self.history[-1][1] < self.history[0][1] * (1 + min_growth):
+        if len(self.samples) < 2 or self.samples[-1][1] < self.samples[0][1] * (1 + min_growth):
             return math.inf
-        t = np.array([c for c, _ in self.history], np.float64) / 1e9
-        log_h = np.log([max(h, 1e-3) for _, h in self.history])
+        t = np.array([c for c, _ in self.samples], np.float64) / 1e9
+        log_h = np.log([max(h, 1e-3) for _, h in self.samples])
         if t[-1] - t[0] <= 0:
             return math.inf
         rate = np.polyfit(t - t[0], log_h, 1)[0]  # d ln h / dt
         return 1.0 / rate if rate > 1e-6 else math.inf
 
 
-class ObjectTracker:
-    """Greedy IoU association of this frame's objects to last frame's, per class."""
+class TrackHistories:
+    """The last `length` heights of every track seen in the last frame; tracks that vanish are forgotten."""
 
-    def __init__(self, min_iou: float, history: int) -> None:
-        self.min_iou = min_iou
-        self.history = history
-        self.tracks: list[_Track] = []
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self._by_track: dict[int, _History] = {}
 
-    def update(self, boxes: np.ndarray, class_ids: np.ndarray, t_ns: int) -> list[_Track]:
-        unmatched = list(range(len(self.tracks)))
-        updated = []
-        for box, class_id in zip(boxes, class_ids):
-            best, best_iou = None, self.min_iou
-            for index in unmatched:
-                track = self.tracks[index]
-                overlap = iou(track.box, box)
-                if track.class_id == class_id and overlap >= best_iou:
-                    best, best_iou = index, overlap
-            if best is None:
-                track = _Track(box, int(class_id), [])
-            else:
-                unmatched.remove(best)
-                track = self.tracks[best]
-                track.box = box
-            track.history = (track.history + [(t_ns, float(box[3] - box[1]))])[-self.history:]
-            updated.append(track)
-        self.tracks = updated
-        return updated
+    def update(self, track_ids: np.ndarray, boxes: np.ndarray, t_ns: int) -> list[_History]:
+        kept: dict[int, _History] = {}
+        histories = []
+        for track_id, box in zip(track_ids, boxes):
+            sample = (t_ns, float(box[3] - box[1]))
+            if track_id == 0:  # untracked: no past
+                histories.append(_History([sample]))
+                continue
+            history = self._by_track.get(int(track_id)) or _History([])
+            history.samples = (history.samples + [sample])[-self.length:]
+            kept[int(track_id)] = history
+            histories.append(history)
+        self._by_track = kept
+        return histories
 
 
 class DecisionMaker:
@@ -128,7 +115,7 @@ class DecisionMaker:
         self.node_name = node_name
         self._relevant = np.array([class_names.index(c) for c in rules.classes])
         self._roi = np.array(rules.roi, np.float64)
-        self._tracker = ObjectTracker(rules.track_iou, rules.ttc_frames)
+        self._histories = TrackHistories(rules.ttc_frames)
         self._current: tuple[Action, Reason, Target | None, str] = (Action.PROCEED, Reason.CLEAR, None, "path clear")
         self._calm_frames = 0
 
@@ -145,17 +132,17 @@ class DecisionMaker:
         keep = (d.scores >= self.rules.min_score) & np.isin(d.class_ids, self._relevant)
         boxes, scores, class_ids = d.boxes[keep], d.scores[keep], d.class_ids[keep]
         # The source's own timeline, not the capture clock: a replay then decides exactly as the drive did.
-        tracks = self._tracker.update(boxes, class_ids, d.media_ns)
+        histories = self._histories.update(d.track_ids[keep], boxes, d.media_ns)
         worst: tuple[int, float, float, Target, str] | None = None  # (action, -ttc, height, target, detail)
-        for box, score, track in zip(boxes, scores, tracks):
+        for box, score, class_id, history in zip(boxes, scores, class_ids, histories):
             x1, y1, x2, y2 = (float(v) for v in box)
             if fraction_in_polygon(x1 / d.image_width, x2 / d.image_width, y2 / d.image_height, self._roi) < self.rules.min_in_path:
                 continue
             height = (y2 - y1) / d.image_height
-            ttc = track.ttc_s(self.rules.min_growth)
+            ttc = history.ttc_s(self.rules.min_growth)
             action, why = self._urgency(height, ttc)
-            name = self.class_names[track.class_id]
-            target = Target(class_id=track.class_id, score=float(score), box=(x1, y1, x2, y2), ttc_s=ttc)
+            name = self.class_names[int(class_id)]
+            target = Target(class_id=int(class_id), score=float(score), box=(x1, y1, x2, y2), ttc_s=ttc)
             detail = f"{name} in path, {why}, height {height:.2f}, ttc {ttc:.1f} s"
             key = (int(action), -ttc, height, target, detail)
             if worst is None or key[:3] > worst[:3]:

@@ -32,11 +32,12 @@ from typing import ClassVar
 import numpy as np
 
 MAGIC = b"PX"
-WIRE_VERSION = 2  # 2: NodeState.FAILED, per-kind stamp limits, unused Reasons removed
+WIRE_VERSION = 3  # 2: NodeState.FAILED, per-kind stamp limits; 3: detections carry tracks, level -1 (propagated)
 STAGE_NAME_BYTES = 16
 MAX_STAMPS = 32
 MAX_DETECTIONS = 4096
 MAX_IMAGE_SIDE = 16384
+LEVEL_PROPAGATE = -1  # Detections.exit_index of a frame that ran no network: tracks moved by optical flow
 MAX_RING_SLOTS = 256
 MAX_COUNTERS = 1024
 # Node names, stage names, shared-memory ring names: letters, digits and '._-', never a path.
@@ -198,28 +199,43 @@ class Detections(Message):
     media_ns: int = 0  # the frame's position in its source: replayed drives keep their own timeline
     image_width: int
     image_height: int
-    exit_index: int  # which early exit produced these detections (0 = shallowest)
+    # The depth that produced these detections: an early exit (0 = shallowest), or LEVEL_PROPAGATE
+    # for a frame that ran no network (the tracks of earlier frames moved by optical flow).
+    exit_index: int
     exit_count: int
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # xyxy pixels
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
     class_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.uint16))
+    # Per detection: its track (0: not tracked) and the track's centre velocity in px/s (x right, y down).
+    track_ids: np.ndarray | None = None  # uint32; None: all zeros
+    velocities: np.ndarray | None = None  # float32 (N, 2); None: all zeros
+
+    @property
+    def level(self) -> str:
+        return "propagate" if self.exit_index == LEVEL_PROPAGATE else f"exit{self.exit_index}"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         n = len(self.boxes)
-        if self.boxes.shape != (n, 4) or self.scores.shape != (n,) or self.class_ids.shape != (n,):
+        if self.track_ids is None:
+            object.__setattr__(self, "track_ids", np.zeros((n,), np.uint32))
+        if self.velocities is None:
+            object.__setattr__(self, "velocities", np.zeros((n, 2), np.float32))
+        if (self.boxes.shape != (n, 4) or self.scores.shape != (n,) or self.class_ids.shape != (n,)
+                or self.track_ids.shape != (n,) or self.velocities.shape != (n, 2)):
             raise ValueError(
                 f"detections arrays disagree: boxes {self.boxes.shape}, scores {self.scores.shape}, "
-                f"class_ids {self.class_ids.shape}"
+                f"class_ids {self.class_ids.shape}, track_ids {self.track_ids.shape}, velocities {self.velocities.shape}"
             )
         _check_range(n, 0, MAX_DETECTIONS, "detection count")
         _check_range(self.image_width, 1, MAX_IMAGE_SIDE, "image width")
         _check_range(self.image_height, 1, MAX_IMAGE_SIDE, "image height")
-        _check_range(self.exit_count, 1, 255, "exit count")
-        _check_range(self.exit_index, 0, self.exit_count - 1, "exit")
+        _check_range(self.exit_count, 1, 127, "exit count")
+        _check_range(self.exit_index, LEVEL_PROPAGATE, self.exit_count - 1, "exit")
         if n:
             check_finite(self.boxes, "a box")
             check_finite(self.scores, "a score")
+            check_finite(self.velocities, "a velocity")
             if (self.boxes[:, 2:] < self.boxes[:, :2]).any():
                 raise ValueError("a box has x2 < x1 or y2 < y1")
             if self.scores.min() < 0 or self.scores.max() > 1:
@@ -235,6 +251,8 @@ class Detections(Message):
             and np.array_equal(self.boxes, other.boxes)
             and np.array_equal(self.scores, other.scores)
             and np.array_equal(self.class_ids, other.class_ids)
+            and np.array_equal(self.track_ids, other.track_ids)
+            and np.array_equal(self.velocities, other.velocities)
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -427,14 +445,16 @@ def _decode_frame(r: _Reader, base: dict) -> FrameHeader:
 
 
 def _encode_detections(w: _Writer, m: Detections) -> None:
-    w.pack("qHHBBI", m.media_ns, m.image_width, m.image_height, m.exit_index, m.exit_count, len(m.boxes))
+    w.pack("qHHbBI", m.media_ns, m.image_width, m.image_height, m.exit_index, m.exit_count, len(m.boxes))
     w.raw(np.ascontiguousarray(m.boxes, dtype="<f4").tobytes())
     w.raw(np.ascontiguousarray(m.scores, dtype="<f4").tobytes())
     w.raw(np.ascontiguousarray(m.class_ids, dtype="<u2").tobytes())
+    w.raw(np.ascontiguousarray(m.track_ids, dtype="<u4").tobytes())
+    w.raw(np.ascontiguousarray(m.velocities, dtype="<f4").tobytes())
 
 
 def _decode_detections(r: _Reader, base: dict) -> Detections:
-    media_ns, width, height, exit_index, exit_count, n = r.unpack("qHHBBI")
+    media_ns, width, height, exit_index, exit_count, n = r.unpack("qHHbBI")
     if n > MAX_DETECTIONS:
         raise MessageError(f"detections: count {n} exceeds the limit of {MAX_DETECTIONS}")
     return Detections(
@@ -442,6 +462,8 @@ def _decode_detections(r: _Reader, base: dict) -> Detections:
         boxes=r.array("<f4", (n, 4)).astype(np.float32),
         scores=r.array("<f4", (n,)).astype(np.float32),
         class_ids=r.array("<u2", (n,)).astype(np.uint16),
+        track_ids=r.array("<u4", (n,)).astype(np.uint32),
+        velocities=r.array("<f4", (n, 2)).astype(np.float32),
     )
 
 

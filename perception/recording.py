@@ -86,6 +86,11 @@ def message_from_dict(message_type: type[Message], data: dict) -> Message:
     return message_type(**{name: _field_from_json(message_type, name, value) for name, value in data.items()})
 
 
+_DETECTION_ARRAYS = {  # field -> (dtype, row width or 0 for a vector)
+    "boxes": (np.float32, 4), "scores": (np.float32, 0), "class_ids": (np.uint16, 0),
+    "track_ids": (np.uint32, 0), "velocities": (np.float32, 2),
+}
+
 _ENUM_FIELDS: dict[tuple[type[Message], str], type[enum.Enum]] = {
     (FrameHeader, "transport"): FrameTransport,
     (Decision, "action"): Action,
@@ -103,9 +108,9 @@ def _field_from_json(message_type: type[Message], name: str, value):
             return None
         ttc = float("inf") if value["ttc_s"] is None else value["ttc_s"]
         return Target(int(value["class_id"]), float(value["score"]), tuple(value["box"]), ttc)
-    if message_type is Detections and name in ("boxes", "scores", "class_ids"):
-        dtype = np.uint16 if name == "class_ids" else np.float32
-        return np.array(value, dtype).reshape((-1, 4) if name == "boxes" else (-1,))
+    if message_type is Detections and name in _DETECTION_ARRAYS:
+        dtype, width = _DETECTION_ARRAYS[name]
+        return np.array(value, dtype).reshape((-1, width) if width else (-1,))
     if name == "nodes_down":
         return tuple(value)
     enum_type = _ENUM_FIELDS.get((message_type, name))

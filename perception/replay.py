@@ -4,6 +4,7 @@
     perception replay RECORDING [--speed 1.0|max] [--decision KEY=VALUE]... [--save D.jsonl] [--compare REF.jsonl]
                       [--json R] [--plots DIR]
     perception bench [--recording R | --synthetic 1280x720] [--rate HZ] [--duration S] [--load N] [--json R] [--plots DIR]
+                     [--baseline]
 
 Every run is the real pipeline (capture -> detector -> decision -> watchdog, and a recorder when
 recording) as processes under the launcher, as launch/replay.yaml defines it. `--speed max`
@@ -315,6 +316,9 @@ def bench_main(argv: list[str] | None = None) -> int:
                         help="override a detector config key for this run, e.g. engine.threads=1 (repeatable)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plots", type=Path)
+    parser.add_argument("--baseline", action="store_true",
+                        help="then run the same source in one plain process (read, full YOLOX-nano, decode, decide) "
+                             "and print the pipeline's end-to-end p50/p99 as a ratio of it")
     args = parser.parse_args(argv)
     from perception.benchmarks.watchdog import burn_cpu
 
@@ -341,14 +345,29 @@ def bench_main(argv: list[str] | None = None) -> int:
     burners = [mp.Process(target=burn_cpu, args=(stop,), daemon=True) for _ in range(args.load)]
     for burner in burners:
         burner.start()
+    baseline = None
     try:
         result = run_pipeline(spec, title, frames)
+        report = build_report(result.collected, args.budget_ms, title=title)
+        print(format_report(report))
+        if args.baseline:
+            from perception.benchmarks.baseline import format_comparison, ratios, run_baseline
+
+            # Same spec, so the same source, rate, frame count, engine settings and (still running) load.
+            print("running the single-process baseline on the same source...", file=sys.stderr, flush=True)
+            baseline = run_baseline(spec, str(PIPELINE_LAUNCH), title=f"{title}; single process, YOLOX-nano full depth")
     finally:
         stop.set()
         for burner in burners:
             burner.join(2)
-    report = build_report(result.collected, args.budget_ms, title=title)
-    print(format_report(report))
+    if baseline is not None:
+        ratio = ratios(report, baseline)
+        print(format_report(baseline))
+        print(format_comparison(report, baseline, ratio))
+        report["baseline"] = {**baseline, "ratio": ratio}
     for path in write_outputs(report, args.json, args.plots):
         print(f"wrote {path}")
+    if baseline is not None and args.plots:
+        for path in write_outputs(baseline, None, args.plots / "baseline"):
+            print(f"wrote {path}")
     return result.exit_code

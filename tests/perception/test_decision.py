@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import cv2
@@ -18,11 +19,13 @@ FRAME_NS = 100_000_000  # 10 fps
 LATER = 10**12  # a decision time after every capture in these tests
 
 
-def detections(i: int, *objects: tuple[int, float, tuple[float, float, float, float]]) -> Detections:
+def detections(i: int, *objects: tuple) -> Detections:
+    """Objects as (class, score, box[, track id])."""
     return Detections(
         frame_id=i, capture_ns=i * FRAME_NS, media_ns=i * FRAME_NS, image_width=W, image_height=H, exit_index=0, exit_count=1,
         boxes=np.array([o[2] for o in objects], np.float32).reshape(-1, 4),
         scores=np.array([o[1] for o in objects], np.float32), class_ids=np.array([o[0] for o in objects], np.uint16),
+        track_ids=np.array([o[3] if len(o) > 3 else k + 1 for k, o in enumerate(objects)], np.uint32),  # k-th object: track k+1
     )
 
 
@@ -107,3 +110,20 @@ def test_real_dashcam_frame_cars_in_other_lanes_proceed_and_in_a_path_over_them_
     right_lane = DecisionRules(roi=[(0.6, 0.55), (1.0, 0.55), (1.0, 1.0), (0.6, 1.0)], slow_height=0.1)
     d = DecisionMaker(right_lane, manifest.class_names()).decide(seen, LATER)
     assert (d.action, manifest.class_names()[d.target.class_id]) == (Action.SLOW, "car")
+
+
+def test_time_to_collision_follows_the_track_ids_the_detector_gives_not_box_overlap():
+    m = maker()
+    for i in range(8):  # two cars swap places every frame; only their track ids say which is which
+        near, far = centred(0.05 * 1.1 ** i, bottom=0.95), centred(0.05, bottom=0.9)
+        objects = [(CAR, 0.9, near, 7), (CAR, 0.9, far, 9)]
+        d = m.decide(detections(i, *(objects if i % 2 else objects[::-1])), LATER)
+    assert (d.action, d.reason) == (Action.BRAKE, Reason.CLOSING_FAST)
+    assert d.target.ttc_s == pytest.approx(0.1 / np.log(1.1), rel=0.01)
+
+
+def test_an_untracked_detection_has_no_time_to_collision():
+    m = maker()
+    for i in range(8):
+        d = m.decide(detections(i, (CAR, 0.9, centred(0.05 * 1.1 ** i), 0)), LATER)
+    assert d.action == Action.PROCEED and math.isinf(d.target.ttc_s)

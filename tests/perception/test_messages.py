@@ -118,7 +118,7 @@ FULL = tuple(Stamp(f"s{i}", 2_000 + i) for i in range(32))
     (DETECTIONS, {"boxes": np.array([[1, 2, 3, np.nan], [5, 6, 7, 8]], np.float32)}, "a box is not finite"),
     (DETECTIONS, {"boxes": np.array([[3, 2, 1, 4], [5, 6, 7, 8]], np.float32)}, "x2 < x1"),
     (DETECTIONS, {"scores": np.array([0.9, 7.0], np.float32)}, "score is outside 0..1"),
-    (DETECTIONS, {"exit_index": 3}, "exit 3 is outside 0..2"),
+    (DETECTIONS, {"exit_index": 3}, "exit 3 is outside -1..2"),
     (DECISION, {"stamps": (Stamp("late", 5_000), Stamp("early", 10))}, "earlier than the hop before it"),
     (DECISION, {"decided_by": "wa tch/dog"}, "decided_by"),
     (DECISION, {"target": Target(class_id=2, score=0.8, box=(1.0, 2.0, 3.0, 4.0))}, None),

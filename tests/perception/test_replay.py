@@ -49,6 +49,23 @@ def test_bench_runs_the_pipeline_and_writes_report_and_plots(tmp_path):
     assert "end to end" in result.stdout
 
 
+def test_bench_baseline_prints_the_ratio_and_writes_its_section(tmp_path):
+    from helpers import run_python
+
+    result = run_python(["-m", "perception.cli", "bench", "--synthetic", "320x240", "--rate", "10", "--duration", "1",
+                         "--baseline", "--json", str(tmp_path / "r.json")], timeout_s=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^pipeline / baseline +\d+\.\d\dx +\d+\.\d\dx$", result.stdout, re.M), result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    baseline = report["baseline"]
+    assert baseline["frames_captured"] == baseline["decisions"] == report["frames_captured"] == 10
+    assert baseline["end_to_end_ms"]["count"] == 10 and baseline["model"] == "yolox_nano"
+    assert {"late_frames", "max_behind_ms", "rate_slips"} <= set(baseline)
+    assert baseline["end_to_end_without_backlog_ms"]["count"] == 10
+    assert baseline["ratio"]["p50"] == round(report["end_to_end_ms"]["p50"] / baseline["end_to_end_ms"]["p50"], 3)
+    assert baseline["ratio"]["p99"] == round(report["end_to_end_ms"]["p99"] / baseline["end_to_end_ms"]["p99"], 3)
+
+
 BUNDLED = "recordings/udacity_dashcam.mcap"
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 REFERENCE = "recordings/udacity_dashcam.reference.jsonl"

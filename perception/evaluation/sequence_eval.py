@@ -1,0 +1,119 @@
+"""Score a detector over a whole video in order, as it runs on a vehicle: every frame goes through
+the temporal detector (gate, network, tracker, flow), annotated frames are scored.
+
+Temporal policies cannot be scored on annotated frames alone: a propagated frame depends on every
+frame before it. So every frame of the clip is processed in order, on the clip's own timeline
+(media time), and the detector's time per frame covers everything it does for that frame (flow,
+gate, network, tracker). Accuracy: COCO-style AP on the annotated frames (perception.evaluation.
+coco_ap, equal to pycocotools) and, with MOT ground truth, MOTA / IDF1 / ID switches of the tracks
+(perception.evaluation.mot, needs the dev extra's motmetrics).
+
+A configuration is a depth policy for network frames plus a gate (perception.detection.temporal):
+`interval 1` is the network on every frame (the classic detector, with the tracker for ids),
+`interval N` a fixed keyframe interval, `adaptive` the gate.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from perception.config import ConfigError
+from perception.detection.adaptive import AdaptiveDetector
+from perception.detection.policy import PolicyConfig
+from perception.detection.temporal import TemporalConfig, TemporalDetector
+from perception.evaluation.coco_ap import APResult, Detection, evaluate
+from perception.evaluation.detector_eval import Annotations
+from perception.latency import now_ns, percentiles_ms
+from perception.messages import LEVEL_PROPAGATE
+from perception.sources import SourceError, VideoFileSource
+
+MOT_SCORE_THRESHOLD = 0.4  # tracks reported for MOT metrics: as the issue's IoU-matcher baseline
+
+
+@dataclass
+class SequenceReport:
+    name: str
+    ap: APResult
+    detector_ms: list[float] = field(default_factory=list)  # every frame, in order
+    levels: Counter = field(default_factory=Counter)  # "propagate", "exit0", ... -> frames
+    reasons: Counter = field(default_factory=Counter)  # why the network ran
+    resets: Counter = field(default_factory=Counter)
+    tracking: dict | None = None  # MOTA, IDF1, ID switches, ... when MOT ground truth was given
+
+    def as_dict(self) -> dict:
+        times = np.array(self.detector_ms)
+        stats = {f"ms_{k}": round(v, 3) for k, v in percentiles_ms((times * 1e6).astype(np.int64), (50, 99)).items()
+                 if k in ("p50", "p99", "mean")}
+        return {"name": self.name, **self.ap.as_dict(), "frames": len(times), **stats,
+                "levels": dict(sorted(self.levels.items())), "network_reasons": dict(self.reasons.most_common()),
+                "resets": dict(self.resets), **({"tracking": self.tracking} if self.tracking is not None else {})}
+
+
+def level_name(level: int) -> str:
+    return "propagate" if level == LEVEL_PROPAGATE else f"exit{level}"
+
+
+def evaluate_sequence(name: str, detector: AdaptiveDetector, policy: PolicyConfig, temporal: TemporalConfig,
+                      video: Path, annotations: Annotations, mot_truth: dict | None = None,
+                      person_class: int = 0) -> SequenceReport:
+    """Run every frame of `video` in order through a TemporalDetector and score it.
+
+    `detector` should decode at COCO evaluation thresholds (a low score threshold), so that AP sees
+    the whole precision-recall curve; tracks for MOT metrics are the outputs with a track id and a
+    score of at least MOT_SCORE_THRESHOLD."""
+    temporal_detector = TemporalDetector(detector, policy, temporal)
+    report = SequenceReport(name, APResult(0, 0, 0, {}))
+    detections: list[Detection] = []
+    hypotheses: dict[int, list[tuple[int, float, float, float, float]]] = {}
+    for frame_index, frame, media_ns in read_frames(video):
+        start = now_ns()
+        outcome = temporal_detector.process(frame, media_ns)
+        report.detector_ms.append((now_ns() - start) / 1e6)
+        report.levels[level_name(outcome.level)] += 1
+        out = outcome.output
+        image_id = annotations.image_for_frame.get(frame_index)
+        if image_id is not None:
+            detections += _coco_detections(image_id, out, annotations)
+        keep = (out.track_ids > 0) & (out.class_ids == person_class) & (out.scores >= MOT_SCORE_THRESHOLD)
+        hypotheses[frame_index + 1] = [(int(t), float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1]))
+                                       for t, b in zip(out.track_ids[keep], out.boxes[keep])]
+    if len(report.detector_ms) <= max(annotations.image_for_frame, default=-1):
+        raise ConfigError(f"{video}: has {len(report.detector_ms)} frames, annotations reach frame "
+                          f"{max(annotations.image_for_frame)}")
+    report.ap = evaluate(annotations.truths, detections)
+    report.reasons = Counter({k: v for k, v in temporal_detector.reasons.items() if k != "propagate"})
+    report.resets = temporal_detector.resets
+    if mot_truth is not None:
+        from perception.evaluation.mot import mot_metrics
+
+        report.tracking = mot_metrics({f: rows for f, rows in mot_truth.items() if f <= len(report.detector_ms)},
+                                      hypotheses)
+    return report
+
+
+def _coco_detections(image_id: int, out, annotations: Annotations) -> list[Detection]:
+    found = []
+    for box, score, class_id in zip(out.boxes, out.scores, out.class_ids):
+        category = annotations.category_for_class.get(int(class_id))
+        if category is not None:
+            x1, y1, x2, y2 = map(float, box)
+            found.append(Detection(image_id, category, (x1, y1, x2 - x1, y2 - y1), float(score)))
+    return found
+
+
+def read_frames(video: Path):
+    """(frame index, frame, media_ns) of every frame, in order."""
+    try:
+        source = VideoFileSource(video)
+    except SourceError as exc:
+        raise ConfigError(str(exc)) from None
+    with source:
+        index = 0
+        while (item := source.read()) is not None:
+            frame, media_ns = item
+            yield index, frame.copy(), media_ns
+            index += 1

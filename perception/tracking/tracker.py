@@ -1,0 +1,545 @@
+"""A ByteTrack-style multi-object tracker on a timestamped, variable-rate frame stream.
+
+Where it follows ByteTrack (github.com/ifzhang/ByteTrack, yolox/tracker/byte_tracker.py,
+kalman_filter.py, matching.py):
+- detections are split by score: high (>= `high_score`, ByteTrack's track_thresh) and low
+  (`low_score` <= score < `high_score`);
+- first association: confirmed tracks, tracked and lost alike, against high detections, on
+  1 - IoU * score (`fuse_score`), accepted when IoU * score >= `match_iou_high` (their
+  match_thresh 0.8 is a cost, i.e. 0.2 here);
+- second association: tracks still unmatched that were tracked (not lost) against low detections
+  on plain IoU >= `match_iou_low`; tracked tracks left over become lost;
+- unconfirmed tracks (born last frame) against the high detections left, fused IoU >=
+  `unconfirmed_iou`; an unconfirmed track that misses a frame is removed;
+- new tracks from leftover high detections scoring >= `new_track_score` (their det_thresh =
+  track_thresh + 0.1); tracks born on the first frame of a sequence are confirmed at once;
+- lost tracks predict with zero height velocity; a lost track overlapping a tracked one by IoU >=
+  `duplicate_iou` (0.85: their 0.15 distance) is a duplicate and the younger of the two goes;
+- the Kalman filter: state (x, y, a, h, vx, vy, va, vh), constant velocity, and their noise model
+  (std weights 1/20 position, 1/160 velocity, scaled by box height; 1e-2 / 1e-5 / 1e-1 for aspect).
+- optimal assignment with the cost limit semantics of their `lap.lapjv(cost_limit=...)`
+  (a pair above the limit is never worth taking), here with scipy's linear_sum_assignment.
+
+Where it differs:
+- time is real: the transition uses the interval dt between frames' timestamps (t_ns), process
+  noise variance grows linearly with dt (ByteTrack's per-frame noise holds at `noise_rate_hz`),
+  velocities are per second, and a lost track ends after `max_lost_s` seconds, not a frame count;
+- detections only match tracks of their own class (`per_class`); ByteTrack is single-class;
+- public ids are handed out at confirmation, so tentative tracks that die use up no ids
+  (ByteTrack numbers every tentative track); ids are never reused, not even after reset();
+- `min_hits` generalises ByteTrack's "confirmed on the second hit" (min_hits = 2 is ByteTrack);
+- a track whose box is mostly outside the image (less than `min_visible` of its area inside) and
+  that no detection matched this frame is ended (ByteTrack keeps it until its buffer runs out);
+- frames without the network (`propagate`): boxes moved by optical flow are Kalman measurements
+  with `flow_noise_scale` times the measurement noise;
+- a snapshot's box is this frame's measurement when there is one (ByteTrack reports the filtered
+  state), otherwise the Kalman prediction;
+- boxes that are NaN, infinite or of zero size are dropped (counted), never a crash.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+from collections import Counter
+from dataclasses import dataclass, fields
+
+import cv2
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+_NS_PER_S = 1e9
+_ASPECT_STD = (1e-2, 1e-5, 1e-1)  # ByteTrack: aspect process noise, aspect-rate process noise, aspect measurement noise
+_MEASURE = np.eye(4, 8)  # the filter observes (x, y, a, h)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    high_score: float = 0.5  # ByteTrack's track_thresh: detections at or above it are "high"
+    low_score: float = 0.1  # below it a detection is ignored; between the two it can only extend a track
+    new_track_score: float = 0.6  # a leftover high detection starts a track only from this score
+    match_iou_high: float = 0.2  # first association (high detections): minimum IoU (times score if fuse_score)
+    match_iou_low: float = 0.5  # second association (low detections to still unmatched tracked tracks): minimum IoU
+    unconfirmed_iou: float = 0.3  # tentative tracks to leftover high detections: minimum IoU (times score if fuse_score)
+    fuse_score: bool = True  # ByteTrack's fuse_score: weight IoU by the detection's score in the high associations
+    per_class: bool = True  # a detection matches only a track of its own class
+    min_hits: int = 2  # detections before a track is confirmed (a track born on a sequence's first frame: at once)
+    max_lost_s: float = 1.0  # a track without a detection for longer than this is ended
+    duplicate_iou: float = 0.85  # a lost and a tracked track overlapping this much are one object: the younger goes
+    min_visible: float = 0.5  # an unmatched track with less of its box inside the image has left it
+    std_weight_position: float = 1.0 / 20  # ByteTrack's noise weights, times box height
+    std_weight_velocity: float = 1.0 / 160
+    noise_rate_hz: float = 30.0  # frame rate at which the weights above are per-frame noise (ByteTrack: MOT17, 30 Hz)
+    flow_noise_scale: float = 2.0  # measurement noise std of an optical-flow box, in units of a detection's
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = bool if f.type in ("bool", bool) else int if f.type in ("int", int) else float
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))  # YAML writes 1 for 1.0
+            elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"tracker.{f.name} must be {kind.__name__}, got {value!r}")
+            if kind is float and not math.isfinite(value):
+                raise ValueError(f"tracker.{f.name} must be finite, got {value!r}")
+        if not 0.0 <= self.low_score <= self.high_score <= self.new_track_score <= 1.0:
+            raise ValueError("tracker: need 0 <= low_score <= high_score <= new_track_score <= 1, got "
+                             f"{self.low_score}, {self.high_score}, {self.new_track_score}")
+        for name in ("match_iou_high", "match_iou_low", "unconfirmed_iou", "duplicate_iou", "min_visible"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"tracker.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.min_hits < 1:
+            raise ValueError(f"tracker.min_hits must be >= 1, got {self.min_hits}")
+        for name in ("max_lost_s", "std_weight_position", "std_weight_velocity", "noise_rate_hz", "flow_noise_scale"):
+            if getattr(self, name) <= 0.0:
+                raise ValueError(f"tracker.{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass
+class Track:
+    """A snapshot handed out by the tracker (a copy: changing it changes nothing in the tracker)."""
+
+    track_id: int  # >= 1, never reused within a Tracker's life (reset() does not reuse ids either)
+    box: np.ndarray  # xyxy float32 pixels: this frame's measurement (detection or flow box) if any, else the prediction
+    score: float  # score of the last detection matched to it
+    class_id: int
+    age_frames: int  # frames (update and propagate) since birth: 0 on the frame it was born
+    hits: int  # detections matched so far, the one it was born from included
+    frames_since_update: int  # network frames (update calls) since it was last matched: 0 when matched this frame
+    velocity: np.ndarray  # (vx, vy) float64 of the box centre, px/s, from the Kalman state
+    height_rate: float  # d ln(h) / dt in 1/s from the Kalman state (> 0: growing, i.e. approaching)
+    confirmed: bool
+
+
+@dataclass(frozen=True)
+class Update:
+    """What update() returns."""
+
+    tracks: list[Track]  # confirmed tracks matched to a detection this frame, in the order of those detections
+    detection_track_ids: np.ndarray  # uint32, one per input detection: its confirmed track's id, 0 if none
+
+
+class _State(enum.Enum):
+    TRACKED = 1
+    LOST = 2
+
+
+def xyxy_to_xyah(box: np.ndarray) -> np.ndarray:
+    w, h = box[2] - box[0], box[3] - box[1]
+    return np.array([box[0] + w / 2, box[1] + h / 2, w / h, h], np.float64)
+
+
+def xyah_to_xyxy(xyah: np.ndarray) -> np.ndarray:
+    x, y, a, h = (float(v) for v in xyah[:4])
+    w = a * h
+    return np.array([x - w / 2, y - h / 2, x + w / 2, y + h / 2], np.float32)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes: (N, 4) x (M, 4) -> (N, M)."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    w = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def assign(similarity: np.ndarray, min_similarity: float) -> list[tuple[int, int]]:
+    """Optimal one-to-one matching of rows to columns keeping only pairs with similarity >= the minimum.
+
+    As ByteTrack's lapjv with cost_limit: a pair is worth (similarity - minimum), an allowed pair
+    never costs more than leaving both unmatched, so the total margin over the limit is maximised."""
+    if similarity.size == 0:
+        return []
+    allowed = similarity >= min_similarity
+    cost = np.where(allowed, min_similarity - similarity, 0.0)
+    rows, cols = linear_sum_assignment(cost)
+    return [(int(r), int(c)) for r, c in zip(rows, cols) if allowed[r, c]]
+
+
+class _BoxKalman:
+    """cv2.KalmanFilter on (x, y, a, h, vx, vy, va, vh), velocities per second, ByteTrack's noise.
+
+    OpenCV rather than hand-written filter algebra. Measured on the 2-core development VM, 20
+    tracks, predict + correct each: one cv2.KalmanFilter per track 0.25-0.29 ms a frame, a
+    vectorised numpy filter 0.09 ms. The 0.2 ms difference is under 1 % of the 20 ms detector and
+    0.2 % of the 100 ms budget, so the library wins."""
+
+    def __init__(self, xyah: np.ndarray, config: TrackerConfig) -> None:
+        self._config = config
+        self._period_s = 1.0 / config.noise_rate_hz
+        h = xyah[3]
+        wp, wv, period = config.std_weight_position, config.std_weight_velocity, self._period_s
+        std = [2 * wp * h, 2 * wp * h, _ASPECT_STD[0], 2 * wp * h,
+               10 * wv * h / period, 10 * wv * h / period, _ASPECT_STD[1] / period, 10 * wv * h / period]
+        self._kf = kf = cv2.KalmanFilter(8, 4, 0, cv2.CV_64F)
+        kf.measurementMatrix = _MEASURE.copy()
+        kf.statePost = np.r_[xyah, np.zeros(4)].reshape(8, 1)
+        kf.errorCovPost = np.diag(np.square(std))
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self._kf.statePost.ravel()
+
+    def predict(self, dt_s: float, freeze_height: bool) -> None:
+        """Move the state dt_s ahead. `freeze_height` zeroes the height velocity first (ByteTrack, lost tracks)."""
+        kf = self._kf
+        state = kf.statePost
+        if freeze_height and state[7, 0] != 0.0:
+            state[7, 0] = 0.0
+            kf.statePost = state
+        kf.transitionMatrix = transition(dt_s)
+        kf.processNoiseCov = self._process_noise(float(state[3, 0]), dt_s)
+        kf.predict()
+
+    def predicted_mean(self, dt_s: float, freeze_height: bool) -> np.ndarray:
+        """The mean dt_s ahead without changing the filter."""
+        state = self.mean.copy()
+        if freeze_height:
+            state[7] = 0.0
+        return transition(dt_s) @ state
+
+    def correct(self, xyah: np.ndarray, noise_scale: float = 1.0) -> None:
+        """Fuse a measurement (call after predict). Noise is set from the predicted height, as ByteTrack's project()."""
+        kf = self._kf
+        h = abs(float(kf.statePre[3, 0]))
+        wp = self._config.std_weight_position
+        std = np.array([wp * h, wp * h, _ASPECT_STD[2], wp * h]) * noise_scale
+        kf.measurementNoiseCov = np.diag(np.square(std))
+        kf.correct(xyah.reshape(4, 1).astype(np.float64))
+
+    def _process_noise(self, h: float, dt_s: float) -> np.ndarray:
+        # ByteTrack's per-frame noise at noise_rate_hz, as a random walk: variance grows linearly with dt.
+        h = abs(h)
+        wp, wv, period = self._config.std_weight_position, self._config.std_weight_velocity, self._period_s
+        std = np.array([wp * h, wp * h, _ASPECT_STD[0], wp * h,
+                        wv * h / period, wv * h / period, _ASPECT_STD[1] / period, wv * h / period])
+        return np.diag(np.square(std) * (dt_s / period))
+
+
+@functools.lru_cache(maxsize=16)  # every track of a frame shares its dt; callers never write to it
+def transition(dt_s: float) -> np.ndarray:
+    """Constant-velocity transition over dt_s seconds (read-only)."""
+    matrix = np.eye(8)
+    matrix[range(4), range(4, 8)] = dt_s
+    matrix.flags.writeable = False
+    return matrix
+
+
+class _Track:
+    """A live track (internal; the world sees Track snapshots)."""
+
+    def __init__(self, box: np.ndarray, score: float, class_id: int, t_ns: int, config: TrackerConfig) -> None:
+        self.kalman = _BoxKalman(xyxy_to_xyah(box), config)
+        self.track_id = 0  # public id, given at confirmation
+        self.score = score
+        self.class_id = class_id
+        self.t_ns = t_ns  # time of the Kalman state
+        self.born_ns = t_ns
+        self.last_detection_ns = t_ns
+        self.age_frames = 0
+        self.hits = 1
+        self.frames_since_update = 0
+        self.state = _State.TRACKED
+        self.confirmed = False
+        self.measured_box: np.ndarray | None = box.astype(np.float32)
+        self.measured_ns = t_ns
+
+    def predict(self, t_ns: int) -> None:
+        dt_s = max(0, t_ns - self.t_ns) / _NS_PER_S
+        self.kalman.predict(dt_s, freeze_height=self.state is _State.LOST)
+        self.t_ns = t_ns
+        self.age_frames += 1
+
+    def match(self, box: np.ndarray, score: float) -> None:
+        self.kalman.correct(xyxy_to_xyah(box))
+        self.score = score
+        self.hits += 1
+        self.frames_since_update = 0
+        self.state = _State.TRACKED
+        self.last_detection_ns = self.t_ns
+        self.measured_box, self.measured_ns = box.astype(np.float32), self.t_ns
+
+    def predicted_box(self) -> np.ndarray:
+        return xyah_to_xyxy(self.kalman.mean)
+
+    def box(self) -> np.ndarray:
+        """This frame's measurement if there is one, else the Kalman prediction."""
+        if self.measured_box is not None and self.measured_ns == self.t_ns:
+            return self.measured_box.copy()
+        return self.predicted_box()
+
+    def snapshot(self) -> Track:
+        mean = self.kalman.mean
+        return Track(track_id=self.track_id, box=self.box(), score=self.score, class_id=self.class_id,
+                     age_frames=self.age_frames, hits=self.hits, frames_since_update=self.frames_since_update,
+                     velocity=mean[4:6].copy(), height_rate=float(mean[7] / mean[3]) if mean[3] > 0 else 0.0,
+                     confirmed=self.confirmed)
+
+
+@dataclass
+class _Detections:
+    """This frame's usable detections, with their index in the caller's arrays."""
+
+    index: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    count: int  # detections the caller gave, usable or not
+
+    def subset(self, keep: np.ndarray) -> _Detections:
+        return _Detections(self.index[keep], self.boxes[keep], self.scores[keep], self.class_ids[keep], self.count)
+
+
+class Tracker:
+    """ByteTrack-style tracker; see the module docstring. Not thread-safe.
+
+    `image_size` is (width, height) in pixels. A frame of a new size means a new camera or a new
+    stream: the caller should reset() (with its own reason); if it does not, the tracker resets
+    itself with reason "image_size". Timestamps must not go backwards; if they do, the tracker
+    resets itself with reason "time_backwards". Counters: `resets` (per reason) and `dropped`
+    ("invalid_box": NaN, infinite or empty detections or flow boxes; "unknown_track": flow boxes
+    for a track that is not active).
+    """
+
+    def __init__(self, config: TrackerConfig) -> None:
+        self.config = config
+        self.resets: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+        self._frames = 0  # frames since construction or reset: the first one confirms its tracks at once
+        self._image_size: tuple[int, int] | None = None
+        self._t_ns: int | None = None
+
+    # ---- public API ----
+
+    def update(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, t_ns: int,
+               image_size: tuple[int, int]) -> Update:
+        """A frame with the network's detections (any score: below low_score they are ignored).
+
+        Returns the confirmed tracks matched this frame, in the order of their detections in the
+        input, and for every input detection the id of the confirmed track it was matched to (or
+        that it confirmed or started), 0 if none (unmatched, tentative, dropped or low-score)."""
+        detections = self._validate(boxes, scores, class_ids)
+        self._begin_frame(t_ns, image_size)
+        first_frame = self._frames == 0
+        for track in self._tracks:
+            track.predict(t_ns)
+        matched = self._associate(detections, first_frame)
+        self._end_tracks(t_ns, {id(track) for track in matched.values()})
+        self._frames += 1
+        ids = np.zeros(detections.count, np.uint32)
+        out = []
+        for det_index in sorted(matched):
+            track = matched[det_index]
+            if track.confirmed and track in self._tracks:
+                ids[det_index] = track.track_id
+                out.append(track.snapshot())
+        return Update(out, ids)
+
+    def propagate(self, boxes_by_track: dict[int, np.ndarray], t_ns: int, image_size: tuple[int, int]) -> list[Track]:
+        """A frame without the network: each given track's box was moved by optical flow.
+
+        A flow box is a Kalman measurement with `flow_noise_scale` times a detection's noise; tracks
+        not given coast on the prediction. Hits, score, frames_since_update and tracked/lost state
+        are left alone: only network frames say whether a track was seen. A track still ends when
+        it has had no detection for max_lost_s (flow does not keep it alive) or, when it coasts, if
+        it has left the image. Boxes for ids that are not active tracks are ignored and counted.
+        Returns the active confirmed tracks, by id."""
+        self._begin_frame(t_ns, image_size)
+        by_id = {track.track_id: track for track in self._tracks if track.confirmed}
+        flow: list[tuple[_Track, np.ndarray]] = []
+        for track_id, box in boxes_by_track.items():
+            track = by_id.get(int(track_id))
+            box = np.asarray(box, np.float64).reshape(-1)
+            if track is None:
+                self.dropped["unknown_track"] += 1
+            elif box.shape != (4,) or not _valid_boxes(box[None]).all():
+                self.dropped["invalid_box"] += 1
+            else:
+                flow.append((track, box))
+        for track in self._tracks:
+            track.predict(t_ns)
+        for track, box in flow:
+            track.kalman.correct(xyxy_to_xyah(box), self.config.flow_noise_scale)
+            track.measured_box, track.measured_ns = box.astype(np.float32), t_ns
+        self._end_tracks(t_ns, {id(track) for track, _ in flow})
+        self._frames += 1
+        return self.tracks
+
+    def predict_boxes(self, t_ns: int) -> dict[int, np.ndarray]:
+        """Kalman-predicted xyxy boxes (float32) of the active confirmed tracks at t_ns, changing nothing.
+        A t_ns before the last frame gives the boxes at the last frame."""
+        out = {}
+        for track in self._tracks:
+            if track.confirmed:
+                dt_s = max(0, t_ns - track.t_ns) / _NS_PER_S
+                out[track.track_id] = xyah_to_xyxy(track.kalman.predicted_mean(dt_s, track.state is _State.LOST))
+        return out
+
+    @property
+    def tracks(self) -> list[Track]:
+        """Snapshots of the active confirmed tracks (tracked and lost, see frames_since_update), by id."""
+        return sorted((t.snapshot() for t in self._tracks if t.confirmed), key=lambda t: t.track_id)
+
+    def reset(self, reason: str) -> None:
+        """Forget every track (a scene cut, a new frame size); ids are not reused afterwards."""
+        if not isinstance(reason, str) or not reason:
+            raise ValueError(f"reset reason must be a non-empty string, got {reason!r}")
+        self.resets[reason] += 1
+        self._tracks = []
+        self._frames = 0
+        self._image_size = None
+        self._t_ns = None
+
+    # ---- one frame ----
+
+    def _validate(self, boxes, scores, class_ids) -> _Detections:
+        boxes = np.asarray(boxes, np.float64)
+        scores = np.asarray(scores, np.float64).reshape(-1)
+        class_ids = np.asarray(class_ids).reshape(-1)
+        if boxes.size == 0 and len(scores) == 0 and len(class_ids) == 0:
+            boxes = boxes.reshape(0, 4)
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or not len(boxes) == len(scores) == len(class_ids):
+            raise ValueError(f"tracker update: need boxes (N, 4), scores (N,), class_ids (N,), got "
+                             f"{boxes.shape}, {scores.shape}, {class_ids.shape}")
+        valid = _valid_boxes(boxes) & np.isfinite(scores)
+        self.dropped["invalid_box"] += int((~valid).sum())
+        keep = valid & (scores >= self.config.low_score)
+        return _Detections(np.flatnonzero(keep), boxes[keep], scores[keep], class_ids[keep].astype(np.int64), len(boxes))
+
+    def _begin_frame(self, t_ns: int, image_size: tuple[int, int]) -> None:
+        size = tuple(int(v) for v in image_size)
+        if len(size) != 2 or min(size) <= 0:
+            raise ValueError(f"tracker: image_size must be (width, height) > 0, got {image_size!r}")
+        if self._image_size is not None and size != self._image_size:
+            self.reset("image_size")
+        if self._t_ns is not None and t_ns < self._t_ns:
+            self.reset("time_backwards")
+        self._image_size, self._t_ns = size, int(t_ns)
+
+    def _associate(self, detections: _Detections, first_frame: bool) -> dict[int, _Track]:
+        """ByteTrack's association steps; returns {input detection index: the track it fed or started}."""
+        cfg = self.config
+        matched: dict[int, _Track] = {}
+        high = detections.subset(detections.scores >= cfg.high_score)
+        low = detections.subset(detections.scores < cfg.high_score)
+        pool = [t for t in self._tracks if t.confirmed]
+        tentative = [t for t in self._tracks if not t.confirmed]
+
+        # 1. confirmed tracks (tracked and lost) with high detections
+        pairs = assign(self._similarity(pool, high, cfg.fuse_score), cfg.match_iou_high)
+        self._apply(pairs, pool, high, matched)
+        left_tracks = _unmatched(pool, pairs, 0)
+        left_high = high.subset(_unmatched_mask(len(high.index), pairs))
+
+        # 2. tracks that were being tracked with low detections (ByteTrack leaves lost tracks out here)
+        tracked = [t for t in left_tracks if t.state is _State.TRACKED]
+        pairs = assign(self._similarity(tracked, low, False), cfg.match_iou_low)
+        self._apply(pairs, tracked, low, matched)
+        for track in _unmatched(tracked, pairs, 0):
+            track.state = _State.LOST
+        for track in left_tracks:
+            if track.state is _State.LOST and track not in matched.values():
+                track.frames_since_update += 1
+
+        # 3. tentative tracks with the high detections left; those unmatched are dropped
+        pairs = assign(self._similarity(tentative, left_high, cfg.fuse_score), cfg.unconfirmed_iou)
+        self._apply(pairs, tentative, left_high, matched)
+        for track in _unmatched(tentative, pairs, 0):
+            self._tracks.remove(track)
+        fresh = left_high.subset(_unmatched_mask(len(left_high.index), pairs))
+
+        # 4. new tracks
+        for i in np.flatnonzero(fresh.scores >= cfg.new_track_score):
+            track = _Track(fresh.boxes[i], float(fresh.scores[i]), int(fresh.class_ids[i]), self._t_ns, cfg)
+            self._tracks.append(track)
+            if first_frame:
+                self._confirm(track)
+            matched[int(fresh.index[i])] = track
+        for track in matched.values():
+            if not track.confirmed and track.hits >= cfg.min_hits:
+                self._confirm(track)
+        return matched
+
+    def _similarity(self, tracks: list[_Track], detections: _Detections, fuse_score: bool) -> np.ndarray:
+        if not tracks or not len(detections.index):
+            return np.zeros((len(tracks), len(detections.index)))
+        similarity = iou_matrix(np.array([t.predicted_box() for t in tracks]), detections.boxes)
+        if fuse_score:
+            similarity = similarity * detections.scores[None, :]
+        if self.config.per_class:
+            same = np.array([t.class_id for t in tracks])[:, None] == detections.class_ids[None, :]
+            similarity = np.where(same, similarity, 0.0)
+        return similarity
+
+    @staticmethod
+    def _apply(pairs: list[tuple[int, int]], tracks: list[_Track], detections: _Detections,
+               matched: dict[int, _Track]) -> None:
+        for row, col in pairs:
+            tracks[row].match(detections.boxes[col], float(detections.scores[col]))
+            matched[int(detections.index[col])] = tracks[row]
+
+    def _confirm(self, track: _Track) -> None:
+        track.confirmed = True
+        track.track_id = self._next_id
+        self._next_id += 1
+
+    def _end_tracks(self, t_ns: int, fed: set[int]) -> None:
+        """End tracks lost too long, degenerate, or out of the image and not measured this frame (`fed`:
+        id() of the tracks that were), and lost duplicates of tracked ones."""
+        max_lost_ns = self.config.max_lost_s * _NS_PER_S
+        keep = []
+        for track in self._tracks:
+            mean = track.kalman.mean
+            degenerate = not np.isfinite(mean).all() or mean[3] < 1.0 or mean[2] <= 0.0
+            gone = t_ns - track.last_detection_ns > max_lost_ns
+            left = id(track) not in fed and self._visible_fraction(track.predicted_box()) < self.config.min_visible
+            if not (degenerate or gone or left):
+                keep.append(track)
+        self._tracks = self._without_duplicates(keep)
+
+    def _visible_fraction(self, box: np.ndarray) -> float:
+        width, height = self._image_size
+        area = float((box[2] - box[0]) * (box[3] - box[1]))
+        inside_w = max(0.0, min(float(box[2]), width) - max(float(box[0]), 0.0))
+        inside_h = max(0.0, min(float(box[3]), height) - max(float(box[1]), 0.0))
+        return inside_w * inside_h / area if area > 0 else 0.0
+
+    def _without_duplicates(self, tracks: list[_Track]) -> list[_Track]:
+        tracked = [t for t in tracks if t.confirmed and t.state is _State.TRACKED]
+        lost = [t for t in tracks if t.confirmed and t.state is _State.LOST]
+        if not tracked or not lost:
+            return tracks
+        overlap = iou_matrix(np.array([t.predicted_box() for t in tracked]), np.array([t.predicted_box() for t in lost]))
+        drop = set()
+        for i, j in zip(*np.nonzero(overlap >= self.config.duplicate_iou)):
+            a, b = tracked[i], lost[j]
+            if a.class_id != b.class_id and self.config.per_class:
+                continue
+            # ByteTrack keeps the one tracked for longer (first detection to last)
+            drop.add(id(a) if a.last_detection_ns - a.born_ns <= b.last_detection_ns - b.born_ns else id(b))
+        return [t for t in tracks if id(t) not in drop]
+
+
+def _valid_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Rows that are finite boxes with positive width and height."""
+    finite = np.isfinite(boxes).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        return finite & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
+def _unmatched(items: list, pairs: list[tuple[int, int]], side: int) -> list:
+    taken = {pair[side] for pair in pairs}
+    return [item for i, item in enumerate(items) if i not in taken]
+
+
+def _unmatched_mask(count: int, pairs: list[tuple[int, int]]) -> np.ndarray:
+    mask = np.ones(count, bool)
+    mask[[col for _, col in pairs]] = False
+    return mask
