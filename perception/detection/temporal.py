@@ -302,10 +302,13 @@ class TemporalDetector:
         boxes, scores, class_ids = outcome.boxes, outcome.scores, outcome.class_ids
         update = self.tracker.update(boxes, scores, class_ids, t_ns, (frame.shape[1], frame.shape[0]))
         velocities = self._velocities(update.detection_track_ids)
-        self._last = Output(boxes.astype(np.float32), scores.astype(np.float32), class_ids.astype(np.uint16),
-                            update.detection_track_ids.astype(np.uint32), velocities)
+        output = Output(boxes.astype(np.float32), scores.astype(np.float32), class_ids.astype(np.uint16),
+                        update.detection_track_ids.astype(np.uint32), velocities)
+        # What later frames propagate: the boxes the tracker would consider (an evaluation asks for
+        # far lower scores, and flowing hundreds of boxes nobody keeps costs more than the network saves).
+        self._last = output.select((output.scores >= self.config.tracker.low_score) | (output.track_ids > 0))
         self._since_network = 0
-        return TemporalOutcome(outcome.exit_index, why, self._last.select(self._last.scores >= threshold), inference, flow_ns)
+        return TemporalOutcome(outcome.exit_index, why, output.select(output.scores >= threshold), inference, flow_ns)
 
     def _propagated(self, moved, t_ns: int, shape: tuple[int, ...], threshold: float, flow_ns: int) -> TemporalOutcome:
         last = self._last

@@ -59,17 +59,20 @@ def level_name(level: int) -> str:
 
 def evaluate_sequence(name: str, detector: AdaptiveDetector, policy: PolicyConfig, temporal: TemporalConfig,
                       video: Path, annotations: Annotations, mot_truth: dict | None = None,
-                      person_class: int = 0) -> SequenceReport:
+                      person_class: int = 0, max_frames: int | None = None) -> SequenceReport:
     """Run every frame of `video` in order through a TemporalDetector and score it.
 
     `detector` should decode at COCO evaluation thresholds (a low score threshold), so that AP sees
     the whole precision-recall curve; tracks for MOT metrics are the outputs with a track id and a
-    score of at least MOT_SCORE_THRESHOLD."""
+    score of at least MOT_SCORE_THRESHOLD. `max_frames`: only the clip's first frames (and their
+    annotations) count."""
     temporal_detector = TemporalDetector(detector, policy, temporal)
     report = SequenceReport(name, APResult(0, 0, 0, {}))
     detections: list[Detection] = []
     hypotheses: dict[int, list[tuple[int, float, float, float, float]]] = {}
     for frame_index, frame, media_ns in read_frames(video):
+        if max_frames is not None and frame_index >= max_frames:
+            break
         start = now_ns()
         outcome = temporal_detector.process(frame, media_ns)
         report.detector_ms.append((now_ns() - start) / 1e6)
@@ -81,10 +84,11 @@ def evaluate_sequence(name: str, detector: AdaptiveDetector, policy: PolicyConfi
         keep = (out.track_ids > 0) & (out.class_ids == person_class) & (out.scores >= MOT_SCORE_THRESHOLD)
         hypotheses[frame_index + 1] = [(int(t), float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1]))
                                        for t, b in zip(out.track_ids[keep], out.boxes[keep])]
-    if len(report.detector_ms) <= max(annotations.image_for_frame, default=-1):
+    scored = {image for frame, image in annotations.image_for_frame.items() if frame < len(report.detector_ms)}
+    if max_frames is None and len(scored) < len(annotations.image_for_frame):
         raise ConfigError(f"{video}: has {len(report.detector_ms)} frames, annotations reach frame "
                           f"{max(annotations.image_for_frame)}")
-    report.ap = evaluate(annotations.truths, detections)
+    report.ap = evaluate([t for t in annotations.truths if t.image_id in scored], detections)
     report.reasons = Counter({k: v for k, v in temporal_detector.reasons.items() if k != "propagate"})
     report.resets = temporal_detector.resets
     if mot_truth is not None:
