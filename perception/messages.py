@@ -38,6 +38,11 @@ MAX_STAMPS = 32
 MAX_DETECTIONS = 4096
 MAX_IMAGE_SIDE = 16384
 LEVEL_PROPAGATE = -1  # Detections.exit_index of a frame that ran no network: tracks moved by optical flow
+
+
+def level_name(exit_index: int) -> str:
+    """'propagate' for LEVEL_PROPAGATE, else 'exit<k>'."""
+    return "propagate" if exit_index == LEVEL_PROPAGATE else f"exit{exit_index}"
 MAX_RING_SLOTS = 256
 MAX_COUNTERS = 1024
 # Node names, stage names, shared-memory ring names: letters, digits and '._-', never a path.
@@ -212,7 +217,7 @@ class Detections(Message):
 
     @property
     def level(self) -> str:
-        return "propagate" if self.exit_index == LEVEL_PROPAGATE else f"exit{self.exit_index}"
+        return level_name(self.exit_index)
 
     def __post_init__(self) -> None:
         super().__post_init__()

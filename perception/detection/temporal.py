@@ -191,7 +191,6 @@ class TemporalDetector:
         self._previous: FlowFrame | None = None
         self._last = Output.empty()  # the last frame's output at the lowest threshold anyone asked for
         self._since_network = 0
-        self._frames = 0
         self._shape: tuple[int, ...] | None = None  # every-frame mode: the last frame's shape
 
     # -- one frame ------------------------------------------------------------------------
@@ -207,7 +206,6 @@ class TemporalDetector:
         why, moved = self._choose(current, t_ns, deadline_ns, max_exit)
         flow_ns = now_ns() - started
         self._previous = current
-        self._frames += 1
         if why is None:
             outcome = self._propagated(moved, t_ns, frame.shape, threshold, flow_ns)
         else:

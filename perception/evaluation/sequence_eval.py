@@ -28,7 +28,7 @@ from perception.detection.temporal import TemporalConfig, TemporalDetector
 from perception.evaluation.coco_ap import APResult, Detection, evaluate
 from perception.evaluation.detector_eval import Annotations
 from perception.latency import now_ns, percentiles_ms
-from perception.messages import LEVEL_PROPAGATE
+from perception.messages import level_name
 from perception.sources import SourceError, VideoFileSource
 
 MOT_SCORE_THRESHOLD = 0.4  # tracks reported for MOT metrics: as the IoU-matcher baseline
@@ -51,10 +51,6 @@ class SequenceReport:
         return {"name": self.name, **self.ap.as_dict(), "frames": len(times), **stats,
                 "levels": dict(sorted(self.levels.items())), "network_reasons": dict(self.reasons.most_common()),
                 "resets": dict(self.resets), **({"tracking": self.tracking} if self.tracking is not None else {})}
-
-
-def level_name(level: int) -> str:
-    return "propagate" if level == LEVEL_PROPAGATE else f"exit{level}"
 
 
 def evaluate_sequence(name: str, detector: AdaptiveDetector, policy: PolicyConfig, temporal: TemporalConfig,
