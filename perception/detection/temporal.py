@@ -19,8 +19,9 @@ full depth). Per frame, before any network runs, a gate picks the level from che
 A network frame picks its exit with the depth policy (`deadline` by default: full depth unless the
 frame's deadline says otherwise) under the watchdog's ceiling; the detections feed the tracker
 (ByteTrack-style: low-score boxes too), and the published ones carry track ids and velocities. A
-propagated frame publishes the last frame's output moved by flow (boxes whose flow failed coast on
-their track's Kalman prediction, or stay put if untracked), with the same ids.
+propagated frame publishes the last frame's output moved by flow, with the same ids: a tracked box
+as its Kalman estimate with the flow box as the measurement (or the prediction alone when its flow
+failed), an untracked one as the flow moved it (or where it was, when its flow failed).
 
 `mode: interval` replaces the gate by a fixed keyframe interval (the network every N frames), for
 the Pareto comparison in docs/BENCHMARKS.md. Under any policy other than `adaptive` the network
@@ -311,13 +312,14 @@ class TemporalDetector:
     def _propagated(self, moved, t_ns: int, shape: tuple[int, ...], threshold: float, flow_ns: int) -> TemporalOutcome:
         last = self._last
         boxes = moved.boxes.astype(np.float32)
-        coasting = ~moved.ok & (last.track_ids > 0)
-        if coasting.any():  # flow failed for a tracked box: its Kalman prediction is the better guess
-            predicted = self.tracker.predict_boxes(t_ns)
-            for index in np.flatnonzero(coasting):
-                boxes[index] = predicted.get(int(last.track_ids[index]), boxes[index])
         measured = {int(tid): box for tid, box, ok in zip(last.track_ids, boxes, moved.ok) if tid and ok}
         self.tracker.propagate(measured, t_ns, (shape[1], shape[0]))
+        # A tracked box is published as the filter's estimate, flow and motion model together: on
+        # PETS09 1-400 this kept 0.2 AP50 and 0.3 AP50:95 points more than the raw flow box.
+        estimates = self.tracker.predict_boxes(t_ns)
+        for index, track_id in enumerate(last.track_ids):
+            if track_id and int(track_id) in estimates:
+                boxes[index] = estimates[int(track_id)]
         self._last = Output(boxes, last.scores, last.class_ids, last.track_ids, self._velocities(last.track_ids))
         self._since_network += 1
         return TemporalOutcome(LEVEL_PROPAGATE, "propagate", self._last.select(self._last.scores >= threshold), None, flow_ns)
