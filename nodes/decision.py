@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perception.decision import DecisionMaker, DecisionRules
-from perception.detection.manifest import WEIGHTS_DIR
+from perception.detection.manifest import WEIGHTS_DIR, read_class_names
 from perception.latency import now_ns
 from perception.messages import Detections
 from perception.node import FatalInputError, Node, NodeSettings, run_node
@@ -34,8 +34,7 @@ CONFIG = DecisionConfig
 
 def decide(node: Node, config: DecisionConfig) -> None:
     try:
-        class_names = [line.strip() for line in config.classes_file.read_text().splitlines() if line.strip()]
-        maker = DecisionMaker(config.rules, class_names, node.name)
+        maker = DecisionMaker(config.rules, read_class_names(config.classes_file), node.name)
     except (OSError, ValueError) as exc:
         raise FatalInputError(f"{config.classes_file}: {exc}") from None
     detections = node.subscribe(config.detections_from, "detections", Detections, latest=False)

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from perception.config import ConfigError, from_mapping, load_yaml
 
 from perception.messages import Action, Decision, Detections, Reason, Stamp, Target
 
@@ -48,6 +51,15 @@ class DecisionRules:
             raise ValueError("need 0 < brake_ttc_s <= slow_ttc_s")
         if self.release_frames < 0 or self.ttc_frames < 2 or self.min_growth < 0:
             raise ValueError("release_frames and min_growth must be >= 0, ttc_frames >= 2")
+
+
+def load_decision_rules(path: Path) -> DecisionRules:
+    """The `rules` section of a decision node's config file (the detector's risk gate and the
+    benchmarks read the same rules as the decision node)."""
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return from_mapping(DecisionRules, data.get("rules", {}), source=f"{path}: rules", base_dir=Path(path).parent)
 
 
 def fraction_in_polygon(x1: float, x2: float, y: float, polygon: np.ndarray, samples: int = 9) -> float:

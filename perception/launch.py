@@ -266,7 +266,7 @@ class Launcher:
         if managed.killed_hung:
             how = "a kill for a stale heartbeat"
             code = code or 1  # a hang is a failure whatever the exit code says
-        self._sweep_shared_memory(f"perception-{self.run_id}-{spec.name}-{managed.process.pid}")
+        self._sweep_shared_memory(f"{run_ring_prefix(self.run_id)}{spec.name}-{managed.process.pid}")
         wants_restart = spec.restart == "always" or (spec.restart == "on-failure" and code != 0)
         if code == EXIT_CONFIG:
             log.error("%s exited with %s: bad config or input, not restarting", spec.name, how)
@@ -413,7 +413,7 @@ class Launcher:
         for managed in self.nodes:
             if managed.state in ("running", "restarting"):
                 managed.state = "exited"
-        self._sweep_shared_memory(f"perception-{self.run_id}-")
+        self._sweep_shared_memory(run_ring_prefix(self.run_id))
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self._write_status_file()
         log.info("all nodes stopped in %.2f s", time.monotonic() - started)

@@ -21,17 +21,15 @@ from typing import Sequence
 import numpy as np
 
 from perception.latency import now_ns
-from perception.messages import FrameTransport, Message, NodeState, encode
-from perception.transport import FrameReceiver, FrameSender, Subscriber
+from perception.messages import Message, NodeState, encode
+from perception.transport import FrameReceiver, Subscriber
 
 
 class FedInput(Subscriber):
     """A Subscriber whose messages come from a test instead of a socket."""
 
     def __init__(self, topic: str, message_type: type, latest: bool) -> None:  # noqa: D107 - no socket to open
-        self.topic, self.topic_bytes, self.message_type, self.latest = topic, topic.encode(), message_type, latest
-        self.received = self.malformed = self.bad_stamp = self.superseded = 0
-        self.updated, self.last, self.last_ns, self._last_warning_ns = False, None, None, 0
+        self._init_input(topic, message_type, latest)
         self.endpoints: list[str] = []
         self.queue: deque[list] = deque()
 
@@ -51,28 +49,11 @@ class FedInput(Subscriber):
         self.queue.clear()
 
 
-class _RecordingPublisher:
-    """Stands in for a node's Publisher: keeps what is published, encoded and decoded back."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, Message, tuple]] = []
-
-    def publish(self, topic: str, message: Message, buffers: tuple = ()) -> None:
-        encode(message)  # what cannot go on the wire must fail here as it would live
-        self.sent.append((topic, message, tuple(bytes(b) for b in buffers)))
-
-    def subscriber_count(self, topic: str) -> int:
-        return 1 << 30
-
-    def close(self, linger_ms: int = 0) -> None:
-        pass
-
-
 @dataclass
 class TestingNode:
-    """The Node interface (perception.node.Node) for a body run in-process. The body's loop ends
-    once every fed input is used up and `linger_s` more has passed (time a watchdog needs for a
-    deadline to fall due)."""
+    """The part of the Node interface (perception.node.Node) that the detector, decision and
+    watchdog bodies use, for a body run in-process. The body's loop ends once every fed input is
+    used up and `linger_s` more has passed (time a watchdog needs for a deadline to fall due)."""
 
     __test__ = False  # not a pytest test class
     name: str = "node"
@@ -81,8 +62,7 @@ class TestingNode:
     def __post_init__(self) -> None:
         self.counters: dict[str, int] = {}
         self.state = NodeState.STARTING
-        self.signalled = False
-        self.publisher = _RecordingPublisher()
+        self.sent: list[tuple[str, Message]] = []
         self.inputs: dict[str, FedInput] = {}
         self.frames_done: list[tuple[int, int]] = []
         self._stop = False
@@ -90,8 +70,8 @@ class TestingNode:
 
     # -- what a test does -----------------------------------------------------------------
     def feed(self, topic: str, message: Message, pixels: np.ndarray | None = None) -> None:
-        """Queue `message` on `topic` (subscribe first: the body does, so call after a first run or
-        use `expect`). Inline frames carry their pixels."""
+        """Queue `message` on `topic`; inline frames carry their pixels. A frames input is latest-only
+        in the detector: call `expect(..., latest=True)` first to see supersession before the body runs."""
         self.expect(topic, type(message)).put(encode(message), None if pixels is None else np.ascontiguousarray(pixels).tobytes())
 
     def feed_raw(self, topic: str, data: bytes, message_type: type) -> None:
@@ -104,7 +84,7 @@ class TestingNode:
         return self.inputs[topic]
 
     def published(self, topic: str) -> list[Message]:
-        return [message for t, message, _ in self.publisher.sent if t == topic]
+        return [message for t, message in self.sent if t == topic]
 
     # -- the Node interface ---------------------------------------------------------------
     def subscribe(self, source: str | Sequence[str], topic: str, message_type: type, latest: bool) -> FedInput:
@@ -112,11 +92,9 @@ class TestingNode:
         fed.latest = latest
         return fed
 
-    def unsubscribe(self, subscriber: FedInput) -> None:
-        self.inputs.pop(subscriber.topic, None)
-
     def publish(self, topic: str, message: Message) -> None:
-        self.publisher.publish(topic, message)
+        encode(message)  # what cannot go on the wire must fail here as it would live
+        self.sent.append((topic, message))
 
     def poll(self, timeout_s: float) -> set[FedInput]:
         ready = {fed for fed in self.inputs.values() if fed.pending()}
@@ -134,12 +112,6 @@ class TestingNode:
     def ok(self) -> bool:
         return not self._stop
 
-    def stop(self) -> None:
-        self._stop = True
-
-    def sleep_until(self, deadline_ns: int) -> None:
-        time.sleep(max(0.0, (deadline_ns - now_ns()) / 1e9))
-
     def count(self, name: str, n: int = 1) -> None:
         self.counters[name] = self.counters.get(name, 0) + n
 
@@ -148,17 +120,5 @@ class TestingNode:
         if self.state == NodeState.STARTING:
             self.state = NodeState.OK
 
-    def heartbeat(self, force: bool = False) -> None:
-        pass
-
     def frame_receiver(self) -> FrameReceiver:
         return FrameReceiver()
-
-    def frame_sender(self, transport: FrameTransport, slots: int) -> FrameSender:
-        """Frames are kept inline (pixels with the message): no shared memory in a test."""
-        return FrameSender(self.publisher, "testing", self.name, FrameTransport.INLINE, slots)  # type: ignore[arg-type]
-
-    def frame_pixels(self, topic: str = "frames") -> list[np.ndarray]:
-        """The pixels of every frame published inline on `topic`."""
-        return [np.frombuffer(buffers[0], np.uint8).reshape(message.shape)
-                for t, message, buffers in self.publisher.sent if t == topic and buffers]

@@ -115,6 +115,17 @@ class Subscriber(Generic[M]):
         message_type: type[M],
         latest: bool,
     ) -> None:
+        self._init_input(topic, message_type, latest)
+        self.socket = context.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.RCVHWM, LATEST_HWM if latest else QUEUE_HWM)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SUBSCRIBE, self.topic_bytes)
+        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        for endpoint in self.endpoints:
+            self.socket.connect(endpoint)
+
+    def _init_input(self, topic: str, message_type: type[M], latest: bool) -> None:
+        """The input's own state, whatever delivers its messages (a socket here, a test elsewhere)."""
         self.topic = topic
         self.topic_bytes = topic.encode()
         self.message_type = message_type
@@ -127,13 +138,6 @@ class Subscriber(Generic[M]):
         self.last: M | None = None
         self.last_ns: int | None = None
         self._last_warning_ns = 0
-        self.socket = context.socket(zmq.SUB)
-        self.socket.setsockopt(zmq.RCVHWM, LATEST_HWM if latest else QUEUE_HWM)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.SUBSCRIBE, self.topic_bytes)
-        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        for endpoint in self.endpoints:
-            self.socket.connect(endpoint)
 
     def receive(self) -> list[Received[M]]:
         """Everything queued now, oldest first; in latest mode only the newest valid message. Never blocks."""

@@ -32,7 +32,7 @@ import numpy as np
 from perception.config import ConfigError
 from perception.decision import DecisionMaker
 from perception.detection.adaptive import AdaptiveDetector
-from perception.detection.manifest import WEIGHTS_DIR, load_manifest
+from perception.detection.manifest import WEIGHTS_DIR, load_manifest, read_class_names
 from perception.detection.policy import PolicyConfig, run_policy
 from perception.engines import create_engine
 from perception.latency import now_ns, percentiles_ms
@@ -67,8 +67,7 @@ def run_baseline(spec: LaunchFile, launch_path: str, title: str = "") -> dict:
                                 detector_config.nms_threshold)
     try:
         detector.warm_up(np.full((480, 640, 3), 114, np.uint8))
-        class_names = [line.strip() for line in decision_config.classes_file.read_text().splitlines() if line.strip()]
-        maker = DecisionMaker(decision_config.rules, class_names, "baseline")
+        maker = DecisionMaker(decision_config.rules, read_class_names(decision_config.classes_file), "baseline")
         try:
             source = open_source(capture.source)
         except SourceError as exc:

@@ -35,10 +35,11 @@ import cv2
 import numpy as np
 
 from perception import REPO
+from perception.evaluation import DEV_MOT, DEV_VIDEO
+from perception.evaluation.detector_eval import read_frames as video_frames
+from perception.evaluation.mot import load_mot_csv
 from perception.tracking.flow import BoxFlow, FlowConfig, FlowFrame, frame_change
 
-DEV_VIDEO = REPO / "recordings" / "pets09_vtest_dev.avi"
-DEV_GT = REPO / "recordings" / "pets09_dev_gt.txt"
 DASHCAM = REPO / "recordings" / "udacity_dashcam.mp4"
 DEV_FRAMES = 400  # the tuning frames; never read ground truth past them
 HORIZON = 4
@@ -52,31 +53,23 @@ SWEEP = [dict(scale=s, grid=g) for s in (1.0, 0.5) for g in (3, 4)] + [
 ]
 
 
-def load_ground_truth(path: Path = DEV_GT, frames: int = DEV_FRAMES) -> dict[int, dict[int, np.ndarray]]:
+def load_ground_truth(path: Path = DEV_MOT, frames: int = DEV_FRAMES) -> dict[int, dict[int, np.ndarray]]:
     """video frame index -> {id: xyxy} for the first `frames` frames (flag 1 rows only)."""
     truth: dict[int, dict[int, np.ndarray]] = defaultdict(dict)
-    for line in path.read_text().splitlines():
-        fields = line.split(",")
-        if len(fields) < 7:
-            continue
-        frame, ident = int(fields[0]), int(fields[1])
-        if frame > frames or int(float(fields[6])) != 1:
-            continue
-        x, y, w, h = map(float, fields[2:6])
-        truth[frame - 1][ident] = np.array([x, y, x + w, y + h])
+    for frame, boxes in load_mot_csv(path).items():
+        if frame <= frames:
+            for ident, x, y, w, h, flag in boxes:
+                if flag == 1:
+                    truth[frame - 1][ident] = np.array([x, y, x + w, y + h])
     return dict(truth)
 
 
 def read_frames(video: Path, limit: int, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
-    capture = cv2.VideoCapture(str(video))
-    try:
-        for _ in range(limit):
-            ok, frame = capture.read()
-            if not ok:
-                return
-            yield frame if size is None else cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-    finally:
-        capture.release()
+    """The first `limit` frames of `video`, resized to `size` (width, height) if given."""
+    for index, frame, _ in video_frames(video):
+        if index >= limit:
+            return
+        yield frame if size is None else cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -20,20 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from perception import REPO
 from perception.detection.adaptive import AdaptiveDetector
 from perception.detection.manifest import WEIGHTS_DIR, load_manifest
 from perception.detection.policy import PolicyConfig
-from perception.detection.temporal import GateConfig, TemporalConfig
+from perception.detection.temporal import DECISION_CONFIG, GateConfig, TemporalConfig
 from perception.engines import EngineConfig, create_engine
+from perception.evaluation import DEV_ANNOTATIONS, DEV_MOT, DEV_VIDEO
 from perception.evaluation.detector_eval import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, load_annotations
 from perception.evaluation.sequence_eval import evaluate_sequence
+from perception.replay import BUNDLED_DRIVE
 
-DEV_VIDEO = REPO / "recordings" / "pets09_vtest_dev.avi"
-DEV_ANNOTATIONS = REPO / "recordings" / "pets09_dev_person.json"
-DEV_MOT = REPO / "recordings" / "pets09_dev_gt.txt"
-BUNDLED_DRIVE = REPO / "recordings" / "udacity_dashcam.mcap"
-DECISION_CONFIG = REPO / "configs" / "decision.yaml"
 INTERVALS = range(2, 9)
 
 
@@ -89,8 +85,7 @@ def drive_agreement(recording: Path, model: str = str(WEIGHTS_DIR / "yolox_nano_
     """`policy` against full depth on every frame of a recorded drive, as a deterministic replay
     runs them (source timeline, no deadlines): per frame, AP50 of its detections with full depth's
     as the ground truth, and the decision node's decisions on both."""
-    from perception.config import from_mapping, load_yaml
-    from perception.decision import DecisionMaker, DecisionRules
+    from perception.decision import DecisionMaker, load_decision_rules
     from perception.detection.temporal import TemporalDetector
     from perception.evaluation.coco_ap import Detection, GroundTruth, evaluate
     from perception.messages import Detections
@@ -98,7 +93,7 @@ def drive_agreement(recording: Path, model: str = str(WEIGHTS_DIR / "yolox_nano_
 
     manifest = load_manifest(model)
     names = manifest.class_names()
-    rules = from_mapping(DecisionRules, (load_yaml(DECISION_CONFIG) or {}).get("rules", {}), source=str(DECISION_CONFIG))
+    rules = load_decision_rules(DECISION_CONFIG)
     runs = {}
     for label, chosen in (("full", PolicyConfig(kind="fixed", exit=-1)), ("candidate", policy)):
         detector = AdaptiveDetector(manifest, create_engine(EngineConfig(threads=threads)))

@@ -23,6 +23,11 @@ from perception.config import ConfigError, from_mapping, load_yaml
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 
 
+def read_class_names(path: Path) -> list[str]:
+    """Class names, one per line in the detector's class order (blank lines ignored). OSError if unreadable."""
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 @dataclass(frozen=True)
 class InputSpec:
     name: str
@@ -92,7 +97,7 @@ class Manifest:
     def class_names(self) -> list[str]:
         if self.classes_file is None:
             return [str(i) for i in range(self.num_classes)]
-        names = [line.strip() for line in self.classes_file.read_text().splitlines() if line.strip()]
+        names = read_class_names(self.classes_file)
         if len(names) != self.num_classes:
             raise ConfigError(f"{self.classes_file}: {len(names)} class names for {self.num_classes} classes")
         return names

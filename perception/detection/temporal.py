@@ -38,16 +38,16 @@ from typing import Literal
 
 import numpy as np
 
-from perception.config import from_mapping, load_yaml
-from perception.decision import DecisionRules, fraction_in_polygon
+from perception import REPO
+from perception.decision import fraction_in_polygon, load_decision_rules
 from perception.detection.adaptive import AdaptiveDetector, FrameInference
 from perception.detection.policy import PolicyConfig, run_policy
 from perception.latency import now_ns
 from perception.messages import LEVEL_PROPAGATE
-from perception.tracking.flow import BoxFlow, FlowConfig, FlowFrame, frame_change
+from perception.tracking.flow import BoxFlow, FlowConfig, FlowFrame, FlowResult, frame_change
 from perception.tracking.tracker import Track, Tracker, TrackerConfig
 
-DECISION_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "decision.yaml"
+DECISION_CONFIG = REPO / "configs" / "decision.yaml"
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,7 @@ class RiskRules:
 
     @classmethod
     def from_decision_config(cls, path: Path, class_names: list[str]) -> "RiskRules":
-        data = load_yaml(path) or {}
-        rules = from_mapping(DecisionRules, data.get("rules", {}), source=f"{path}: rules", base_dir=Path(path).parent)
+        rules = load_decision_rules(path)
         unknown = [c for c in rules.classes if c not in class_names]
         if unknown:
             raise ValueError(f"{path}: classes {unknown} are not classes of the detector")
@@ -174,8 +173,7 @@ def max_pairwise_iou(boxes: np.ndarray) -> float:
 class TemporalDetector:
     """The adaptive detector over a frame sequence: gate, network, tracker and flow, in one place."""
 
-    def __init__(self, detector: AdaptiveDetector, policy: PolicyConfig, config: TemporalConfig,
-                 class_names: list[str] | None = None) -> None:
+    def __init__(self, detector: AdaptiveDetector, policy: PolicyConfig, config: TemporalConfig) -> None:
         self.detector = detector
         self.every_frame = policy.kind != "adaptive"
         # Network frames of the adaptive policy go as deep as their deadline allows.
@@ -184,45 +182,44 @@ class TemporalDetector:
         self.gate = config.gate
         self.tracker = Tracker(config.tracker)
         self.flow = BoxFlow(config.flow)
-        names = class_names if class_names is not None else detector.manifest.class_names()
-        self.risk = RiskRules.from_decision_config(self.gate.decision_config, names) if self.gate.risk else None
+        self.risk = (RiskRules.from_decision_config(self.gate.decision_config, detector.manifest.class_names())
+                     if self.gate.risk else None)
         self.levels: Counter = Counter()
         self.reasons: Counter = Counter()
         self.resets: Counter = Counter()
         self._previous: FlowFrame | None = None
-        self._last = Output.empty()  # the last frame's output at the lowest threshold anyone asked for
+        self._last = Output.empty()  # the last frame's boxes that later frames may propagate
         self._since_network = 0
         self._shape: tuple[int, ...] | None = None  # every-frame mode: the last frame's shape
 
     # -- one frame ------------------------------------------------------------------------
-    def process(self, frame: np.ndarray, t_ns: int, deadline_ns: int | None = None, max_exit: int | None = None,
-                output_threshold: float | None = None) -> TemporalOutcome:
-        """Detections for the next frame of the sequence, taken at `t_ns` (the source's timeline).
-        `output_threshold` (default: the detector's) is the lowest score returned."""
-        threshold = self.detector.score_threshold if output_threshold is None else output_threshold
+    def process(self, frame: np.ndarray, t_ns: int, deadline_ns: int | None = None,
+                max_exit: int | None = None) -> TemporalOutcome:
+        """Detections (scoring at least the detector's score threshold) for the next frame of the
+        sequence, taken at `t_ns` (the source's timeline)."""
         if self.every_frame:
-            return self._every_frame(frame, t_ns, deadline_ns, max_exit, threshold)
-        started = now_ns()
-        current = self.flow.prepare(frame)
-        why, moved = self._choose(current, t_ns, deadline_ns, max_exit)
-        flow_ns = now_ns() - started
-        self._previous = current
-        if why is None:
-            outcome = self._propagated(moved, t_ns, frame.shape, threshold, flow_ns)
+            outcome = self._every_frame(frame, t_ns, deadline_ns, max_exit)
         else:
-            outcome = self._network(frame, why, t_ns, deadline_ns, max_exit, threshold, flow_ns)
+            outcome = self._gated(frame, t_ns, deadline_ns, max_exit)
         self.levels[outcome.level] += 1
-        self.reasons[outcome.why.split(":")[0]] += 1
         return outcome
 
-    def _every_frame(self, frame: np.ndarray, t_ns: int, deadline_ns: int | None, max_exit: int | None,
-                     threshold: float) -> TemporalOutcome:
+    def _gated(self, frame: np.ndarray, t_ns: int, deadline_ns: int | None, max_exit: int | None) -> TemporalOutcome:
+        started = now_ns()
+        current = self.flow.prepare(frame)
+        why, moved = self._choose(current)
+        flow_ns = now_ns() - started
+        self._previous = current
+        self.reasons[(why or "propagate").split(":")[0]] += 1
+        if why is None:
+            return self._propagated(moved, t_ns, frame.shape, flow_ns)
+        return self._network(frame, why, t_ns, deadline_ns, max_exit, flow_ns)
+
+    def _every_frame(self, frame: np.ndarray, t_ns: int, deadline_ns: int | None, max_exit: int | None) -> TemporalOutcome:
         if self._shape is not None and self._shape != frame.shape:
             self.reset("frame size")
         self._shape = frame.shape
-        outcome = self._network(frame, "every frame", t_ns, deadline_ns, max_exit, threshold, 0)
-        self.levels[outcome.level] += 1
-        return outcome
+        return self._network(frame, "every frame", t_ns, deadline_ns, max_exit, 0)
 
     def reset(self, reason: str) -> None:
         """Forget tracks and the previous frame (a new size, a scene cut, a new source)."""
@@ -232,8 +229,7 @@ class TemporalDetector:
         self._last = Output.empty()
 
     # -- the gate -------------------------------------------------------------------------
-    def _choose(self, current: FlowFrame, t_ns: int, deadline_ns: int | None,
-                max_exit: int | None) -> tuple[str | None, object]:
+    def _choose(self, current: FlowFrame) -> tuple[str | None, FlowResult | None]:
         """(why the network must run, or None to propagate; the flow result when computed)."""
         if self._previous is not None and self._previous.shape != current.shape:
             self.reset("frame size")
@@ -288,12 +284,13 @@ class TemporalDetector:
             return "entering"
         return None
 
-    def _move(self, current: FlowFrame):
+    def _move(self, current: FlowFrame) -> FlowResult:
         return self.flow.propagate(self._previous, current, self._last.boxes)
 
     # -- the two kinds of frame -----------------------------------------------------------
     def _network(self, frame: np.ndarray, why: str, t_ns: int, deadline_ns: int | None, max_exit: int | None,
-                 threshold: float, flow_ns: int) -> TemporalOutcome:
+                 flow_ns: int) -> TemporalOutcome:
+        threshold = self.detector.score_threshold
         inference = self.detector.begin(frame)
         # Decoded once, low enough for the tracker's second association (ByteTrack keeps low-score boxes).
         low = min(threshold, self.config.tracker.low_score)
@@ -309,7 +306,7 @@ class TemporalDetector:
         self._since_network = 0
         return TemporalOutcome(outcome.exit_index, why, output.select(output.scores >= threshold), inference, flow_ns)
 
-    def _propagated(self, moved, t_ns: int, shape: tuple[int, ...], threshold: float, flow_ns: int) -> TemporalOutcome:
+    def _propagated(self, moved: FlowResult, t_ns: int, shape: tuple[int, ...], flow_ns: int) -> TemporalOutcome:
         last = self._last
         boxes = moved.boxes.astype(np.float32)
         measured = {int(tid): box for tid, box, ok in zip(last.track_ids, boxes, moved.ok) if tid and ok}
@@ -322,7 +319,8 @@ class TemporalDetector:
                 boxes[index] = estimates[int(track_id)]
         self._last = Output(boxes, last.scores, last.class_ids, last.track_ids, self._velocities(last.track_ids))
         self._since_network += 1
-        return TemporalOutcome(LEVEL_PROPAGATE, "propagate", self._last.select(self._last.scores >= threshold), None, flow_ns)
+        output = self._last.select(self._last.scores >= self.detector.score_threshold)
+        return TemporalOutcome(LEVEL_PROPAGATE, "propagate", output, None, flow_ns)
 
     def _velocities(self, track_ids: np.ndarray) -> np.ndarray:
         by_id = {t.track_id: t.velocity for t in self.tracker.tracks}

@@ -6,6 +6,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -78,11 +79,7 @@ def evaluate_on_video(detector: AdaptiveDetector, video: Path, annotations: Anno
         report.exit_histogram[outcome.exit_index] += 1
         boxes, scores, class_ids = detector.decode(inference, inference.raw_exits[outcome.exit_index],
                                                    EVAL_SCORE_THRESHOLD, EVAL_NMS_THRESHOLD)
-        for box, score, class_id in zip(boxes, scores, class_ids):
-            category = annotations.category_for_class.get(int(class_id))
-            if category is not None:
-                x1, y1, x2, y2 = map(float, box)
-                detections.append(Detection(image_id, category, (x1, y1, x2 - x1, y2 - y1), float(score)))
+        detections += coco_detections(image_id, boxes, scores, class_ids, annotations)
     for _ in range(passes - 1):
         report.detector_ms += time_policy(detector, frames, policy)
     report.ap = evaluate(annotations.truths, detections)
@@ -99,19 +96,40 @@ def time_policy(detector: AdaptiveDetector, frames: list[tuple[int, np.ndarray]]
     return times
 
 
-def annotated_frames(video: Path, annotations: Annotations) -> list[tuple[int, np.ndarray]]:
+def coco_detections(image_id: int, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray,
+                    annotations: Annotations) -> list[Detection]:
+    """Detections of the annotated categories as COCO boxes (x, y, w, h) of one image."""
+    found = []
+    for box, score, class_id in zip(boxes, scores, class_ids):
+        category = annotations.category_for_class.get(int(class_id))
+        if category is not None:
+            x1, y1, x2, y2 = map(float, box)
+            found.append(Detection(image_id, category, (x1, y1, x2 - x1, y2 - y1), float(score)))
+    return found
+
+
+def read_frames(video: Path) -> Iterator[tuple[int, np.ndarray, int]]:
+    """(frame index, frame, media_ns) of every frame of `video`, in order; a bad file is a ConfigError."""
     try:
         source = VideoFileSource(video)
     except SourceError as exc:
         raise ConfigError(str(exc)) from None
-    frames = []
     with source:
-        frame_index = 0
-        last = max(annotations.image_for_frame)
-        while frame_index <= last and (item := source.read()) is not None:
-            if frame_index in annotations.image_for_frame:
-                frames.append((annotations.image_for_frame[frame_index], item[0].copy()))
-            frame_index += 1
+        index = 0
+        while (item := source.read()) is not None:
+            frame, media_ns = item
+            yield index, frame.copy(), media_ns
+            index += 1
+
+
+def annotated_frames(video: Path, annotations: Annotations) -> list[tuple[int, np.ndarray]]:
+    last = max(annotations.image_for_frame)
+    frames = []
+    for frame_index, frame, _ in read_frames(video):
+        if frame_index > last:
+            break
+        if frame_index in annotations.image_for_frame:
+            frames.append((annotations.image_for_frame[frame_index], frame))
     if len(frames) != len(annotations.image_for_frame):
         raise ConfigError(f"{video}: has {len(frames)} of the {len(annotations.image_for_frame)} annotated frames")
     return frames

@@ -28,12 +28,10 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from perception.config import ConfigError
+from perception.evaluation import DEV_MOT, DEV_VIDEO
 from perception.tracking.tracker import Tracker, TrackerConfig, iou_matrix
 
 MATCH_IOU = 0.5
-REPO = Path(__file__).resolve().parents[2]
-DEV_VIDEO = REPO / "recordings" / "pets09_vtest_dev.avi"
-DEV_GT = REPO / "recordings" / "pets09_dev_gt.txt"
 
 MotBox = tuple[int, float, float, float, float, int]  # (track id, x, y, w, h, flag)
 
@@ -153,23 +151,17 @@ def detect_video(video: str | Path, score_threshold: float, class_id: int = 0, t
     from perception.detection.manifest import WEIGHTS_DIR, load_manifest
     from perception.detection.policy import PolicyConfig, run_policy
     from perception.engines import EngineConfig, create_engine
-    from perception.sources import SourceError, VideoFileSource
+    from perception.evaluation.detector_eval import read_frames
 
     detector = AdaptiveDetector(load_manifest(WEIGHTS_DIR / model), create_engine(EngineConfig(threads=threads)),
                                 score_threshold=score_threshold)
     policy = PolicyConfig(kind="fixed", exit=-1)
-    try:
-        source = VideoFileSource(Path(video))
-    except SourceError as exc:
-        raise ConfigError(str(exc)) from None
     frames, size = [], (0, 0)
-    with source:
-        while (item := source.read()) is not None:
-            image, media_ns = item
-            size = (image.shape[1], image.shape[0])
-            outcome = run_policy(detector, detector.begin(image), policy)
-            keep = outcome.class_ids == class_id
-            frames.append(FrameDetections(media_ns, outcome.boxes[keep], outcome.scores[keep], outcome.class_ids[keep]))
+    for _, image, media_ns in read_frames(Path(video)):
+        size = (image.shape[1], image.shape[0])
+        outcome = run_policy(detector, detector.begin(image), policy)
+        keep = outcome.class_ids == class_id
+        frames.append(FrameDetections(media_ns, outcome.boxes[keep], outcome.scores[keep], outcome.class_ids[keep]))
     return frames, size
 
 
@@ -189,7 +181,7 @@ def track_detections(frames: list[FrameDetections], image_size: tuple[int, int],
     return hypotheses, times_ms
 
 
-def track_video(video: str | Path = DEV_VIDEO, gt_path: str | Path = DEV_GT, config: TrackerConfig | None = None,
+def track_video(video: str | Path = DEV_VIDEO, gt_path: str | Path = DEV_MOT, config: TrackerConfig | None = None,
                 score_threshold: float = 0.4, threads: int = 2) -> dict:
     """Detect (full depth, person only, scores >= score_threshold), track and score against the MOT
     ground truth for the frames it covers. Returns the metrics plus the tracker's per-frame cost."""
@@ -205,7 +197,7 @@ def track_video(video: str | Path = DEV_VIDEO, gt_path: str | Path = DEV_GT, con
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Track people on an annotated video and print MOT metrics (JSON).")
     parser.add_argument("--video", default=str(DEV_VIDEO))
-    parser.add_argument("--gt", default=str(DEV_GT))
+    parser.add_argument("--gt", default=str(DEV_MOT))
     parser.add_argument("--score", type=float, default=0.4, help="detector score threshold fed to the tracker")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrackerConfig field")

@@ -26,10 +26,9 @@ from perception.detection.adaptive import AdaptiveDetector
 from perception.detection.policy import PolicyConfig
 from perception.detection.temporal import TemporalConfig, TemporalDetector
 from perception.evaluation.coco_ap import APResult, Detection, evaluate
-from perception.evaluation.detector_eval import Annotations
+from perception.evaluation.detector_eval import Annotations, coco_detections, read_frames
 from perception.latency import now_ns, percentiles_ms
 from perception.messages import level_name
-from perception.sources import SourceError, VideoFileSource
 
 MOT_SCORE_THRESHOLD = 0.4  # tracks reported for MOT metrics: as the issue's IoU-matcher baseline
 
@@ -72,11 +71,10 @@ def evaluate_sequence(name: str, detector: AdaptiveDetector, policy: PolicyConfi
         start = now_ns()
         outcome = temporal_detector.process(frame, media_ns)
         report.detector_ms.append((now_ns() - start) / 1e6)
-        report.levels[level_name(outcome.level)] += 1
         out = outcome.output
         image_id = annotations.image_for_frame.get(frame_index)
         if image_id is not None:
-            detections += _coco_detections(image_id, out, annotations)
+            detections += coco_detections(image_id, out.boxes, out.scores, out.class_ids, annotations)
         keep = (out.track_ids > 0) & (out.class_ids == person_class) & (out.scores >= MOT_SCORE_THRESHOLD)
         hypotheses[frame_index + 1] = [(int(t), float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1]))
                                        for t, b in zip(out.track_ids[keep], out.boxes[keep])]
@@ -85,6 +83,7 @@ def evaluate_sequence(name: str, detector: AdaptiveDetector, policy: PolicyConfi
         raise ConfigError(f"{video}: has {len(report.detector_ms)} frames, annotations reach frame "
                           f"{max(annotations.image_for_frame)}")
     report.ap = evaluate([t for t in annotations.truths if t.image_id in scored], detections)
+    report.levels = Counter({level_name(level): n for level, n in temporal_detector.levels.items()})
     report.reasons = Counter({k: v for k, v in temporal_detector.reasons.items() if k != "propagate"})
     report.resets = temporal_detector.resets
     if mot_truth is not None:
@@ -93,27 +92,3 @@ def evaluate_sequence(name: str, detector: AdaptiveDetector, policy: PolicyConfi
         report.tracking = mot_metrics({f: rows for f, rows in mot_truth.items() if f <= len(report.detector_ms)},
                                       hypotheses)
     return report
-
-
-def _coco_detections(image_id: int, out, annotations: Annotations) -> list[Detection]:
-    found = []
-    for box, score, class_id in zip(out.boxes, out.scores, out.class_ids):
-        category = annotations.category_for_class.get(int(class_id))
-        if category is not None:
-            x1, y1, x2, y2 = map(float, box)
-            found.append(Detection(image_id, category, (x1, y1, x2 - x1, y2 - y1), float(score)))
-    return found
-
-
-def read_frames(video: Path):
-    """(frame index, frame, media_ns) of every frame, in order."""
-    try:
-        source = VideoFileSource(video)
-    except SourceError as exc:
-        raise ConfigError(str(exc)) from None
-    with source:
-        index = 0
-        while (item := source.read()) is not None:
-            frame, media_ns = item
-            yield index, frame.copy(), media_ns
-            index += 1
