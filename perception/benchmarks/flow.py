@@ -39,6 +39,7 @@ from perception.evaluation import DEV_MOT, DEV_VIDEO
 from perception.evaluation.detector_eval import read_frames as video_frames
 from perception.evaluation.mot import load_mot_csv
 from perception.tracking.flow import BoxFlow, FlowConfig, FlowFrame, frame_change
+from perception.tracking.tracker import iou_matrix
 
 DASHCAM = REPO / "recordings" / "udacity_dashcam.mp4"
 DEV_FRAMES = 400  # the tuning frames; never read ground truth past them
@@ -73,12 +74,8 @@ def read_frames(video: Path, limit: int, size: tuple[int, int] | None = None) ->
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of two (N, 4) xyxy arrays."""
-    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = w * h
-    area = lambda r: (r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])  # noqa: E731
-    return inter / np.maximum(area(a) + area(b) - inter, 1e-9)
+    """Row-wise IoU of two (N, 4) xyxy arrays: box i of `a` with box i of `b`."""
+    return np.diagonal(iou_matrix(a, b)).copy()
 
 
 def accuracy(config: FlowConfig, frames: int = DEV_FRAMES, horizon: int = HORIZON) -> dict:

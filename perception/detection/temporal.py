@@ -45,7 +45,7 @@ from perception.detection.policy import PolicyConfig, run_policy
 from perception.latency import now_ns
 from perception.messages import LEVEL_PROPAGATE
 from perception.tracking.flow import BoxFlow, FlowConfig, FlowFrame, FlowResult, frame_change
-from perception.tracking.tracker import Track, Tracker, TrackerConfig
+from perception.tracking.tracker import Track, Tracker, TrackerConfig, iou_matrix
 
 DECISION_CONFIG = REPO / "configs" / "decision.yaml"
 
@@ -159,13 +159,7 @@ def max_pairwise_iou(boxes: np.ndarray) -> float:
     """The largest IoU between two different boxes (0 for fewer than two)."""
     if len(boxes) < 2:
         return 0.0
-    x1 = np.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    y1 = np.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    x2 = np.minimum(boxes[:, None, 2], boxes[None, :, 2])
-    y2 = np.minimum(boxes[:, None, 3], boxes[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    iou = inter / np.maximum(area[:, None] + area[None, :] - inter, 1e-9)
+    iou = iou_matrix(boxes, boxes)
     np.fill_diagonal(iou, 0.0)
     return float(iou.max())
 
@@ -257,9 +251,8 @@ class TemporalDetector:
             difficulty = self._difficulty(track, width, height)
             if difficulty:
                 return f"{difficulty}: track {track.track_id}", None
-        overlap = max((max_pairwise_iou(np.array([t.box for t in tracks if t.class_id == c], np.float32).reshape(-1, 4))
-                       for c in {t.class_id for t in tracks}), default=0.0)
-        if overlap > self.gate.occlusion_iou:  # same class only: a car also seen as a truck is no occlusion
+        overlap = self._occlusion(tracks) if self.gate.occlusion_iou < 1.0 else 0.0  # 1.0: the rule is off
+        if overlap > self.gate.occlusion_iou:
             return f"occlusion: IoU {overlap:.2f}", None
         moved = self._move(current)
         # Only tracked boxes count: a low-score box nobody tracks may fail to flow without harm.
@@ -283,6 +276,12 @@ class TemporalDetector:
         if at_border and track.age_frames < self.gate.entering_frames:
             return "entering"
         return None
+
+    @staticmethod
+    def _occlusion(tracks: list[Track]) -> float:
+        """The largest overlap of two tracks of one class (a car also seen as a truck is no occlusion)."""
+        return max((max_pairwise_iou(np.array([t.box for t in tracks if t.class_id == c], np.float32).reshape(-1, 4))
+                    for c in {t.class_id for t in tracks}), default=0.0)
 
     def _move(self, current: FlowFrame) -> FlowResult:
         return self.flow.propagate(self._previous, current, self._last.boxes)
