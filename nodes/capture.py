@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from perception.latency import now_ns
-from perception.messages import Decision, FrameTransport, Stamp
+from perception.messages import FrameTransport, Stamp
 from perception.node import DeviceLostError, FatalInputError, Node, NodeSettings, run_node
 from perception.sources import DeviceError, SourceConfig, SourceError, open_source
 from perception.timing import RateKeeper
+from perception.topics import DECISIONS, FRAMES
 
 log = logging.getLogger("capture")
 
@@ -30,7 +31,6 @@ class CaptureConfig:
     transport: Literal["shm", "inline"] = "shm"  # inline: pixels inside the message (for tcp://)
     ring_slots: int = 8
     max_frames: int | None = None
-    topic: str = "frames"
     wait_for_subscribers: int = 0  # replay: hold the first frame until this many consumers listen
     wait_for_nodes: list[str] | None = None  # and until these nodes run their loops (models loaded, warm)
     wait_timeout_s: float = 10.0
@@ -56,13 +56,13 @@ def capture(node: Node, config: CaptureConfig) -> None:
         pacer = Pacer(config, source)
         log.info("%s, publishing %s, %s", source.description, config.transport, pacer.describe())
         sender = node.frame_sender(FrameTransport[config.transport.upper()], config.ring_slots)
-        decisions = (node.subscribe(config.lockstep_from, "decisions", Decision, latest=False)
+        decisions = (node.subscribe(config.lockstep_from, DECISIONS, latest=False)
                      if config.lockstep_from else None)
         if config.wait_for_subscribers and not node.wait_for_subscribers(
-            config.topic, config.wait_for_subscribers, config.wait_timeout_s
+            FRAMES, config.wait_for_subscribers, config.wait_timeout_s
         ):
             log.warning("only %d of %d subscribers after %.1f s; starting anyway",
-                        node.publisher.subscriber_count(config.topic), config.wait_for_subscribers, config.wait_timeout_s)
+                        node.publisher.subscriber_count(FRAMES), config.wait_for_subscribers, config.wait_timeout_s)
         if config.wait_for_nodes:
             silent = node.wait_for_nodes(config.wait_for_nodes, config.wait_timeout_s)
             if silent:
@@ -89,7 +89,7 @@ def capture(node: Node, config: CaptureConfig) -> None:
                 log.warning("frame %s does not match the stream's %s; dropped", frame.shape, shape)
                 continue
             frame_id += 1
-            sender.send(config.topic, frame, frame_id=frame_id, capture_ns=capture_ns, media_ns=media_ns,
+            sender.send(frame, frame_id=frame_id, capture_ns=capture_ns, media_ns=media_ns,
                         stamps=(Stamp("capture", capture_ns),), reservation=reservation)
             node.count("frames.sent")
             node.counters["frames.bad_source"] = source.bad_frames

@@ -10,8 +10,8 @@ from pathlib import Path
 from perception.decision import DecisionMaker, DecisionRules
 from perception.detection.manifest import WEIGHTS_DIR, read_class_names
 from perception.latency import now_ns
-from perception.messages import Detections
 from perception.node import FatalInputError, Node, NodeSettings, run_node
+from perception.topics import DECISIONS, DETECTIONS
 
 log = logging.getLogger("decision")
 
@@ -37,7 +37,7 @@ def decide(node: Node, config: DecisionConfig) -> None:
         maker = DecisionMaker(config.rules, read_class_names(config.classes_file), node.name)
     except (OSError, ValueError) as exc:
         raise FatalInputError(f"{config.classes_file}: {exc}") from None
-    detections = node.subscribe(config.detections_from, "detections", Detections, latest=False)
+    detections = node.subscribe(config.detections_from, DETECTIONS, latest=False)
     actions: Counter = Counter()
     while node.ok():
         if detections in node.poll(0.1):
@@ -46,7 +46,7 @@ def decide(node: Node, config: DecisionConfig) -> None:
                     node.count("detections.stale")
                     continue
                 decision = maker.decide(received.message, now_ns())
-                node.publish("decisions", decision)
+                node.publish(DECISIONS, decision)
                 actions[decision.action.name] += 1
                 node.count(f"decisions.{decision.action.name.lower()}")
                 node.mark_frame_done(decision.frame_id, decision.capture_ns)

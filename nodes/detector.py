@@ -26,6 +26,7 @@ from perception.engines import EngineConfig, EngineUnavailable, create_engine
 from perception.latency import now_ns, percentiles_ms, since_capture_ns
 from perception.messages import LEVEL_PROPAGATE, Control, Detections, FrameHeader, NodeState, Stamp
 from perception.node import FatalInputError, Node, NodeSettings, run_node
+from perception.topics import CONTROL, DETECTIONS, FRAMES
 from perception.shm_ring import FrameOverwritten, RingError
 from perception.timing import Periodic
 
@@ -98,8 +99,8 @@ class DepthCeiling:
 def detect(node: Node, config: DetectorConfig) -> None:
     temporal = open_detector(config)
     detector = temporal.detector
-    frames = node.subscribe(config.frames_from, "frames", FrameHeader, latest=True)
-    control = node.subscribe(config.control_from, "control", Control, latest=False) if config.control_from else None
+    frames = node.subscribe(config.frames_from, FRAMES, latest=True)
+    control = node.subscribe(config.control_from, CONTROL, latest=False) if config.control_from else None
     receiver = node.frame_receiver()
     ceiling = DepthCeiling(detector.exit_count)
     latencies: deque[int] = deque(maxlen=500)
@@ -118,7 +119,7 @@ def detect(node: Node, config: DetectorConfig) -> None:
                 for received in frames.receive():
                     message = process_frame(node, config, temporal, receiver, received, ceiling.max_exit)
                     if message is not None:
-                        node.publish("detections", message)
+                        node.publish(DETECTIONS, message)
                         latencies.append(since_capture_ns(message))
                         exits[message.level] += 1
             if reporting.due():

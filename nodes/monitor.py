@@ -14,6 +14,7 @@ from pathlib import Path
 from perception.latency import now_ns, percentiles_ms, since_capture_ns, stage_durations_ns
 from perception.messages import FrameHeader
 from perception.node import Node, NodeSettings, run_node
+from perception.topics import FRAMES
 from perception.shm_ring import FrameOverwritten, RingError
 from perception.sources import read_frame_index
 from perception.timing import Periodic
@@ -25,7 +26,6 @@ log = logging.getLogger("monitor")
 class MonitorConfig:
     node: NodeSettings = field(default_factory=NodeSettings)
     frames_from: str = "capture"  # node name or endpoint URL
-    topic: str = "frames"
     latest: bool = False  # true: only ever look at the newest frame, as a detector would
     record: Path | None = None  # JSON lines, one per frame
     report_period_s: float = 5.0
@@ -40,7 +40,7 @@ CONFIG = MonitorConfig
 
 
 def monitor(node: Node, config: MonitorConfig) -> None:
-    frames = node.subscribe(config.frames_from, config.topic, FrameHeader, latest=config.latest)
+    frames = node.subscribe(config.frames_from, FRAMES, latest=config.latest)
     receiver = node.frame_receiver()
     latencies: deque[int] = deque(maxlen=config.window)
     record = open(config.record, "a", buffering=1) if config.record else None

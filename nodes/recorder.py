@@ -2,7 +2,9 @@
 
 Subscribes in queue mode (never latest-only: a recording must not skip messages) and reads each
 frame from the shared-memory ring as soon as its header arrives. A frame whose slot was reused
-before it could be read is counted as `frames.lost`, never written torn.
+before it could be read is counted as `frames.lost`, never written torn. The writer adds what
+Foxglove shows (perception.recording): boxes over the image from each detections message, the
+latency of each decision up to its receipt here, and a log of fail-safes and state changes.
 """
 
 from __future__ import annotations
@@ -12,32 +14,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from perception.detection.manifest import WEIGHTS_DIR, read_class_names
 from perception.latency import now_ns
 from perception.node import FatalInputError, Node, NodeSettings, run_node
-from perception.recording import TOPIC_TYPES, RecordingWriter
+from perception.recording import RecordingWriter
 from perception.shm_ring import FrameOverwritten, RingError
+from perception.topics import FRAMES, TOPICS, topic
 
 log = logging.getLogger("recorder")
 
-DEFAULT_SOURCES = {
-    "frames": ["capture"], "detections": ["detector"], "decisions": ["decision", "watchdog"],
-    "watchdog": ["watchdog"], "control": ["watchdog"], "heartbeat": ["capture", "detector", "decision", "watchdog"],
-}
+
+def default_sources() -> dict[str, list[str]]:
+    """Every topic of the graph, from every node that publishes it (perception.topics)."""
+    return {t.name: list(t.publishers) for t in TOPICS}
 
 
 @dataclass(frozen=True)
 class RecorderConfig:
     output: Path
     node: NodeSettings = field(default_factory=NodeSettings)
-    sources: dict[str, list[str]] = field(default_factory=lambda: dict(DEFAULT_SOURCES))  # topic -> publishers
+    sources: dict[str, list[str]] = field(default_factory=default_sources)  # topic name -> publishers
     image_format: Literal["jpeg", "raw"] = "jpeg"
     jpeg_quality: int = 90
     chunk_size_kb: int = 1024  # a killed recorder loses at most the chunk in progress
+    classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # the detector's class names: labels of the boxes
 
     def __post_init__(self) -> None:
-        unknown = set(self.sources) - set(TOPIC_TYPES)
-        if unknown:
-            raise ValueError(f"sources: unknown topics {sorted(unknown)} (known: {', '.join(TOPIC_TYPES)})")
+        for name in self.sources:
+            try:
+                topic(name)
+            except ValueError as exc:
+                raise ValueError(f"sources: {exc}") from None
         if not 1 <= self.jpeg_quality <= 100 or self.chunk_size_kb <= 0:
             raise ValueError("jpeg_quality must be 1..100 and chunk_size_kb positive")
 
@@ -56,28 +63,33 @@ def free_path(path: Path) -> Path:
 
 
 def record(node: Node, config: RecorderConfig) -> None:
+    try:
+        class_names = read_class_names(config.classes_file)
+    except OSError as exc:
+        raise FatalInputError(f"{config.classes_file}: cannot read the class names ({exc.strerror})") from None
     output = free_path(config.output)
     if output != config.output:
         log.warning("%s exists; recording to %s", config.output, output)
     try:
-        writer = RecordingWriter(output, config.image_format, config.jpeg_quality, config.chunk_size_kb * 1024)
+        writer = RecordingWriter(output, config.image_format, config.jpeg_quality, config.chunk_size_kb * 1024,
+                                 class_names)
     except OSError as exc:
         raise FatalInputError(f"recording {output}: cannot write ({exc.strerror})") from None
-    subscribers = {topic: node.subscribe(refs, topic, TOPIC_TYPES[topic], latest=False)
-                   for topic, refs in config.sources.items() if refs}
+    subscribers = [node.subscribe(refs, topic(name), latest=False) for name, refs in config.sources.items() if refs]
     receiver = node.frame_receiver()
-    log.info("recording %s to %s", ", ".join(subscribers), output)
+    log.info("recording %s to %s", ", ".join(s.topic.name for s in subscribers), output)
     try:
         while node.ok():
             ready = node.poll(0.1)
-            for topic, subscriber in subscribers.items():
+            for subscriber in subscribers:
                 if subscriber in ready:
                     for received in subscriber.receive():
-                        if topic == "frames":
+                        if subscriber.topic == FRAMES:
                             write_frame(node, writer, receiver, received)
                         else:
-                            writer.write(topic, received.message, now_ns())
-                            node.count(f"{topic}.written")
+                            # The receipt time is the log time, and where a decision's /latency ends.
+                            writer.write(subscriber.topic, received.message, now_ns())
+                            node.count(f"{subscriber.topic.key}.written")
     finally:
         writer.close()
         log.info("wrote %s: %s", output, " ".join(f"{k} {v}" for k, v in sorted(writer.counts.items())))

@@ -1,7 +1,8 @@
 """Watchdog node: enforces the capture-to-decision budget, fails safe, degrades depth.
 
-Publishes fail-safe BRAKE decisions on `decisions` (consumers listen to the decision node and to
-the watchdog), depth ceilings on `control`, and a WatchdogStatus on `watchdog` every status period.
+Publishes fail-safe BRAKE decisions on the decisions topic (consumers listen to the decision node
+and to the watchdog), depth ceilings on the control topic, and a WatchdogStatus every status period
+(perception.topics).
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import logging
 from dataclasses import dataclass, field
 
 from perception.latency import now_ns
-from perception.messages import Decision, FrameHeader, Heartbeat
 from perception.node import Node, NodeSettings, run_node
 from perception.timing import Periodic
+from perception.topics import CONTROL, DECISIONS, DETECTIONS, FRAMES, HEARTBEAT, WATCHDOG_STATUS
 from perception.watchdog import Outputs, WatchdogCore, WatchdogRules
 
 log = logging.getLogger("watchdog")
@@ -23,6 +24,7 @@ class WatchdogConfig:
     node: NodeSettings = field(default_factory=NodeSettings)
     rules: WatchdogRules = field(default_factory=WatchdogRules)
     frames_from: str | list[str] = "capture"  # node name(s) or endpoint URL(s)
+    detections_from: str | list[str] = "detector"  # for the topic monitor only
     decisions_from: str | list[str] = "decision"
     status_period_ms: float = 100.0
     control_period_ms: float = 1000.0  # re-send the ceiling so a restarted detector learns it
@@ -37,9 +39,10 @@ CONFIG = WatchdogConfig
 
 def watch(node: Node, config: WatchdogConfig) -> None:
     core = WatchdogCore(config.rules, node.name, now_ns())
-    frames = node.subscribe(config.frames_from, "frames", FrameHeader, latest=False)
-    decisions = node.subscribe(config.decisions_from, "decisions", Decision, latest=False)
-    heartbeats = node.subscribe(config.rules.monitored, "heartbeat", Heartbeat, latest=False)
+    frames = node.subscribe(config.frames_from, FRAMES, latest=False)
+    detections = node.subscribe(config.detections_from, DETECTIONS, latest=False)
+    decisions = node.subscribe(config.decisions_from, DECISIONS, latest=False)
+    heartbeats = node.subscribe(config.rules.monitored, HEARTBEAT, latest=False)
     status_due, control_due = Periodic(config.status_period_ms / 1e3, True), Periodic(config.control_period_ms / 1e3, True)
     node.mark_frame_done(0, 0)
     while node.ok():
@@ -49,29 +52,34 @@ def watch(node: Node, config: WatchdogConfig) -> None:
         # Frames before decisions: a decision for a frame that arrived in the same batch answers it.
         if frames in ready:
             for received in frames.receive():
+                core.on_message(FRAMES, now_ns())
                 core.on_frame(received.message)
+        if detections in ready:
+            for _ in detections.receive():
+                core.on_message(DETECTIONS, now_ns())
         if decisions in ready:
             for received in decisions.receive():
                 if received.message.decided_by != node.name:
+                    core.on_message(DECISIONS, now_ns())
                     publish(node, core.on_decision(received.message, now_ns()))
         if heartbeats in ready:
             for received in heartbeats.receive():
                 core.on_heartbeat(received.message, now_ns())
         publish(node, core.tick(now_ns()))
         if status_due.due():
-            node.publish("watchdog", core.status())
+            node.publish(WATCHDOG_STATUS, core.status())
             node.counters.update(core.counters)
         if control_due.due():
-            node.publish("control", core.control_now())
+            node.publish(CONTROL, core.control_now())
     log.info("%s", " ".join(f"{k} {v}" for k, v in core.status().counters.items()))
 
 
 def publish(node: Node, out: Outputs) -> None:
     for decision in out.decisions:
-        node.publish("decisions", decision)
+        node.publish(DECISIONS, decision)
         log.warning("fail-safe BRAKE for frame %d: %s: %s", decision.frame_id, decision.reason.name, decision.detail)
     for control in out.controls:
-        node.publish("control", control)
+        node.publish(CONTROL, control)
         log.warning("depth ceiling -> %d: %s", control.max_depth, control.reason)
 
 

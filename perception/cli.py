@@ -12,7 +12,7 @@ from typing import Sequence
 def _launch(args: argparse.Namespace) -> int:
     from perception.launch import launch_main
 
-    return launch_main(args.launch_file, args.duration, args.status_file)
+    return launch_main(args.launch_file, args.duration, args.status_file, args.foxglove)
 
 
 def _bench_handoff(args: argparse.Namespace) -> int:
@@ -86,6 +86,8 @@ def _run_delegated(name: str, argv: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from perception.visualization import add_foxglove_argument
+
     parser = argparse.ArgumentParser(prog="perception", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("launch_file", type=Path)
     launch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     launch.add_argument("--status-file", type=Path, default=None, help="keep a JSON status of all nodes here")
+    add_foxglove_argument(launch)
     launch.set_defaults(func=_launch)
 
     handoff = commands.add_parser("bench-handoff", help="frame handoff latency: shared memory vs ZeroMQ copy")

@@ -41,9 +41,10 @@ import zmq
 
 from perception.config import ConfigError, apply_override, from_mapping, load_yaml
 from perception.latency import now_ns
-from perception.messages import Heartbeat, NodeState
-from perception.node import EXIT_CONFIG, HEARTBEAT_TOPIC, RUN_DIR_ENV, RUN_ID_ENV, private_run_dir, stop_order_path
+from perception.messages import Heartbeat, NodeState, WatchdogStatus
+from perception.node import EXIT_CONFIG, RUN_DIR_ENV, RUN_ID_ENV, private_run_dir, stop_order_path
 from perception.shm_ring import run_ring_prefix, segments_with_prefix, unlink_segment
+from perception.topics import HEARTBEAT, WATCHDOG_STATUS
 from perception.transport import Subscriber, resolve_endpoint
 
 log = logging.getLogger("launch")
@@ -227,6 +228,7 @@ class Launcher:
         self._drain_until_ns: int | None = None
         self._exit_code = 0
         self._context = zmq.Context()
+        self.watchdog_status: WatchdogStatus | None = None  # the newest, for the topic column of the status
         self._validate_and_prepare()
 
     @classmethod
@@ -332,6 +334,16 @@ class Launcher:
                     if managed.spec.name == beat.node and managed.process is not None and managed.process.pid == beat.pid:
                         managed.heartbeat, managed.heartbeat_ns = beat, now_ns()
 
+    def _collect_watchdog_status(self, subscriber: Subscriber) -> None:
+        for received in subscriber.receive():
+            self.watchdog_status = received.message
+
+    def topic_status(self) -> list[dict]:
+        """The watchdog's view of every monitored topic: state and measured rate."""
+        if self.watchdog_status is None:
+            return []
+        return [{"topic": t.topic, "state": t.state.name, "rate_hz": t.rate_hz} for t in self.watchdog_status.topics]
+
     def status(self) -> list[dict]:
         rows = []
         now = now_ns()
@@ -354,19 +366,25 @@ class Launcher:
             age = f"{row['heartbeat_age_ms']:.0f}ms" if row["heartbeat_age_ms"] is not None else "-"
             lines.append(f"{row['name']:<12} {row['pid'] or '-':>7} {row['state']:<10} {row['restarts']:>8} "
                          f"{age:>8} {row['last_frame'] if row['last_frame'] is not None else '-':>7}  {counters}")
+        topics = self.topic_status()
+        if topics:
+            lines.append("topics: " + "  ".join(f"{t['topic']} {t['state']} {t['rate_hz']:g} Hz" for t in topics))
         print("\n".join(lines), file=sys.stderr, flush=True)
 
     def _write_status_file(self) -> None:
         if self.status_file is None:
             return
         tmp = self.status_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"run_id": self.run_id, "run_dir": str(self.run_dir), "nodes": self.status()}))
+        tmp.write_text(json.dumps({"run_id": self.run_id, "run_dir": str(self.run_dir), "nodes": self.status(),
+                                   "topics": self.topic_status()}))
         tmp.replace(self.status_file)
 
     # -- run and stop ---------------------------------------------------------------------
     def run(self, duration_s: float | None = None) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        heartbeats = Subscriber(self._context, [m.endpoint for m in self.nodes], HEARTBEAT_TOPIC, Heartbeat, latest=False)
+        heartbeats = Subscriber(self._context, [m.endpoint for m in self.nodes], HEARTBEAT, latest=False)
+        watchdogs = [m.endpoint for m in self.nodes if m.spec.node == "watchdog"]
+        status = Subscriber(self._context, watchdogs, WATCHDOG_STATUS, latest=True) if watchdogs else None
         end_ns = now_ns() + int(duration_s * 1e9) if duration_s else None
         next_status_ns = 0
         try:
@@ -374,6 +392,8 @@ class Launcher:
                 self._start(managed)
             while self._stop_reason is None:
                 self._collect_heartbeats(heartbeats, 0.05)
+                if status is not None:
+                    self._collect_watchdog_status(status)
                 self._supervise()
                 self._write_status_file()
                 if now_ns() >= next_status_ns:
@@ -387,6 +407,8 @@ class Launcher:
             log.info("stopping: %s", self._stop_reason or "error")
             self.stop()
             heartbeats.close()
+            if status is not None:
+                status.close()
             self._context.term()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -457,9 +479,16 @@ def remove_stale_run_dirs(parent: Path) -> list[Path]:
     return removed
 
 
-def launch_main(path: Path, duration_s: float | None, status_file: Path | None) -> int:
+def launch_main(path: Path, duration_s: float | None, status_file: Path | None,
+                foxglove_port: int | None = None) -> int:
+    """`perception launch`; `foxglove_port`: also run the live view (nodes/viewer.py) on that port."""
     try:
-        launcher = Launcher.from_file(path, status_file)
+        spec = load_launch_file(Path(path))
+        if foxglove_port is not None:
+            from perception.visualization import with_viewer
+
+            spec = with_viewer(spec, foxglove_port, str(path))  # ConfigError too, if its port is taken
+        launcher = Launcher(spec, str(path), status_file)
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG

@@ -1,10 +1,11 @@
-"""Every message type that crosses a process boundary, and its wire format.
+"""Every message type that crosses a process boundary, and its one codec, for the wire and for recordings.
 
-Layout (little-endian, explicit, versioned; nothing is ever pickled):
-
-    envelope  magic "PX" | version u8 | kind u8 | frame_id u64 | capture_ns i64 | n_stamps u8
-    stamps    n_stamps x (stage: 16-byte ASCII, NUL padded | t_ns i64)
-    body      kind-specific, see the _encode_*/_decode_* pairs below
+A message type is a dataclass, written once; its encoding and its JSON schema are derived from the
+fields' types (the codec at the end of this file): compact JSON, versioned, never pickled, arrays
+as base64 of their little-endian bytes. The same bytes go on the wire and into a recording, whose
+channels declare the derived schema, so Foxglove decodes every channel without a plugin. Adding a
+field is one edit, here. Pixels never travel in a message: they sit in shared memory or follow the
+header as a second ZeroMQ part (perception.transport).
 
 Every message carries the frame id and capture time of the frame it descends from, plus a
 stamp appended at each hop, so latency since capture can be computed anywhere
@@ -22,49 +23,54 @@ own clock (perception.transport.Subscriber), never here.
 
 from __future__ import annotations
 
+import binascii
+import dataclasses
 import enum
+import json
 import math
 import re
-import struct
+import types
+import typing
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
-MAGIC = b"PX"
-WIRE_VERSION = 3  # 2: NodeState.FAILED, per-kind stamp limits; 3: detections carry tracks, level -1 (propagated)
-STAGE_NAME_BYTES = 16
+# 2: NodeState.FAILED, per-kind stamp limits; 3: detections carry tracks, level -1 (propagated);
+# 4: JSON derived from the dataclasses (one codec for wire and recording)
+WIRE_VERSION = 4
+STAGE_NAME_CHARS = 16
 MAX_STAMPS = 32
 MAX_DETECTIONS = 4096
 MAX_IMAGE_SIDE = 16384
-LEVEL_PROPAGATE = -1  # Detections.exit_index of a frame that ran no network: tracks moved by optical flow
-
-
-def level_name(exit_index: int) -> str:
-    """'propagate' for LEVEL_PROPAGATE, else 'exit<k>'."""
-    return "propagate" if exit_index == LEVEL_PROPAGATE else f"exit{exit_index}"
 MAX_RING_SLOTS = 256
 MAX_COUNTERS = 1024
+MAX_LIST_ITEMS = 256  # e.g. a watchdog's nodes_down
+MAX_MESSAGE_BYTES = 1 << 20  # 4096 detections are ~300 kB
+LEVEL_PROPAGATE = -1  # Detections.exit_index of a frame that ran no network: tracks moved by optical flow
 # Node names, stage names, shared-memory ring names: letters, digits and '._-', never a path.
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 NODE_NAME_CHARS = 64
 RING_NAME_CHARS = 128
 
-_ENVELOPE = struct.Struct("<2sBBQqB")
-_STAMP = struct.Struct(f"<{STAGE_NAME_BYTES}sq")
+
+def level_name(exit_index: int) -> str:
+    """'propagate' for LEVEL_PROPAGATE, else 'exit<k>'."""
+    return "propagate" if exit_index == LEVEL_PROPAGATE else f"exit{exit_index}"
+
+
+def _array(dtype: str, width: int, description: str, optional: bool = False):  # noqa: ANN202 - a dataclass field
+    """A numpy array field: on the wire, base64 of its little-endian bytes, (n,) or (n, width)."""
+    shape = (0, width) if width else (0,)
+    factory = None if optional else (lambda: np.zeros(shape, np.dtype(dtype).newbyteorder("=")))
+    metadata = {"dtype": dtype, "width": width, "description": description}
+    if optional:
+        return field(default=None, metadata=metadata)
+    return field(default_factory=factory, metadata=metadata)
 
 
 class MessageError(ValueError):
     """A message could not be decoded: truncated, corrupt, wrong version or wrong kind."""
-
-
-class MessageKind(enum.IntEnum):
-    FRAME = 1
-    DETECTIONS = 2
-    DECISION = 3
-    HEARTBEAT = 4
-    WATCHDOG_STATUS = 5
-    CONTROL = 6
 
 
 class FrameTransport(enum.IntEnum):
@@ -82,8 +88,12 @@ class Reason(enum.IntEnum):
     CLEAR = 0
     OBJECT_IN_PATH = 1
     CLOSING_FAST = 2
-    DEADLINE_MISS = 3
+    DEADLINE_MISS = 3  # the watchdog's fail-safes:
     NODE_DOWN = 4
+    TOPIC_DOWN = 5  # a monitored topic below its error rate or silent (perception.topics)
+
+
+FAILSAFE_REASONS = frozenset({Reason.DEADLINE_MISS, Reason.NODE_DOWN, Reason.TOPIC_DOWN})
 
 
 class NodeState(enum.IntEnum):
@@ -92,6 +102,17 @@ class NodeState(enum.IntEnum):
     DEGRADED = 2
     STOPPING = 3  # leaving on purpose: the launcher ordered the stop, or the node finished its input
     FAILED = 4  # leaving on an error: down at once, the watchdog need not wait for silence
+
+
+class TopicState(enum.IntEnum):
+    """A monitored topic's health (perception.topic_monitor), as Autoware's topic_state_monitor reports it."""
+
+    NOT_RECEIVED = 0
+    OK = 1
+    WARN_RATE = 2
+    ERROR_RATE = 3
+    TIMEOUT = 4
+    IDLE = 5  # not expected now: its publishers are stopping, or its input is not flowing
 
 
 class SystemState(enum.IntEnum):
@@ -129,7 +150,7 @@ class Stamp:
     t_ns: int
 
     def __post_init__(self) -> None:
-        check_name(self.stage, "stage", STAGE_NAME_BYTES)
+        check_name(self.stage, "stage", STAGE_NAME_CHARS)
         if self.t_ns < 0:
             raise ValueError(f"stamp {self.stage}: time {self.t_ns} is negative")
 
@@ -138,7 +159,6 @@ class Stamp:
 class Message:
     """Fields shared by every message: the ancestry of the frame it descends from."""
 
-    KIND: ClassVar[MessageKind]
     # The stamps a message of this kind can carry when it arrives; the hops after it add their own
     # and must stay within MAX_STAMPS, so a header arriving already full cannot make a node fail.
     MAX_STAMPS_IN: ClassVar[int] = 2
@@ -164,7 +184,6 @@ class Message:
 
 @dataclass(frozen=True, kw_only=True)
 class FrameHeader(Message):
-    KIND: ClassVar[MessageKind] = MessageKind.FRAME
     MAX_STAMPS_IN: ClassVar[int] = 4  # capture, publish (+ a relay's)
     media_ns: int  # position of the frame in its source (video time), for replay and pacing
     width: int
@@ -199,7 +218,6 @@ class FrameHeader(Message):
 
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Detections(Message):
-    KIND: ClassVar[MessageKind] = MessageKind.DETECTIONS
     MAX_STAMPS_IN: ClassVar[int] = 24  # a frame's, plus the detector's per part
     media_ns: int = 0  # the frame's position in its source: replayed drives keep their own timeline
     image_width: int
@@ -208,12 +226,13 @@ class Detections(Message):
     # for a frame that ran no network (the tracks of earlier frames moved by optical flow).
     exit_index: int
     exit_count: int
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # xyxy pixels
-    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
-    class_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.uint16))
+    boxes: np.ndarray = _array("<f4", 4, "boxes, x1 y1 x2 y2 in image pixels")
+    scores: np.ndarray = _array("<f4", 0, "confidence per box, 0..1")
+    class_ids: np.ndarray = _array("<u2", 0, "class index per box (the model's class list)")
     # Per detection: its track (0: not tracked) and the track's centre velocity in px/s (x right, y down).
-    track_ids: np.ndarray | None = None  # uint32; None: all zeros
-    velocities: np.ndarray | None = None  # float32 (N, 2); None: all zeros
+    track_ids: np.ndarray | None = _array("<u4", 0, "track id per box, 0: not tracked", optional=True)  # None: zeros
+    velocities: np.ndarray | None = _array("<f4", 2, "track centre velocity per box, px/s (x right, y down)",
+                                          optional=True)  # None: zeros
 
     @property
     def level(self) -> str:
@@ -270,7 +289,7 @@ class Target:
     class_id: int
     score: float
     box: tuple[float, float, float, float]
-    ttc_s: float = math.inf  # time to collision estimate; inf when not closing
+    ttc_s: float = field(default=math.inf, metadata={"inf_as_null": True})  # time to collision; inf: not closing
 
     def __post_init__(self) -> None:
         check_finite((self.score, *self.box), "the target's score or box")
@@ -280,7 +299,6 @@ class Target:
 
 @dataclass(frozen=True, kw_only=True)
 class Decision(Message):
-    KIND: ClassVar[MessageKind] = MessageKind.DECISION
     MAX_STAMPS_IN: ClassVar[int] = 28  # the detections', plus the decision's
     action: Action
     reason: Reason
@@ -292,12 +310,16 @@ class Decision(Message):
         super().__post_init__()
         check_name(self.decided_by, "decided_by")
 
+    @property
+    def failsafe(self) -> bool:
+        """A watchdog's BRAKE for a frame or a node it could not wait for, not a judgement of the scene."""
+        return self.reason in FAILSAFE_REASONS
+
 
 @dataclass(frozen=True, kw_only=True)
 class Heartbeat(Message):
     """frame_id/capture_ns: the last frame this node finished with (0 before the first)."""
 
-    KIND: ClassVar[MessageKind] = MessageKind.HEARTBEAT
     node: str
     pid: int
     seq: int
@@ -319,12 +341,29 @@ def _check_counters(counters: dict[str, int]) -> None:
         check_name(name, "counter", 128)
 
 
+_TOPIC_NAME = re.compile(r"(/[a-z0-9_]+)+")
+
+
+@dataclass(frozen=True)
+class TopicHealth:
+    topic: str
+    state: TopicState
+    rate_hz: float  # over the monitor's window
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.topic, str) or len(self.topic) > 64 or not _TOPIC_NAME.fullmatch(self.topic):
+            raise ValueError(f"topic {str(self.topic)[:64]!r} is not a topic name")
+        check_finite(self.rate_hz, "a topic rate")
+        if self.rate_hz < 0:
+            raise ValueError(f"topic {self.topic} rate {self.rate_hz} is negative")
+
+
 @dataclass(frozen=True, kw_only=True)
 class WatchdogStatus(Message):
-    KIND: ClassVar[MessageKind] = MessageKind.WATCHDOG_STATUS
     state: SystemState
     depth_limit: int
     nodes_down: tuple[str, ...] = ()
+    topics: tuple[TopicHealth, ...] = ()  # every monitored topic's state
     counters: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -333,12 +372,15 @@ class WatchdogStatus(Message):
             check_name(name, "node")
         _check_counters(self.counters)
 
+    @property
+    def topics_down(self) -> tuple[str, ...]:
+        return tuple(t.topic for t in self.topics if t.state in (TopicState.ERROR_RATE, TopicState.TIMEOUT))
+
 
 @dataclass(frozen=True, kw_only=True)
 class Control(Message):
     """A command to a node; today the watchdog's depth ceiling for the detector."""
 
-    KIND: ClassVar[MessageKind] = MessageKind.CONTROL
     target: str
     max_depth: int
     reason: str = ""
@@ -350,250 +392,241 @@ class Control(Message):
         _check_range(self.max_depth, 0, 255, "max_depth")
 
 
-# --- primitive writer/reader -------------------------------------------------------------
+# --- the codec: one per message type, derived from the dataclass above ----------------------
+#
+# Each message is one JSON object: {"wire": 4, "type": "Decision", <every field>}. Enums travel as
+# their names, arrays as base64 of their little-endian bytes, nested records (stamps, a target) as
+# objects, an infinite time to collision as null. The same bytes are what a recording stores, with
+# the JSON schema below (perception.recording), so Foxglove decodes every channel as it is.
 
 
-class _Writer:
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def pack(self, fmt: str, *values: object) -> None:
-        self._parts.append(struct.pack("<" + fmt, *values))
-
-    def text(self, value: str) -> None:
-        raw = value.encode("utf-8")
-        if len(raw) > 0xFFFF:
-            raise ValueError(f"string of {len(raw)} bytes is too long for the wire (max 65535)")
-        self.pack("H", len(raw))
-        self._parts.append(raw)
-
-    def raw(self, data: bytes) -> None:
-        self._parts.append(data)
-
-    def counters(self, counters: dict[str, int]) -> None:
-        self.pack("H", len(counters))
-        for name in sorted(counters):
-            self.text(name)
-            self.pack("q", int(counters[name]))
-
-    def getvalue(self) -> bytes:
-        return b"".join(self._parts)
+@dataclass(frozen=True, eq=False)  # hashed by identity: a record's codecs key their name set
+class _FieldCodec:
+    name: str
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Any]
+    schema: dict
 
 
-class _Reader:
-    def __init__(self, data: bytes | memoryview, what: str) -> None:
-        self._view = memoryview(data)
-        self._pos = 0
-        self._what = what
+def _expect(value: Any, kinds: type | tuple[type, ...], what: str) -> Any:
+    # bool is an int in Python, never in a message
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        expected = " or ".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
+        raise MessageError(f"{what} must be {expected}, got {type(value).__name__}")
+    return value
 
-    def take(self, n: int) -> memoryview:
-        end = self._pos + n
-        if end > len(self._view):
-            raise MessageError(
-                f"{self._what}: truncated at byte {self._pos} (needs {n} more, {len(self._view) - self._pos} left)"
-            )
-        chunk = self._view[self._pos : end]
-        self._pos = end
-        return chunk
 
-    def unpack(self, fmt: str) -> tuple:
-        s = struct.Struct("<" + fmt)
-        return s.unpack(self.take(s.size))
+def _int_codec(what: str) -> tuple[Callable, Callable, dict]:
+    return int, lambda v: _expect(v, int, what), {"type": "integer"}
 
-    def one(self, fmt: str):  # noqa: ANN201 - a scalar of the format's type
-        return self.unpack(fmt)[0]
 
-    def text(self) -> str:
-        n = self.one("H")
+def _float_codec(what: str, inf_as_null: bool) -> tuple[Callable, Callable, dict]:
+    if inf_as_null:
+        def encode_value(v: float) -> float | None:
+            return None if v == math.inf else float(v)
+
+        def decode_value(v: Any) -> float:
+            return math.inf if v is None else float(_expect(v, (int, float), what))
+        return encode_value, decode_value, {"type": ["number", "null"], "description": "null: infinite"}
+    return float, lambda v: float(_expect(v, (int, float), what)), {"type": "number"}
+
+
+def _str_codec(what: str) -> tuple[Callable, Callable, dict]:
+    return str, lambda v: _expect(v, str, what), {"type": "string"}
+
+
+def _enum_codec(enum_type: type[enum.IntEnum], what: str) -> tuple[Callable, Callable, dict]:
+    def decode_value(v: Any) -> enum.IntEnum:
         try:
-            return bytes(self.take(n)).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MessageError(f"{self._what}: string at byte {self._pos - n} is not UTF-8") from exc
+            return enum_type[_expect(v, str, what)]
+        except KeyError:
+            raise MessageError(f"{what} {v[:32]!r} is not a valid {enum_type.__name__}") from None
+    return (lambda v: enum_type(v).name), decode_value, {"type": "string", "enum": [m.name for m in enum_type]}
 
-    def enum(self, enum_type: type[enum.IntEnum], fmt: str = "B") -> enum.IntEnum:
-        value = self.one(fmt)
+
+def _array_codec(metadata: Mapping, what: str) -> tuple[Callable, Callable, dict]:
+    dtype, width = np.dtype(metadata["dtype"]), metadata["width"]
+    row_bytes = dtype.itemsize * (width or 1)
+    native = dtype.newbyteorder("=")
+
+    def encode_value(v: np.ndarray) -> str:
+        return binascii.b2a_base64(np.ascontiguousarray(v, dtype=dtype).tobytes(), newline=False).decode("ascii")
+
+    def decode_value(v: Any) -> np.ndarray:
         try:
-            return enum_type(value)
-        except ValueError:
-            raise MessageError(f"{self._what}: {value} is not a valid {enum_type.__name__}") from None
-
-    def counters(self) -> dict[str, int]:
-        return {self.text(): self.one("q") for _ in range(self.one("H"))}
-
-    def array(self, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-        count = int(np.prod(shape))
-        nbytes = count * np.dtype(dtype).itemsize
-        return np.frombuffer(self.take(nbytes), dtype=dtype, count=count).reshape(shape).copy()
-
-    def finish(self) -> None:
-        if self._pos != len(self._view):
-            raise MessageError(f"{self._what}: {len(self._view) - self._pos} unexpected trailing bytes")
-
-
-# --- bodies -------------------------------------------------------------------------------
+            raw = binascii.a2b_base64(_expect(v, str, what), strict_mode=True)
+        except (binascii.Error, ValueError):  # ValueError: a non-ASCII string
+            raise MessageError(f"{what} is not base64") from None
+        if len(raw) % row_bytes:
+            raise MessageError(f"{what}: {len(raw)} bytes are not whole rows of {row_bytes}")
+        rows = len(raw) // row_bytes
+        if rows > MAX_DETECTIONS:
+            raise MessageError(f"{what}: {rows} rows exceed the limit of {MAX_DETECTIONS}")
+        array = np.frombuffer(raw, dtype).astype(native)
+        return array.reshape((rows, width) if width else (rows,))
+    shape = f"(n, {width})" if width else "(n,)"
+    schema = {"type": "string", "contentEncoding": "base64",
+              "description": f"{metadata['description']}: {shape} little-endian {dtype.name}"}
+    return encode_value, decode_value, schema
 
 
-def _encode_frame(w: _Writer, m: FrameHeader) -> None:
-    w.pack("qHHBBIQ", m.media_ns, m.width, m.height, m.channels, int(m.transport), m.slot, m.seq)
-    w.text(m.ring)
+def _record_codec(record_type: type, what: str) -> tuple[Callable, Callable, dict]:
+    codecs = _field_codecs(record_type)
+
+    def encode_value(v: Any) -> dict:
+        return {c.name: c.encode(getattr(v, c.name)) for c in codecs}
+
+    def decode_value(v: Any) -> Any:
+        return record_type(**_decode_fields(codecs, _expect(v, dict, what), what))
+    return encode_value, decode_value, _object_schema(record_type.__name__, codecs)
 
 
-def _decode_frame(r: _Reader, base: dict) -> FrameHeader:
-    media_ns, width, height, channels = r.unpack("qHHB")
-    transport = r.enum(FrameTransport)
-    slot, seq = r.unpack("IQ")
-    ring = r.text()
-    return FrameHeader(
-        **base, media_ns=media_ns, width=width, height=height, channels=channels,
-        transport=transport, ring=ring, slot=slot, seq=seq,
-    )
+def _optional_codec(inner: tuple[Callable, Callable, dict]) -> tuple[Callable, Callable, dict]:
+    encode_inner, decode_inner, schema = inner
+    return ((lambda v: None if v is None else encode_inner(v)), (lambda v: None if v is None else decode_inner(v)),
+            {"anyOf": [schema, {"type": "null"}]})
 
 
-def _encode_detections(w: _Writer, m: Detections) -> None:
-    w.pack("qHHbBI", m.media_ns, m.image_width, m.image_height, m.exit_index, m.exit_count, len(m.boxes))
-    w.raw(np.ascontiguousarray(m.boxes, dtype="<f4").tobytes())
-    w.raw(np.ascontiguousarray(m.scores, dtype="<f4").tobytes())
-    w.raw(np.ascontiguousarray(m.class_ids, dtype="<u2").tobytes())
-    w.raw(np.ascontiguousarray(m.track_ids, dtype="<u4").tobytes())
-    w.raw(np.ascontiguousarray(m.velocities, dtype="<f4").tobytes())
+def _tuple_codec(inner: tuple[Callable, Callable, dict], limit: int, what: str) -> tuple[Callable, Callable, dict]:
+    encode_inner, decode_inner, schema = inner
+
+    def decode_value(v: Any) -> tuple:
+        if len(_expect(v, list, what)) > limit:
+            raise MessageError(f"{what}: {len(v)} items exceed the limit of {limit}")
+        return tuple(decode_inner(item) for item in v)
+    return (lambda v: [encode_inner(item) for item in v]), decode_value, {"type": "array", "items": schema}
 
 
-def _decode_detections(r: _Reader, base: dict) -> Detections:
-    media_ns, width, height, exit_index, exit_count, n = r.unpack("qHHbBI")
-    if n > MAX_DETECTIONS:
-        raise MessageError(f"detections: count {n} exceeds the limit of {MAX_DETECTIONS}")
-    return Detections(
-        **base, media_ns=media_ns, image_width=width, image_height=height, exit_index=exit_index, exit_count=exit_count,
-        boxes=r.array("<f4", (n, 4)).astype(np.float32),
-        scores=r.array("<f4", (n,)).astype(np.float32),
-        class_ids=r.array("<u2", (n,)).astype(np.uint16),
-        track_ids=r.array("<u4", (n,)).astype(np.uint32),
-        velocities=r.array("<f4", (n, 2)).astype(np.float32),
-    )
+def _stamps_codec(what: str) -> tuple[Callable, Callable, dict]:
+    # [stage, t_ns] pairs, not objects: a decision carries up to 28, and this is its hot path.
+    def decode_value(v: Any) -> tuple[Stamp, ...]:
+        if len(_expect(v, list, what)) > MAX_STAMPS:
+            raise MessageError(f"{what}: {len(v)} stamps exceed the limit of {MAX_STAMPS}")
+        try:
+            stamps = tuple(Stamp(stage, t_ns) for stage, t_ns in v)
+        except (TypeError, ValueError) as exc:
+            raise MessageError(f"{what}: each stamp must be [stage, t_ns] ({exc})") from None
+        if any(type(s.t_ns) is not int for s in stamps):
+            raise MessageError(f"{what}: a stamp's time is not an integer")
+        return stamps
+    schema = {"type": "array", "items": {"type": "array", "minItems": 2, "maxItems": 2,
+                                         "prefixItems": [{"type": "string"}, {"type": "integer"}]},
+              "description": "[stage, t_ns] per hop since capture"}
+    return (lambda v: [[s.stage, s.t_ns] for s in v]), decode_value, schema
 
 
-def _encode_decision(w: _Writer, m: Decision) -> None:
-    w.pack("BB", int(m.action), int(m.reason))
-    w.text(m.decided_by)
-    w.text(m.detail)
-    if m.target is None:
-        w.pack("B", 0)
-    else:
-        t = m.target
-        w.pack("BHd4dd", 1, t.class_id, t.score, *t.box, t.ttc_s)
+def _counters_codec(what: str) -> tuple[Callable, Callable, dict]:
+    def decode_value(v: Any) -> dict[str, int]:
+        if len(_expect(v, dict, what)) > MAX_COUNTERS:
+            raise MessageError(f"{what}: {len(v)} counters exceed the limit of {MAX_COUNTERS}")
+        return {name: _expect(count, int, f"counter {name[:32]!r}") for name, count in v.items()}
+    return dict, decode_value, {"type": "object", "additionalProperties": {"type": "integer"}}
 
 
-def _decode_decision(r: _Reader, base: dict) -> Decision:
-    action = r.enum(Action)
-    reason = r.enum(Reason)
-    decided_by = r.text()
-    detail = r.text()
-    has_target = r.one("B")
-    target = None
-    if has_target == 1:
-        class_id, score, x1, y1, x2, y2, ttc = r.unpack("Hd4dd")
-        target = Target(class_id=class_id, score=score, box=(x1, y1, x2, y2), ttc_s=ttc)
-    elif has_target != 0:
-        raise MessageError(f"decision: target flag {has_target} is neither 0 nor 1")
-    return Decision(**base, action=action, reason=reason, decided_by=decided_by, detail=detail, target=target)
+def _codec_for(hint: Any, metadata: Mapping, what: str) -> tuple[Callable, Callable, dict]:
+    """(encode, decode, JSON schema) of one field, from its type hint."""
+    if "dtype" in metadata:
+        codec = _array_codec(metadata, what)
+        return _optional_codec(codec) if metadata.get("optional") else codec
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]
+        return _optional_codec(_codec_for(inner, metadata, what))
+    if origin is tuple and args[0] is Stamp:
+        return _stamps_codec(what)
+    if origin is tuple:
+        return _tuple_codec(_codec_for(args[0], {}, what), MAX_LIST_ITEMS, what)
+    if origin is dict:
+        return _counters_codec(what)
+    if isinstance(hint, type) and issubclass(hint, enum.IntEnum):
+        return _enum_codec(hint, what)
+    if dataclasses.is_dataclass(hint):
+        return _record_codec(hint, what)
+    if hint is int:
+        return _int_codec(what)
+    if hint is float:
+        return _float_codec(what, bool(metadata.get("inf_as_null")))
+    if hint is str:
+        return _str_codec(what)
+    raise TypeError(f"no codec for {what}: {hint!r}")
 
 
-def _encode_heartbeat(w: _Writer, m: Heartbeat) -> None:
-    w.text(m.node)
-    w.pack("IQqB", m.pid, m.seq, m.sent_ns, int(m.state))
-    w.counters(m.counters)
+def _field_codecs(record_type: type) -> tuple[_FieldCodec, ...]:
+    hints = typing.get_type_hints(record_type)
+    codecs = []
+    for f in dataclasses.fields(record_type):
+        metadata = {**f.metadata, "optional": f.default is None}
+        encode_value, decode_value, schema = _codec_for(hints[f.name], metadata, f"{record_type.__name__}.{f.name}")
+        codecs.append(_FieldCodec(f.name, encode_value, decode_value, schema))
+    _NAMES[tuple(codecs)] = {c.name for c in codecs}
+    return tuple(codecs)
 
 
-def _decode_heartbeat(r: _Reader, base: dict) -> Heartbeat:
-    node = r.text()
-    pid, seq, sent_ns = r.unpack("IQq")
-    state = r.enum(NodeState)
-    return Heartbeat(**base, node=node, pid=pid, seq=seq, sent_ns=sent_ns, state=state, counters=r.counters())
+_NAMES: dict[tuple[_FieldCodec, ...], set[str]] = {}
 
 
-def _encode_watchdog(w: _Writer, m: WatchdogStatus) -> None:
-    w.pack("BBH", int(m.state), m.depth_limit, len(m.nodes_down))
-    for name in m.nodes_down:
-        w.text(name)
-    w.counters(m.counters)
+def _decode_fields(codecs: tuple[_FieldCodec, ...], data: dict, what: str) -> dict:
+    if data.keys() != _NAMES[codecs]:
+        names = [c.name for c in codecs]
+        missing, unknown = [n for n in names if n not in data], [k[:32] for k in data if k not in names]
+        raise MessageError(f"{what}: " + "; ".join(
+            part for part in (f"missing {missing}" if missing else "", f"unknown {unknown}" if unknown else "") if part))
+    return {c.name: c.decode(data[c.name]) for c in codecs}
 
 
-def _decode_watchdog(r: _Reader, base: dict) -> WatchdogStatus:
-    state = r.enum(SystemState)
-    depth_limit, n_down = r.unpack("BH")
-    nodes_down = tuple(r.text() for _ in range(n_down))
-    return WatchdogStatus(**base, state=state, depth_limit=depth_limit, nodes_down=nodes_down, counters=r.counters())
+def _object_schema(title: str, codecs: tuple[_FieldCodec, ...], extra: dict | None = None) -> dict:
+    properties = {**(extra or {}), **{c.name: c.schema for c in codecs}}
+    return {"title": title, "type": "object", "properties": properties, "required": list(properties),
+            "additionalProperties": False}
 
 
-def _encode_control(w: _Writer, m: Control) -> None:
-    w.text(m.target)
-    w.pack("B", m.max_depth)
-    w.text(m.reason)
+MESSAGE_TYPES: tuple[type[Message], ...] = (FrameHeader, Detections, Decision, Heartbeat, WatchdogStatus, Control)
+_BY_NAME = {t.__name__: t for t in MESSAGE_TYPES}
+_CODECS = {t: _field_codecs(t) for t in MESSAGE_TYPES}
+_JSON = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps builds one per call given options
 
 
-def _decode_control(r: _Reader, base: dict) -> Control:
-    target = r.text()
-    max_depth = r.one("B")
-    return Control(**base, target=target, max_depth=max_depth, reason=r.text())
+def schema_name(message_type: type[Message]) -> str:
+    return f"perception.{message_type.__name__}"
 
 
-_CODECS = {
-    MessageKind.FRAME: (FrameHeader, _encode_frame, _decode_frame),
-    MessageKind.DETECTIONS: (Detections, _encode_detections, _decode_detections),
-    MessageKind.DECISION: (Decision, _encode_decision, _decode_decision),
-    MessageKind.HEARTBEAT: (Heartbeat, _encode_heartbeat, _decode_heartbeat),
-    MessageKind.WATCHDOG_STATUS: (WatchdogStatus, _encode_watchdog, _decode_watchdog),
-    MessageKind.CONTROL: (Control, _encode_control, _decode_control),
-}
+def json_schema(message_type: type[Message]) -> dict:
+    """The JSON schema of a message type's encoding (what a recording's channel declares)."""
+    envelope = {"wire": {"const": WIRE_VERSION}, "type": {"const": message_type.__name__}}
+    return _object_schema(schema_name(message_type), _CODECS[message_type], envelope)
 
 
 def encode(message: Message) -> bytes:
-    """Serialize a message to its wire bytes."""
-    _, encode_body, _ = _CODECS[message.KIND]
+    """A message as its wire (and recording) bytes: compact UTF-8 JSON."""
     if len(message.stamps) > MAX_STAMPS:
         raise ValueError(f"{len(message.stamps)} stamps exceed the limit of {MAX_STAMPS}")
-    w = _Writer()
-    w.raw(_ENVELOPE.pack(MAGIC, WIRE_VERSION, int(message.KIND), message.frame_id, message.capture_ns, len(message.stamps)))
-    for stamp in message.stamps:
-        name = stamp.stage.encode("ascii")
-        if len(name) > STAGE_NAME_BYTES:
-            raise ValueError(f"stage name {stamp.stage!r} is longer than {STAGE_NAME_BYTES} bytes")
-        w.raw(_STAMP.pack(name, stamp.t_ns))
-    encode_body(w, message)
-    return w.getvalue()
+    data = {"wire": WIRE_VERSION, "type": type(message).__name__}
+    for codec in _CODECS[type(message)]:
+        data[codec.name] = codec.encode(getattr(message, codec.name))
+    return _JSON.encode(data).encode()
 
 
 def decode(data: bytes | memoryview, expect: type[Message] | None = None) -> Message:
     """Parse wire bytes; raises MessageError naming what is wrong. `expect` pins the type."""
-    r = _Reader(data, "message")
-    magic, version, kind_value, frame_id, capture_ns, n_stamps = r.unpack("2sBBQqB")
-    if magic != MAGIC:
-        raise MessageError(f"message: bad magic {bytes(magic)!r} (expected {MAGIC!r})")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageError(f"message: {len(data)} bytes exceed the limit of {MAX_MESSAGE_BYTES}")
+    try:
+        parsed = json.loads(bytes(data))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise MessageError(f"message: not JSON ({str(exc).splitlines()[0][:80]})") from None
+    if not isinstance(parsed, dict):
+        raise MessageError(f"message: a JSON {type(parsed).__name__}, not an object")
+    version, type_name = parsed.pop("wire", None), parsed.pop("type", None)
     if version != WIRE_VERSION:
-        raise MessageError(f"message: wire version {version}, this build speaks {WIRE_VERSION}")
+        raise MessageError(f"message: wire version {str(version)[:16]}, this build speaks {WIRE_VERSION}")
+    message_type = _BY_NAME.get(type_name) if isinstance(type_name, str) else None
+    if message_type is None:
+        raise MessageError(f"message: unknown type {str(type_name)[:32]!r}")
+    if expect is not None and message_type is not expect:
+        raise MessageError(f"message: got {message_type.__name__}, expected {expect.__name__}")
     try:
-        kind = MessageKind(kind_value)
-    except ValueError:
-        raise MessageError(f"message: unknown kind {kind_value}") from None
-    cls, _, decode_body = _CODECS[kind]
-    if expect is not None and cls is not expect:
-        raise MessageError(f"message: got {cls.__name__}, expected {expect.__name__}")
-    if n_stamps > MAX_STAMPS:
-        raise MessageError(f"{cls.__name__}: {n_stamps} stamps exceed the limit of {MAX_STAMPS}")
-    r._what = cls.__name__
-    stamps = []
-    for _ in range(n_stamps):
-        raw_name, t_ns = r.unpack(f"{STAGE_NAME_BYTES}sq")
-        try:
-            stamps.append(Stamp(bytes(raw_name).rstrip(b"\0").decode("ascii"), t_ns))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise MessageError(f"{cls.__name__}: bad stamp ({exc})") from None
-    base = {"frame_id": frame_id, "capture_ns": capture_ns, "stamps": tuple(stamps)}
-    try:
-        message = decode_body(r, base)
-    except (ValueError, struct.error) as exc:
-        if isinstance(exc, MessageError):
-            raise
-        raise MessageError(f"{cls.__name__}: {exc}") from exc
-    r.finish()
-    return message
+        return message_type(**_decode_fields(_CODECS[message_type], parsed, message_type.__name__))
+    except MessageError:
+        raise
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise MessageError(f"{message_type.__name__}: {exc}") from None

@@ -20,6 +20,7 @@ from perception.config import ConfigError, load_config
 from perception.latency import now_ns
 from perception.messages import FrameTransport, Heartbeat, Message, NodeState
 from perception.shm_ring import run_ring_prefix
+from perception.topics import HEARTBEAT, Topic
 from perception.transport import FrameReceiver, FrameSender, Publisher, Subscriber, resolve_endpoint
 
 log = logging.getLogger("perception.node")
@@ -28,7 +29,6 @@ C = TypeVar("C")
 
 EXIT_CONFIG = 78  # EX_CONFIG: bad configuration or input; restarting cannot help
 EXIT_SIGNALLED = 143  # 128 + SIGTERM: stopped by a signal nobody ordered through the launcher
-HEARTBEAT_TOPIC = "heartbeat"
 RUN_DIR_ENV = "PERCEPTION_RUN_DIR"
 RUN_ID_ENV = "PERCEPTION_RUN_ID"
 FAREWELL_WAIT_NS = 300_000_000  # a failing node repeats its last heartbeat this long, and lets it go out
@@ -187,16 +187,16 @@ class Node:
         self.close(NodeState.FAILED if exc_type is not None else NodeState.STOPPING)
 
     # -- sockets --------------------------------------------------------------------------
-    def subscribe(self, source: str | Sequence[str], topic: str, message_type: type, latest: bool) -> Subscriber:
+    def subscribe(self, source: str | Sequence[str], topic: Topic, latest: bool) -> Subscriber:
         """Subscribe to `topic` of one or more publishers, each a node name or endpoint URL."""
         refs = [source] if isinstance(source, str) else list(source)
         endpoints = [resolve_endpoint(ref, self.run.run_dir) for ref in refs]
-        subscriber = Subscriber(self.context, endpoints, topic, message_type, latest)
+        subscriber = Subscriber(self.context, endpoints, topic, latest)
         self._subscribers.append(subscriber)
         self._poller.register(subscriber.socket, zmq.POLLIN)
         return subscriber
 
-    def publish(self, topic: str, message: Message) -> None:
+    def publish(self, topic: Topic, message: Message) -> None:
         self.publisher.publish(topic, message)
 
     def frame_sender(self, transport: FrameTransport, slots: int) -> FrameSender:
@@ -232,7 +232,7 @@ class Node:
                 return
             time.sleep((min(deadline_ns, self._next_heartbeat_ns) - now) / 1e9)
 
-    def wait_for_subscribers(self, topic: str, count: int, timeout_s: float) -> bool:
+    def wait_for_subscribers(self, topic: Topic, count: int, timeout_s: float) -> bool:
         """Block (heartbeating) until `count` subscribers listen to `topic`; False on timeout or stop."""
         deadline = now_ns() + int(timeout_s * 1e9)
         while self.ok() and self.publisher.subscriber_count(topic) < count:
@@ -245,7 +245,7 @@ class Node:
         """Block (heartbeating) until each named node has sent a heartbeat, which it does only from
         its loop, after loading models and warming up. Returns the names still silent at the timeout."""
         waiting = set(names)
-        heartbeats = self.subscribe(list(names), HEARTBEAT_TOPIC, Heartbeat, latest=False)
+        heartbeats = self.subscribe(list(names), HEARTBEAT, latest=False)
         deadline = now_ns() + int(timeout_s * 1e9)
         try:
             while self.ok() and waiting and now_ns() < deadline:
@@ -277,14 +277,15 @@ class Node:
         self._next_heartbeat_ns = now + self.settings.heartbeat_period_ms * 1_000_000
         counters = dict(self.counters)
         for subscriber in self._subscribers:
-            counters[f"{subscriber.topic}.received"] = subscriber.received
-            counters[f"{subscriber.topic}.malformed"] = subscriber.malformed
-            counters[f"{subscriber.topic}.bad_stamp"] = subscriber.bad_stamp
-            counters[f"{subscriber.topic}.superseded"] = subscriber.superseded
+            key = subscriber.topic.key
+            counters[f"{key}.received"] = subscriber.received
+            counters[f"{key}.malformed"] = subscriber.malformed
+            counters[f"{key}.bad_stamp"] = subscriber.bad_stamp
+            counters[f"{key}.superseded"] = subscriber.superseded
         frame_id, capture_ns = self._last_frame
         self._heartbeat_seq += 1
         self.publisher.publish(
-            HEARTBEAT_TOPIC,
+            HEARTBEAT,
             Heartbeat(
                 frame_id=frame_id, capture_ns=capture_ns, node=self.name, pid=os.getpid(),
                 seq=self._heartbeat_seq, sent_ns=now, state=self.state, counters=counters,

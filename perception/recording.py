@@ -1,9 +1,22 @@
-"""Recorded drives as MCAP files: every topic, frames included, readable by Foxglove.
+"""Recorded drives as MCAP files: every topic, frames included, opened by Foxglove as they are.
 
-Channels: one per topic (`/frames`, `/detections`, `/decisions`, `/watchdog`, `/control`,
-`/heartbeat`), JSON-encoded with a JSON schema, plus `/camera/image`: the pixels as Foxglove's
-`foxglove.CompressedImage` (JPEG) or `foxglove.RawImage` (bgr8). A frame's header and image are
-written back to back with the frame id as the MCAP sequence number.
+Channels (one schema each):
+
+    topic channels, one per topic of perception.topics (`/frames`, `/detections`, `/decisions`,
+    `/watchdog/status`, `/watchdog/control`, `/heartbeat`): message encoding `json`, the bytes
+    exactly as on the wire (perception.messages.encode), schema `perception.<Type>` (`jsonschema`,
+    messages.json_schema), so the wire's codec is the recording's and Foxglove plots every field.
+    view channels (perception.visualization), derived from the topics as they are written:
+    /camera/image        json      foxglove.CompressedImage (JPEG) or foxglove.RawImage (bgr8), jsonschema
+    /camera/annotations  protobuf  foxglove.ImageAnnotations, one per Detections: boxes and labels
+    /latency             json      perception.Latency, one per Decision, from its receipt (log) time
+    /log                 protobuf  foxglove.Log: fail-safes, depth ceiling and system state changes
+
+The image stays JSON (base64) so that replay reads a drive with the mcap package alone, without
+protobuf. A frame's header and image are written back to back with the frame id as the MCAP
+sequence number; image and annotations carry the frame's media time, so Foxglove's image panel
+draws each frame's boxes over that frame. Reading gives the topics (`messages`) and the frames
+(`frames`: /frames with /camera/image); the other view channels are for people, never read back.
 
 Crash safety: every completed chunk (`chunk_size`) is handed to the OS at once, so a recorder
 killed mid-run leaves every completed chunk on disk; RecordingReader reads such a file up to its last
@@ -16,30 +29,26 @@ one line naming the file and where.
 from __future__ import annotations
 
 import base64
-import dataclasses
-import enum
 import json
 import logging
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterable, Iterator, Literal, Sequence
 
 import cv2
 import numpy as np
 
-from perception.messages import (
-    Action, Control, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, Message, NodeState, Reason, Stamp,
-    SystemState, Target, WatchdogStatus,
+from perception.messages import WIRE_VERSION, FrameHeader, Message, decode, encode, json_schema, schema_name
+from perception.topics import BY_NAME, CONTROL, DECISIONS, DETECTIONS, FRAMES, TOPICS, WATCHDOG_STATUS, Topic
+from perception.visualization import (
+    ANNOTATIONS_CHANNEL, CAMERA_FRAME, IMAGE_CHANNEL, LATENCY_CHANNEL, LATENCY_SCHEMA, LOG_CHANNEL, EventLog,
+    image_annotations, latency_record,
 )
 
 log = logging.getLogger(__name__)
 
-TOPIC_TYPES: dict[str, type[Message]] = {
-    "frames": FrameHeader, "detections": Detections, "decisions": Decision,
-    "watchdog": WatchdogStatus, "control": Control, "heartbeat": Heartbeat,
-}
-IMAGE_CHANNEL = "/camera/image"
 MAGIC = b"\x89MCAP0\r\n"  # at the start of every MCAP file, and at the end of a finished one
+_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 class RecordingError(RuntimeError):
@@ -54,88 +63,24 @@ def _require_mcap() -> None:
         raise RecordingError("recordings need the mcap package: pip install 'perception[tools]'") from None
 
 
-# -- messages <-> JSON ----------------------------------------------------------------------
+def _foxglove_messages():  # noqa: ANN202 - the foxglove.messages module
+    """The SDK's message classes, for the protobuf view channels; only writing needs them."""
+    try:
+        import foxglove.messages as messages
+    except ImportError:
+        raise RecordingError("writing recordings needs the foxglove-sdk package: pip install 'perception[tools]'") \
+            from None
+    return messages
 
 
-def message_to_dict(message: Message) -> dict:
-    out = {}
-    for f in dataclasses.fields(message):
-        value = getattr(message, f.name)
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-        elif isinstance(value, enum.Enum):
-            value = value.name
-        elif f.name == "stamps":
-            value = [[s.stage, s.t_ns] for s in value]
-        elif isinstance(value, Target):  # a Decision's target; inf (not closing) is null in JSON
-            value = dataclasses.asdict(value)
-            value["ttc_s"] = None if value["ttc_s"] == float("inf") else value["ttc_s"]
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[f.name] = value
-    return out
-
-
-def message_from_dict(message_type: type[Message], data: dict) -> Message:
-    if not isinstance(data, dict):
-        raise RecordingError(f"{message_type.__name__} must be a JSON object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(message_type)}
-    unknown = set(data) - names
-    if unknown:
-        raise RecordingError(f"{message_type.__name__} has no field(s) {sorted(unknown)}")
-    return message_type(**{name: _field_from_json(message_type, name, value) for name, value in data.items()})
-
-
-_DETECTION_ARRAYS = {  # field -> (dtype, row width or 0 for a vector)
-    "boxes": (np.float32, 4), "scores": (np.float32, 0), "class_ids": (np.uint16, 0),
-    "track_ids": (np.uint32, 0), "velocities": (np.float32, 2),
-}
-
-_ENUM_FIELDS: dict[tuple[type[Message], str], type[enum.Enum]] = {
-    (FrameHeader, "transport"): FrameTransport,
-    (Decision, "action"): Action,
-    (Decision, "reason"): Reason,
-    (Heartbeat, "state"): NodeState,
-    (WatchdogStatus, "state"): SystemState,
-}
-
-
-def _field_from_json(message_type: type[Message], name: str, value):
-    if name == "stamps":
-        return tuple(Stamp(stage, int(t)) for stage, t in value)
-    if message_type is Decision and name == "target":
-        if value is None:
-            return None
-        ttc = float("inf") if value["ttc_s"] is None else value["ttc_s"]
-        return Target(int(value["class_id"]), float(value["score"]), tuple(value["box"]), ttc)
-    if message_type is Detections and name in _DETECTION_ARRAYS:
-        dtype, width = _DETECTION_ARRAYS[name]
-        return np.array(value, dtype).reshape((-1, width) if width else (-1,))
-    if name == "nodes_down":
-        return tuple(value)
-    enum_type = _ENUM_FIELDS.get((message_type, name))
-    return enum_type[value] if enum_type is not None else value
-
-
-def decode_message(topic: str, data: bytes) -> Message:
-    return message_from_dict(TOPIC_TYPES[topic], json.loads(data))
-
-
-def _schema(message_type: type[Message]) -> bytes:
-    # A permissive JSON schema naming the fields: enough for Foxglove to list and plot them.
-    return json.dumps({"title": f"perception.{message_type.__name__}", "type": "object",
-                       "properties": {f.name: {} for f in dataclasses.fields(message_type)}}).encode()
-
-
+_TIMESTAMP_SCHEMA = {"type": "object", "properties": {"sec": {"type": "integer"}, "nsec": {"type": "integer"}}}
 _IMAGE_SCHEMAS = {
     "foxglove.CompressedImage": {"title": "foxglove.CompressedImage", "type": "object", "properties": {
-        "timestamp": {"type": "object", "properties": {"sec": {"type": "integer"}, "nsec": {"type": "integer"}}},
-        "frame_id": {"type": "string"}, "data": {"type": "string", "contentEncoding": "base64"},
-        "format": {"type": "string"}}},
+        "timestamp": _TIMESTAMP_SCHEMA, "frame_id": {"type": "string"},
+        "data": {"type": "string", "contentEncoding": "base64"}, "format": {"type": "string"}}},
     "foxglove.RawImage": {"title": "foxglove.RawImage", "type": "object", "properties": {
-        "timestamp": {"type": "object", "properties": {"sec": {"type": "integer"}, "nsec": {"type": "integer"}}},
-        "frame_id": {"type": "string"}, "width": {"type": "integer"}, "height": {"type": "integer"},
-        "encoding": {"type": "string"}, "step": {"type": "integer"},
+        "timestamp": _TIMESTAMP_SCHEMA, "frame_id": {"type": "string"}, "width": {"type": "integer"},
+        "height": {"type": "integer"}, "encoding": {"type": "string"}, "step": {"type": "integer"},
         "data": {"type": "string", "contentEncoding": "base64"}}},
 }
 
@@ -144,55 +89,102 @@ _IMAGE_SCHEMAS = {
 
 
 class RecordingWriter:
+    """Writes topics and frames; the view channels follow from what is written (see the module doc).
+
+    `class_names` label the annotations (the detector's class list, index = class id); without
+    them a label shows the class id."""
+
     def __init__(self, path: Path, image_format: Literal["jpeg", "raw"] = "jpeg", jpeg_quality: int = 90,
-                 chunk_size: int = 1 << 20) -> None:
+                 chunk_size: int = 1 << 20, class_names: Sequence[str] = ()) -> None:
         _require_mcap()
+        fg = _foxglove_messages()
         from mcap.writer import CompressionType, Writer
 
         self.path = Path(path)
         self.image_format = image_format
         self.jpeg_quality = jpeg_quality
-        self.counts: dict[str, int] = {}
+        self.class_names = list(class_names)
+        self.counts: dict[str, int] = {}  # messages written per channel
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # mcap writes a chunk to the stream only when the chunk is complete; flushing after every
-        # message (see _flush) hands each completed chunk to the OS at once, so a killed recorder
+        # write (see _add) hands each completed chunk to the OS at once, so a killed recorder
         # loses at most the chunk in progress.
         self._file = open(self.path, "wb")
         self._writer = Writer(self._file, chunk_size=chunk_size, compression=CompressionType.NONE)
         self._writer.start(profile="", library="perception")
         self._channels: dict[str, int] = {}
-        for topic, message_type in TOPIC_TYPES.items():
-            schema = self._writer.register_schema(f"perception.{message_type.__name__}", "jsonschema", _schema(message_type))
-            self._channels[topic] = self._writer.register_channel(f"/{topic}", "json", schema)
+        for t in TOPICS:
+            self._register_json(t.name, schema_name(t.message_type), json_schema(t.message_type))
         image_schema = "foxglove.CompressedImage" if image_format == "jpeg" else "foxglove.RawImage"
-        schema = self._writer.register_schema(image_schema, "jsonschema", json.dumps(_IMAGE_SCHEMAS[image_schema]).encode())
-        self._channels[IMAGE_CHANNEL] = self._writer.register_channel(IMAGE_CHANNEL, "json", schema)
+        self._register_json(IMAGE_CHANNEL, image_schema, _IMAGE_SCHEMAS[image_schema])
+        self._register_protobuf(ANNOTATIONS_CHANNEL, fg.ImageAnnotations)
+        self._register_json(LATENCY_CHANNEL, LATENCY_SCHEMA["title"], LATENCY_SCHEMA)
+        self._register_protobuf(LOG_CHANNEL, fg.Log)
+        self._events = EventLog()
 
-    def write(self, topic: str, message: Message, log_time_ns: int) -> None:
-        data = json.dumps(message_to_dict(message), separators=(",", ":")).encode()
-        self._writer.add_message(self._channels[topic], log_time=log_time_ns, data=data,
+    def _register_json(self, channel: str, name: str, schema: dict) -> None:
+        schema_id = self._writer.register_schema(name, "jsonschema", json.dumps(schema).encode())
+        self._channels[channel] = self._writer.register_channel(channel, "json", schema_id)
+
+    def _register_protobuf(self, channel: str, message_class: type) -> None:
+        schema = message_class.get_schema()  # name, encoding "protobuf", data: a FileDescriptorSet
+        schema_id = self._writer.register_schema(schema.name, schema.encoding, schema.data)
+        self._channels[channel] = self._writer.register_channel(channel, schema.encoding, schema_id)
+
+    def _add(self, channel: str, data: bytes, log_time_ns: int, message: Message) -> None:
+        self._writer.add_message(self._channels[channel], log_time=log_time_ns, data=data,
                                  publish_time=message.capture_ns, sequence=message.frame_id & 0xFFFFFFFF)
-        self.counts[topic] = self.counts.get(topic, 0) + 1
+        self.counts[channel] = self.counts.get(channel, 0) + 1
+
+    def write(self, topic: Topic, message: Message, log_time_ns: int) -> None:
+        """`message` on its topic's channel (the wire bytes), and what Foxglove shows of it on the
+        view channels. `log_time_ns`: when it was received; a decision's /latency ends there."""
+        if not isinstance(message, topic.message_type):
+            raise TypeError(f"{topic.name} carries {topic.message_type.__name__}, not {type(message).__name__}")
+        self._add(topic.name, encode(message), log_time_ns, message)
+        for channel, data in self._views(topic, message, log_time_ns):
+            self._add(channel, data, log_time_ns, message)
         self._file.flush()
 
+    def _views(self, topic: Topic, message: Message, log_time_ns: int) -> Iterator[tuple[str, bytes]]:
+        if topic == DETECTIONS:
+            yield ANNOTATIONS_CHANNEL, image_annotations(message, self.class_names).encode()
+            return
+        entry = None
+        if topic == DECISIONS:
+            yield LATENCY_CHANNEL, _JSON.encode(latency_record(message, log_time_ns)).encode()
+            entry = self._events.from_decision(message, log_time_ns)
+        elif topic == CONTROL:
+            entry = self._events.from_control(message, log_time_ns)
+        elif topic == WATCHDOG_STATUS:
+            entry = self._events.from_status(message, log_time_ns)
+        if entry is not None:
+            yield LOG_CHANNEL, entry.encode()
+
     def write_frame(self, header: FrameHeader, pixels: np.ndarray, log_time_ns: int) -> None:
-        """The header on /frames and the pixels on /camera/image."""
-        self.write("frames", header, log_time_ns)
-        stamp = {"sec": header.media_ns // 1_000_000_000, "nsec": header.media_ns % 1_000_000_000}
-        if self.image_format == "jpeg":
-            ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-            if not ok:
-                raise RecordingError(f"{self.path}: JPEG encoding of frame {header.frame_id} failed")
-            image = {"timestamp": stamp, "frame_id": str(header.frame_id), "format": "jpeg",
-                     "data": base64.b64encode(encoded.tobytes()).decode()}
-        else:
-            image = {"timestamp": stamp, "frame_id": str(header.frame_id), "width": header.width,
+        """The header on /frames and the pixels on /camera/image, JPEG-encoded or raw per `image_format`."""
+        if self.image_format == "raw":
+            image = {"timestamp": _stamp(header.media_ns), "frame_id": CAMERA_FRAME, "width": header.width,
                      "height": header.height, "encoding": "bgr8", "step": header.width * header.channels,
                      "data": base64.b64encode(np.ascontiguousarray(pixels).tobytes()).decode()}
-        self._writer.add_message(self._channels[IMAGE_CHANNEL], log_time=log_time_ns,
-                                 data=json.dumps(image, separators=(",", ":")).encode(),
-                                 publish_time=header.capture_ns, sequence=header.frame_id & 0xFFFFFFFF)
-        self.counts[IMAGE_CHANNEL] = self.counts.get(IMAGE_CHANNEL, 0) + 1
+            self._write_image(header, image, log_time_ns)
+            return
+        ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        if not ok:
+            raise RecordingError(f"{self.path}: JPEG encoding of frame {header.frame_id} failed")
+        self.write_jpeg(header, encoded.tobytes(), log_time_ns)
+
+    def write_jpeg(self, header: FrameHeader, jpeg: bytes, log_time_ns: int) -> None:
+        """A frame already JPEG-encoded, its bytes kept as they are (re-recording a drive)."""
+        if self.image_format != "jpeg":
+            raise RecordingError(f"{self.path}: a JPEG frame in a recording of {self.image_format} images")
+        image = {"timestamp": _stamp(header.media_ns), "frame_id": CAMERA_FRAME, "format": "jpeg",
+                 "data": base64.b64encode(jpeg).decode()}
+        self._write_image(header, image, log_time_ns)
+
+    def _write_image(self, header: FrameHeader, image: dict, log_time_ns: int) -> None:
+        self._add(FRAMES.name, encode(header), log_time_ns, header)
+        self._add(IMAGE_CHANNEL, _JSON.encode(image).encode(), log_time_ns, header)
         self._file.flush()
 
     def close(self) -> None:
@@ -207,6 +199,10 @@ class RecordingWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stamp(media_ns: int) -> dict:
+    return {"sec": media_ns // 1_000_000_000, "nsec": media_ns % 1_000_000_000}
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -231,11 +227,12 @@ class RecordingReader:
         rather than garbage handed on; only a file that ends mid-record without the closing magic a
         finished recording has counts as cut short (`truncated`, a warning)."""
         _require_mcap()
-        from mcap.records import Channel, Footer, Header, Message as McapMessage
+        from mcap.records import Channel, Footer, Header, Message as McapMessage, Schema
         from mcap.stream_reader import StreamReader
 
         size = self.path.stat().st_size
         channels: dict[int, str] = {}
+        schemas: dict[int, Schema] = {}
         with open(self.path, "rb") as f:
             iterator = iter(StreamReader(f, skip_magic=False, validate_crcs=True).records)
             first = True
@@ -264,10 +261,27 @@ class RecordingReader:
                 first = False
                 if isinstance(record, Footer):
                     return  # a complete file: the writer finished it
-                if isinstance(record, Channel):
+                if isinstance(record, Schema):
+                    schemas[record.id] = record
+                elif isinstance(record, Channel):
                     channels[record.id] = record.topic
+                    self._check_format(record.topic, schemas.get(record.schema_id))
                 elif isinstance(record, McapMessage):
                     yield channels.get(record.channel_id, "?"), record.log_time, record.data
+
+    def _check_format(self, channel: str, schema) -> None:  # noqa: ANN001 - an mcap Schema record or None
+        """A topic channel of ours must speak this build's wire format: a drive recorded before it
+        is one line here, before any frame is played, rather than a failure at its first message."""
+        if channel not in BY_NAME or schema is None or not schema.name.startswith("perception."):
+            return  # a channel of no schema (tests, other tools) is judged by its messages
+        try:
+            version = json.loads(schema.data)["properties"]["wire"]["const"]
+        except (ValueError, KeyError, TypeError):
+            version = None
+        if version != WIRE_VERSION:
+            found = f"in wire format {version}" if version is not None else "in an older message format"
+            raise RecordingError(f"recording {self.path}: {channel} was recorded {found}; this build reads wire "
+                                 f"format {WIRE_VERSION} (re-record the drive)")
 
     def _finished(self, size: int) -> bool:
         """Whether the file ends with the closing magic: a recorder killed mid-run never writes it."""
@@ -275,22 +289,24 @@ class RecordingReader:
             f.seek(max(size - len(MAGIC), 0))
             return f.read() == MAGIC
 
-    def messages(self, topics: set[str] | None = None) -> Iterator[tuple[str, int, Message]]:
-        """(topic, log_time_ns, message) for the JSON topics (without the leading '/')."""
+    def messages(self, topics: Iterable[Topic] | None = None) -> Iterator[tuple[Topic, int, Message]]:
+        """(topic, log_time_ns, message) of the topic channels (all, or those of `topics`), in file
+        order, decoded by the wire's codec; the view channels are skipped."""
+        wanted = None if topics is None else {t.name for t in topics}
         for channel, log_time, data in self.records():
-            topic = channel.lstrip("/")
-            if topic in TOPIC_TYPES and (topics is None or topic in topics):
-                with self._decoding(f"{topic} message at log time {log_time}"):
-                    message = decode_message(topic, data)
+            topic = BY_NAME.get(channel)
+            if topic is not None and (wanted is None or channel in wanted):
+                with self._decoding(f"{channel} message at log time {log_time}"):
+                    message = decode(data, expect=topic.message_type)
                 yield topic, log_time, message
 
     def frames(self) -> Iterator[tuple[FrameHeader, np.ndarray]]:
         """Frame headers with their decoded pixels, in recorded order."""
         header: FrameHeader | None = None
         for channel, log_time, data in self.records():
-            if channel == "/frames":
+            if channel == FRAMES.name:
                 with self._decoding(f"frame header at log time {log_time}"):
-                    header = decode_message("frames", data)
+                    header = decode(data, expect=FrameHeader)
             elif channel == IMAGE_CHANNEL and header is not None:
                 with self._decoding(f"image of frame {header.frame_id}"):
                     pixels = _decode_image(json.loads(data))

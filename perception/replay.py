@@ -2,9 +2,9 @@
 
     perception record OUTPUT.mcap --source VIDEO|IMAGE_DIR|RECORDING | --camera N  [--frames N]
     perception replay RECORDING [--speed 1.0|max] [--decision KEY=VALUE]... [--save D.jsonl] [--compare REF.jsonl]
-                      [--json R] [--plots DIR]
+                      [--json R] [--plots DIR] [--foxglove [PORT]]
     perception bench [--recording R | --synthetic 1280x720] [--rate HZ] [--duration S] [--load N] [--json R] [--plots DIR]
-                     [--baseline]
+                     [--baseline] [--foxglove [PORT]]
 
 Every run is the real pipeline (capture -> detector -> decision -> watchdog, and a recorder when
 recording) as processes under the launcher, as launch/replay.yaml defines it. `--speed max`
@@ -12,7 +12,8 @@ replays deterministically: the capture node sends the next frame only after a de
 previous one, and the detector ignores wall-clock deadlines, so the same recording and config give
 the same decisions and exits run after run; `--compare` checks that against a saved reference,
 like openpilot's process replay. `record` opens its source before starting anything (a bad one is
-one line, exit 2) and never leaves an empty file or reports a failed run as recorded.
+one line, exit 2) and never leaves an empty file or reports a failed run as recorded. `--foxglove`
+adds the live view (nodes/viewer.py, docs/LIVE_VIEW.md) to a replay or a bench.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ import multiprocessing as mp
 import sys
 import threading
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from perception.config import ConfigError, from_mapping, parse_override
 from perception.launch import LaunchFile, LaunchNode, Launcher, load_launch_file, resolve_node_config
+from perception.topics import FRAMES, HEARTBEAT, MONITORED
 from perception.report import Collected, Collector, build_report, format_report, write_outputs
+from perception.visualization import add_foxglove_argument, with_viewer
 from perception import REPO
 
 # The pipeline is defined once, in this launch file; replay, bench and record adjust its capture
@@ -39,6 +43,7 @@ RECORDER_CONFIG = REPO / "configs" / "recorder.yaml"
 BUNDLED_DRIVE = REPO / "recordings" / "udacity_dashcam.mcap"
 EXIT_DIFFERENT = 1
 EXIT_BAD_INPUT = 2
+PROGRESS_LOG_INTERVAL_S = 5.0  # progress lines in a log that is not a terminal
 
 
 @dataclass
@@ -71,7 +76,9 @@ def pipeline_launch(source: dict, *, rate: object = "source", speed: float = 1.0
                     "max_frames": max_frames})
     if deterministic:
         capture["lockstep_from"] = ["decision"]
+    expected_hz = None if rate == "max" else FRAMES.rate_hz * speed if rate == "source" else float(rate)
     extra_params = {
+        "watchdog": slow_source_limits(expected_hz),
         "detector": {"deterministic": deterministic, **(detector_params or {})},
         # Lockstep: nothing is ever stale. Given after budget_ms, which the launch file applies to every node.
         "decision": {**({"budget_ms": 1e9} if deterministic else {}), **(decision_params or {})},
@@ -79,11 +86,26 @@ def pipeline_launch(source: dict, *, rate: object = "source", speed: float = 1.0
     nodes = [dataclasses.replace(capture_node, params=capture, restart="never")]
     nodes += [dataclasses.replace(n, params={**n.params, **extra_params.get(n.name, {})}) for n in downstream]
     if record_to:
-        sources = None if pipeline else {"frames": ["capture"], "heartbeat": ["capture"]}
+        sources = None if pipeline else {FRAMES.name: ["capture"], HEARTBEAT.name: ["capture"]}
         params = {"output": str(Path(record_to).resolve()), **({"sources": sources} if sources else {}),
                   **(recorder_params or {})}
         nodes.append(LaunchNode(name="recorder", node="recorder", config=RECORDER_CONFIG, params=params))
     return dataclasses.replace(launch, nodes=nodes, status_period_s=3600.0, drain_s=2.0, budget_ms=budget_ms)
+
+
+def slow_source_limits(expected_hz: float | None) -> dict:
+    """Watchdog params for a run slower than the topic table's real time (a replay at x0.1, a 5 Hz
+    synthetic source): each monitored topic warns below half the expected rate and fails safe below
+    a quarter of it or after 2.5 frame periods of silence, where that is looser than the table."""
+    if not expected_hz:
+        return {}
+    table = {t.name: (t.warn_rate_hz, t.error_rate_hz, t.timeout_s) for t in MONITORED}
+    limits = {name: (min(warn, 0.5 * expected_hz), min(error, 0.25 * expected_hz), max(timeout, 2.5 / expected_hz))
+              for name, (warn, error, timeout) in table.items()}
+    if limits == table:
+        return {}
+    return {"rules.topics": {name: dict(zip(("warn_rate_hz", "error_rate_hz", "timeout_s"), values))
+                             for name, values in limits.items()}}
 
 
 def run_pipeline(spec: LaunchFile, name: str, expected_decisions: int | None, collect: bool = True,
@@ -91,42 +113,55 @@ def run_pipeline(spec: LaunchFile, name: str, expected_decisions: int | None, co
     launcher = Launcher(spec, name)
     collector = Collector(launcher.run_dir) if collect else None
     stop_progress = threading.Event()
+    progress_thread = threading.Thread(target=_progress, args=(collector, expected_decisions, stop_progress),
+                                       daemon=True)
     if progress and collector is not None:
-        threading.Thread(target=_progress, args=(collector, expected_decisions, stop_progress), daemon=True).start()
+        progress_thread.start()
     started = time.monotonic()
     try:
         code = launcher.run()
     finally:
         stop_progress.set()
+        if progress_thread.is_alive():  # its last line goes out before the report, not through it
+            progress_thread.join(1.0)
         collected = collector.close() if collector else Collected()
     failed = [f"{m.spec.name} exited with code {m.exit_code}" for m in launcher.nodes if m.state == "failed"]
     return RunResult(collected, code, time.monotonic() - started, failed)
 
 
 def _progress(collector: Collector, total: int | None, stop: threading.Event) -> None:
-    """A progress bar on stderr: decisions made so far (of the frames expected)."""
+    """A progress bar on stderr (tqdm): decisions made so far, of the frames expected. Where stderr
+    is not a terminal (CI logs) it is a line every PROGRESS_LOG_INTERVAL_S instead of a bar redrawn."""
+    from tqdm import tqdm
+
     tty = sys.stderr.isatty()
-    last_printed = -1
-    while not stop.wait(0.25 if tty else 2.0):
-        done = collector.decision_count()
-        if total:
-            filled = int(30 * min(done, total) / total)
-            line = f"[{'#' * filled}{'.' * (30 - filled)}] {done}/{total} frames decided"
-        else:
-            line = f"{done} frames decided"
-        if tty:
-            print("\r" + line, end="", file=sys.stderr, flush=True)
-        elif done != last_printed:
-            print(line, file=sys.stderr, flush=True)
-        last_printed = done
-    if tty:
-        print(file=sys.stderr)
+    with tqdm(total=total or None, desc="decided", unit="frame", file=sys.stderr if tty else _Lines(sys.stderr),
+              mininterval=0.25 if tty else PROGRESS_LOG_INTERVAL_S, ascii=not tty, dynamic_ncols=tty) as bar:
+        while not stop.wait(0.25):
+            bar.update(collector.decision_count() - bar.n)
+        bar.n = collector.decision_count()  # shown once more as the bar closes
+
+
+class _Lines:
+    """A stream for tqdm where each redraw becomes a line of its own: in a log file, tqdm's '\r'
+    redraws would run together on one line, with the pipeline's log lines appended to them."""
+
+    def __init__(self, stream: typing.TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").rstrip()
+        if line:
+            self.stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def count_recorded_frames(path: Path) -> int:
     from perception.recording import RecordingReader
 
-    return sum(1 for channel, _, _ in RecordingReader(path).records() if channel == "/frames")
+    return sum(1 for channel, _, _ in RecordingReader(path).records() if channel == FRAMES.name)
 
 
 # -- compare ------------------------------------------------------------------------------
@@ -136,7 +171,7 @@ def decision_rows(collected: Collected) -> list[dict]:
     """One line per frame decided by the decision node, with the detections it was based on."""
     detections = {d.frame_id: d for d in collected.detections}
     rows = []
-    for _, decision in sorted(((t, d) for t, d in collected.decisions if d.decided_by != "watchdog"),
+    for _, decision in sorted(((t, d) for t, d in collected.decisions if not d.failsafe),
                               key=lambda item: item[1].frame_id):
         det = detections.get(decision.frame_id)
         rows.append({
@@ -198,6 +233,7 @@ def replay_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", type=Path, help="a reference saved with --save: print the differences")
     parser.add_argument("--json", type=Path, help="write the latency report (docs/REPORT.md) here")
     parser.add_argument("--plots", type=Path, help="write latency plots (PNG) into this folder")
+    add_foxglove_argument(parser)
     args = parser.parse_args(argv)
     deterministic = args.speed == "max"
     decision = dict(parse_override(item, "--decision") for item in args.decision)
@@ -214,6 +250,9 @@ def replay_main(argv: list[str] | None = None) -> int:
     reference = load_rows(args.compare) if args.compare else None
     spec = pipeline_launch({"kind": "recording", "path": str(args.recording.resolve())}, rate="max" if deterministic else "source",
                            speed=speed, deterministic=deterministic, budget_ms=args.budget_ms, decision_params=decision)
+    spec = _with_live_view(spec, args.foxglove, "replay")
+    if spec is None:
+        return EXIT_BAD_INPUT
     result = run_pipeline(spec, f"replay of {args.recording}", frames)
     title = (f"replay {args.recording.name} ({'deterministic, max speed' if deterministic else f'x{speed:g} recorded time'})"
              + "".join(f", {k} {v}" for k, v in decision.items()))
@@ -232,6 +271,17 @@ def replay_main(argv: list[str] | None = None) -> int:
         if differences:
             return EXIT_DIFFERENT
     return result.exit_code
+
+
+def _with_live_view(spec: LaunchFile, port: int | None, command: str) -> LaunchFile | None:
+    """`spec`, plus the live-view node when `--foxglove` was given; None (after one line) when it cannot serve."""
+    if port is None:
+        return spec
+    try:
+        return with_viewer(spec, port, str(PIPELINE_LAUNCH))
+    except ConfigError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return None
 
 
 def source_spec(path: Path) -> dict:
@@ -319,6 +369,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true",
                         help="then run the same source in one plain process (read, full YOLOX-nano, decode, decide) "
                              "and print the pipeline's end-to-end p50/p99 as a ratio of it")
+    add_foxglove_argument(parser)
     args = parser.parse_args(argv)
     from perception.benchmarks.watchdog import burn_cpu
 
@@ -341,6 +392,9 @@ def bench_main(argv: list[str] | None = None) -> int:
         title = f"bench {recording.name}" + (f" at {rate:g} Hz" if args.rate else " at recorded rate")
     title += f", load {args.load}" + "".join(f", {k} {v}" for k, v in detector.items())
     spec = pipeline_launch(source, rate=rate, budget_ms=args.budget_ms, detector_params=detector, max_frames=frames)
+    spec = _with_live_view(spec, args.foxglove, "bench")
+    if spec is None:
+        return EXIT_BAD_INPUT
     stop = mp.Event()
     burners = [mp.Process(target=burn_cpu, args=(stop,), daemon=True) for _ in range(args.load)]
     for burner in burners:

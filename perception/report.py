@@ -19,7 +19,8 @@ import numpy as np
 import zmq
 
 from perception.latency import now_ns, percentiles_ms, stage_durations_ns
-from perception.messages import Decision, Detections, Heartbeat, WatchdogStatus
+from perception.messages import Decision, Detections, WatchdogStatus
+from perception.topics import DECISIONS, DETECTIONS, HEARTBEAT, WATCHDOG_STATUS
 from perception.transport import Subscriber, resolve_endpoint
 
 REPORT_SCHEMA_VERSION = 1
@@ -41,17 +42,11 @@ class CollectorError(RuntimeError):
 class Collector:
     """Subscribes to a running pipeline's outputs from a background thread."""
 
-    def __init__(self, run_dir: Path, decision_nodes=("decision", "watchdog"), detector="detector",
-                 watchdog="watchdog", heartbeat_nodes=("capture", "detector", "decision", "watchdog")) -> None:
+    def __init__(self, run_dir: Path) -> None:
         self.data = Collected()
         self._context = zmq.Context()
-        ep = lambda name: resolve_endpoint(name, run_dir)  # noqa: E731
-        self._subs = [
-            Subscriber(self._context, [ep(n) for n in decision_nodes], "decisions", Decision, latest=False),
-            Subscriber(self._context, ep(detector), "detections", Detections, latest=False),
-            Subscriber(self._context, ep(watchdog), "watchdog", WatchdogStatus, latest=False),
-            Subscriber(self._context, [ep(n) for n in heartbeat_nodes], "heartbeat", Heartbeat, latest=False),
-        ]
+        self._subs = [Subscriber(self._context, [resolve_endpoint(name, run_dir) for name in topic.publishers], topic,
+                                 latest=False) for topic in (DECISIONS, DETECTIONS, WATCHDOG_STATUS, HEARTBEAT)]
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.error: Exception | None = None
@@ -86,7 +81,7 @@ class Collector:
 
     def decision_count(self) -> int:
         with self._lock:
-            return sum(1 for _, d in self.data.decisions if d.decided_by != "watchdog")
+            return sum(1 for _, d in self.data.decisions if not d.failsafe)
 
     def close(self) -> Collected:
         """Stop collecting; raises CollectorError if collection stopped early, as the data would be incomplete."""
@@ -107,8 +102,8 @@ def _stage_group(stage: str) -> str:
 
 def build_report(collected: Collected, budget_ms: float, frames_sent: int | None = None, title: str = "") -> dict:
     """The JSON report (docs/REPORT.md)."""
-    node_decisions = [(t, d) for t, d in collected.decisions if d.decided_by != "watchdog"]
-    failsafes = [d for _, d in collected.decisions if d.decided_by == "watchdog"]
+    node_decisions = [(t, d) for t, d in collected.decisions if not d.failsafe]
+    failsafes = [d for _, d in collected.decisions if d.failsafe]
     stages: dict[str, list[int]] = {}
     for _, decision in node_decisions:
         per_frame: dict[str, int] = {}

@@ -2,9 +2,9 @@
 node does (apis/python/node/dora/testing.py): no sockets, no processes, the same code path.
 
     node = TestingNode("decision")
-    node.feed("detections", detections)        # any message; encoded, then decoded as on the wire
+    node.feed(DETECTIONS, detections)          # any message; encoded, then decoded as on the wire
     decide(node, config)                        # the body runs until its inputs are used up
-    node.published("decisions")                 # what it would have sent
+    node.published(DECISIONS)                   # what it would have sent
 
 Inputs go through the real codec and the real Subscriber logic (validation, clock checks, latest
 mode, per-input state), so what a test feeds is checked exactly as a live message would be.
@@ -22,14 +22,15 @@ import numpy as np
 
 from perception.latency import now_ns
 from perception.messages import Message, NodeState, encode
+from perception.topics import Topic
 from perception.transport import FrameReceiver, Subscriber
 
 
 class FedInput(Subscriber):
     """A Subscriber whose messages come from a test instead of a socket."""
 
-    def __init__(self, topic: str, message_type: type, latest: bool) -> None:  # noqa: D107 - no socket to open
-        self._init_input(topic, message_type, latest)
+    def __init__(self, topic: Topic, latest: bool) -> None:  # noqa: D107 - no socket to open
+        self._init_input(topic, latest)
         self.endpoints: list[str] = []
         self.queue: deque[list] = deque()
 
@@ -62,37 +63,39 @@ class TestingNode:
     def __post_init__(self) -> None:
         self.counters: dict[str, int] = {}
         self.state = NodeState.STARTING
-        self.sent: list[tuple[str, Message]] = []
-        self.inputs: dict[str, FedInput] = {}
+        self.sent: list[tuple[Topic, Message]] = []
+        self.inputs: dict[Topic, FedInput] = {}
         self.frames_done: list[tuple[int, int]] = []
         self._stop = False
         self._idle_since: int | None = None
 
     # -- what a test does -----------------------------------------------------------------
-    def feed(self, topic: str, message: Message, pixels: np.ndarray | None = None) -> None:
+    def feed(self, topic: Topic, message: Message, pixels: np.ndarray | None = None) -> None:
         """Queue `message` on `topic`; inline frames carry their pixels. A frames input is latest-only
         in the detector: call `expect(..., latest=True)` first to see supersession before the body runs."""
-        self.expect(topic, type(message)).put(encode(message), None if pixels is None else np.ascontiguousarray(pixels).tobytes())
+        self.expect(topic).put(encode(message), None if pixels is None else np.ascontiguousarray(pixels).tobytes())
 
-    def feed_raw(self, topic: str, data: bytes, message_type: type) -> None:
+    def feed_raw(self, topic: Topic, data: bytes) -> None:
         """Queue raw bytes, as a buggy or hostile publisher could send them."""
-        self.expect(topic, message_type).put(data)
+        self.expect(topic).put(data)
 
-    def expect(self, topic: str, message_type: type, latest: bool = False) -> FedInput:
+    def expect(self, topic: Topic, latest: bool = False) -> FedInput:
         if topic not in self.inputs:
-            self.inputs[topic] = FedInput(topic, message_type, latest)
+            self.inputs[topic] = FedInput(topic, latest)
         return self.inputs[topic]
 
-    def published(self, topic: str) -> list[Message]:
+    def published(self, topic: Topic) -> list[Message]:
         return [message for t, message in self.sent if t == topic]
 
     # -- the Node interface ---------------------------------------------------------------
-    def subscribe(self, source: str | Sequence[str], topic: str, message_type: type, latest: bool) -> FedInput:
-        fed = self.expect(topic, message_type, latest)
+    def subscribe(self, source: str | Sequence[str], topic: Topic, latest: bool) -> FedInput:
+        fed = self.expect(topic, latest)
         fed.latest = latest
         return fed
 
-    def publish(self, topic: str, message: Message) -> None:
+    def publish(self, topic: Topic, message: Message) -> None:
+        if not isinstance(message, topic.message_type):
+            raise TypeError(f"{topic.name} carries {topic.message_type.__name__}, not {type(message).__name__}")
         encode(message)  # what cannot go on the wire must fail here as it would live
         self.sent.append((topic, message))
 

@@ -23,6 +23,7 @@ import zmq
 from perception.latency import now_ns
 from perception.messages import FrameHeader, FrameTransport, Message, MessageError, Stamp, decode, encode
 from perception.shm_ring import FrameOverwritten, FrameRingReader, FrameRingWriter, FrameView, RingError, ring_name
+from perception.topics import FRAMES, Topic
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,14 @@ class Publisher:
             self.socket.close()
             raise RuntimeError(f"cannot bind publisher at {endpoint}: {exc}") from None
 
-    def publish(self, topic: str, message: Message, buffers: tuple = ()) -> None:
+    def publish(self, topic: Topic, message: Message, buffers: tuple = ()) -> None:
+        if not isinstance(message, topic.message_type):
+            raise TypeError(f"{topic.name} carries {topic.message_type.__name__}, not {type(message).__name__}")
         # NOBLOCK: a publisher never waits for a slow subscriber; it drops at the HWM instead.
-        self.socket.send_multipart([topic.encode(), encode(message), *buffers], flags=zmq.NOBLOCK, copy=not buffers)
+        self.socket.send_multipart([topic.name.encode(), encode(message), *buffers], flags=zmq.NOBLOCK,
+                                   copy=not buffers)
 
-    def subscriber_count(self, topic: str) -> int:
+    def subscriber_count(self, topic: Topic) -> int:
         """Subscribers currently subscribed to exactly `topic` (processes subscription events first)."""
         while True:
             try:
@@ -77,7 +81,7 @@ class Publisher:
             if event[:1] in (b"\x00", b"\x01"):
                 delta = 1 if event[:1] == b"\x01" else -1
                 self.subscriptions[event[1:]] = self.subscriptions.get(event[1:], 0) + delta
-        return self.subscriptions.get(topic.encode(), 0)
+        return self.subscriptions.get(topic.name.encode(), 0)
 
     def close(self, linger_ms: int = 0) -> None:
         """`linger_ms`: how long queued messages (a node's last heartbeat) may still take to go out."""
@@ -111,11 +115,10 @@ class Subscriber(Generic[M]):
         self,
         context: zmq.Context,
         endpoints: str | list[str],
-        topic: str,
-        message_type: type[M],
+        topic: Topic,
         latest: bool,
     ) -> None:
-        self._init_input(topic, message_type, latest)
+        self._init_input(topic, latest)
         self.socket = context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.RCVHWM, LATEST_HWM if latest else QUEUE_HWM)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -124,11 +127,11 @@ class Subscriber(Generic[M]):
         for endpoint in self.endpoints:
             self.socket.connect(endpoint)
 
-    def _init_input(self, topic: str, message_type: type[M], latest: bool) -> None:
+    def _init_input(self, topic: Topic, latest: bool) -> None:
         """The input's own state, whatever delivers its messages (a socket here, a test elsewhere)."""
         self.topic = topic
-        self.topic_bytes = topic.encode()
-        self.message_type = message_type
+        self.topic_bytes = topic.name.encode()
+        self.message_type = topic.message_type
         self.latest = latest
         self.received = 0
         self.malformed = 0
@@ -176,18 +179,18 @@ class Subscriber(Generic[M]):
     def _parse(self, parts: list) -> Received[M] | None:
         try:
             if bytes(parts[0].buffer) != self.topic_bytes:
-                raise MessageError(f"topic {bytes(parts[0].buffer)[:32]!r} is not {self.topic!r}")
+                raise MessageError(f"topic {bytes(parts[0].buffer)[:32]!r} is not {self.topic.name!r}")
             if len(parts) < 2:
                 raise MessageError("multipart message has no payload")
             message = decode(parts[1].buffer, expect=self.message_type)
         except MessageError as exc:
             self.malformed += 1
-            self._warn(f"dropped malformed message on {self.topic!r}: {exc}")
+            self._warn(f"dropped malformed message on {self.topic.name}: {exc}")
             return None
         claimed, now = newest_stamp_ns(message), now_ns()
         if claimed > now:
             self.bad_stamp += 1
-            self._warn(f"dropped {self.message_type.__name__} {message.frame_id} on {self.topic!r}: "
+            self._warn(f"dropped {self.message_type.__name__} {message.frame_id} on {self.topic.name}: "
                        f"stamped {(claimed - now) / 1e6:.1f} ms in the future")
             return None
         self.received += 1
@@ -224,7 +227,7 @@ class FrameSender:
             return None
         return self.ring.reserve()
 
-    def send(self, topic: str, frame: np.ndarray, *, frame_id: int, capture_ns: int, media_ns: int,
+    def send(self, frame: np.ndarray, *, frame_id: int, capture_ns: int, media_ns: int,
              stamps: tuple[Stamp, ...] = (), reservation=None, stage: str = "publish") -> FrameHeader:
         """Publish `frame` under a header built here, once the pixels are in place: its shape and
         transport fields come from the frame and the ring, and a `stage` stamp ends `stamps`.
@@ -236,7 +239,7 @@ class FrameSender:
                   "width": width, "height": height, "channels": channels}
         if self.transport == FrameTransport.INLINE:
             header = FrameHeader(**origin, stamps=stamps + (Stamp(stage, now_ns()),), transport=FrameTransport.INLINE)
-            self.publisher.publish(topic, header, (np.ascontiguousarray(frame).data,))
+            self.publisher.publish(FRAMES, header, (np.ascontiguousarray(frame).data,))
             return header
         self.prepare(frame.shape)
         if reservation is not None and reservation.array is frame:
@@ -247,7 +250,7 @@ class FrameSender:
             reservation = self.ring.write(frame)
         header = FrameHeader(**origin, stamps=stamps + (Stamp(stage, now_ns()),), transport=FrameTransport.SHM,
                              ring=self.ring.name, slot=reservation.slot, seq=reservation.seq)
-        self.publisher.publish(topic, header)
+        self.publisher.publish(FRAMES, header)
         return header
 
     def close(self) -> None:

@@ -19,6 +19,13 @@ timeout. Only a node whose last heartbeat said STOPPING (the launcher ordered th
 finished its input, as a replay's source does at the end of its recording) is not waited for
 until it heartbeats again; frames it leaves unanswered still fail safe.
 
+Topics: every monitored topic of the topic table (frames, detections, decisions) is judged by
+perception.topic_monitor (OK / WARN_RATE / ERROR_RATE / TIMEOUT). A topic below its error rate or
+silent is down by the same rule as a silent node: a BRAKE naming it at once (reason TOPIC_DOWN,
+or NODE_DOWN when a node is down too) and again every `failsafe_repeat_ms`. This catches what
+heartbeats cannot: a capture node alive but its camera stalled, a detector heartbeating from its
+loop but publishing nothing.
+
 Degradation: when the p95 of capture-to-decision latency over the recent window exceeds
 `degrade_fraction` of the budget, or a deadline was missed, the detector's depth ceiling is
 lowered one step; it is raised one step again only after `relax_after` decisions with p95 under
@@ -35,8 +42,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from perception.messages import (
-    Action, Control, Decision, FrameHeader, Heartbeat, NodeState, Reason, Stamp, SystemState, WatchdogStatus,
+    Action, Control, Decision, FrameHeader, Heartbeat, NodeState, Reason, Stamp, SystemState, TopicHealth, WatchdogStatus,
 )
+from perception.topic_monitor import DOWN_STATES, TopicLimits, TopicMonitor
+from perception.topics import MONITORED, Topic
 
 MS = 1_000_000
 RECENT_FRAMES = 1024  # frames a decision may name: far more than fit in any budget at any frame rate
@@ -55,8 +64,18 @@ class WatchdogRules:
     relax_fraction: float = 0.5
     window: int = 20
     relax_after: int = 50
+    # Per-topic thresholds overriding the topic table's (perception.topics), by topic name; e.g. a
+    # 5 Hz camera needs lower rates than the shipped 25-30 Hz launch files.
+    topics: dict[str, TopicLimits] = field(default_factory=dict)
+    monitored_topics: list[str] = field(default_factory=lambda: [t.name for t in MONITORED])
+    topic_window_s: float = 1.0
 
     def __post_init__(self) -> None:
+        unknown = sorted((set(self.topics) | set(self.monitored_topics)) - {t.name for t in MONITORED})
+        if unknown:
+            raise ValueError(f"topics: {unknown} are not monitored topics (those are: {', '.join(t.name for t in MONITORED)})")
+        if self.topic_window_s <= 0:
+            raise ValueError("topic_window_s must be positive")
         if self.budget_ms <= 0 or self.heartbeat_timeout_ms <= 0 or self.failsafe_repeat_ms <= 0:
             raise ValueError("budget_ms, heartbeat_timeout_ms and failsafe_repeat_ms must be positive")
         if not 0 < self.relax_fraction < self.degrade_fraction <= 1:
@@ -88,7 +107,7 @@ class WatchdogCore:
         self.depth_limit = rules.max_depth
         self.counters: dict[str, int] = {k: 0 for k in (
             "frames", "decisions", "deadline_misses", "late_decisions", "failsafes", "node_down_events",
-            "degrade_steps", "relax_steps", "stale_dropped", "untrusted_decisions")}
+            "degrade_steps", "relax_steps", "stale_dropped", "untrusted_decisions", "topic_down_events")}
         self.failsafe_delay_ns: deque[int] = deque(maxlen=10_000)  # fail-safe publish time minus its deadline
         self._pending: list[_Pending] = []  # in deadline order
         self._seen: OrderedDict[int, int] = OrderedDict()  # frame_id -> capture_ns of recent frames
@@ -104,8 +123,16 @@ class WatchdogCore:
         self._failed: set[str] = set()
         self._last_repeat_ns = 0
         self._last_frame = (0, 0)
+        limits = {t: rules.topics.get(t.name) or TopicLimits.of(t) for t in MONITORED if t.name in rules.monitored_topics}
+        self.topic_monitor = TopicMonitor(limits, start_ns, rules.startup_grace_ms, rules.topic_window_s)
+        self._topics: tuple[TopicHealth, ...] = ()
+        self._topics_down: set[str] = set()
 
     # -- events ---------------------------------------------------------------------------
+    def on_message(self, topic: Topic, now_ns: int) -> None:
+        """Every message received on a monitored topic, valid ones only: rate and liveness."""
+        self.topic_monitor.on_message(topic, now_ns)
+
     def on_frame(self, header: FrameHeader) -> None:
         self.counters["frames"] += 1
         self._last_frame = (header.frame_id, header.capture_ns)
@@ -170,13 +197,20 @@ class WatchdogCore:
         newly_down = down - self._down
         self.counters["node_down_events"] += len(newly_down)
         self._down = down
+        self._topics = self.topic_monitor.health(now_ns, self._departed)
+        topics_down = {t.topic: t for t in self._topics if t.state in DOWN_STATES}
+        newly_down_topics = set(topics_down) - self._topics_down
+        self.counters["topic_down_events"] += len(newly_down_topics)
+        self._topics_down = set(topics_down)
         repeat_due = now_ns - self._last_repeat_ns >= int(self.rules.failsafe_repeat_ms * MS)
-        if down and (newly_down or repeat_due):
+        if (down or topics_down) and (newly_down or newly_down_topics or repeat_due):
             self._last_repeat_ns = now_ns
-            detail = ", ".join(f"{n} failed" if n in self._failed else f"{n} silent {(now_ns - self._last_seen[n]) / MS:.0f} ms"
-                               for n in sorted(down))
+            details = [f"{n} failed" if n in self._failed else f"{n} silent {(now_ns - self._last_seen[n]) / MS:.0f} ms"
+                       for n in sorted(down)]
+            details += [f"{name} {t.state.name} {t.rate_hz:g} Hz" for name, t in sorted(topics_down.items())]
             frame_id, capture_ns = self._last_frame
-            out.decisions.append(self._failsafe(frame_id, capture_ns, Reason.NODE_DOWN, detail, now_ns))
+            reason = Reason.NODE_DOWN if down else Reason.TOPIC_DOWN
+            out.decisions.append(self._failsafe(frame_id, capture_ns, reason, ", ".join(details), now_ns))
 
     # -- degradation ----------------------------------------------------------------------
     def _degrade_on_miss(self, out: Outputs) -> list[Control]:
@@ -225,7 +259,7 @@ class WatchdogCore:
 
     @property
     def state(self) -> SystemState:
-        if self._down:
+        if self._down or self._topics_down:
             return SystemState.FAILSAFE
         return SystemState.DEGRADED if self.depth_limit < self.rules.max_depth else SystemState.NOMINAL
 
@@ -235,4 +269,4 @@ class WatchdogCore:
         if self.failsafe_delay_ns:
             counters["failsafe_delay_p99_us"] = int(np.percentile(self.failsafe_delay_ns, 99) / 1000)
         return WatchdogStatus(frame_id=frame_id, capture_ns=capture_ns, state=self.state, depth_limit=self.depth_limit,
-                              nodes_down=tuple(sorted(self._down)), counters=counters)
+                              nodes_down=tuple(sorted(self._down)), topics=self._topics, counters=counters)

@@ -25,7 +25,8 @@ import numpy as np
 import zmq
 
 from perception.latency import now_ns, percentiles_ms
-from perception.messages import FrameHeader, FrameTransport, Stamp
+from perception.messages import FrameTransport, Stamp
+from perception.topics import FRAMES
 from perception.transport import FrameReceiver, FrameSender, Publisher, Subscriber
 
 RESOLUTIONS = {"640x480": (480, 640, 3), "1920x1080": (1080, 1920, 3)}
@@ -36,7 +37,7 @@ SEND_HZ = 100
 def _reader(endpoint: str, case: str, frames: int, result_path: str, ready) -> None:
     context = zmq.Context()
     latencies = np.zeros(frames, np.int64)
-    subscriber = Subscriber(context, endpoint, "frames", FrameHeader, latest=False)
+    subscriber = Subscriber(context, endpoint, FRAMES, latest=False)
     receiver = FrameReceiver()
     ready.set()
     got = 0
@@ -88,9 +89,9 @@ def run_case(case: str, shape: tuple[int, int, int], frames: int, workdir: Path)
         elif case == "shm" and sender.ring is not None:
             reservation = sender.reserve(shape)
             reservation.array[0, 0, 0] = i % 256  # the frame is already decoded in place
-            sender.send("frames", reservation.array, **origin, reservation=reservation)
+            sender.send(reservation.array, **origin, reservation=reservation)
         else:
-            sender.send("frames", source, **origin)
+            sender.send(source, **origin)
         if i < frames:
             writer_ns[i] = now_ns() - start
     reader.join(30)

@@ -23,7 +23,7 @@ import numpy as np
 from perception.detection.adaptive import AdaptiveDetector
 from perception.detection.manifest import WEIGHTS_DIR, load_manifest
 from perception.detection.policy import PolicyConfig
-from perception.detection.temporal import DECISION_CONFIG, GateConfig, TemporalConfig
+from perception.detection.temporal import DECISION_CONFIG, TemporalConfig
 from perception.engines import EngineConfig, create_engine
 from perception.evaluation import DEV_ANNOTATIONS, DEV_MOT, DEV_VIDEO
 from perception.evaluation.detector_eval import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, load_annotations

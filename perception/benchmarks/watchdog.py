@@ -21,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import zmq
 
 from perception.latency import now_ns, percentiles_ms
 from perception.launch import apply_scheduling
-from perception.messages import Decision, FrameHeader, FrameTransport, Reason, WatchdogStatus
+from perception.messages import FrameHeader, FrameTransport, Reason, WatchdogStatus
+from perception.topics import DECISIONS, FRAMES, WATCHDOG_STATUS
 from perception.transport import Publisher, Subscriber, resolve_endpoint
 
 BUDGET_MS = 100.0
@@ -55,14 +55,14 @@ def main(frames: int = 300, rate: float = 30.0, load: int = 0, json_path: Path |
             apply_scheduling(realtime_priority=realtime_priority)  # refused: PermissionError, the run stops
         context = zmq.Context()
         capture = Publisher(context, resolve_endpoint("capture", run_dir))
-        failsafes = Subscriber(context, resolve_endpoint("watchdog", run_dir), "decisions", Decision, latest=False)
-        status = Subscriber(context, resolve_endpoint("watchdog", run_dir), "watchdog", WatchdogStatus, latest=False)
+        failsafes = Subscriber(context, resolve_endpoint("watchdog", run_dir), DECISIONS, latest=False)
+        status = Subscriber(context, resolve_endpoint("watchdog", run_dir), WATCHDOG_STATUS, latest=False)
         watchdog = subprocess.Popen([sys.executable, "-m", "nodes.watchdog", "--name", "watchdog", "--config", str(config),
                                      "--run-dir", str(run_dir)], stderr=subprocess.DEVNULL)  # inherits the priority
         delays: list[int] = []
         last_status: WatchdogStatus | None = None
         try:
-            while capture.subscriber_count("frames") < 1:
+            while capture.subscriber_count(FRAMES) < 1:
                 time.sleep(0.01)
             time.sleep(0.2)
             period_ns = int(1e9 / rate)
@@ -72,7 +72,7 @@ def main(frames: int = 300, rate: float = 30.0, load: int = 0, json_path: Path |
             while end_ns is None or now_ns() < end_ns:
                 if sent < frames and now_ns() >= next_ns:
                     sent += 1
-                    capture.publish("frames", FrameHeader(frame_id=sent, capture_ns=now_ns(), media_ns=0, width=1, height=1,
+                    capture.publish(FRAMES, FrameHeader(frame_id=sent, capture_ns=now_ns(), media_ns=0, width=1, height=1,
                                                           channels=3, transport=FrameTransport.INLINE))
                     next_ns += period_ns
                     if sent == frames:

@@ -11,8 +11,8 @@ import numpy as np
 import zmq
 
 from helpers import REPO, run_python, stop_process, wait_for
-from perception.messages import FrameHeader
 from perception.transport import Subscriber, resolve_endpoint
+from perception.topics import FRAMES
 
 
 def run_capture(tmp_path, config_text, *extra):
@@ -102,7 +102,7 @@ def test_a_recording_damaged_mid_file_plays_up_to_the_damage_then_exits_with_one
     (tmp_path / "capture.yaml").write_text("source: {kind: recording, path: drive.mcap}\nrate: max\n"
                                            "wait_for_subscribers: 1\n")
     context = zmq.Context()
-    subscriber = Subscriber(context, resolve_endpoint("capture", run_dir), "frames", FrameHeader, latest=False)
+    subscriber = Subscriber(context, resolve_endpoint("capture", run_dir), FRAMES, latest=False)
     capture = subprocess.Popen([sys.executable, "-m", "nodes.capture", "--name", "capture", "--config",
                                 str(tmp_path / "capture.yaml")], cwd=REPO, stderr=subprocess.PIPE, text=True)
     ids: list[int] = []
@@ -116,7 +116,7 @@ def test_a_recording_damaged_mid_file_plays_up_to_the_damage_then_exits_with_one
         context.term()
     assert capture.returncode == 78, stderr
     assert "Traceback" not in stderr and len(error_lines(stderr)) == 1
-    assert re.search(r"drive.mcap: corrupt record at byte \d+ of 5749263 \(CRCValidationError", stderr)
+    assert re.search(rf"drive.mcap: corrupt record at byte \d+ of {len(data)} \(CRCValidationError", stderr)
     # The damaged chunk holds frames 22..29; those before it play. The last one or two may still
     # be queued when the node exits (its sockets do not linger), so not all 21 need arrive.
     assert ids == list(range(1, len(ids) + 1)) and 15 <= len(ids) <= 21, ids

@@ -12,6 +12,7 @@ from helpers import REPO, run_python, stop_process
 from perception.latency import stage_durations_ns
 from perception.messages import Detections
 from perception.transport import Subscriber, resolve_endpoint
+from perception.topics import CONTROL, DETECTIONS, FRAMES
 
 
 def start(name, args):
@@ -29,7 +30,7 @@ def test_detects_people_in_real_video_with_latency_stamps(tmp_path, run_dir):
         "wait_for_subscribers: 1\n"
     )
     context = zmq.Context()
-    subscriber = Subscriber(context, resolve_endpoint("detector", run_dir), "detections", Detections, latest=False)
+    subscriber = Subscriber(context, resolve_endpoint("detector", run_dir), DETECTIONS, latest=False)
     detector = start("detector", ["--config", str(tmp_path / "detector.yaml")])
     capture = start("capture", ["--config", str(tmp_path / "capture.yaml")])
     got: list[Detections] = []
@@ -77,7 +78,6 @@ def test_a_model_file_with_the_wrong_graph_exits_with_one_line_naming_file_part_
 def test_the_detector_body_runs_in_process_on_fed_frames_and_obeys_the_depth_ceiling():
     """The node body with its inputs fed directly (perception.testing): no processes, same code."""
     import cv2
-    import numpy as np
 
     from nodes.detector import DetectorConfig, detect
     from perception.config import from_mapping
@@ -95,23 +95,23 @@ def test_the_detector_body_runs_in_process_on_fed_frames_and_obeys_the_depth_cei
                            height=image.shape[0], channels=3, transport=FrameTransport.INLINE)
 
     node = TestingNode("detector")
-    node.expect("frames", FrameHeader, latest=True)
-    node.feed("frames", frame(1), image)
+    node.expect(FRAMES, latest=True)
+    node.feed(FRAMES, frame(1), image)
     detect(node, config)
-    full = node.published("detections")
+    full = node.published(DETECTIONS)
     assert [(d.frame_id, d.exit_index, d.exit_count) for d in full] == [(1, 1, 2)]
     assert (full[0].class_ids == 2).sum() >= 2  # cars in the dashcam still
 
     node = TestingNode("detector")
-    node.feed("control", Control(frame_id=0, capture_ns=0, target="detector", max_depth=0, reason="test"))
-    node.feed("control", Control(frame_id=0, capture_ns=0, target="somebody-else", max_depth=1, reason="not mine"))
-    node.expect("frames", FrameHeader, latest=True)
-    node.feed("frames", frame(2), image)
-    node.feed("frames", frame(3), image)
+    node.feed(CONTROL, Control(frame_id=0, capture_ns=0, target="detector", max_depth=0, reason="test"))
+    node.feed(CONTROL, Control(frame_id=0, capture_ns=0, target="somebody-else", max_depth=1, reason="not mine"))
+    node.expect(FRAMES, latest=True)
+    node.feed(FRAMES, frame(2), image)
+    node.feed(FRAMES, frame(3), image)
     detect(node, config)
-    shallow = node.published("detections")
+    shallow = node.published(DETECTIONS)
     assert [(d.frame_id, d.exit_index) for d in shallow] == [(3, 0)]  # latest only: frame 2 superseded
-    assert node.inputs["frames"].superseded == 1 and node.counters["exit0"] == 1
+    assert node.inputs[FRAMES].superseded == 1 and node.counters["exit0"] == 1
 
 
 def test_a_frame_of_the_wrong_shape_is_dropped_and_counted_in_process():
@@ -128,7 +128,7 @@ def test_a_frame_of_the_wrong_shape_is_dropped_and_counted_in_process():
     node = TestingNode("detector")
     gray = FrameHeader(frame_id=1, capture_ns=now_ns(), media_ns=0, width=64, height=48, channels=1,
                        transport=FrameTransport.INLINE)
-    node.expect("frames", FrameHeader, latest=True)
-    node.feed("frames", gray, np.zeros((48, 64, 1), np.uint8))  # valid on the wire; not what YOLOX takes
+    node.expect(FRAMES, latest=True)
+    node.feed(FRAMES, gray, np.zeros((48, 64, 1), np.uint8))  # valid on the wire; not what YOLOX takes
     detect(node, config)
-    assert node.published("detections") == [] and node.counters["frames.bad"] == 1
+    assert node.published(DETECTIONS) == [] and node.counters["frames.bad"] == 1

@@ -27,6 +27,7 @@ from perception.messages import (
 )
 from samples import forged
 from perception.transport import Publisher, Subscriber, resolve_endpoint
+from perception.topics import DECISIONS, DETECTIONS, FRAMES, HEARTBEAT, WATCHDOG_STATUS
 
 BUDGET_MS = 100
 SLACK_MS = 60  # scheduling on a loaded 2-core machine; see the module docstring
@@ -39,12 +40,12 @@ class Observer:
     def __init__(self, run_dir: Path) -> None:
         self.context = zmq.Context()
         self.subs = {
-            "frames": Subscriber(self.context, resolve_endpoint("capture", run_dir), "frames", FrameHeader, False),
+            "frames": Subscriber(self.context, resolve_endpoint("capture", run_dir), FRAMES, False),
             "decisions": Subscriber(self.context, [resolve_endpoint(n, run_dir) for n in ("decision", "watchdog")],
-                                    "decisions", Decision, False),
-            "watchdog": Subscriber(self.context, resolve_endpoint("watchdog", run_dir), "watchdog", WatchdogStatus, False),
+                                    DECISIONS, False),
+            "watchdog": Subscriber(self.context, resolve_endpoint("watchdog", run_dir), WATCHDOG_STATUS, False),
             "heartbeat": Subscriber(self.context, [resolve_endpoint(n, run_dir) for n in ("detector", "decision", "watchdog")],
-                                    "heartbeat", Heartbeat, False),
+                                    HEARTBEAT, False),
         }
         self.log: dict[str, list[tuple[int, object]]] = {k: [] for k in self.subs}
         self._stop = threading.Event()
@@ -207,12 +208,12 @@ def test_malformed_messages_are_dropped_counted_exactly_and_lose_nothing_else(pi
     run_dir = Path(_status(status_file)["run_dir"])
     context = zmq.Context()
     rogue = Publisher(context, resolve_endpoint("rogue", run_dir))
-    assert wait_for(lambda: rogue.subscriber_count("decisions") >= 1 and rogue.subscriber_count("detections") >= 1, 10)
+    assert wait_for(lambda: rogue.subscriber_count(DECISIONS) >= 1 and rogue.subscriber_count(DETECTIONS) >= 1, 10)
     started = now_ns()
     bad = [b"garbage", encode(Heartbeat(frame_id=0, capture_ns=0, node="x", pid=1, seq=1, sent_ns=0, state=1))[:-2],
            encode(Heartbeat(frame_id=0, capture_ns=0, node="x", pid=1, seq=1, sent_ns=0, state=1))]
     for payload in bad:  # garbage, a truncated message, a valid message of the wrong kind
-        for topic in (b"frames", b"detections", b"decisions"):
+        for topic in (FRAMES.name.encode(), DETECTIONS.name.encode(), DECISIONS.name.encode()):
             rogue.socket.send_multipart([topic, payload])
         time.sleep(0.05)
     time.sleep(1.0)
@@ -301,14 +302,14 @@ def test_forged_decisions_cannot_silence_the_watchdog(pipeline):
     run_dir = Path(_status(status_file)["run_dir"])
     context = zmq.Context()
     rogue = Publisher(context, resolve_endpoint("rogue", run_dir))
-    assert wait_for(lambda: rogue.subscriber_count("decisions") >= 1, 10)
+    assert wait_for(lambda: rogue.subscriber_count(DECISIONS) >= 1, 10)
     last = observer.log["frames"][-1][1]
     from_the_future = Decision(frame_id=last.frame_id, capture_ns=2**62, action=Action.PROCEED, reason=Reason.CLEAR,
                                decided_by="decision")
     unknown_frame = Decision(frame_id=10**9, capture_ns=now_ns(), action=Action.PROCEED, reason=Reason.CLEAR,
                              decided_by="decision")
     for message in (from_the_future, unknown_frame):
-        rogue.publish("decisions", message)
+        rogue.publish(DECISIONS, message)
     time.sleep(0.3)
     pid = pid_of(status_file, "decision")
     stopped_at = now_ns()
@@ -337,7 +338,7 @@ def test_well_formed_messages_with_bad_fields_are_dropped_and_nobody_crashes(pip
     run_dir = Path(status["run_dir"])
     context = zmq.Context()
     rogue = Publisher(context, resolve_endpoint("rogue", run_dir))
-    assert wait_for(lambda: rogue.subscriber_count("frames") >= 1 and rogue.subscriber_count("detections") >= 1, 10)
+    assert wait_for(lambda: rogue.subscriber_count(FRAMES) >= 1 and rogue.subscriber_count(DETECTIONS) >= 1, 10)
     tiny = shared_memory.SharedMemory(name=f"perception-{status['run_id']}-rogue-1", create=True, size=8)
     pids = {name: pid_of(status_file, name) for name in ("detector", "decision", "watchdog")}
     now = now_ns()
@@ -351,13 +352,13 @@ def test_well_formed_messages_with_bad_fields_are_dropped_and_nobody_crashes(pip
         bad_detections = [forged(detections, image_width=0), forged(detections, image_height=0),
                           forged(detections, stamps=full)]
         for payload in bad_frames:
-            rogue.socket.send_multipart([b"frames", payload])
+            rogue.socket.send_multipart([FRAMES.name.encode(), payload])
             time.sleep(0.15)  # the detector reads frames latest-only: one at a time, so each is counted
         for payload in bad_detections:
-            rogue.socket.send_multipart([b"detections", payload])
+            rogue.socket.send_multipart([DETECTIONS.name.encode(), payload])
         # Well formed and valid, but naming an 8-byte segment of this run: unusable, not fatal.
         for _ in range(3):  # three times: a real frame arriving at the same moment supersedes it
-            rogue.publish("frames", FrameHeader(frame_id=1, capture_ns=now_ns(), media_ns=0, width=640, height=480,
+            rogue.publish(FRAMES, FrameHeader(frame_id=1, capture_ns=now_ns(), media_ns=0, width=640, height=480,
                                                 channels=3, transport=FrameTransport.SHM, ring=tiny.name, slot=0, seq=1))
             time.sleep(0.15)
         time.sleep(1.0)
@@ -414,13 +415,29 @@ def test_the_watchdog_body_in_process_brakes_for_an_unanswered_frame_and_ignores
     config = from_mapping(WatchdogConfig, {"rules": {"startup_grace_ms": 60_000}})
     node = TestingNode("watchdog", linger_s=0.3)  # longer than the 100 ms budget
     captured = now_ns()
-    node.feed("frames", FrameHeader(frame_id=5, capture_ns=captured, media_ns=0, width=8, height=8, channels=3,
+    node.feed(FRAMES, FrameHeader(frame_id=5, capture_ns=captured, media_ns=0, width=8, height=8, channels=3,
                                     transport=FrameTransport.INLINE))
-    node.feed("decisions", Decision(frame_id=5, capture_ns=captured + 1, action=Action.PROCEED, reason=Reason.CLEAR,
+    node.feed(DECISIONS, Decision(frame_id=5, capture_ns=captured + 1, action=Action.PROCEED, reason=Reason.CLEAR,
                                     decided_by="decision"))  # not the frame's capture stamp: untrusted
     watch(node, config)
-    failsafes = node.published("decisions")
+    failsafes = node.published(DECISIONS)
     assert [(d.frame_id, d.action, d.reason) for d in failsafes] == [(5, Action.BRAKE, Reason.DEADLINE_MISS)]
     assert failsafes[0].stamps[0].t_ns - captured >= BUDGET_MS * MS
-    status = node.published("watchdog")[-1]
+    status = node.published(WATCHDOG_STATUS)[-1]
     assert status.counters["untrusted_decisions"] == 1 and status.counters["deadline_misses"] == 1
+
+
+@pytest.mark.parametrize("pipeline", [3.0], indirect=True)
+def test_a_camera_far_below_its_rate_fails_safe_though_every_frame_is_answered_in_time(pipeline):
+    """3 fps where 25 are expected (the topic table: fail safe below 4 Hz). Every node heartbeats and
+    every frame gets its decision within the budget, so neither the heartbeats nor the deadlines see
+    anything wrong; the topic monitor does, and the watchdog brakes naming the topic."""
+    launcher, observer, status_file = pipeline
+    started = now_ns()
+    down = wait_for(lambda: observer.decisions_by("watchdog", started, Reason.TOPIC_DOWN), timeout_s=5)
+    assert down and down[0].action == Action.BRAKE and "/frames ERROR_RATE" in down[0].detail
+    topics = wait_for(lambda: {t["topic"]: t["state"] for t in _status(status_file)["topics"]}, timeout_s=5)
+    assert topics[FRAMES.name] == "ERROR_RATE"
+    status = observer.last_status()
+    assert FRAMES.name in status.topics_down and status.nodes_down == ()
+    assert observer.decisions_by("watchdog", started, Reason.DEADLINE_MISS) == []

@@ -6,6 +6,7 @@ import time
 
 from helpers import REPO, stop_process
 from perception.node import Node, NodeSettings, RunContext
+from perception.topics import HEARTBEAT
 
 
 def test_wait_for_nodes_returns_when_each_named_node_runs_and_names_the_silent_ones(tmp_path, run_dir):
@@ -28,13 +29,13 @@ def test_only_an_ordered_stop_is_quiet_any_other_signal_is_a_failure(tmp_path, r
     import zmq
 
     from helpers import wait_for
-    from perception.messages import Heartbeat, NodeState
+    from perception.messages import NodeState
     from perception.transport import Subscriber, resolve_endpoint
 
     (tmp_path / "monitor.yaml").write_text("node: {heartbeat_period_ms: 20}\nframes_from: nobody\n")
     command = [sys.executable, "-m", "nodes.monitor", "--name", "monitor", "--config", str(tmp_path / "monitor.yaml")]
     context = zmq.Context()
-    beats = Subscriber(context, resolve_endpoint("monitor", run_dir), "heartbeat", Heartbeat, latest=False)
+    beats = Subscriber(context, resolve_endpoint("monitor", run_dir), HEARTBEAT, latest=False)
     try:
         for ordered, code, last_state in ((False, 143, NodeState.FAILED), (True, 0, NodeState.STOPPING)):
             monitor = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)

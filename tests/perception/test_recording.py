@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 
 from helpers import REPO, wait_for
-from perception.messages import FrameHeader, FrameTransport
-from perception.recording import (
-    TOPIC_TYPES, RecordingError, RecordingReader, RecordingWriter, decode_message, message_to_dict,
-)
+from perception.messages import WIRE_VERSION, FrameHeader, FrameTransport, encode
+from perception.recording import RecordingError, RecordingReader, RecordingWriter
 from perception.sources import read_frame_index, write_frame_index
+from perception.topics import DECISIONS, FRAMES, TOPICS
 from samples import all_messages
 
 
@@ -31,10 +30,41 @@ def frame(i: int, width=64, height=48) -> np.ndarray:
     return image
 
 
-@pytest.mark.parametrize("message", all_messages(), ids=lambda m: type(m).__name__)
-def test_every_message_type_round_trips_through_the_recording_json(message):
-    topic = next(t for t, cls in TOPIC_TYPES.items() if isinstance(message, cls))
-    assert decode_message(topic, json.dumps(message_to_dict(message)).encode()) == message
+def topic_of(message):
+    return next(t for t in TOPICS if isinstance(message, t.message_type))
+
+
+def test_every_message_type_round_trips_through_a_recording_as_its_wire_bytes(tmp_path):
+    path = tmp_path / "all.mcap"
+    sent = all_messages()
+    with RecordingWriter(path) as writer:
+        for i, message in enumerate(sent):
+            writer.write(topic_of(message), message, log_time_ns=1_000_000 + i)
+    read = list(RecordingReader(path).messages())
+    assert [(t, m) for t, _, m in read] == [(topic_of(m), m) for m in sent]
+    assert [log_time for _, log_time, _ in read] == [1_000_000 + i for i in range(len(sent))]
+    # The very bytes of the wire, on the topic's own channel: one codec for both.
+    from mcap.reader import make_reader
+
+    with open(path, "rb") as f:
+        stored = [(channel.topic, message.data) for _, channel, message in make_reader(f).iter_messages()
+                  if channel.topic.startswith(("/frames", "/detections", "/decisions", "/watchdog", "/heartbeat"))]
+    assert stored == [(topic_of(m).name, encode(m)) for m in sent]
+
+
+def test_reading_one_topic_skips_the_others_and_the_view_channels(tmp_path):
+    path = tmp_path / "some.mcap"
+    with RecordingWriter(path) as writer:
+        for i, message in enumerate(all_messages()):
+            writer.write(topic_of(message), message, log_time_ns=1_000_000 + i)
+    decisions = [m for m in all_messages() if topic_of(m) is DECISIONS]
+    assert [m for _, _, m in RecordingReader(path).messages({DECISIONS})] == decisions
+
+
+def test_a_message_on_the_wrong_topic_is_refused(tmp_path):
+    with RecordingWriter(tmp_path / "wrong.mcap") as writer:
+        with pytest.raises(TypeError, match="/frames carries FrameHeader, not Decision"):
+            writer.write(FRAMES, all_messages()[3], log_time_ns=1)
 
 
 def test_raw_frames_come_back_exact_and_jpeg_frames_intact(tmp_path):
@@ -43,7 +73,7 @@ def test_raw_frames_come_back_exact_and_jpeg_frames_intact(tmp_path):
         with RecordingWriter(path, image_format=image_format) as writer:
             for i in range(1, 6):
                 writer.write_frame(header(i), frame(i), log_time_ns=i)
-            writer.write("decisions", all_messages()[3], log_time_ns=9)
+            writer.write(DECISIONS, all_messages()[3], log_time_ns=9)
         reader = RecordingReader(path)
         frames = list(reader.frames())
         assert [h.frame_id for h, _ in frames] == [1, 2, 3, 4, 5] and not reader.truncated
@@ -51,7 +81,7 @@ def test_raw_frames_come_back_exact_and_jpeg_frames_intact(tmp_path):
             assert all(np.array_equal(p, frame(h.frame_id)) for h, p in frames)
         else:
             assert all(read_frame_index(p) == h.frame_id for h, p in frames)
-        assert [t for t, _, _ in reader.messages()] == ["frames"] * 5 + ["decisions"]
+        assert [t.name for t, _, _ in reader.messages()] == ["/frames"] * 5 + ["/decisions"]
 
 
 def test_a_file_cut_short_reads_up_to_its_last_complete_chunk(tmp_path):
@@ -95,18 +125,52 @@ def read_until_error(reader: RecordingReader) -> tuple[list[int], str]:
     return ids, str(error.value)
 
 
+def chunks(path: Path) -> list[tuple[int, int, list[int]]]:
+    """(start, end, ids of the frames whose image it holds) per chunk, read with the mcap library itself."""
+    from mcap.records import Channel, Chunk, Message as McapMessage
+    from mcap.stream_reader import StreamReader, breakup_chunk
+
+    found, image_channels = [], set()
+    with open(path, "rb") as f:
+        records = iter(StreamReader(f, emit_chunks=True).records)
+        while True:
+            start = f.tell()
+            record = next(records, None)
+            if record is None:
+                return found
+            if isinstance(record, Channel) and record.topic == "/camera/image":
+                image_channels.add(record.id)
+            if isinstance(record, Chunk):
+                inside = breakup_chunk(record)
+                image_channels |= {r.id for r in inside if isinstance(r, Channel) and r.topic == "/camera/image"}
+                found.append((start, f.tell(), [r.sequence for r in inside
+                                                if isinstance(r, McapMessage) and r.channel_id in image_channels]))
+
+
+def damaged_chunk(source: Path, at: float) -> tuple[int, list[int]]:
+    """Where the chunk holding byte `at` of `source` starts, and the frames of the chunks before it."""
+    offset = int(source.stat().st_size * at)
+    layout = chunks(source)
+    index = next(i for i, (start, end, _) in enumerate(layout) if start <= offset < end)  # damage in a chunk
+    return layout[index][0], [i for _, _, ids in layout[:index] for i in ids]
+
+
 def test_damage_mid_file_plays_the_frames_before_it_then_is_an_error_naming_the_offset(tmp_path):
     """A recorder killed mid-run cuts a file short; 16 bytes overwritten mid-file is damage, not that."""
     reader = RecordingReader(damaged(tmp_path / "drive.mcap", BUNDLED, at=0.6))
     ids, error = read_until_error(reader)
-    assert ids == list(range(1, 22))  # the three chunks before the damaged one
-    assert re.fullmatch(r"recording \S+drive.mcap: corrupt record at byte \d+ of 5749263 \(CRCValidationError: .*\)", error)
+    chunk_start, before = damaged_chunk(BUNDLED, at=0.6)
+    assert len(before) >= 10 and ids == before == list(range(1, len(before) + 1))  # the chunks before the damaged one
+    size = BUNDLED.stat().st_size
+    assert re.fullmatch(rf"recording \S+drive.mcap: corrupt record at byte {chunk_start} of {size} "
+                        r"\(CRCValidationError: .*\)", error)
     assert not reader.truncated
 
 
 def test_damage_before_the_end_of_a_file_cut_short_is_still_an_error(tmp_path):
     ids, error = read_until_error(RecordingReader(damaged(tmp_path / "drive.mcap", BUNDLED, at=0.25, cut=0.8)))
-    assert ids == list(range(1, 8)) and "corrupt record at byte" in error  # the frames of the first chunk
+    chunk_start, before = damaged_chunk(BUNDLED, at=0.25)
+    assert before and ids == before and f"corrupt record at byte {chunk_start} of " in error
 
 
 @pytest.mark.parametrize("after_magic", [b"", bytes(range(256)) * 20], ids=["nothing", "garbage"])
@@ -137,7 +201,7 @@ def jpeg_image(i: int) -> bytes:
 
 
 def header_json(i: int) -> bytes:
-    return json.dumps(message_to_dict(header(i))).encode()
+    return encode(header(i))
 
 
 @pytest.mark.parametrize("image, problem", [
@@ -156,15 +220,41 @@ def test_a_bad_image_message_is_an_error_naming_file_and_frame(tmp_path, image, 
     assert error.startswith(f"recording {path}: bad image of frame 2 (") and problem in error
 
 
-@pytest.mark.parametrize("frame_header", [b"\x00garbage", b'{"frame_id": 2}', b'{"frame_id": 2, "colour": 1}'],
-                         ids=["not-json", "missing-fields", "unknown-field"])
+@pytest.mark.parametrize("frame_header", [
+    b"\x00garbage", b'{"wire": 4, "type": "FrameHeader", "frame_id": 2}',
+    encode(header(2))[:-1] + b',"colour":1}', encode(all_messages()[3]),
+    encode(header(2)).replace(b'"wire":4', b'"wire":3'),
+], ids=["not-json", "missing-fields", "unknown-field", "a-decision", "old-wire-version"])
 def test_a_bad_frame_header_is_an_error_naming_file_and_message(tmp_path, frame_header):
     path = write_mcap(tmp_path / "bad.mcap", [("/frames", header_json(1)), ("/camera/image", jpeg_image(1)),
                                               ("/frames", frame_header), ("/camera/image", jpeg_image(2))])
     ids, error = read_until_error(RecordingReader(path))
     assert ids == [1] and error.startswith(f"recording {path}: bad frame header at log time 2 (")
-    with pytest.raises(RecordingError, match=r"bad.mcap: bad frames message at log time 2 \("):
+    with pytest.raises(RecordingError, match=r"bad.mcap: bad /frames message at log time 2 \("):
         list(RecordingReader(path).messages())
+
+
+@pytest.mark.parametrize("wire", [None, WIRE_VERSION - 1, WIRE_VERSION + 1], ids=["before-json", "older", "newer"])
+def test_a_drive_recorded_in_another_wire_format_is_one_line_before_any_frame(tmp_path, wire):
+    """A drive recorded by another build: its topic channels' schemas say which format it speaks."""
+    from mcap.writer import Writer
+
+    schema = {"title": "perception.FrameHeader", "type": "object", "properties": {"frame_id": {}}}  # as before wire 4
+    if wire is not None:
+        schema["properties"]["wire"] = {"const": wire}
+    path = tmp_path / "old.mcap"
+    with open(path, "wb") as f:
+        writer = Writer(f)
+        writer.start()
+        channel = writer.register_channel("/frames", "json", writer.register_schema(
+            "perception.FrameHeader", "jsonschema", json.dumps(schema).encode()))
+        writer.add_message(channel, log_time=1, data=b'{"frame_id": 1}', publish_time=1)
+        writer.finish()
+    found = "in an older message format" if wire is None else f"in wire format {wire}"
+    with pytest.raises(RecordingError) as error:
+        list(RecordingReader(path).frames())
+    assert str(error.value) == (f"recording {path}: /frames was recorded {found}; this build reads wire format "
+                                f"{WIRE_VERSION} (re-record the drive)")
 
 
 def run_recording(tmp_path, frames: int, width: int, height: int, rate: float, kill_recorder_after_s: float | None = None):
@@ -214,22 +304,145 @@ def test_a_recorder_killed_mid_run_leaves_a_readable_file(tmp_path):
     assert not resumed.truncated and later and later[0] > ids[-1] and later[-1] == 240
 
 
-def test_the_bundled_drive_reads_with_the_standard_mcap_reader_as_foxglove_expects():
-    """What Foxglove relies on: a summary, JSON-schema channels, foxglove.CompressedImage JPEGs."""
-    import base64
+TOPIC_SCHEMAS = {  # what the bundled drive and every new recording declare, channel by channel
+    "/frames": ("json", "perception.FrameHeader", "jsonschema"),
+    "/detections": ("json", "perception.Detections", "jsonschema"),
+    "/decisions": ("json", "perception.Decision", "jsonschema"),
+    "/watchdog/status": ("json", "perception.WatchdogStatus", "jsonschema"),
+    "/watchdog/control": ("json", "perception.Control", "jsonschema"),
+    "/heartbeat": ("json", "perception.Heartbeat", "jsonschema"),
+    "/camera/image": ("json", "foxglove.CompressedImage", "jsonschema"),
+    "/camera/annotations": ("protobuf", "foxglove.ImageAnnotations", "protobuf"),
+    "/latency": ("json", "perception.Latency", "jsonschema"),
+    "/log": ("protobuf", "foxglove.Log", "protobuf"),
+}
 
-    import cv2
+
+def mcap_messages(path: Path) -> tuple[dict, list]:
+    """(channel -> (message encoding, schema), [(channel, log_time, message record)]) by the mcap library's reader."""
     from mcap.reader import make_reader
 
-    with open(REPO / "recordings" / "udacity_dashcam.mcap", "rb") as f:
+    with open(path, "rb") as f:
         reader = make_reader(f)
         summary = reader.get_summary()
-        topics = {channel.topic: (channel.message_encoding, summary.schemas[channel.schema_id])
-                  for channel in summary.channels.values()}
-        assert {"/camera/image", "/frames", "/detections", "/decisions", "/watchdog", "/heartbeat"} <= set(topics)
-        assert all(encoding == "json" and schema.encoding == "jsonschema" for encoding, schema in topics.values())
-        assert topics["/camera/image"][1].name == "foxglove.CompressedImage"
-        images = [json.loads(message.data) for _, _, message in reader.iter_messages(topics=["/camera/image"])]
+        channels = {c.topic: (c.message_encoding, summary.schemas[c.schema_id]) for c in summary.channels.values()}
+        return channels, [(c.topic, m.log_time, m) for _, c, m in reader.iter_messages(log_time_order=False)]
+
+
+def protobuf_class(schema):
+    """The message class a protobuf channel's schema (a FileDescriptorSet) describes, as Foxglove builds it."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    pool = descriptor_pool.DescriptorPool()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(schema.data).file:  # dependencies first
+        pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(schema.name))
+
+
+def test_the_bundled_drive_reads_with_the_standard_mcap_reader_as_foxglove_expects():
+    """What Foxglove relies on: our JSON schemas per topic, foxglove schemas for what it draws."""
+    channels, records = mcap_messages(BUNDLED)
+    assert {topic: (encoding, schema.name, schema.encoding) for topic, (encoding, schema) in channels.items()} \
+        == TOPIC_SCHEMAS
+    for topic in TOPICS:  # each topic's schema is the one its codec derives, as the wire has it
+        from perception.messages import json_schema
+
+        assert json.loads(channels[topic.name][1].data) == json_schema(topic.message_type)
+    images = [json.loads(m.data) for topic, _, m in records if topic == "/camera/image"]
     assert len(images) == 38 and all(image["format"] == "jpeg" for image in images)
     first = cv2.imdecode(np.frombuffer(base64.b64decode(images[0]["data"]), np.uint8), cv2.IMREAD_COLOR)
     assert first.shape == (720, 1280, 3)
+
+
+def test_the_bundled_drive_draws_each_frames_boxes_with_class_score_and_track_over_that_frame():
+    from perception.detection.manifest import WEIGHTS_DIR, read_class_names
+    from perception.messages import Detections, decode
+
+    channels, records = mcap_messages(BUNDLED)
+    annotation_class = protobuf_class(channels["/camera/annotations"][1])
+    detections = [decode(m.data, expect=Detections) for topic, _, m in records if topic == "/detections"]
+    annotations = [annotation_class.FromString(m.data) for topic, _, m in records if topic == "/camera/annotations"]
+    image_times = {m.sequence: json.loads(m.data)["timestamp"] for topic, _, m in records if topic == "/camera/image"}
+    assert len(annotations) == len(detections) == 37 and sum(len(d.boxes) for d in detections) >= 37
+    names = read_class_names(WEIGHTS_DIR / "coco_classes.txt")
+    for found, drawn in zip(detections, annotations):
+        assert len(drawn.points) == len(drawn.texts) == len(found.boxes)
+        for box, score, class_id, track, outline, text in zip(found.boxes, found.scores, found.class_ids,
+                                                              found.track_ids, drawn.points, drawn.texts):
+            x1, y1, x2, y2 = box.tolist()
+            assert [(p.x, p.y) for p in outline.points] == [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
+            assert text.text == f"{names[class_id]} {score:.2f}" + (f" #{track}" if track else "")
+            # the same stamp as the frame's image: what lets Foxglove's image panel pair them
+            stamp = image_times[found.frame_id]
+            assert (outline.timestamp.seconds, outline.timestamp.nanos) == (stamp["sec"], stamp["nsec"])
+    # Cars ahead. The drive was recorded before the tracker existed: its detections carry no track ids.
+    assert {t.text.split()[0] for a in annotations for t in a.texts} >= {"car"}
+
+
+def test_a_recording_draws_detections_logs_failsafes_and_times_decisions_from_their_receipt(tmp_path):
+    from perception.messages import Action, Control, Decision, Reason, SystemState, WatchdogStatus
+    from perception.topics import CONTROL, DETECTIONS, WATCHDOG_STATUS
+
+    sample = all_messages()[1]  # two boxes: a tracked person, an untracked car
+    failsafe = Decision(frame_id=8, capture_ns=2_000_000, action=Action.BRAKE, reason=Reason.DEADLINE_MISS,
+                        decided_by="watchdog", detail="no decision within 100 ms of capture")
+    path = tmp_path / "views.mcap"
+    with RecordingWriter(path, class_names=["person", "bicycle", "car"]) as writer:
+        writer.write(DETECTIONS, sample, log_time_ns=10_000_000)
+        writer.write(DECISIONS, all_messages()[3], log_time_ns=21_000)  # capture 1_000: 0.02 ms later
+        writer.write(DECISIONS, failsafe, log_time_ns=102_000_000)
+        for depth, state in ((1, SystemState.NOMINAL), (0, SystemState.DEGRADED)):
+            writer.write(CONTROL, Control(frame_id=9, capture_ns=3_000, target="detector", max_depth=depth,
+                                          reason="p95 near budget"), log_time_ns=110_000_000)
+            writer.write(WATCHDOG_STATUS, WatchdogStatus(frame_id=9, capture_ns=3_000, state=state, depth_limit=depth),
+                         log_time_ns=110_000_000)
+    channels, records = mcap_messages(path)
+    assert {topic: (encoding, schema.name, schema.encoding) for topic, (encoding, schema) in channels.items()} \
+        == TOPIC_SCHEMAS
+    (drawn,) = [protobuf_class(channels["/camera/annotations"][1]).FromString(m.data)
+                for topic, _, m in records if topic == "/camera/annotations"]
+    assert [[(p.x, p.y) for p in a.points] for a in drawn.points] == [
+        [(1, 2), (3, 2), (3, 4), (1, 4)], [(5.5, 6), (7, 6), (7, 8), (5.5, 8)]]
+    assert [t.text for t in drawn.texts] == ["person 0.90 #17", "car 0.25"]
+    assert (drawn.texts[0].timestamp.seconds, drawn.texts[0].timestamp.nanos) == (0, 40_000_000)  # its media time
+
+    latency = [json.loads(m.data) for topic, _, m in records if topic == "/latency"]
+    assert [(r["frame_id"], r["end_to_end_ms"], r["action"], r["failsafe"]) for r in latency] == [
+        (7, 0.02, "BRAKE", False), (8, 100.0, "BRAKE", True)]
+    assert set(latency[0]["stages_ms"]) == {"capture", "publish"}  # per hop, from the decision's stamps
+
+    log_class = protobuf_class(channels["/log"][1])
+    logs = [(log_time, log_class.FromString(m.data)) for topic, log_time, m in records if topic == "/log"]
+    assert [(t, entry.name, entry.message) for t, entry in logs] == [
+        (102_000_000, "watchdog", "fail-safe BRAKE, frame 8: DEADLINE_MISS: no decision within 100 ms of capture"),
+        (110_000_000, "watchdog", "system NOMINAL"),
+        (110_000_000, "watchdog", "depth ceiling -> exit 0: p95 near budget"),
+        (110_000_000, "watchdog", "system DEGRADED"),
+    ]
+    # and the reader, for replay, sees the topics alone
+    assert [t.name for t, _, _ in RecordingReader(path).messages()] == [
+        "/detections", "/decisions", "/decisions"] + ["/watchdog/control", "/watchdog/status"] * 2
+
+
+def test_a_drive_recorded_through_the_pipeline_draws_its_detections(tmp_path):
+    """The real recorder node, fed by the real pipeline: every detections message becomes an
+    annotation Foxglove draws, every decision a /latency record."""
+    from helpers import run_python
+    from perception.messages import Detections, decode
+
+    output = tmp_path / "drive.mcap"
+    result = run_python(["-m", "perception.cli", "record", str(output), "--source",
+                         str(REPO / "recordings" / "udacity_dashcam.mp4"), "--frames", "8"], timeout_s=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    channels, records = mcap_messages(output)
+    assert {topic: (encoding, schema.name, schema.encoding) for topic, (encoding, schema) in channels.items()} \
+        == TOPIC_SCHEMAS
+    count = lambda channel: sum(1 for topic, _, _ in records if topic == channel)  # noqa: E731
+    assert count("/camera/annotations") == count("/detections") > 0 and count("/latency") == count("/decisions") > 0
+    found = next(decode(m.data, expect=Detections) for topic, _, m in records if topic == "/detections")
+    drawn = next(protobuf_class(channels["/camera/annotations"][1]).FromString(m.data)
+                 for topic, _, m in records if topic == "/camera/annotations")
+    assert len(drawn.points) == len(found.boxes) > 0  # cars ahead from the first frame
+    x1, y1, x2, y2 = found.boxes[0].tolist()
+    assert [(p.x, p.y) for p in drawn.points[0].points] == [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
+    assert drawn.texts[0].text.startswith(f"car {found.scores[0]:.2f}")

@@ -169,3 +169,20 @@ def test_replay_with_a_misspelled_decision_key_is_one_line_naming_it():
     assert result.stderr.strip().splitlines() == [
         f"perception replay: {REPO_CONFIGS}/decision.yaml (node decision): rules.brake_hieght: unknown key "
         "(did you mean 'brake_height'?)"]
+
+
+def test_a_slowed_replay_loosens_the_watchdogs_topic_rates_and_a_real_time_one_keeps_the_table():
+    """A replay at x0.1 sends 2.5 frames a second: under the table's 4 Hz it would fail safe on every
+    frame for a rate nobody promised. Real time keeps the table's thresholds."""
+    from perception.launch import resolve_node_config
+    from perception.replay import pipeline_launch
+    from perception.topics import FRAMES
+
+    def watchdog_limits(**kwargs):
+        spec = pipeline_launch({"kind": "recording", "path": "drive.mcap"}, **kwargs)
+        return resolve_node_config(next(n for n in spec.nodes if n.node == "watchdog"), "replay")[1].rules.topics
+
+    assert watchdog_limits(speed=1.0) == {} and watchdog_limits(rate="max", deterministic=True) == {}
+    slow = watchdog_limits(speed=0.1)[FRAMES.name]
+    # 2.5 Hz is OK with room for jitter, half of it warns, a quarter fails safe; a frame period is no timeout
+    assert slow.warn_rate_hz <= 2.5 / 2 and slow.error_rate_hz <= 2.5 / 4 and slow.timeout_s >= 2 / 2.5

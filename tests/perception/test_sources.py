@@ -86,11 +86,12 @@ def test_a_folder_of_only_undecodable_images_is_an_error_not_an_empty_run(tmp_pa
 
 def test_a_recording_without_frames_is_an_error_not_an_empty_run(tmp_path):
     from perception.recording import RecordingWriter
+    from perception.topics import DECISIONS
     from samples import all_messages
 
     path = tmp_path / "detections_only.mcap"
     with RecordingWriter(path) as writer:
-        writer.write("decisions", all_messages()[3], log_time_ns=1)
+        writer.write(DECISIONS, all_messages()[3], log_time_ns=1)
     with RecordingSource(path, loop=False) as source:
         with pytest.raises(SourceError, match=r"detections_only.mcap: no frames in it$"):
             source.read()

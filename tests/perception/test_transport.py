@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import zmq
 
-from perception.messages import Control, FrameHeader, FrameTransport, Heartbeat, NodeState, Stamp, encode
+from perception.messages import Control, FrameTransport, Heartbeat, NodeState, Stamp, encode
 from perception.transport import FrameReceiver, FrameSender, Publisher, RingError, Subscriber, resolve_endpoint
+from perception.topics import CONTROL, FRAMES, HEARTBEAT
 
 
 @pytest.fixture
@@ -28,10 +29,10 @@ def receive_until(subscriber, count, timeout_s=3.0):
     return got
 
 
-def connected_pair(context, run_dir, latest, topic="control", message_type=Control):
+def connected_pair(context, run_dir, latest, topic=CONTROL):
     endpoint = resolve_endpoint("pub", run_dir)
     publisher = Publisher(context, endpoint)
-    subscriber = Subscriber(context, endpoint, topic, message_type, latest=latest)
+    subscriber = Subscriber(context, endpoint, topic, latest=latest)
     deadline = time.monotonic() + 3
     while publisher.subscriber_count(topic) < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -49,7 +50,7 @@ def test_endpoint_resolution():
 def test_queue_mode_delivers_everything_in_order(context, run_dir):
     publisher, subscriber = connected_pair(context, run_dir, latest=False)
     for i in range(50):
-        publisher.publish("control", control(i))
+        publisher.publish(CONTROL, control(i))
     assert [r.message.frame_id for r in receive_until(subscriber, 50)] == list(range(50))
     publisher.close(); subscriber.close()
 
@@ -57,7 +58,7 @@ def test_queue_mode_delivers_everything_in_order(context, run_dir):
 def test_latest_mode_returns_only_the_newest_and_counts_the_rest(context, run_dir):
     publisher, subscriber = connected_pair(context, run_dir, latest=True)
     for i in range(3):
-        publisher.publish("control", control(i))
+        publisher.publish(CONTROL, control(i))
     time.sleep(0.2)  # all three are queued before the reader looks
     got = subscriber.receive()
     assert [r.message.frame_id for r in got] == [2]
@@ -67,15 +68,15 @@ def test_latest_mode_returns_only_the_newest_and_counts_the_rest(context, run_di
 
 def test_malformed_messages_are_dropped_counted_and_the_stream_continues(context, run_dir):
     publisher, subscriber = connected_pair(context, run_dir, latest=False)
-    publisher.publish("control", control(1))
-    publisher.socket.send_multipart([b"control", b"garbage"])
-    publisher.socket.send_multipart([b"control", encode(control(2))[:-3]])
-    publisher.socket.send_multipart([b"control"])
-    publisher.publish("heartbeat", Heartbeat(frame_id=0, capture_ns=0, node="x", pid=1, seq=1, sent_ns=1,
+    publisher.publish(CONTROL, control(1))
+    publisher.socket.send_multipart([CONTROL.name.encode(), b"garbage"])
+    publisher.socket.send_multipart([CONTROL.name.encode(), encode(control(2))[:-3]])
+    publisher.socket.send_multipart([CONTROL.name.encode()])
+    publisher.publish(HEARTBEAT, Heartbeat(frame_id=0, capture_ns=0, node="x", pid=1, seq=1, sent_ns=1,
                                              state=NodeState.OK))  # other topic: filtered, not malformed
-    publisher.socket.send_multipart([b"control", encode(Heartbeat(frame_id=0, capture_ns=0, node="x", pid=1, seq=1,
+    publisher.socket.send_multipart([CONTROL.name.encode(), encode(Heartbeat(frame_id=0, capture_ns=0, node="x", pid=1, seq=1,
                                                                   sent_ns=1, state=NodeState.OK))])
-    publisher.publish("control", control(3))
+    publisher.publish(CONTROL, control(3))
     got = receive_until(subscriber, 2)
     assert [r.message.frame_id for r in got] == [1, 3]
     assert subscriber.malformed == 4 and subscriber.received == 2
@@ -84,12 +85,12 @@ def test_malformed_messages_are_dropped_counted_and_the_stream_continues(context
 
 @pytest.mark.parametrize("transport", [FrameTransport.SHM, FrameTransport.INLINE])
 def test_frames_arrive_intact_over_either_transport(context, run_dir, transport):
-    publisher, subscriber = connected_pair(context, run_dir, latest=False, topic="frames", message_type=FrameHeader)
+    publisher, subscriber = connected_pair(context, run_dir, latest=False, topic=FRAMES)
     sender = FrameSender(publisher, run_dir.name, "cam", transport, slots=4)
     receiver = FrameReceiver()
     images = [np.random.default_rng(i).integers(0, 255, (72, 96, 3), np.uint8) for i in range(3)]
     for i, image in enumerate(images):
-        sent = sender.send("frames", image, frame_id=i + 1, capture_ns=100 + i, media_ns=0,
+        sent = sender.send(image, frame_id=i + 1, capture_ns=100 + i, media_ns=0,
                            stamps=(Stamp("capture", 100 + i),))
         assert sent.shape == image.shape and sent.stamps[-1].stage == "publish"
     got = receive_until(subscriber, 3)
@@ -104,10 +105,10 @@ def test_capture_decodes_straight_into_the_reserved_slot(context, run_dir):
     sender = FrameSender(publisher, run_dir.name, "cam", FrameTransport.SHM, slots=4)
     origin = {"frame_id": 1, "capture_ns": 1, "media_ns": 0}
     first = np.zeros((8, 8, 3), np.uint8)
-    sender.send("frames", first, **origin)
+    sender.send(first, **origin)
     reservation = sender.reserve((8, 8, 3))
     reservation.array[:] = 7  # what a source's read(out=...) does
-    sent = sender.send("frames", reservation.array, **origin, reservation=reservation)
+    sent = sender.send(reservation.array, **origin, reservation=reservation)
     assert (sent.slot, sent.seq) == (reservation.slot, reservation.seq)
     assert sender.reserve((4, 4, 3)) is None  # different shape: no in-place decode
     sender.close(); publisher.close()
@@ -117,9 +118,9 @@ def test_a_stamp_from_the_future_is_dropped_counted_and_not_taken_as_the_latest(
     """One clock per host: a capture stamp later than now was never true; it must not move a deadline."""
     publisher, subscriber = connected_pair(context, run_dir, latest=False)
     now = time.monotonic_ns()
-    publisher.publish("control", Control(frame_id=1, capture_ns=now, target="detector", max_depth=1))
-    publisher.publish("control", Control(frame_id=2, capture_ns=2**62, target="detector", max_depth=1))
-    publisher.publish("control", Control(frame_id=3, capture_ns=now, stamps=(Stamp("hop", now + 10**12),),
+    publisher.publish(CONTROL, Control(frame_id=1, capture_ns=now, target="detector", max_depth=1))
+    publisher.publish(CONTROL, Control(frame_id=2, capture_ns=2**62, target="detector", max_depth=1))
+    publisher.publish(CONTROL, Control(frame_id=3, capture_ns=now, stamps=(Stamp("hop", now + 10**12),),
                                          target="detector", max_depth=1))
     time.sleep(0.2)
     got = receive_until(subscriber, 1)
@@ -131,9 +132,9 @@ def test_a_stamp_from_the_future_is_dropped_counted_and_not_taken_as_the_latest(
 
 
 def test_a_frame_naming_another_runs_ring_is_refused(context, run_dir):
-    publisher, subscriber = connected_pair(context, run_dir, latest=False, topic="frames", message_type=FrameHeader)
+    publisher, subscriber = connected_pair(context, run_dir, latest=False, topic=FRAMES)
     sender = FrameSender(publisher, "otherrun", "cam", FrameTransport.SHM, slots=2)
-    sender.send("frames", np.zeros((8, 8, 3), np.uint8), frame_id=1, capture_ns=1, media_ns=0)
+    sender.send(np.zeros((8, 8, 3), np.uint8), frame_id=1, capture_ns=1, media_ns=0)
     received = receive_until(subscriber, 1)[0]
     with pytest.raises(RingError, match="not one of this run's"):
         FrameReceiver(ring_prefix="perception-thisrun-").view(received)

@@ -1,0 +1,208 @@
+"""Viewer node: the live view, the pipeline served to Foxglove over WebSocket (foxglove-sdk).
+
+Streams every topic of the topic table (perception.topics) as a JSON channel of the same name with
+its derived schema, carrying the exact wire bytes, and the view channels of perception.visualization:
+/camera/image (JPEG, downscaled to `image_max_width`, at most `image_rate_hz`, and encoded only while
+a client subscribes to it), /camera/annotations (the boxes, scaled to that image), /latency and /log.
+
+Never on the hot path: frames are read latest-only, so a viewer that falls behind skips frames and
+never holds a ring slot; the other topics queue behind ZeroMQ's high-water mark, where publishers
+drop rather than wait; the server drops the oldest queued message for a slow client; the launcher
+runs this node at nice 10 (perception.visualization.with_viewer). It publishes nothing but its
+heartbeat, and the watchdog does not wait for it: a viewer that dies costs the view, not the vehicle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from perception.detection.manifest import WEIGHTS_DIR, read_class_names
+from perception.latency import now_ns
+from perception.messages import json_schema, schema_name
+from perception.node import FatalInputError, Node, NodeSettings, run_node
+from perception.shm_ring import FrameOverwritten, RingError
+from perception.timing import Periodic
+from perception.topics import BY_NAME, CONTROL, DECISIONS, DETECTIONS, FRAMES, TOPICS, WATCHDOG_STATUS, Topic
+from perception.transport import FrameReceiver, Received, Subscriber
+from perception.visualization import (ANNOTATIONS_CHANNEL, DEFAULT_PORT, IMAGE_CHANNEL, LATENCY_CHANNEL,
+                                      LATENCY_SCHEMA, LOG_CHANNEL, EventLog, compressed_image, image_annotations,
+                                      latency_record)
+
+log = logging.getLogger("viewer")
+
+
+@dataclass(frozen=True)
+class ViewerConfig:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    host: str = "127.0.0.1"  # 0.0.0.0 serves other machines too: the server has no authentication
+    port: int = DEFAULT_PORT  # 0: any free port (logged)
+    image_max_width: int = 640  # pixels; larger frames are downscaled before JPEG encoding
+    image_rate_hz: float = 10.0  # at most this many images a second; annotations follow every frame
+    jpeg_quality: int = 75
+    classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # names of the detector's class ids
+    min_score: float = 0.0  # boxes scoring lower are not drawn
+    sources: dict[str, list[str]] = field(default_factory=dict)  # topic -> publishers, where not the table's
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        if not 16 <= self.image_max_width <= 16384 or not 0 < self.image_rate_hz <= 100:
+            raise ValueError("image_max_width must be 16..16384 and image_rate_hz in (0, 100]")
+        if not 1 <= self.jpeg_quality <= 100 or not 0 <= self.min_score <= 1:
+            raise ValueError("jpeg_quality must be 1..100 and min_score 0..1")
+        unknown = set(self.sources) - set(BY_NAME)
+        if unknown:
+            raise ValueError(f"sources: unknown topics {sorted(unknown)} (known: {', '.join(BY_NAME)})")
+
+
+CONFIG = ViewerConfig
+
+
+def _foxglove():  # noqa: ANN202 - the foxglove module
+    try:
+        import foxglove
+        import foxglove.channels  # noqa: F401 - the typed channels
+    except ImportError:
+        raise FatalInputError("the live view needs the foxglove-sdk package: pip install 'perception[tools]'") from None
+    return foxglove
+
+
+def _json_schema(foxglove, name: str, schema: dict):  # noqa: ANN001, ANN202 - foxglove.Schema
+    # An explicit Schema keeps the name ("perception.Decision"); a plain dict would be named by its hash.
+    return foxglove.Schema(name=name, encoding="jsonschema", data=json.dumps(schema).encode())
+
+
+class Streams:
+    """The server's channels, and what goes on each for one received message."""
+
+    def __init__(self, foxglove, context, config: ViewerConfig, class_names: list[str]) -> None:  # noqa: ANN001
+        self.config = config
+        self.class_names = class_names
+        self.topics = {t.name: foxglove.Channel(t.name, schema=_json_schema(foxglove, schema_name(t.message_type),
+                                                                             json_schema(t.message_type)),
+                                                message_encoding="json", context=context) for t in TOPICS}
+        self.image = foxglove.channels.CompressedImageChannel(IMAGE_CHANNEL, context=context)
+        self.annotations = foxglove.channels.ImageAnnotationsChannel(ANNOTATIONS_CHANNEL, context=context)
+        self.latency = foxglove.Channel(LATENCY_CHANNEL, schema=_json_schema(foxglove, LATENCY_SCHEMA["title"],
+                                                                              LATENCY_SCHEMA),
+                                        message_encoding="json", context=context)
+        self.log = foxglove.channels.LogChannel(LOG_CHANNEL, context=context)
+        self.events = EventLog()
+        self.image_due = Periodic(1.0 / config.image_rate_hz, first_now=True)
+
+    def scale(self, width: int) -> float:
+        return min(1.0, self.config.image_max_width / width)
+
+    def message(self, topic: Topic, received: Received, received_ns: int) -> None:
+        channel = self.topics[topic.name]
+        if channel.has_sinks():  # the wire bytes as they are: nothing re-encoded
+            channel.log(bytes(received.parts[1].buffer))
+        message = received.message
+        if topic is DETECTIONS:
+            if self.annotations.has_sinks():
+                self.annotations.log(image_annotations(message, self.class_names, self.config.min_score,
+                                                       self.scale(message.image_width)))
+        elif topic is DECISIONS:
+            if self.latency.has_sinks():
+                self.latency.log(json.dumps(latency_record(message, received_ns)).encode())
+            self._event(self.events.from_decision(message, time.time_ns()))
+        elif topic is CONTROL:
+            self._event(self.events.from_control(message, time.time_ns()))
+        elif topic is WATCHDOG_STATUS:
+            self._event(self.events.from_status(message, time.time_ns()))
+
+    def frame(self, node: Node, receiver: FrameReceiver, received: Received) -> None:
+        """The newest frame as a small JPEG, if a client watches and one is due."""
+        if not self.image.has_sinks() or not self.image_due.due():
+            return
+        header = received.message
+        try:
+            jpeg = encode_jpeg(receiver, received, self.scale(header.width), self.config.jpeg_quality)
+        except (FrameOverwritten, RingError):  # fell behind the ring: this frame is gone, the next one will do
+            node.count("image.lost")
+            return
+        self.image.log(compressed_image(header.media_ns, jpeg))
+        node.count("image.sent")
+
+    def _event(self, entry) -> None:  # noqa: ANN001 - a foxglove Log or None
+        # EventLog is fed every message (it keeps the last state and depth); a person reads its
+        # entries against the wall clock, hence time.time_ns() for their stamps.
+        if entry is not None:
+            self.log.log(entry)
+
+
+def encode_jpeg(receiver: FrameReceiver, received: Received, scale: float, quality: int) -> bytes:
+    """The frame, resized by `scale`, as JPEG. Resizing reads the ring slot once into a private
+    image; the slot is checked after that read, so a frame overwritten meanwhile raises
+    FrameOverwritten instead of being sent torn."""
+    view = receiver.view(received)
+    pixels = view.array
+    height, width = pixels.shape[:2]
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    else:
+        small = np.array(pixels)
+    if not view.still_valid():
+        raise FrameOverwritten(f"frame {received.message.frame_id} was overwritten while read")
+    if small.ndim == 3 and small.shape[2] == 4:
+        small = cv2.cvtColor(small, cv2.COLOR_BGRA2BGR)
+    ok, encoded = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RingError(f"frame {received.message.frame_id}: JPEG encoding failed")
+    return encoded.tobytes()
+
+
+def start_server(foxglove, context, config: ViewerConfig):  # noqa: ANN001, ANN201 - foxglove.WebSocketServer
+    try:
+        return foxglove.start_server(name="perception", host=config.host, port=config.port, context=context)
+    except RuntimeError as exc:  # e.g. "FoxgloveError: Failed to bind port: Address already in use (os error 98)"
+        reason = str(exc).split(": ", 1)[-1]
+        raise FatalInputError(f"live view: cannot listen on {config.host}:{config.port}: {reason}") from None
+
+
+def view(node: Node, config: ViewerConfig) -> None:
+    foxglove = _foxglove()
+    try:
+        class_names = read_class_names(config.classes_file)
+    except OSError as exc:
+        raise FatalInputError(f"{config.classes_file}: {exc.strerror}") from None
+    # The SDK logs through Python logging; its routine lines (server started, shutting down) would
+    # repeat what this node says. FOXGLOVE_LOG_LEVEL overrides this.
+    foxglove.set_log_level("DEBUG" if config.node.log_level.upper() == "DEBUG" else "WARNING")
+    context = foxglove.Context()
+    streams = Streams(foxglove, context, config, class_names)
+    server = start_server(foxglove, context, config)
+    try:
+        inputs: dict[Subscriber, Topic] = {
+            node.subscribe(config.sources.get(topic.name, list(topic.publishers)), topic, latest=topic is FRAMES): topic
+            for topic in TOPICS}
+        receiver = node.frame_receiver()
+        log.info("live view on ws://%s:%d (Foxglove: Open connection, Foxglove WebSocket)", config.host, server.port)
+        while node.ok():
+            ready = node.poll(0.1)
+            received_ns = now_ns()
+            for subscriber in ready:
+                topic = inputs[subscriber]
+                for received in subscriber.receive():
+                    streams.message(topic, received, received_ns)
+                    if topic is FRAMES:
+                        streams.frame(node, receiver, received)
+                        node.mark_frame_done(received.message.frame_id, received.message.capture_ns)
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(__doc__.splitlines()[0], ViewerConfig, view, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
