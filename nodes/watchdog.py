@@ -53,7 +53,7 @@ def watch(node: Node, config: WatchdogConfig) -> None:
         if frames in ready:
             for received in frames.receive():
                 core.on_message(FRAMES, now_ns())
-                core.on_frame(received.message)
+                core.on_frame(received.message, received.clock_uncertainty_ns)
         if detections in ready:
             for _ in detections.receive():
                 core.on_message(DETECTIONS, now_ns())

@@ -12,7 +12,28 @@ from typing import Sequence
 def _launch(args: argparse.Namespace) -> int:
     from perception.launch import launch_main
 
-    return launch_main(args.launch_file, args.duration, args.status_file, args.foxglove)
+    return launch_main(args.launch_file, args.duration, args.status_file, args.foxglove, args.host, args.keys)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from perception.config import ConfigError
+    from perception.security import LOCAL_KEY, SECRET_DIR, SecurityError, create_keys
+
+    names = [n.strip() for n in args.hosts.split(",") if n.strip()] if args.hosts else []
+    if args.launch is not None:
+        from perception.launch import load_launch_file
+
+        hosts = list(load_launch_file(args.launch).hosts) or [LOCAL_KEY]
+        names += [h for h in hosts if h not in names]
+    try:
+        written = create_keys(args.keys_dir, names or [LOCAL_KEY])
+    except SecurityError as exc:
+        raise ConfigError(str(exc)) from None
+    for path in written:
+        print(path)
+    print(f"copy {args.keys_dir}/public/ to every host and {args.keys_dir}/{SECRET_DIR}/NAME.key_secret only to host "
+          f"NAME (keep the folders 0700, the secret keys 0600)", file=sys.stderr)
+    return 0
 
 
 def _bench_handoff(args: argparse.Namespace) -> int:
@@ -75,6 +96,8 @@ DELEGATED = {
     "bench": ("perception.replay", "bench_main", "latency test harness: per-stage and end-to-end latency report"),
     "bench-temporal": ("perception.benchmarks.temporal", "main",
                        "accuracy vs time of keyframe intervals, exit 0 and the adaptive gate, Pareto plot"),
+    "fleet-replay": ("perception.fleet.command", "main",
+                     "replay many drives in parallel as Ray tasks (here or on a cluster), one report (needs .[fleet])"),
 }
 
 
@@ -96,8 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("launch_file", type=Path)
     launch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     launch.add_argument("--status-file", type=Path, default=None, help="keep a JSON status of all nodes here")
+    launch.add_argument("--host", default=None, metavar="NAME",
+                        help="start only the nodes of this host (a launch file with hosts needs it)")
+    launch.add_argument("--keys", type=Path, default=None, metavar="DIR",
+                        help="CURVE keys folder on this machine (default: the launch file's keys)")
     add_foxglove_argument(launch)
     launch.set_defaults(func=_launch)
+
+    keys = commands.add_parser("keys", help="make CURVE key pairs for tcp endpoints, one per host (docs/ARCHITECTURE.md)")
+    keys.add_argument("keys_dir", type=Path, metavar="DIR", help="keys folder (public/ and secret/ inside, 0700)")
+    keys.add_argument("--hosts", default=None, metavar="A,B",
+                      help="host names (default: those of --launch, or 'local' for a launch without hosts)")
+    keys.add_argument("--launch", type=Path, default=None, metavar="FILE", help="take the host names from this launch file")
+    keys.set_defaults(func=_keys)
 
     handoff = commands.add_parser("bench-handoff", help="frame handoff latency: shared memory vs ZeroMQ copy")
     handoff.add_argument("--frames", type=int, default=500, help="frames per case")

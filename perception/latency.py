@@ -1,11 +1,17 @@
 """The one clock and the one place that turns timestamps into latencies.
 
 All timestamps are time.monotonic_ns() of this host. They are comparable between processes
-on one host (CLOCK_MONOTONIC is system-wide on Linux), never across hosts.
+on one host (CLOCK_MONOTONIC is system-wide on Linux), never across hosts: a message names the host
+whose clock its stamps are in, and perception.clock converts it at the boundary.
+
+PERCEPTION_CLOCK_SKEW_NS shifts this process's clock by that many ns: it stands in for another
+host's monotonic clock when two "hosts" share one machine (tests, demos). Unset, now_ns is
+time.monotonic_ns itself.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Iterable, Sequence
 
@@ -13,7 +19,15 @@ import numpy as np
 
 from perception.messages import Message, Stamp
 
-now_ns = time.monotonic_ns
+CLOCK_SKEW_ENV = "PERCEPTION_CLOCK_SKEW_NS"
+_SKEW_NS = int(os.environ.get(CLOCK_SKEW_ENV) or 0)
+
+
+def _skewed_now_ns() -> int:
+    return time.monotonic_ns() + _SKEW_NS
+
+
+now_ns = _skewed_now_ns if _SKEW_NS else time.monotonic_ns
 
 NS_PER_MS = 1_000_000
 

@@ -1,6 +1,7 @@
 """Start, supervise and stop a set of node processes described by a launch file.
 
     perception launch launch/replay.yaml [--duration S] [--status-file F]
+    perception launch launch/two_hosts.yaml --host camera [--keys DIR]   # one host's part of a split launch
 
 Before starting anything, every node's config (with its launch params merged in) is validated
 against the node's CONFIG type, so a misspelled key fails the launch, not a node at 2 a.m.
@@ -15,6 +16,14 @@ finished its input) leaves quietly; any other exit is a node down for the watchd
 The run directory is private (0700) and records its launcher's pid: a later launch removes run
 directories, and their shared memory, whose launcher is gone (killed with SIGKILL, say). Children
 also die with the launcher (PR_SET_PDEATHSIG).
+
+Across hosts: a launch file may list `hosts` and put each node on one (`host: NAME`); each host
+runs its part with `--host NAME`, every part reading the same launch file. A node that a node on
+another host reads from (its config names it: frames_from, rules.monitored, wait_for_nodes, ...)
+publishes on tcp://{its host's address}:{its port} (`port`, default base_port + its index in the
+file), as a CURVE server when the launch has `keys` (perception.security); every node is told where
+those nodes are (PERCEPTION_NETWORK, perception.node.with_launch_network). Every other node stays on
+ipc. The layout is computed from the file alone, so both parts agree on it.
 """
 
 from __future__ import annotations
@@ -41,8 +50,14 @@ import zmq
 
 from perception.config import ConfigError, apply_override, from_mapping, load_yaml
 from perception.latency import now_ns
-from perception.messages import Heartbeat, NodeState, WatchdogStatus
-from perception.node import EXIT_CONFIG, RUN_DIR_ENV, RUN_ID_ENV, private_run_dir, stop_order_path
+from perception.clock import ClockConfig, ClockServer
+from perception.messages import HOST_ENV, Heartbeat, NodeState, WatchdogStatus
+from perception.node import EXIT_CONFIG, NETWORK_ENV, RUN_DIR_ENV, RUN_ID_ENV, private_run_dir, stop_order_path
+from perception.security import (
+    LOCAL_KEY, CurveClient, CurveServer, Identity, SecurityError, check_key_name, is_network, load_identity,
+    read_public_key,
+    require_secure,
+)
 from perception.shm_ring import run_ring_prefix, segments_with_prefix, unlink_segment
 from perception.topics import HEARTBEAT, WATCHDOG_STATUS
 from perception.transport import Subscriber, resolve_endpoint
@@ -52,6 +67,22 @@ log = logging.getLogger("launch")
 MAX_RESTART_DELAY_S = 5.0
 RUN_DIR_PREFIX = "perception-"
 OWNER_FILE = "launcher.pid"  # "<pid> <process start time>" of the launcher that owns a run directory
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A machine of a launch split over hosts."""
+
+    address: str  # IP or name the other hosts reach it at
+    bind: str | None = None  # interface its publishers bind (default: address; "*" for every interface)
+    # Its launcher's clock server (perception.clock), which the other hosts' nodes ask for its time;
+    # default base_port + the number of nodes + its index among the hosts.
+    clock_port: int | None = None
+
+    def __post_init__(self) -> None:
+        for what, value in (("address", self.address), ("bind", self.bind)):
+            if value is not None and (not value or any(c in value for c in "/ ")):
+                raise ValueError(f"{what} {value!r} is not an IP address or host name")
 
 
 @dataclass(frozen=True)
@@ -72,8 +103,12 @@ class LaunchNode:
     # `restart`. None: never (a node that may block for long on purpose).
     hang_timeout_s: float | None = 2.0
     startup_timeout_s: float = 30.0  # for the first heartbeat, which comes after models load
+    host: str | None = None  # in a launch with hosts: the one this node runs on
+    port: int | None = None  # its tcp port when nodes on other hosts read it (default: base_port + its index)
 
     def __post_init__(self) -> None:
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be 1..65535, got {self.port}")
         if not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"node name {self.name!r} may hold only letters, digits, '-' and '_'")
         if not self.node.isidentifier() or self.node.startswith("_"):
@@ -95,8 +130,20 @@ class LaunchFile:
     stop_timeout_s: float = 1.5  # SIGTERM grace before SIGKILL; the whole stop stays under 2 s
     drain_s: float = 0.0  # after a shutdown_on_exit node finishes cleanly: time for in-flight work downstream
     budget_ms: float | None = None  # capture-to-decision budget: overrides every node config's `budget_ms`
+    hosts: dict[str, HostSpec] = field(default_factory=dict)  # name -> address; nodes say `host: NAME`
+    base_port: int = 7100  # tcp port of the node at index 0 of `nodes`, when it publishes for other hosts
+    keys: Path | None = None  # CURVE keys folder (perception keys DIR): tcp endpoints need it...
+    insecure: bool = False  # ...unless this says plain tcp is fine (a network nobody else can reach)
+    clock: ClockConfig = field(default_factory=ClockConfig)  # how hosts convert each other's stamps
 
     def __post_init__(self) -> None:
+        for host in self.hosts:
+            check_key_name(host)
+        strays = [f"{n.name} (host {n.host})" for n in self.nodes if n.host is not None and n.host not in self.hosts]
+        if strays:
+            raise ValueError(f"nodes on hosts the launch file does not list under hosts: {', '.join(strays)}")
+        if not 1 <= self.base_port <= 65535 - len(self.nodes):
+            raise ValueError(f"base_port must leave room for a port per node below 65536, got {self.base_port}")
         names = [n.name for n in self.nodes]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -107,6 +154,122 @@ class LaunchFile:
             raise ValueError(f"stop_timeout_s must be 0.1..1.8, got {self.stop_timeout_s}")
         if not 0.0 <= self.drain_s <= 10.0:
             raise ValueError(f"drain_s must be 0..10, got {self.drain_s}")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one node runs and publishes, as the launch file lays nodes out over hosts."""
+
+    host: str
+    bind: str  # the endpoint its publisher binds
+    connect: str  # the endpoint its readers connect to (bind, with the host's address for "*")
+    key: str | None = None  # the CURVE key its publisher proves (its host's); None: plain
+
+
+def referenced_nodes(config: Any, names: set[str]) -> set[str]:
+    """The node names a node's config mentions (frames_from, rules.monitored, wait_for_nodes, ...):
+    the nodes it reads from. A string that merely equals a name costs a tcp endpoint, nothing more."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and value in names:
+            found.add(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk(dataclasses.asdict(config))
+    return found
+
+
+def _tcp(address: str, port: int) -> str:
+    return f"tcp://[{address}]:{port}" if ":" in address else f"tcp://{address}:{port}"
+
+
+def place_nodes(spec: LaunchFile, typed: dict[str, Any], run_dir: Path, source: str) -> dict[str, Placement]:
+    """Every node's Placement, from the launch file and the nodes' configs alone, so that each host's
+    launcher computes the same layout. ConfigError (one line) for a node without a host in a launch
+    with hosts, frames in shared memory read on another host, clashing ports, or plain tcp that the
+    launch file does not call insecure."""
+    missing = [n.name for n in spec.nodes if spec.hosts and n.host is None]
+    if missing:
+        raise ConfigError(f"{source}: nodes[{missing[0]}].host: required when the launch file has hosts "
+                          f"({', '.join(spec.hosts)})")
+    host_of = {n.name: n.host or LOCAL_KEY for n in spec.nodes}
+    read_from: dict[str, list[str]] = {}  # node -> its readers on other hosts
+    for reader in spec.nodes:
+        for name in sorted(referenced_nodes(typed[reader.name], set(host_of))):
+            if host_of[name] != host_of[reader.name]:
+                read_from.setdefault(name, []).append(reader.name)
+    placements = {}
+    for index, node in enumerate(spec.nodes):
+        settings = getattr(typed[node.name], "node", None)
+        curve = spec.keys is not None or getattr(settings, "keys", None) is not None
+        key = getattr(settings, "key", None) or host_of[node.name]
+        if node.name in read_from:
+            bind, connect = _remote_endpoints(spec, node, index, typed[node.name], read_from[node.name], host_of, source)
+        else:
+            bind = connect = resolve_endpoint(getattr(settings, "publish", None) or node.name, run_dir)
+        try:
+            require_secure(f"{source}: node {node.name}", bind, curve, spec.insecure or getattr(settings, "insecure", False))
+        except SecurityError as exc:
+            raise ConfigError(str(exc)) from None
+        placements[node.name] = Placement(host_of[node.name], bind, connect, key if curve and is_network(bind) else None)
+    _check_ports(placements, source)
+    return placements
+
+
+def _remote_endpoints(spec: LaunchFile, node: LaunchNode, index: int, typed: Any, readers: list[str],
+                      host_of: dict[str, str], source: str) -> tuple[str, str]:
+    """(bind, connect) of a node read from other hosts: tcp on its host's address."""
+    where = f"{source}: nodes[{node.name}]"
+    others = ", ".join(f"{r} on {host_of[r]}" for r in readers)
+    if not spec.hosts:
+        raise ConfigError(f"{where}: read by {others}, on another host, but the launch file has no hosts")
+    if getattr(getattr(typed, "node", None), "publish", None):
+        raise ConfigError(f"{where}: its config sets node.publish, but nodes read from other hosts get their "
+                          f"endpoint from the launch file (give it port: instead)")
+    if getattr(typed, "transport", None) == "shm":
+        raise ConfigError(f"{where}: its frames are read by {others}, where its shared memory is not: "
+                          f"set params: {{transport: inline}}")
+    host = spec.hosts[host_of[node.name]]
+    port = node.port if node.port is not None else spec.base_port + index
+    return _tcp(host.bind or host.address, port), _tcp(host.address, port)
+
+
+def _check_ports(placements: dict[str, Placement], source: str) -> None:
+    """Two nodes must not publish at one address and port (hosts may share an address: a one-machine try)."""
+    seen: dict[str, str] = {}
+    for name, placement in placements.items():
+        if is_network(placement.connect):
+            if placement.connect in seen:
+                raise ConfigError(f"{source}: nodes {seen[placement.connect]} and {name} both publish on {placement.connect}")
+            seen[placement.connect] = name
+
+
+def network_settings(spec: LaunchFile, placements: dict[str, Placement], name: str, keys: Path | None) -> dict:
+    """What node `name` is told in PERCEPTION_NETWORK (perception.node.with_launch_network): where
+    it publishes, its host's keys, where every node on the network publishes, and where the other
+    hosts' clocks are served."""
+    placement = placements[name]
+    peers = {n: {"endpoint": p.connect, "key": p.key} for n, p in placements.items() if is_network(p.connect)}
+    curve = keys is not None and any(p.key is not None for p in placements.values())  # else no node needs a key
+    clocks = {host: {"endpoint": connect, "key": host if curve else None}
+              for host, (_, connect) in clock_endpoints(spec).items() if host != placement.host}
+    return {"publish": placement.bind, "keys": str(keys) if curve else None, "key": placement.host,
+            "insecure": spec.insecure, "peers": peers, "clocks": clocks, "clock": dataclasses.asdict(spec.clock)}
+
+
+def clock_endpoints(spec: LaunchFile) -> dict[str, tuple[str, str]]:
+    """Host -> (bind, connect) of its launcher's clock server; none without hosts."""
+    endpoints = {}
+    for index, (name, host) in enumerate(spec.hosts.items()):
+        port = host.clock_port or spec.base_port + len(spec.nodes) + index
+        endpoints[name] = (_tcp(host.bind or host.address, port), _tcp(host.address, port))
+    return endpoints
 
 
 @dataclass
@@ -124,6 +287,8 @@ class ManagedNode:
     started_ns: int = 0
     hangs: int = 0  # times it was killed for a stale heartbeat
     killed_hung: bool = False
+    network: dict = field(default_factory=dict)  # PERCEPTION_NETWORK for it (network_settings)
+    key: str | None = None  # its publisher's CURVE key name, for the launcher's own subscriptions
 
 
 def load_launch_file(path: Path) -> LaunchFile:
@@ -216,10 +381,15 @@ def _child_setup(spec: LaunchNode):
 
 
 class Launcher:
-    def __init__(self, spec: LaunchFile, source: str, status_file: Path | None = None) -> None:
-        """`source` names where the spec came from (the launch file) in error messages."""
+    def __init__(self, spec: LaunchFile, source: str, status_file: Path | None = None, host: str | None = None,
+                 keys: Path | None = None) -> None:
+        """`source` names where the spec came from (the launch file) in error messages; `host`: start
+        only that host's nodes (required when the launch file has hosts); `keys` replaces its keys folder."""
         self.launch_path = source
         self.spec = spec
+        self.host = host
+        self.keys = Path(keys).resolve() if keys is not None else spec.keys
+        self.identity: Identity | None = None  # this host's key pair, for subscribing to its CURVE nodes
         self.run_id = secrets.token_hex(4)
         self.run_dir = Path(tempfile.gettempdir()) / f"{RUN_DIR_PREFIX}{self.run_id}"
         self.status_file = status_file
@@ -236,20 +406,81 @@ class Launcher:
         return cls(load_launch_file(Path(path)), str(path), status_file)
 
     def _validate_and_prepare(self) -> None:
+        # Every node's config, this host's or not: who reads whom decides the layout (place_nodes).
         resolved = [(spec, *resolve_node_config(spec, str(self.launch_path), self.spec.budget_ms)) for spec in self.spec.nodes]
+        self._check_host()
+        spec_with_keys = dataclasses.replace(self.spec, keys=self.keys)
+        placements = place_nodes(spec_with_keys, {s.name: typed for s, _, typed in resolved}, self.run_dir,
+                                 str(self.launch_path))
+        mine = [(s, d, t) for s, d, t in resolved if self.host is None or s.host == self.host]
+        self._load_keys(placements, [s.name for s, _, _ in mine])
         remove_stale_run_dirs(self.run_dir.parent)
         self.run_dir.mkdir(mode=0o700)
         private_run_dir(self.run_dir)
         (self.run_dir / OWNER_FILE).write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
-        for spec, data, typed in resolved:
+        for spec, data, typed in mine:
             config_path = self.run_dir / f"{spec.name}.yaml"
             config_path.write_text(json.dumps(data, indent=1))
-            publish = getattr(getattr(typed, "node", None), "publish", None)
-            self.nodes.append(ManagedNode(spec, config_path, resolve_endpoint(publish or spec.name, self.run_dir)))
+            placement = placements[spec.name]
+            self.nodes.append(ManagedNode(spec, config_path, placement.connect, key=placement.key,
+                                          network=network_settings(spec_with_keys, placements, spec.name, self.keys)))
+
+    def _check_host(self) -> None:
+        source, hosts = self.launch_path, self.spec.hosts
+        if hosts and self.host is None:
+            raise ConfigError(f"{source}: splits its nodes over hosts {', '.join(hosts)}: start each part with --host NAME")
+        if self.host is not None and self.host not in hosts:
+            raise ConfigError(f"{source}: no host {self.host!r} " + (f"(hosts: {', '.join(hosts)})" if hosts else
+                                                                     "(the launch file has no hosts)"))
+        if self.host is not None and not any(n.host == self.host for n in self.spec.nodes):
+            raise ConfigError(f"{source}: no node runs on host {self.host!r}")
+
+    def _load_keys(self, placements: dict[str, Placement], mine: list[str]) -> None:
+        """Check, before anything starts, every key this host's nodes will need: its own key pair,
+        and the public key of every host they read from over CURVE."""
+        keyed = {p.key for p in placements.values() if p.key is not None}
+        if self.keys is None and any(placements[n].key is not None for n in mine):
+            raise ConfigError(f"{self.launch_path}: {', '.join(n for n in mine if placements[n].key)} publish with "
+                              f"CURVE (their node.keys): give the launch file keys: (or --keys) so the launcher can read them")
+        if self.keys is None or not keyed:
+            return
+        try:
+            self.identity = load_identity(self.keys, self.host or LOCAL_KEY)
+            for key in sorted(keyed):
+                read_public_key(self.keys, key)
+        except SecurityError as exc:
+            raise ConfigError(f"{self.launch_path}: {exc}") from None
+        log.info("CURVE on tcp with keys %s (this host's: %r)", self.keys, self.identity.name)
+
+    def _curve(self) -> CurveClient | None:
+        """CURVE for the launcher's own subscriptions to its nodes (heartbeats, watchdog status)."""
+        if self.identity is None:
+            return None
+        keys = {m.endpoint: self.identity.server_key(m.key) for m in self.nodes if m.key is not None}
+        return CurveClient(self.identity, keys) if keys else None
+
+    def _serve_clock(self) -> ClockServer | None:
+        """This host's clock, for the other hosts' nodes to convert its stamps (perception.clock);
+        over CURVE when the launch has keys, so only its hosts can ask and trust the answer."""
+        self._clock_curve = None
+        if not self.spec.hosts or self.host is None or len(self.spec.hosts) < 2:
+            return None
+        bind, _ = clock_endpoints(self.spec)[self.host]
+        if self.identity is not None:
+            self._clock_curve = CurveServer(self._context, self.identity)
+        try:
+            server = ClockServer(self._context, bind, self._clock_curve)
+        except zmq.ZMQError as exc:
+            raise ConfigError(f"{self.launch_path}: host {self.host}: cannot serve its clock at {bind}: {exc}") from None
+        log.info("clock of host %s served at %s (%s)", self.host, bind, self.spec.clock.mode)
+        return server
 
     # -- processes ------------------------------------------------------------------------
     def _start(self, managed: ManagedNode) -> None:
-        env = dict(os.environ, **{RUN_DIR_ENV: str(self.run_dir), RUN_ID_ENV: self.run_id, "PYTHONUNBUFFERED": "1"})
+        env = dict(os.environ, **{RUN_DIR_ENV: str(self.run_dir), RUN_ID_ENV: self.run_id, "PYTHONUNBUFFERED": "1",
+                                  NETWORK_ENV: json.dumps(managed.network)})
+        if managed.spec.host is not None:  # the host whose clock its stamps are in (perception.messages.THIS_HOST)
+            env[HOST_ENV] = managed.spec.host
         command = [sys.executable, "-m", f"nodes.{managed.spec.node}", "--name", managed.spec.name,
                    "--config", str(managed.config_path)]
         stop_order_path(self.run_dir, managed.spec.name).unlink(missing_ok=True)
@@ -382,11 +613,13 @@ class Launcher:
     # -- run and stop ---------------------------------------------------------------------
     def run(self, duration_s: float | None = None) -> int:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        heartbeats = Subscriber(self._context, [m.endpoint for m in self.nodes], HEARTBEAT, latest=False)
+        curve = self._curve()
+        heartbeats = Subscriber(self._context, [m.endpoint for m in self.nodes], HEARTBEAT, latest=False, curve=curve)
         watchdogs = [m.endpoint for m in self.nodes if m.spec.node == "watchdog"]
-        status = Subscriber(self._context, watchdogs, WATCHDOG_STATUS, latest=True) if watchdogs else None
+        status = Subscriber(self._context, watchdogs, WATCHDOG_STATUS, latest=True, curve=curve) if watchdogs else None
         end_ns = now_ns() + int(duration_s * 1e9) if duration_s else None
         next_status_ns = 0
+        clock_server = self._serve_clock()
         try:
             for managed in self.nodes:
                 self._start(managed)
@@ -409,6 +642,10 @@ class Launcher:
             heartbeats.close()
             if status is not None:
                 status.close()
+            if clock_server is not None:
+                clock_server.close()
+            if self._clock_curve is not None:
+                self._clock_curve.stop()
             self._context.term()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -480,15 +717,18 @@ def remove_stale_run_dirs(parent: Path) -> list[Path]:
 
 
 def launch_main(path: Path, duration_s: float | None, status_file: Path | None,
-                foxglove_port: int | None = None) -> int:
-    """`perception launch`; `foxglove_port`: also run the live view (nodes/viewer.py) on that port."""
+                foxglove_port: int | None = None, host: str | None = None, keys: Path | None = None) -> int:
+    """`perception launch`; `foxglove_port`: also run the live view (nodes/viewer.py) on that port;
+    `host`: only that host's part of a launch file with hosts; `keys`: its keys folder on this machine."""
     try:
         spec = load_launch_file(Path(path))
         if foxglove_port is not None:
             from perception.visualization import with_viewer
 
             spec = with_viewer(spec, foxglove_port, str(path))  # ConfigError too, if its port is taken
-        launcher = Launcher(spec, str(path), status_file)
+            if host in spec.hosts:  # the live view runs where it was asked for
+                spec = dataclasses.replace(spec, nodes=[*spec.nodes[:-1], dataclasses.replace(spec.nodes[-1], host=host)])
+        launcher = Launcher(spec, str(path), status_file, host=host, keys=keys)
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG

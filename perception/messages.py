@@ -28,6 +28,7 @@ import dataclasses
 import enum
 import json
 import math
+import os
 import re
 import types
 import typing
@@ -37,8 +38,8 @@ from typing import Any, Callable, ClassVar, Mapping
 import numpy as np
 
 # 2: NodeState.FAILED, per-kind stamp limits; 3: detections carry tracks, level -1 (propagated);
-# 4: JSON derived from the dataclasses (one codec for wire and recording)
-WIRE_VERSION = 4
+# 4: JSON derived from the dataclasses (one codec for wire and recording); 5: every message names its clock
+WIRE_VERSION = 5
 STAGE_NAME_CHARS = 16
 MAX_STAMPS = 32
 MAX_DETECTIONS = 4096
@@ -52,6 +53,10 @@ LEVEL_PROPAGATE = -1  # Detections.exit_index of a frame that ran no network: tr
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 NODE_NAME_CHARS = 64
 RING_NAME_CHARS = 128
+# This host's name, set by the launcher of a launch split over hosts; messages made here are in its
+# clock. "local" when no launch names the host.
+HOST_ENV = "PERCEPTION_HOST"
+THIS_HOST = os.environ.get(HOST_ENV) or "local"
 
 
 def level_name(exit_index: int) -> str:
@@ -165,8 +170,12 @@ class Message:
     frame_id: int
     capture_ns: int
     stamps: tuple[Stamp, ...] = ()
+    # The host whose monotonic clock capture_ns and the stamps are in (perception.clock converts a
+    # message from another host at the boundary); the host that makes a message by default.
+    clock: str = field(default_factory=lambda: THIS_HOST)
 
     def __post_init__(self) -> None:
+        check_name(self.clock, "clock")
         _check_range(self.frame_id, 0, 2**63 - 1, "frame_id")
         _check_range(self.capture_ns, 0, 2**63 - 1, "capture_ns")
         if len(self.stamps) > self.MAX_STAMPS_IN:
@@ -269,8 +278,9 @@ class Detections(Message):
         if not isinstance(other, Detections):
             return NotImplemented
         return (
-            (self.frame_id, self.capture_ns, self.stamps, self.media_ns, self.image_width, self.image_height)
-            == (other.frame_id, other.capture_ns, other.stamps, other.media_ns, other.image_width, other.image_height)
+            (self.frame_id, self.capture_ns, self.stamps, self.clock, self.media_ns, self.image_width, self.image_height)
+            == (other.frame_id, other.capture_ns, other.stamps, other.clock, other.media_ns, other.image_width,
+                other.image_height)
             and (self.exit_index, self.exit_count) == (other.exit_index, other.exit_count)
             and np.array_equal(self.boxes, other.boxes)
             and np.array_equal(self.scores, other.scores)
@@ -394,7 +404,7 @@ class Control(Message):
 
 # --- the codec: one per message type, derived from the dataclass above ----------------------
 #
-# Each message is one JSON object: {"wire": 4, "type": "Decision", <every field>}. Enums travel as
+# Each message is one JSON object: {"wire": 5, "type": "Decision", <every field>}. Enums travel as
 # their names, arrays as base64 of their little-endian bytes, nested records (stamps, a target) as
 # objects, an infinite time to collision as null. The same bytes are what a recording stores, with
 # the JSON schema below (perception.recording), so Foxglove decodes every channel as it is.

@@ -4,7 +4,9 @@ counters and clean shutdown. A node file in nodes/ only says what the node does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
+import json
 import logging
 import os
 import signal
@@ -12,13 +14,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import zmq
 
-from perception.config import ConfigError, load_config
+from perception.clock import ClockConfig, ClockSync
+from perception.config import ConfigError, from_mapping, load_config
 from perception.latency import now_ns
 from perception.messages import FrameTransport, Heartbeat, Message, NodeState
+from perception.security import (
+    LOCAL_KEY, CurveClient, CurveServer, Identity, SecurityError, is_network, load_identity, require_secure,
+)
 from perception.shm_ring import run_ring_prefix
 from perception.topics import HEARTBEAT, Topic
 from perception.transport import FrameReceiver, FrameSender, Publisher, Subscriber, resolve_endpoint
@@ -34,6 +40,9 @@ RUN_ID_ENV = "PERCEPTION_RUN_ID"
 FAREWELL_WAIT_NS = 300_000_000  # a failing node repeats its last heartbeat this long, and lets it go out
 FAREWELL_REPEAT_S = 0.05
 STOP_ORDER_SUFFIX = ".stop"  # {run_dir}/{name}.stop: the launcher ordered this node to stop
+# JSON of `node:` settings the launcher gives a node (publish, keys, key, insecure, peers); what the
+# node's own config sets wins (with_launch_network).
+NETWORK_ENV = "PERCEPTION_NETWORK"
 
 
 class RunDirError(RuntimeError):
@@ -89,18 +98,56 @@ class DeviceLostError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Peer:
+    """Where another node publishes when it is not at its ipc path in this run directory."""
+
+    endpoint: str  # e.g. tcp://10.0.0.2:7100
+    key: str | None = None  # CURVE key name of its host (keys/public/<key>.key); None: a plain endpoint
+
+
+@dataclass(frozen=True)
 class NodeSettings:
     """The `node:` section of every node config."""
 
     heartbeat_period_ms: int = 100
     publish: str | None = None  # endpoint URL override; default ipc://{run_dir}/{name}.pub
     log_level: str = "info"
+    # CURVE (perception.security): a tcp:// publisher or subscription needs a keys folder holding this
+    # host's key pair `key` (default "local"), unless `insecure` accepts plain tcp on a trusted network.
+    keys: Path | None = None
+    key: str | None = None
+    insecure: bool = False
+    # Node name -> where it publishes, for nodes on other hosts (`frames_from: capture` then connects there).
+    peers: dict[str, Peer] = field(default_factory=dict)
+    # Host name -> its clock server, for the other hosts of a split launch (perception.clock), and how
+    # their stamps are converted into this host's clock.
+    clocks: dict[str, Peer] = field(default_factory=dict)
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
     def __post_init__(self) -> None:
         if not 1 <= self.heartbeat_period_ms <= 10_000:
             raise ValueError(f"heartbeat_period_ms must be 1..10000, got {self.heartbeat_period_ms}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
+
+
+def with_launch_network(settings: NodeSettings, environ: Mapping[str, str] = os.environ) -> NodeSettings:
+    """`settings` completed by what the launcher passed in PERCEPTION_NETWORK; the node's own
+    config wins where it says something (and `insecure` from either side holds)."""
+    raw = environ.get(NETWORK_ENV)
+    if not raw:
+        return settings
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{NETWORK_ENV}: not JSON ({exc})") from None
+    launched = from_mapping(NodeSettings, data, source=NETWORK_ENV)
+    return dataclasses.replace(
+        settings, publish=settings.publish or launched.publish, keys=settings.keys or launched.keys,
+        key=settings.key or launched.key, insecure=settings.insecure or launched.insecure,
+        peers={**launched.peers, **settings.peers}, clocks={**launched.clocks, **settings.clocks},
+        clock=launched.clock if settings.clock == ClockConfig() else settings.clock,
+    )
 
 
 @dataclass(frozen=True)
@@ -129,7 +176,21 @@ class Node:
         private_run_dir(self.run.run_dir)
         self._name_lock = claim_name(self.run.run_dir, self.name)
         self.endpoint = resolve_endpoint(self.settings.publish or self.name, self.run.run_dir)
-        self.publisher = Publisher(self.context, self.endpoint)
+        self._curve_server: CurveServer | None = None
+        try:
+            # This host's CURVE key pair; loaded up front so a missing or exposed key is one line at start.
+            self.identity: Identity | None = (load_identity(self.settings.keys, self.settings.key or LOCAL_KEY)
+                                              if self.settings.keys is not None else None)
+            self._curve_server = self._serve_curve()
+            self.publisher = Publisher(self.context, self.endpoint, curve=self._curve_server)
+        except (RuntimeError, SecurityError):
+            self._stop_curve_server()
+            os.close(self._name_lock)
+            raise
+        # The other hosts' clocks, when the launch has hosts: their messages are converted on receipt.
+        servers = {host: self.resolve(peer.endpoint)[0] for host, peer in self.settings.clocks.items()}
+        self.clocks = ClockSync(self.context, servers, self.settings.clock, curve=self.curve_client(
+            [(servers[host], peer.key) for host, peer in self.settings.clocks.items()]))
         self._subscribers: list[Subscriber] = []
         self._poller = zmq.Poller()
         self._closers: list[Callable[[], None]] = []
@@ -176,7 +237,9 @@ class Node:
                 log.warning("error while closing: %s", exc)
         for subscriber in self._subscribers:
             subscriber.close()
+        self.clocks.close()
         self.publisher.close(linger_ms=FAREWELL_WAIT_NS // 1_000_000)  # the last heartbeat must go out
+        self._stop_curve_server()  # after the publisher: its lingering heartbeat needs no new handshake
         self.context.term()
         os.close(self._name_lock)
 
@@ -187,11 +250,52 @@ class Node:
         self.close(NodeState.FAILED if exc_type is not None else NodeState.STOPPING)
 
     # -- sockets --------------------------------------------------------------------------
+    def _serve_curve(self) -> CurveServer | None:
+        """A CURVE server (with its ZAP handler) for a publisher on the network; None on ipc.
+        Plain tcp is refused unless the settings say `insecure`."""
+        if not is_network(self.endpoint) or self.identity is None:
+            require_secure(f"node {self.name}", self.endpoint, False, self.settings.insecure)
+            return None
+        return CurveServer(self.context, self.identity)
+
+    def _stop_curve_server(self) -> None:
+        if self._curve_server is not None:
+            self._curve_server.stop()
+            self._curve_server = None
+
+    def resolve(self, ref: str) -> tuple[str, str | None]:
+        """A node name or endpoint URL -> (endpoint, CURVE key name of its host or None). A name in
+        `node.peers` (the launcher fills them in for nodes on other hosts) goes where it says; any
+        other name to its ipc path in the run directory."""
+        peer = self.settings.peers.get(ref)
+        if peer is not None:
+            return resolve_endpoint(peer.endpoint, self.run.run_dir), peer.key
+        endpoint = resolve_endpoint(ref, self.run.run_dir)
+        keys = {resolve_endpoint(p.endpoint, self.run.run_dir): p.key for p in self.settings.peers.values()}
+        return endpoint, keys.get(endpoint)
+
+    def curve_client(self, endpoints: Sequence[tuple[str, str | None]]) -> CurveClient | None:
+        """CURVE for connecting to (endpoint, key name) pairs; refuses a network endpoint without a
+        key unless `insecure`, and a keyed one when this node has no keys folder."""
+        server_keys: dict[str, bytes] = {}
+        for endpoint, key in endpoints:
+            if key is None and is_network(endpoint) and not self.settings.insecure:
+                raise SecurityError(f"node {self.name}: {endpoint} without its publisher's CURVE key: name that "
+                                    f"node in node.peers with its key, or set insecure: true")
+            if key is not None:
+                if self.identity is None:
+                    raise SecurityError(f"node {self.name}: {endpoint} is a CURVE publisher (key {key!r}) but this "
+                                        f"node has no keys folder (node.keys)")
+                server_keys[endpoint] = self.identity.server_key(key)
+        return CurveClient(self.identity, server_keys) if server_keys else None
+
     def subscribe(self, source: str | Sequence[str], topic: Topic, latest: bool) -> Subscriber:
         """Subscribe to `topic` of one or more publishers, each a node name or endpoint URL."""
         refs = [source] if isinstance(source, str) else list(source)
-        endpoints = [resolve_endpoint(ref, self.run.run_dir) for ref in refs]
-        subscriber = Subscriber(self.context, endpoints, topic, latest)
+        resolved = [self.resolve(ref) for ref in refs]
+        subscriber = Subscriber(self.context, [endpoint for endpoint, _ in resolved], topic, latest,
+                                curve=self.curve_client(resolved))
+        subscriber.clocks = self.clocks
         self._subscribers.append(subscriber)
         self._poller.register(subscriber.socket, zmq.POLLIN)
         return subscriber
@@ -282,6 +386,10 @@ class Node:
             counters[f"{key}.malformed"] = subscriber.malformed
             counters[f"{key}.bad_stamp"] = subscriber.bad_stamp
             counters[f"{key}.superseded"] = subscriber.superseded
+            counters[f"{key}.unsynced"] = subscriber.unsynced
+        for host, estimate in self.clocks.estimates.items():
+            counters[f"clock.{host}.offset_us"] = estimate.offset_ns // 1000
+            counters[f"clock.{host}.uncertainty_us"] = estimate.uncertainty_ns // 1000
         frame_id, capture_ns = self._last_frame
         self._heartbeat_seq += 1
         self.publisher.publish(
@@ -329,10 +437,10 @@ def run_node(description: str, config_type: type[C], body: Callable[[Node, C], N
         log.error("bad config: %s", exc)
         return EXIT_CONFIG
     configure_logging(args.name, getattr(getattr(config, "node", None), "log_level", "info"))
-    settings = getattr(config, "node", None) or NodeSettings()
     try:
+        settings = with_launch_network(getattr(config, "node", None) or NodeSettings())
         node = Node(args.name, settings, RunContext.from_env(args.run_dir))
-    except RunDirError as exc:
+    except (RunDirError, ConfigError, SecurityError) as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
     except RuntimeError as exc:
@@ -342,7 +450,7 @@ def run_node(description: str, config_type: type[C], body: Callable[[Node, C], N
     try:
         body(node, config)
         code = EXIT_SIGNALLED if node.signalled and not node.stop_ordered() else 0
-    except FatalInputError as exc:
+    except (FatalInputError, SecurityError) as exc:  # a subscription that plain tcp or a missing key refused
         log.error("%s", exc)
         code = EXIT_CONFIG
     except DeviceLostError as exc:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
+from perception.clock import ClockSync
 from perception.latency import now_ns, percentiles_ms, stage_durations_ns
 from perception.messages import Decision, Detections, WatchdogStatus
 from perception.topics import DECISIONS, DETECTIONS, HEARTBEAT, WATCHDOG_STATUS
@@ -33,6 +34,7 @@ class Collected:
     detections: list[Detections] = field(default_factory=list)
     status: WatchdogStatus | None = None
     counters: dict[str, dict[str, int]] = field(default_factory=dict)  # node -> last heartbeat counters
+    clocks: dict[str, dict] = field(default_factory=dict)  # other host -> the clock offset used for its stamps
 
 
 class CollectorError(RuntimeError):
@@ -42,11 +44,19 @@ class CollectorError(RuntimeError):
 class Collector:
     """Subscribes to a running pipeline's outputs from a background thread."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, endpoints: dict[str, str] | None = None,
+                 clock_servers: dict[str, str] | None = None) -> None:
+        """`endpoints`: node name -> endpoint for nodes not in `run_dir` (on other hosts);
+        `clock_servers`: host -> clock server, to convert those hosts' stamps (perception.clock)."""
         self.data = Collected()
         self._context = zmq.Context()
-        self._subs = [Subscriber(self._context, [resolve_endpoint(name, run_dir) for name in topic.publishers], topic,
-                                 latest=False) for topic in (DECISIONS, DETECTIONS, WATCHDOG_STATUS, HEARTBEAT)]
+        self._clocks = ClockSync(self._context, clock_servers or {})
+        where = endpoints or {}
+        self._subs = [Subscriber(self._context, [where.get(name) or resolve_endpoint(name, run_dir)
+                                                 for name in topic.publishers], topic, latest=False)
+                      for topic in (DECISIONS, DETECTIONS, WATCHDOG_STATUS, HEARTBEAT)]
+        for subscriber in self._subs:
+            subscriber.clocks = self._clocks
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.error: Exception | None = None
@@ -89,6 +99,8 @@ class Collector:
         self._thread.join(2)
         for sub in self._subs:
             sub.close()
+        self.data.clocks = self._clocks.report()
+        self._clocks.close()
         self._context.term()
         if self.error is not None:
             raise CollectorError(f"the harness stopped collecting mid-run: {type(self.error).__name__}: {self.error}")
@@ -142,6 +154,7 @@ def build_report(collected: Collected, budget_ms: float, frames_sent: int | None
                      for t, d in node_decisions],
         "failsafes": [{"frame_id": d.frame_id, "capture_ns": d.capture_ns, "reason": d.reason.name}
                       for d in sorted(failsafes, key=lambda d: d.frame_id)],
+        "clock_offsets": collected.clocks,
     }
 
 
@@ -165,6 +178,9 @@ def format_report(report: dict) -> str:
                  f"{misses['late_decisions']}  fail-safes {misses['watchdog_failsafes']}")
     lines.append("dropped " + "  ".join(f"{k} {v}" for k, v in dropped.items()) +
                  f"  | exits {report['exit_histogram']}  | actions {report['actions']}")
+    for host, clock in report.get("clock_offsets", {}).items():
+        lines.append(f"clock of host {host}: " + (f"offset {clock['offset_ms']:+.3f} ms +- {clock['uncertainty_ms']:.3f} "
+                                                  f"({clock['mode']})" if clock["offset_ms"] is not None else "not synced"))
     return "\n".join(lines)
 
 

@@ -21,7 +21,9 @@ import numpy as np
 import zmq
 
 from perception.latency import now_ns
-from perception.messages import FrameHeader, FrameTransport, Message, MessageError, Stamp, decode, encode
+from perception.clock import ClockSync
+from perception.messages import THIS_HOST, FrameHeader, FrameTransport, Message, MessageError, Stamp, decode, encode
+from perception.security import CurveClient, CurveServer, plain_first
 from perception.shm_ring import FrameOverwritten, FrameRingReader, FrameRingWriter, FrameView, RingError, ring_name
 from perception.topics import FRAMES, Topic
 
@@ -49,12 +51,17 @@ class Publisher:
     its consumers before the first frame instead of losing frames to ZeroMQ's slow-joiner gap.
     """
 
-    def __init__(self, context: zmq.Context, endpoint: str, hwm: int = QUEUE_HWM) -> None:
+    def __init__(self, context: zmq.Context, endpoint: str, hwm: int = QUEUE_HWM,
+                 curve: CurveServer | None = None) -> None:
+        """`curve`: be a CURVE server (perception.security), as a publisher on tcp must be. Its
+        subscriptions still arrive here (XPUB_VERBOSER), once a client's handshake is accepted."""
         self.endpoint = endpoint
         self.socket = context.socket(zmq.XPUB)
         self.socket.setsockopt(zmq.SNDHWM, hwm)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # every subscribe and unsubscribe, duplicates too
+        if curve is not None:
+            curve.apply(self.socket)
         self.subscriptions: dict[bytes, int] = {}
         if endpoint.startswith("ipc://"):
             Path(endpoint[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +99,9 @@ class Publisher:
 class Received(Generic[M]):
     message: M
     parts: list  # the raw multipart frames, for inline pixel buffers
+    # How far off its stamps may be: 0 from this host, the clock estimate's uncertainty from another
+    # (they were converted into this host's clock on receipt, perception.clock).
+    clock_uncertainty_ns: int = 0
 
 
 def newest_stamp_ns(message: Message) -> int:
@@ -117,14 +127,19 @@ class Subscriber(Generic[M]):
         endpoints: str | list[str],
         topic: Topic,
         latest: bool,
+        curve: CurveClient | None = None,
     ) -> None:
+        """`curve`: connect as a CURVE client to the endpoints it has a publisher's key for
+        (perception.security); the others (ipc) stay plain."""
         self._init_input(topic, latest)
         self.socket = context.socket(zmq.SUB)
         self.socket.setsockopt(zmq.RCVHWM, LATEST_HWM if latest else QUEUE_HWM)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SUBSCRIBE, self.topic_bytes)
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        for endpoint in self.endpoints:
+        for endpoint in plain_first(self.endpoints, curve):
+            if curve is not None:
+                curve.apply(self.socket, endpoint)
             self.socket.connect(endpoint)
 
     def _init_input(self, topic: Topic, latest: bool) -> None:
@@ -136,6 +151,8 @@ class Subscriber(Generic[M]):
         self.received = 0
         self.malformed = 0
         self.bad_stamp = 0
+        self.unsynced = 0  # from a host whose clock this one cannot convert from (perception.clock)
+        self.clocks: ClockSync | None = None  # set by the node: converts messages from other hosts
         self.superseded = 0  # messages skipped because a newer one was already queued (latest mode)
         self.updated = False
         self.last: M | None = None
@@ -187,14 +204,23 @@ class Subscriber(Generic[M]):
             self.malformed += 1
             self._warn(f"dropped malformed message on {self.topic.name}: {exc}")
             return None
+        uncertainty = 0
+        if message.clock != THIS_HOST:  # stamps in another host's clock: converted here, or not used at all
+            converted = self.clocks.to_local(message) if self.clocks is not None else None
+            if converted is None:
+                self.unsynced += 1
+                self._warn(f"dropped {self.message_type.__name__} {message.frame_id} on {self.topic.name}: "
+                           f"no trusted estimate of host {message.clock!r}'s clock")
+                return None
+            message, uncertainty = converted
         claimed, now = newest_stamp_ns(message), now_ns()
-        if claimed > now:
+        if claimed > now + uncertainty:
             self.bad_stamp += 1
             self._warn(f"dropped {self.message_type.__name__} {message.frame_id} on {self.topic.name}: "
                        f"stamped {(claimed - now) / 1e6:.1f} ms in the future")
             return None
         self.received += 1
-        return Received(message, parts)  # type: ignore[arg-type]
+        return Received(message, parts, uncertainty)  # type: ignore[arg-type]
 
     def _warn(self, text: str) -> None:
         now = now_ns()

@@ -5,8 +5,13 @@ its capture time. A decision for a newer frame answers older ones too (a detecto
 superseded frames is degrading on purpose, not failing). A frame still unanswered at its deadline
 gets a fail-safe BRAKE at that moment, not later.
 
+Other hosts: a frame captured on another host arrives with its stamps converted into this host's
+clock (perception.clock) and the uncertainty of that conversion; its deadline is widened by that
+uncertainty, so a clock estimate cannot make a frame look late that was not.
+
 Trust: a decision answers frames only if it names a frame this watchdog saw captured (the same
-frame id with the same capture stamp); any other is counted as untrusted and ignored, so a forged
+frame id with the same capture stamp; from another host, the same within twice the conversion's
+uncertainty, since the decision's copy was converted by another process's estimate); any other is counted as untrusted and ignored, so a forged
 or corrupt decision cannot silence the deadlines of the frames after it. Stamps from the future
 never get here (the subscriber drops them), and pending deadlines are kept in deadline order, so
 no single frame can hold back the fail-safes of the others.
@@ -99,6 +104,12 @@ class _Pending:
     deadline_ns: int
 
 
+@dataclass(frozen=True)
+class _Seen:
+    capture_ns: int
+    uncertainty_ns: int  # of its conversion from another host's clock; 0 from this host
+
+
 class WatchdogCore:
     def __init__(self, rules: WatchdogRules, name: str, start_ns: int) -> None:
         self.rules = rules
@@ -110,7 +121,7 @@ class WatchdogCore:
             "degrade_steps", "relax_steps", "stale_dropped", "untrusted_decisions", "topic_down_events")}
         self.failsafe_delay_ns: deque[int] = deque(maxlen=10_000)  # fail-safe publish time minus its deadline
         self._pending: list[_Pending] = []  # in deadline order
-        self._seen: OrderedDict[int, int] = OrderedDict()  # frame_id -> capture_ns of recent frames
+        self._seen: OrderedDict[int, _Seen] = OrderedDict()  # recent frames by id
         self._answered_ns = -1  # capture time of the newest frame answered by a decision
         self._latencies: deque[int] = deque(maxlen=rules.window)
         self._misses_in_window: deque[bool] = deque(maxlen=rules.window)
@@ -133,27 +144,30 @@ class WatchdogCore:
         """Every message received on a monitored topic, valid ones only: rate and liveness."""
         self.topic_monitor.on_message(topic, now_ns)
 
-    def on_frame(self, header: FrameHeader) -> None:
+    def on_frame(self, header: FrameHeader, uncertainty_ns: int = 0) -> None:
+        """A captured frame; `uncertainty_ns`: of its stamps' conversion from another host's clock."""
         self.counters["frames"] += 1
         self._last_frame = (header.frame_id, header.capture_ns)
-        self._seen[header.frame_id] = header.capture_ns
+        self._seen[header.frame_id] = _Seen(header.capture_ns, uncertainty_ns)
         self._seen.move_to_end(header.frame_id)
         if len(self._seen) > RECENT_FRAMES:
             self._seen.popitem(last=False)
         if header.capture_ns > self._answered_ns:
-            pending = _Pending(header.frame_id, header.capture_ns, header.capture_ns + self.budget_ns)
+            pending = _Pending(header.frame_id, header.capture_ns, header.capture_ns + self.budget_ns + uncertainty_ns)
             bisect.insort(self._pending, pending, key=lambda p: p.deadline_ns)
 
     def on_decision(self, decision: Decision, now_ns: int) -> Outputs:
-        if self._seen.get(decision.frame_id) != decision.capture_ns:
+        seen = self._seen.get(decision.frame_id)
+        if seen is None or abs(decision.capture_ns - seen.capture_ns) > 2 * seen.uncertainty_ns:
             self.counters["untrusted_decisions"] += 1  # not about a frame we saw: forged, corrupt or foreign
             return Outputs()
         self.counters["decisions"] += 1
-        latency = now_ns - decision.capture_ns
-        if latency > self.budget_ns:
+        captured = seen.capture_ns  # this watchdog's own reading of it
+        latency = now_ns - captured
+        if latency > self.budget_ns + seen.uncertainty_ns:
             self.counters["late_decisions"] += 1  # its frame was already answered by a fail-safe
-        self._answered_ns = max(self._answered_ns, decision.capture_ns)
-        self._pending = [p for p in self._pending if p.capture_ns > decision.capture_ns]
+        self._answered_ns = max(self._answered_ns, captured)
+        self._pending = [p for p in self._pending if p.capture_ns > captured]
         self._latencies.append(latency)
         self._misses_in_window.append(latency > self.budget_ns)
         return self._adapt_depth(decision)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,3 +79,40 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 5, ordered: bool 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_two_hosts(tmp_path: Path, ports: list[int], transport: str = "inline", clock_ports: tuple[int, int] | None = None,
+                    rate: float = 10) -> Path:
+    """A launch split over hosts camera (capture) and compute (detector, decision, watchdog) on
+    loopback, CURVE keys in tmp_path/keys; node ports `ports`, the hosts' clock servers on `clock_ports`."""
+    camera_clock, compute_clock = clock_ports or (free_port(), free_port())
+    (tmp_path / "capture.yaml").write_text(
+        "node: {heartbeat_period_ms: 50}\nsource: {kind: synthetic, width: 320, height: 240, fps: %g}\n" % rate
+        + f"rate: {rate}\ntransport: {transport}\nwait_for_subscribers: 2\nwait_for_nodes: [detector, decision, watchdog]\n"
+    )
+    (tmp_path / "detector.yaml").write_text(
+        f"node: {{heartbeat_period_ms: 50}}\nmodel: {REPO / 'perception/weights/yolox_nano_exits.json'}\n"
+        "engine: {threads: 1}\npolicy: {kind: fixed, exit: 0}\nframes_from: capture\ncontrol_from: watchdog\n"
+    )
+    (tmp_path / "decision.yaml").write_text("node: {heartbeat_period_ms: 50}\ndetections_from: detector\n")
+    (tmp_path / "watchdog.yaml").write_text(
+        "node: {heartbeat_period_ms: 50}\n"
+        "rules: {monitored: [capture, detector, decision], heartbeat_timeout_ms: 300, startup_grace_ms: 2000}\n"
+    )
+    launch = tmp_path / "split.yaml"
+    launch.write_text(
+        f"status_period_s: 60\nbudget_ms: 100\nkeys: keys\n"
+        f"hosts: {{camera: {{address: 127.0.0.1, clock_port: {camera_clock}}}, "
+        f"compute: {{address: 127.0.0.1, clock_port: {compute_clock}}}}}\nnodes:\n"
+        + "".join(f"  - {{name: {n}, node: {n}, config: {n}.yaml, host: {h}, port: {port}, restart_delay_s: 0.2}}\n"
+                  for (n, h), port in zip([("capture", "camera"), ("detector", "compute"), ("decision", "compute"),
+                                           ("watchdog", "compute")], ports))
+    )
+    return launch

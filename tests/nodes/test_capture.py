@@ -2,7 +2,6 @@
 
 import json
 import re
-import socket
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import cv2
 import numpy as np
 import zmq
 
-from helpers import REPO, run_python, stop_process, wait_for
+from helpers import REPO, free_port, run_python, stop_process, wait_for
 from perception.transport import Subscriber, resolve_endpoint
 from perception.topics import FRAMES
 
@@ -56,18 +55,13 @@ def test_frames_of_the_wrong_shape_are_dropped_and_counted(tmp_path, run_dir):
     assert "source ended after 3 frames" in result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_inline_frames_over_tcp_reach_a_consumer_intact(tmp_path, run_dir):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     record = tmp_path / "frames.jsonl"
-    (tmp_path / "monitor.yaml").write_text(f"frames_from: '{endpoint}'\nrecord: {record.name}\n")
+    # Plain tcp on loopback: the CURVE set-up is tested in tests/perception/test_security.py.
+    (tmp_path / "monitor.yaml").write_text(f"node: {{insecure: true}}\nframes_from: '{endpoint}'\nrecord: {record.name}\n")
     (tmp_path / "capture.yaml").write_text(
-        f"node: {{publish: '{endpoint}'}}\nsource: {{kind: synthetic, width: 320, height: 240, count: 40}}\n"
+        f"node: {{publish: '{endpoint}', insecure: true}}\nsource: {{kind: synthetic, width: 320, height: 240, count: 40}}\n"
         "rate: 100\ntransport: inline\nwait_for_subscribers: 1\n"
     )
     monitor = subprocess.Popen([sys.executable, "-m", "nodes.monitor", "--name", "monitor", "--config",

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import REPO
+from helpers import REPO, free_port
 from perception.messages import Decision, decode
 from perception.topics import DECISIONS
 from perception.visualization import ANNOTATIONS_CHANNEL, IMAGE_CHANNEL
@@ -36,12 +36,6 @@ DRIVE = REPO / "recordings" / "udacity_dashcam.mcap"
 SUBPROTOCOL = "foxglove.sdk.v1"  # what the SDK's server accepts (it refuses a handshake without one)
 MESSAGE_DATA = 0x01
 WATCH_S = 45.0  # the whole watch, connection attempts included; the replay itself takes ~10 s
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def protobuf_class(channel: dict):  # noqa: ANN201 - a generated protobuf message class

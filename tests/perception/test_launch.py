@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, make_video, pid_alive, run_python, stop_process, wait_for
+from helpers import REPO, make_video, pid_alive, run_python, stop_process, wait_for, write_two_hosts
 from perception.shm_ring import segments_with_prefix
 
 
@@ -299,3 +299,141 @@ def test_a_second_node_with_the_same_name_in_one_run_fails_with_one_line(run_dir
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+# -- a launch split over hosts ---------------------------------------------------------------------
+def test_the_two_hosts_example_lays_out_endpoints_from_the_file_alone(tmp_path):
+    from perception.launch import load_launch_file, network_settings, place_nodes, resolve_node_config
+
+    spec = load_launch_file(REPO / "launch" / "two_hosts.yaml")
+    typed = {n.name: resolve_node_config(n, "two_hosts.yaml", spec.budget_ms)[1] for n in spec.nodes}
+    placements = place_nodes(spec, typed, tmp_path, "two_hosts.yaml")
+    # Capture is read from compute (frames, heartbeats); compute's nodes from camera (capture waits for them).
+    assert {n: (p.host, p.bind, p.key) for n, p in placements.items()} == {
+        "capture": ("camera", "tcp://127.0.0.1:7100", "camera"),
+        "detector": ("compute", "tcp://127.0.0.1:7101", "compute"),
+        "decision": ("compute", "tcp://127.0.0.1:7102", "compute"),
+        "watchdog": ("compute", "tcp://127.0.0.1:7103", "compute"),
+    }
+    told = network_settings(spec, placements, "watchdog", tmp_path / "keys")
+    assert told["publish"] == "tcp://127.0.0.1:7103" and told["key"] == "compute" and not told["insecure"]
+    # The watchdog's rules.monitored names resolve to where those nodes publish, capture on the other host.
+    assert told["peers"]["capture"] == {"endpoint": "tcp://127.0.0.1:7100", "key": "camera"}
+    assert set(told["peers"]) >= set(typed["watchdog"].rules.monitored)
+
+
+def test_a_launch_split_over_hosts_refuses_a_bad_layout_with_one_line(tmp_path):
+    from perception.config import ConfigError
+    from perception.launch import Launcher, load_launch_file
+
+    launch = write_two_hosts(tmp_path, [7200, 7201, 7202, 7203])
+    result = run_python(["-m", "perception.cli", "launch", str(launch)])
+    assert result.returncode == 78 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "splits its nodes over hosts camera, compute: start each part with --host NAME" in errors[0]
+    spec = load_launch_file(launch)
+    with pytest.raises(ConfigError, match="no host 'nowhere' \\(hosts: camera, compute\\)"):
+        Launcher(spec, str(launch), host="nowhere")
+    with pytest.raises(ConfigError, match="nodes\\[capture\\]: its frames are read by detector on compute, watchdog on "
+                                          "compute, where its shared memory is not: set params: \\{transport: inline\\}"):
+        Launcher(load_launch_file(write_two_hosts(tmp_path, [7200, 7201, 7202, 7203], transport="shm")), "split.yaml",
+                 host="camera")
+    with pytest.raises(ConfigError, match="nodes decision and watchdog both publish on tcp://127.0.0.1:7202"):
+        Launcher(load_launch_file(write_two_hosts(tmp_path, [7200, 7201, 7202, 7202])), "split.yaml", host="camera")
+    with pytest.raises(ConfigError, match="camera.key_secret: no secret key for 'camera'"):
+        Launcher(spec, str(launch), host="camera")  # keys: keys does not exist yet
+    insecure = tmp_path / "insecure.yaml"
+    insecure.write_text(launch.read_text().replace("keys: keys\n", ""))
+    with pytest.raises(ConfigError, match="node capture: tcp://127.0.0.1:7200 without CURVE keys"):
+        Launcher(load_launch_file(insecure), "insecure.yaml", host="compute")
+
+
+def test_two_launchers_split_over_hosts_carry_decisions_end_to_end_with_curve(tmp_path):
+    """Capture under one launcher (--host camera), detector, decision and watchdog under another
+    (--host compute), on loopback with CURVE: decisions flow, the watchdog hears the remote capture's
+    heartbeats and brakes when it dies, and both launchers stop cleanly."""
+    import zmq
+
+    from helpers import free_port
+    from perception.clock import ClockConfig, ClockSync
+    from perception.messages import Reason
+    from perception.security import CurveClient, create_keys, load_identity, read_public_key
+    from perception.topics import DECISIONS, WATCHDOG_STATUS
+    from perception.transport import Subscriber
+
+    ports = [free_port() for _ in range(4)]
+    clock_ports = (free_port(), free_port())
+    launch = write_two_hosts(tmp_path, ports, clock_ports=clock_ports)
+    create_keys(tmp_path / "keys", ["camera", "compute"])
+    status = {host: tmp_path / f"{host}.json" for host in ("camera", "compute")}
+    launchers = {host: subprocess.Popen([sys.executable, "-m", "perception.cli", "launch", str(launch), "--host", host,
+                                         "--status-file", str(status[host])], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                 for host in ("compute", "camera")}
+    # An observer on the compute side, with compute's keys: decision and watchdog publish on tcp
+    # (capture on camera waits for their heartbeats), so it reads them where camera would.
+    context = zmq.Context()
+    endpoints = [f"tcp://127.0.0.1:{port}" for port in ports[2:]]
+    curve = CurveClient(load_identity(tmp_path / "keys", "compute"),
+                        {e: read_public_key(tmp_path / "keys", "compute") for e in endpoints})
+    decisions = Subscriber(context, endpoints, DECISIONS, False, curve=curve)
+    statuses = Subscriber(context, endpoints[1], WATCHDOG_STATUS, False, curve=curve)
+    # The observer is a third host: it converts compute's stamps with compute's clock server.
+    compute_clock = f"tcp://127.0.0.1:{clock_ports[1]}"
+    clocks = ClockSync(context, {"compute": compute_clock}, ClockConfig(period_s=0.1), curve=CurveClient(
+        curve.identity, {compute_clock: read_public_key(tmp_path / "keys", "compute")}))
+    decisions.clocks = statuses.clocks = clocks
+    seen: dict[str, list] = {"decisions": [], "status": []}
+
+    def collect(timeout_s: float = 0.2) -> None:
+        for name, subscriber in (("decisions", decisions), ("status", statuses)):
+            if subscriber.socket.poll(int(timeout_s * 500)):
+                seen[name] += [(time.monotonic(), r.message) for r in subscriber.receive()]
+
+    def wait(predicate, timeout_s: float):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            collect()
+            if predicate():
+                return True
+        return False
+
+    def by_decision_node(after: float) -> list:
+        return [d for t, d in seen["decisions"] if t >= after and d.decided_by == "decision"]
+
+    try:
+        assert wait(lambda: len(by_decision_node(0)) >= 10, timeout_s=90), \
+            "no decisions reached the observer:\n" + "".join(p.stderr.read() if p.poll() is not None else ""
+                                                            for p in launchers.values())
+        frame_ids = [d.frame_id for d in by_decision_node(0)]
+        assert frame_ids == sorted(frame_ids)
+        # Past the watchdog's 2 s start-up grace, capture (on the other host) is heard: nobody is down.
+        first_status = seen["status"][0][0]
+        assert wait(lambda: seen["status"][-1][0] > first_status + 3.0, timeout_s=10)
+        assert seen["status"][-1][1].nodes_down == ()
+
+        # Kill capture on camera: the watchdog on compute brakes naming it; camera's launcher restarts it.
+        capture = node_row(read_status(status["camera"]), "capture")
+        killed_at = time.monotonic()
+        os.kill(capture["pid"], signal.SIGKILL)
+        assert wait(lambda: any(d.reason == Reason.NODE_DOWN and "capture" in d.detail
+                                for t, d in seen["decisions"] if t >= killed_at), timeout_s=5)
+        assert wait(lambda: (s := read_status(status["camera"])) and node_row(s, "capture")["restarts"] == 1, 10)
+        assert wait(lambda: len(by_decision_node(time.monotonic() - 0.5)) > 0 and seen["status"][-1][1].nodes_down == (),
+                    timeout_s=30), "decisions did not resume after capture's restart"
+        assert {r["name"] for r in read_status(status["compute"])["nodes"]} == {"detector", "decision", "watchdog"}
+        assert all(r["restarts"] == 0 for r in read_status(status["compute"])["nodes"])
+    finally:
+        decisions.close()
+        statuses.close()
+        clocks.close()
+        context.term()
+        started = time.monotonic()
+        for process in launchers.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        outputs = {host: process.communicate(timeout=10)[1] for host, process in launchers.items()}
+        stopped_s = time.monotonic() - started
+    assert stopped_s < 3.0
+    for host, process in launchers.items():
+        assert process.returncode == 0, outputs[host]
+        assert "all nodes stopped" in outputs[host]

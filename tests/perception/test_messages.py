@@ -55,7 +55,7 @@ def edited(message, **changes) -> bytes:
 
 
 @pytest.mark.parametrize("changes, match", [
-    ({"wire": 3}, "wire version 3, this build speaks 4"),
+    ({"wire": 4}, "wire version 4, this build speaks 5"),
     ({"wire": None}, "wire version None"),
     ({"type": "Pickle"}, "unknown type 'Pickle'"),
     ({"type": ["FrameHeader"]}, "unknown type"),

@@ -221,9 +221,9 @@ def test_a_bad_image_message_is_an_error_naming_file_and_frame(tmp_path, image, 
 
 
 @pytest.mark.parametrize("frame_header", [
-    b"\x00garbage", b'{"wire": 4, "type": "FrameHeader", "frame_id": 2}',
+    b"\x00garbage", b'{"wire": %d, "type": "FrameHeader", "frame_id": 2}' % WIRE_VERSION,
     encode(header(2))[:-1] + b',"colour":1}', encode(all_messages()[3]),
-    encode(header(2)).replace(b'"wire":4', b'"wire":3'),
+    encode(header(2)).replace(b'"wire":%d' % WIRE_VERSION, b'"wire":%d' % (WIRE_VERSION - 1)),
 ], ids=["not-json", "missing-fields", "unknown-field", "a-decision", "old-wire-version"])
 def test_a_bad_frame_header_is_an_error_naming_file_and_message(tmp_path, frame_header):
     path = write_mcap(tmp_path / "bad.mcap", [("/frames", header_json(1)), ("/camera/image", jpeg_image(1)),

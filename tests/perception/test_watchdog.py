@@ -53,6 +53,19 @@ def test_a_decision_for_a_newer_frame_answers_older_ones():
     assert w.counters["deadline_misses"] == 0 and w.next_wakeup_ns() is None
 
 
+def test_a_frame_from_another_host_gets_its_deadline_widened_and_a_decision_within_the_clocks_uncertainty():
+    """The frame's stamps were converted from the camera host's clock with 2 ms uncertainty; the
+    decision's copy was converted by the detector's own estimate, a little differently."""
+    w = core()
+    w.on_frame(frame(7, T0), uncertainty_ns=2 * MS)
+    assert w.next_wakeup_ns() == T0 + 102 * MS  # widened: no brake because of a clock estimate
+    w.on_decision(decision(7, T0 + 3 * MS), T0 + 50 * MS)  # 3 ms off: within 2 x 2 ms
+    assert w.counters["decisions"] == 1 and w.next_wakeup_ns() is None
+    w.on_frame(frame(8, T0 + 40 * MS), uncertainty_ns=2 * MS)
+    w.on_decision(decision(8, T0 + 45 * MS), T0 + 60 * MS)  # 5 ms off: not that frame
+    assert w.counters["untrusted_decisions"] == 1 and w.next_wakeup_ns() == T0 + 142 * MS
+
+
 def test_a_late_decision_is_counted_after_the_failsafe():
     w = core()
     w.on_frame(frame(1, T0))
