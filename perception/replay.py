@@ -148,11 +148,14 @@ class _Lines:
 
     def __init__(self, stream: typing.TextIO) -> None:
         self.stream = stream
+        self._last = ""
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").rstrip()
-        if line:
+        count = line.split(" [", 1)[0]  # the bar and count, without the timing that changes every redraw
+        if line and count != self._last:  # tqdm draws the final count again as it closes
             self.stream.write(line + "\n")
+            self._last = count
 
     def flush(self) -> None:
         self.stream.flush()
