@@ -50,7 +50,7 @@ import zmq
 
 from perception.config import ConfigError, apply_override, from_mapping, load_yaml
 from perception.latency import now_ns
-from perception.clock import ClockConfig, ClockServer
+from perception.clock import ClockConfig, ClockServer, ClockSync
 from perception.messages import HOST_ENV, Heartbeat, NodeState, WatchdogStatus
 from perception.node import EXIT_CONFIG, NETWORK_ENV, RUN_DIR_ENV, RUN_ID_ENV, private_run_dir, stop_order_path
 from perception.security import (
@@ -617,6 +617,11 @@ class Launcher:
         heartbeats = Subscriber(self._context, [m.endpoint for m in self.nodes], HEARTBEAT, latest=False, curve=curve)
         watchdogs = [m.endpoint for m in self.nodes if m.spec.node == "watchdog"]
         status = Subscriber(self._context, watchdogs, WATCHDOG_STATUS, latest=True, curve=curve) if watchdogs else None
+        # Its nodes stamp with its host's clock, which is this process's: their messages need no conversion.
+        own_clock = ClockSync(self._context, {}, host=self.host)
+        heartbeats.clocks = own_clock
+        if status is not None:
+            status.clocks = own_clock
         end_ns = now_ns() + int(duration_s * 1e9) if duration_s else None
         next_status_ns = 0
         clock_server = self._serve_clock()

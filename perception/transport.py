@@ -205,7 +205,8 @@ class Subscriber(Generic[M]):
             self._warn(f"dropped malformed message on {self.topic.name}: {exc}")
             return None
         uncertainty = 0
-        if message.clock != THIS_HOST:  # stamps in another host's clock: converted here, or not used at all
+        local = self.clocks.host if self.clocks is not None else THIS_HOST
+        if message.clock != local:  # stamps in another host's clock: converted here, or not used at all
             converted = self.clocks.to_local(message) if self.clocks is not None else None
             if converted is None:
                 self.unsynced += 1

@@ -422,6 +422,9 @@ def test_two_launchers_split_over_hosts_carry_decisions_end_to_end_with_curve(tm
                     timeout_s=30), "decisions did not resume after capture's restart"
         assert {r["name"] for r in read_status(status["compute"])["nodes"]} == {"detector", "decision", "watchdog"}
         assert all(r["restarts"] == 0 for r in read_status(status["compute"])["nodes"])
+        # Each launcher hears its own nodes (stamped with its host's clock), so it never takes them for hung.
+        assert all(r["node_state"] == "ok" and r["heartbeat_age_ms"] < 1000
+                   for host in status for r in read_status(status[host])["nodes"])
     finally:
         decisions.close()
         statuses.close()
