@@ -60,8 +60,7 @@ def watch(node: Node, config: WatchdogConfig) -> None:
         if decisions in ready:
             for received in decisions.receive():
                 if received.message.decided_by != node.name:
-                    core.on_message(DECISIONS, now_ns())
-                    publish(node, core.on_decision(received.message, now_ns()))
+                    publish(node, core.on_decision(received.message, now_ns(), received.clock_uncertainty_ns))
         if heartbeats in ready:
             for received in heartbeats.receive():
                 core.on_heartbeat(received.message, now_ns())

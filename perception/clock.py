@@ -167,14 +167,18 @@ class ClockSync:
             return None
         shift = estimate.offset_ns
         # capture_ns 0 is "no frame yet" (a heartbeat before the first frame, a status): not a time.
-        fields = {"capture_ns": message.capture_ns + shift if message.capture_ns else 0, "clock": self.host,
-                  "stamps": tuple(Stamp(s.stage, s.t_ns + shift) for s in message.stamps)}
-        if hasattr(message, "sent_ns"):  # a heartbeat's send time is a stamp too
-            fields["sent_ns"] = message.sent_ns + shift
-        times = [fields["capture_ns"], fields.get("sent_ns", 0), *(s.t_ns for s in fields["stamps"])]
-        if min(times) < 0:
-            return None  # before this host's clock began: an estimate this wrong is not used
-        return dataclasses.replace(message, **fields), estimate.uncertainty_ns
+        capture = message.capture_ns + shift if message.capture_ns else 0
+        stamps = [(s.stage, s.t_ns + shift) for s in message.stamps]
+        sent = message.sent_ns + shift if hasattr(message, "sent_ns") else 0  # a heartbeat's send time is a stamp too
+        if not all(0 <= t < 2**63 for t in (capture, sent, *(t for _, t in stamps))):
+            return None  # outside this host's clock (a remote reboot, a wild estimate): not used, never raised
+        fields = {"capture_ns": capture, "clock": self.host, "stamps": tuple(Stamp(stage, t) for stage, t in stamps)}
+        if hasattr(message, "sent_ns"):
+            fields["sent_ns"] = sent
+        try:
+            return dataclasses.replace(message, **fields), estimate.uncertainty_ns
+        except ValueError:  # the shifted stamps break a rule of the message: as untrusted as a wild estimate
+            return None
 
     def report(self) -> dict[str, dict]:
         """Per remote host: the offset in use and its uncertainty (for the latency report)."""
@@ -225,10 +229,23 @@ class ClockSync:
             return
         sample = self._sample(t0, t1, t2, t3, tai, realtime)
         if sample is not None:
-            self._samples[host].append(sample)
-            best = min(self._samples[host], key=lambda s: s.uncertainty_ns + (t3 - s.taken_ns) * self.config.drift_ppm * 1e-6)
-            self.estimates = {**self.estimates, host: Estimate(best.offset_ns, best.uncertainty_ns, best.delay_ns,
-                                                                best.taken_ns, len(self._samples[host]))}
+            self._accept(host, sample)
+
+    def _accept(self, host: str, sample: Estimate) -> None:
+        """One exchange's sample into `host`'s window, and the window's best as its estimate."""
+        now = sample.taken_ns
+        current = self.estimates.get(host)
+        if current is not None and abs(sample.offset_ns - current.offset_ns) > (
+                sample.uncertainty_ns + current.uncertainty_ns + (now - current.taken_ns) * self.config.drift_ppm * 1e-6):
+            # The remote clock stepped (a reboot restarts CLOCK_MONOTONIC): the old samples, however
+            # quick, describe a clock that no longer exists. Start again, as NTP does.
+            self._samples[host].clear()
+            log.warning("clock of host %s stepped by %.3f ms: estimate restarted", host,
+                        (sample.offset_ns - current.offset_ns) / 1e6)
+        self._samples[host].append(sample)
+        best = min(self._samples[host], key=lambda s: s.uncertainty_ns + (now - s.taken_ns) * self.config.drift_ppm * 1e-6)
+        self.estimates = {**self.estimates, host: Estimate(best.offset_ns, best.uncertainty_ns, best.delay_ns,
+                                                            best.taken_ns, len(self._samples[host]))}
 
     def _sample(self, t0: int, t1: int, t2: int, t3: int, tai: int, realtime: int) -> Estimate | None:
         delay = (t3 - t0) - (t2 - t1)

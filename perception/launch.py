@@ -76,7 +76,8 @@ class HostSpec:
     address: str  # IP or name the other hosts reach it at
     bind: str | None = None  # interface its publishers bind (default: address; "*" for every interface)
     # Its launcher's clock server (perception.clock), which the other hosts' nodes ask for its time;
-    # default base_port + the number of nodes + its index among the hosts.
+    # default base_port - 1 - its index among the hosts (below the nodes' ports, whatever is added
+    # to one host's part, e.g. a live view, so every host computes the same).
     clock_port: int | None = None
 
     def __post_init__(self) -> None:
@@ -267,7 +268,7 @@ def clock_endpoints(spec: LaunchFile) -> dict[str, tuple[str, str]]:
     """Host -> (bind, connect) of its launcher's clock server; none without hosts."""
     endpoints = {}
     for index, (name, host) in enumerate(spec.hosts.items()):
-        port = host.clock_port or spec.base_port + len(spec.nodes) + index
+        port = host.clock_port or spec.base_port - 1 - index
         endpoints[name] = (_tcp(host.bind or host.address, port), _tcp(host.address, port))
     return endpoints
 
@@ -399,6 +400,7 @@ class Launcher:
         self._exit_code = 0
         self._context = zmq.Context()
         self.watchdog_status: WatchdogStatus | None = None  # the newest, for the topic column of the status
+        self._clock_curve: CurveServer | None = None  # the ZAP handler of its clock server, when over CURVE
         self._validate_and_prepare()
 
     @classmethod
@@ -462,7 +464,6 @@ class Launcher:
     def _serve_clock(self) -> ClockServer | None:
         """This host's clock, for the other hosts' nodes to convert its stamps (perception.clock);
         over CURVE when the launch has keys, so only its hosts can ask and trust the answer."""
-        self._clock_curve = None
         if not self.spec.hosts or self.host is None or len(self.spec.hosts) < 2:
             return None
         bind, _ = clock_endpoints(self.spec)[self.host]
@@ -624,8 +625,9 @@ class Launcher:
             status.clocks = own_clock
         end_ns = now_ns() + int(duration_s * 1e9) if duration_s else None
         next_status_ns = 0
-        clock_server = self._serve_clock()
+        clock_server = None
         try:
+            clock_server = self._serve_clock()
             for managed in self.nodes:
                 self._start(managed)
             while self._stop_reason is None:
@@ -734,7 +736,7 @@ def launch_main(path: Path, duration_s: float | None, status_file: Path | None,
             if host in spec.hosts:  # the live view runs where it was asked for
                 spec = dataclasses.replace(spec, nodes=[*spec.nodes[:-1], dataclasses.replace(spec.nodes[-1], host=host)])
         launcher = Launcher(spec, str(path), status_file, host=host, keys=keys)
+        return launcher.run(duration_s)  # ConfigError too: its host's clock port may be taken
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
-    return launcher.run(duration_s)

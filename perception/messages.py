@@ -48,6 +48,7 @@ MAX_RING_SLOTS = 256
 MAX_COUNTERS = 1024
 MAX_LIST_ITEMS = 256  # e.g. a watchdog's nodes_down
 MAX_MESSAGE_BYTES = 1 << 20  # 4096 detections are ~300 kB
+MAX_MEDIA_NS = 2**32 * 10**9 - 1  # a media time Foxglove can show (its timestamps hold u32 seconds)
 LEVEL_PROPAGATE = -1  # Detections.exit_index of a frame that ran no network: tracks moved by optical flow
 # Node names, stage names, shared-memory ring names: letters, digits and '._-', never a path.
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -205,6 +206,7 @@ class FrameHeader(Message):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_range(self.media_ns, 0, MAX_MEDIA_NS, "media time")
         _check_range(self.width, 1, MAX_IMAGE_SIDE, "frame width")
         _check_range(self.height, 1, MAX_IMAGE_SIDE, "frame height")
         if self.channels not in (1, 3, 4):
@@ -249,6 +251,7 @@ class Detections(Message):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_range(self.media_ns, 0, MAX_MEDIA_NS, "media time")
         n = len(self.boxes)
         if self.track_ids is None:
             object.__setattr__(self, "track_ids", np.zeros((n,), np.uint32))
@@ -302,6 +305,8 @@ class Target:
     ttc_s: float = field(default=math.inf, metadata={"inf_as_null": True})  # time to collision; inf: not closing
 
     def __post_init__(self) -> None:
+        if len(self.box) != 4:
+            raise ValueError(f"a target's box has {len(self.box)} values, not x1 y1 x2 y2")
         check_finite((self.score, *self.box), "the target's score or box")
         if not 0 <= self.score <= 1 or math.isnan(self.ttc_s) or self.ttc_s < 0:
             raise ValueError(f"target score {self.score} or ttc {self.ttc_s} is impossible")
@@ -341,6 +346,8 @@ class Heartbeat(Message):
         super().__post_init__()
         check_name(self.node, "node")
         _check_range(self.pid, 1, 2**32 - 1, "pid")
+        _check_range(self.seq, 0, 2**63 - 1, "heartbeat seq")
+        _check_range(self.sent_ns, 0, 2**63 - 1, "heartbeat sent_ns")
         _check_counters(self.counters)
 
 
@@ -378,6 +385,7 @@ class WatchdogStatus(Message):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_range(self.depth_limit, 0, 255, "depth_limit")
         for name in self.nodes_down:
             check_name(name, "node")
         _check_counters(self.counters)

@@ -187,10 +187,16 @@ class Node:
             self._stop_curve_server()
             os.close(self._name_lock)
             raise
-        # The other hosts' clocks, when the launch has hosts: their messages are converted on receipt.
-        servers = {host: self.resolve(peer.endpoint)[0] for host, peer in self.settings.clocks.items()}
-        self.clocks = ClockSync(self.context, servers, self.settings.clock, curve=self.curve_client(
-            [(servers[host], peer.key) for host, peer in self.settings.clocks.items()]))
+        try:
+            # The other hosts' clocks, when the launch has hosts: their messages are converted on receipt.
+            servers = {host: self.resolve(peer.endpoint)[0] for host, peer in self.settings.clocks.items()}
+            self.clocks = ClockSync(self.context, servers, self.settings.clock, curve=self.curve_client(
+                [(servers[host], peer.key) for host, peer in self.settings.clocks.items()]))
+        except ValueError:  # a clock endpoint without its key (SecurityError), a bad host name
+            self.publisher.close()
+            self._stop_curve_server()
+            os.close(self._name_lock)
+            raise
         self._subscribers: list[Subscriber] = []
         self._poller = zmq.Poller()
         self._closers: list[Callable[[], None]] = []

@@ -61,8 +61,9 @@ def require_secure(who: str, endpoint: str, curve: bool, insecure: bool) -> None
 
 
 def check_key_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise SecurityError(f"key name {name!r} may hold only letters, digits, '.', '-' and '_'")
+    # A host's key name is also the clock name its messages carry: at most 64 characters (messages.py).
+    if not _NAME.fullmatch(name) or len(name) > 64:
+        raise SecurityError(f"key name {name[:80]!r} may hold only letters, digits, '.', '-' and '_' (at most 64)")
     return name
 
 

@@ -10,8 +10,9 @@ clock (perception.clock) and the uncertainty of that conversion; its deadline is
 uncertainty, so a clock estimate cannot make a frame look late that was not.
 
 Trust: a decision answers frames only if it names a frame this watchdog saw captured (the same
-frame id with the same capture stamp; from another host, the same within twice the conversion's
-uncertainty, since the decision's copy was converted by another process's estimate); any other is counted as untrusted and ignored, so a forged
+frame id with the same capture stamp; from another host, the same within twice the frame's and the
+decision's conversion uncertainties, since their copies went through other processes' clock
+estimates); any other is counted as untrusted and ignored, so a forged
 or corrupt decision cannot silence the deadlines of the frames after it. Stamps from the future
 never get here (the subscriber drops them), and pending deadlines are kept in deadline order, so
 no single frame can hold back the fail-safes of the others.
@@ -50,7 +51,7 @@ from perception.messages import (
     Action, Control, Decision, FrameHeader, Heartbeat, NodeState, Reason, Stamp, SystemState, TopicHealth, WatchdogStatus,
 )
 from perception.topic_monitor import DOWN_STATES, TopicLimits, TopicMonitor
-from perception.topics import MONITORED, Topic
+from perception.topics import DECISIONS, MONITORED, Topic
 
 MS = 1_000_000
 RECENT_FRAMES = 1024  # frames a decision may name: far more than fit in any budget at any frame rate
@@ -156,11 +157,16 @@ class WatchdogCore:
             pending = _Pending(header.frame_id, header.capture_ns, header.capture_ns + self.budget_ns + uncertainty_ns)
             bisect.insort(self._pending, pending, key=lambda p: p.deadline_ns)
 
-    def on_decision(self, decision: Decision, now_ns: int) -> Outputs:
+    def on_decision(self, decision: Decision, now_ns: int, uncertainty_ns: int = 0) -> Outputs:
+        """A decision; `uncertainty_ns`: of its stamps' conversion from another host's clock."""
         seen = self._seen.get(decision.frame_id)
-        if seen is None or abs(decision.capture_ns - seen.capture_ns) > 2 * seen.uncertainty_ns:
+        # Across hosts the frame's capture time reached the decision through other processes' clock
+        # estimates, each off by up to its uncertainty: twice both is the most they can disagree.
+        tolerance = 2 * (seen.uncertainty_ns + uncertainty_ns) if seen is not None else 0
+        if seen is None or abs(decision.capture_ns - seen.capture_ns) > tolerance:
             self.counters["untrusted_decisions"] += 1  # not about a frame we saw: forged, corrupt or foreign
             return Outputs()
+        self.topic_monitor.on_message(DECISIONS, now_ns)  # only trusted ones keep the topic alive
         self.counters["decisions"] += 1
         captured = seen.capture_ns  # this watchdog's own reading of it
         latency = now_ns - captured

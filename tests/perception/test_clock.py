@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 
 import pytest
 import zmq
@@ -178,3 +179,24 @@ def test_a_camera_host_whose_clock_runs_50_ms_ahead_gives_the_deadlines_and_late
     print(f"\ncamera clock offset {offset.offset_ns / 1e6:+.3f} ms +- {offset.uncertainty_ns / 1e6:.3f}; "
           f"capture-time error over {len(errors_ms)} decisions: median {sorted(errors_ms)[len(errors_ms) // 2]:.3f} ms, "
           f"max {max(errors_ms):.3f} ms; end to end p50 {latencies_ms[len(latencies_ms) // 2]:.1f} ms")
+
+
+def test_a_wild_estimate_drops_the_message_and_never_crashes_the_subscriber():
+    """A camera board that rebooted restarts its clock: an old estimate would shift stamps below
+    zero (or past 2**63); the message is untrusted, never an exception in a safety node's loop."""
+    sync = ClockSync(zmq.Context.instance(), {})
+    sync.estimates = {"camera": Estimate(-3_600 * 10**9, 100_000, 200_000, now_ns(), 8)}
+    assert sync.to_local(decision_from("camera", 2_000)) is None
+    sync.estimates = {"camera": Estimate(10**9, 100_000, 200_000, now_ns(), 8)}
+    assert sync.to_local(decision_from("camera", 2**63 - 10)) is None
+
+
+def test_a_remote_clock_that_steps_restarts_the_estimate_instead_of_trusting_old_samples():
+    sync = ClockSync(zmq.Context.instance(), {})
+    sync._samples = {"camera": deque(maxlen=16)}
+    t = now_ns()
+    for i in range(8):  # quick exchanges: offset -50 ms, 50 us uncertainty
+        sync._accept("camera", Estimate(-SKEW_NS, 50_000, 100_000, t + i * 20_000_000, 1))
+    rebooted = Estimate(9 * 86_400 * 10**9, 150_000, 300_000, t + 200_000_000, 1)  # a slower exchange, new clock
+    sync._accept("camera", rebooted)
+    assert sync.estimates["camera"].offset_ns == rebooted.offset_ns and sync.estimates["camera"].samples == 1

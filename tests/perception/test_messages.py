@@ -170,6 +170,10 @@ FULL = tuple(Stamp(f"s{i}", 2_000 + i) for i in range(32))
     (DECISION, {"target": Target(class_id=2, score=0.8, box=(1.0, 2.0, 3.0, 4.0))}, None),
     (HEARTBEAT, {"node": ""}, "node '' is not a name"),
     (HEARTBEAT, {"pid": 0}, "pid 0"),
+    # Found by review (issue 11): they decoded, then crashed the recorder's and viewer's Foxglove stamps.
+    (FRAME, {"media_ns": -1}, "media time -1"),
+    (DETECTIONS, {"media_ns": 2**70}, "media time"),
+    (HEARTBEAT, {"sent_ns": -5}, "heartbeat sent_ns -5"),
 ])
 def test_well_formed_messages_with_impossible_fields_are_malformed(message, fields, match):
     """What crashed nodes under fault injection (issue 8): each is a MessageError at decode."""
@@ -179,6 +183,13 @@ def test_well_formed_messages_with_impossible_fields_are_malformed(message, fiel
         return
     with pytest.raises(MessageError, match=match):
         decode(data)
+
+
+def test_a_target_whose_box_is_not_four_values_is_malformed():
+    bad = Target(class_id=2, score=0.8, box=(1.0, 2.0, 3.0, 4.0))
+    object.__setattr__(bad, "box", (1.0, 2.0, 3.0, 4.0, 5.0))
+    with pytest.raises(MessageError, match="box has 5 values"):
+        decode(forged(DECISION, target=bad))
 
 
 def test_a_target_with_an_impossible_score_is_malformed():

@@ -66,6 +66,19 @@ def test_a_frame_from_another_host_gets_its_deadline_widened_and_a_decision_with
     assert w.counters["untrusted_decisions"] == 1 and w.next_wakeup_ns() == T0 + 142 * MS
 
 
+def test_a_decision_converted_on_another_host_is_trusted_within_both_conversions():
+    """Watchdog on the capture host, decision node on another: the frame's capture time went there
+    and back through two clock estimates, so the watchdog's own reading is exact (0) and the
+    decision's conversion carries the uncertainty."""
+    w = core()
+    w.on_frame(frame(7, T0))
+    w.on_decision(decision(7, T0 + 1 * MS), T0 + 50 * MS, uncertainty_ns=1 * MS)
+    assert w.counters["decisions"] == 1 and w.counters["untrusted_decisions"] == 0
+    w.on_frame(frame(8, T0 + 40 * MS))
+    w.on_decision(decision(8, T0 + 40 * MS + 1 * MS), T0 + 60 * MS)  # same offset, but from this host: exact only
+    assert w.counters["untrusted_decisions"] == 1
+
+
 def test_a_late_decision_is_counted_after_the_failsafe():
     w = core()
     w.on_frame(frame(1, T0))
