@@ -38,7 +38,11 @@ CONFIG = WatchdogConfig
 
 
 def watch(node: Node, config: WatchdogConfig) -> None:
-    core = WatchdogCore(config.rules, node.name, now_ns())
+    sources = {FRAMES: config.frames_from, DETECTIONS: config.detections_from, DECISIONS: config.decisions_from}
+    # Node names only: an endpoint URL names no node whose heartbeat could say it is stopping.
+    publishers = {topic: names for topic, refs in sources.items()
+                  if (names := [r for r in ([refs] if isinstance(refs, str) else refs) if "://" not in r])}
+    core = WatchdogCore(config.rules, node.name, now_ns(), publishers)
     frames = node.subscribe(config.frames_from, FRAMES, latest=False)
     detections = node.subscribe(config.detections_from, DETECTIONS, latest=False)
     decisions = node.subscribe(config.decisions_from, DECISIONS, latest=False)

@@ -72,12 +72,15 @@ class _TopicTrack:
 
 
 class TopicMonitor:
-    def __init__(self, topics: dict[Topic, TopicLimits], start_ns: int, grace_ms: float, window_s: float = 1.0) -> None:
+    def __init__(self, topics: dict[Topic, TopicLimits], start_ns: int, grace_ms: float, window_s: float = 1.0,
+                 publishers: dict[Topic, list[str]] | None = None) -> None:
         """A topic is not expected while the topic it is computed from (`Topic.upstream`, when
-        monitored too) is not flowing."""
+        monitored too) is not flowing, or once all its `publishers` (node names; default the topic
+        table's) said they are stopping."""
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         self._tracks = {topic: _TopicTrack(topic, limits, int(window_s * 1e9)) for topic, limits in topics.items()}
+        self._publishers = {topic: set((publishers or {}).get(topic) or topic.publishers) for topic in topics}
         self._grace_end_ns = start_ns + int(grace_ms * 1e6)
 
     def on_message(self, topic: Topic, now_ns: int) -> None:
@@ -95,7 +98,7 @@ class TopicMonitor:
 
     def _judge(self, track: _TopicTrack, now_ns: int, departed: set[str]) -> tuple[TopicState, float]:
         limits = track.limits
-        if set(track.topic.publishers) <= departed:
+        if self._publishers[track.topic] <= departed:
             return TopicState.IDLE, 0.0
         upstream = self._tracks.get(track.topic.upstream) if track.topic.upstream else None
         if upstream is not None and not upstream.flowing(now_ns):

@@ -112,7 +112,10 @@ class _Seen:
 
 
 class WatchdogCore:
-    def __init__(self, rules: WatchdogRules, name: str, start_ns: int) -> None:
+    def __init__(self, rules: WatchdogRules, name: str, start_ns: int,
+                 publishers: dict[Topic, list[str]] | None = None) -> None:
+        """`publishers`: the nodes this watchdog reads each monitored topic from, when they are not
+        the topic table's (a launch that names its nodes otherwise)."""
         self.rules = rules
         self.name = name
         self.budget_ns = int(rules.budget_ms * MS)
@@ -136,7 +139,7 @@ class WatchdogCore:
         self._last_repeat_ns = 0
         self._last_frame = (0, 0)
         limits = {t: rules.topics.get(t.name) or TopicLimits.of(t) for t in MONITORED if t.name in rules.monitored_topics}
-        self.topic_monitor = TopicMonitor(limits, start_ns, rules.startup_grace_ms, rules.topic_window_s)
+        self.topic_monitor = TopicMonitor(limits, start_ns, rules.startup_grace_ms, rules.topic_window_s, publishers)
         self._topics: tuple[TopicHealth, ...] = ()
         self._topics_down: set[str] = set()
 

@@ -107,3 +107,12 @@ def test_the_watchdog_brakes_when_the_detector_heartbeats_but_publishes_nothing(
     status = w.status()
     assert status.state == SystemState.FAILSAFE and status.topics_down == (DETECTIONS.name,)
     assert status.nodes_down == () and status.counters["topic_down_events"] == 1
+
+
+def test_a_renamed_capture_node_that_stops_leaves_its_topic_idle_not_down():
+    """A launch that calls its capture node `camera_front`: the watchdog is told who publishes the
+    frames it reads, so the end of a replay is not taken for a dead camera."""
+    m = TopicMonitor({FRAMES: LIMITS}, T0, 1000.0, publishers={FRAMES: ["camera_front"]})
+    feed(m, FRAMES, 25, T0, T0 + 1000 * MS)
+    assert states(m, T0 + 3000 * MS, departed={"capture"})[FRAMES.name] == TopicState.TIMEOUT
+    assert states(m, T0 + 3000 * MS, departed={"camera_front"})[FRAMES.name] == TopicState.IDLE
