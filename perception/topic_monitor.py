@@ -44,19 +44,25 @@ class TopicLimits:
         return TopicLimits(topic.warn_rate_hz, topic.error_rate_hz, topic.timeout_s)
 
 
+def as_health(judged: dict[str, tuple[TopicState, float]]) -> tuple[TopicHealth, ...]:
+    return tuple(TopicHealth(topic=name, state=state, rate_hz=round(rate, 2)) for name, (state, rate) in judged.items())
+
+
 class _TopicTrack:
-    def __init__(self, topic: Topic, limits: TopicLimits, window_ns: int) -> None:
+    def __init__(self, topic: Topic, limits: TopicLimits, window_ns: int, publishers: set[str]) -> None:
         self.topic = topic
         self.limits = limits
         self.window_ns = window_ns
+        self.timeout_ns = int(limits.timeout_s * 1e9)
+        self.publishers = publishers
+        self.upstream: _TopicTrack | None = None  # the track of the topic it is computed from, when monitored
         self.arrivals: deque[int] = deque()
         self.first_ns: int | None = None
         self.last_ns: int | None = None
         self.flowing_since_ns: int | None = None  # start of the current unbroken stretch of messages
 
     def add(self, t_ns: int) -> None:
-        timeout_ns = int(self.limits.timeout_s * 1e9)
-        if self.last_ns is None or t_ns - self.last_ns > timeout_ns:
+        if self.last_ns is None or t_ns - self.last_ns > self.timeout_ns:
             self.flowing_since_ns = t_ns
         self.first_ns = t_ns if self.first_ns is None else self.first_ns
         self.last_ns = t_ns
@@ -68,7 +74,13 @@ class _TopicTrack:
             self.arrivals.popleft()
 
     def flowing(self, now_ns: int) -> bool:
-        return self.last_ns is not None and now_ns - self.last_ns <= int(self.limits.timeout_s * 1e9)
+        return self.last_ns is not None and now_ns - self.last_ns <= self.timeout_ns
+
+    def count_since(self, start_ns: int) -> int:
+        """Arrivals at or after `start_ns` (they are in time order)."""
+        if not self.arrivals or self.arrivals[0] >= start_ns:
+            return len(self.arrivals)  # the usual case: the window starts before them all
+        return sum(1 for t in self.arrivals if t >= start_ns)
 
 
 class TopicMonitor:
@@ -79,39 +91,46 @@ class TopicMonitor:
         table's) said they are stopping."""
         if window_s <= 0:
             raise ValueError("window_s must be positive")
-        self._tracks = {topic: _TopicTrack(topic, limits, int(window_s * 1e9)) for topic, limits in topics.items()}
-        self._publishers = {topic: set((publishers or {}).get(topic) or topic.publishers) for topic in topics}
+        self._tracks = {topic: _TopicTrack(topic, limits, int(window_s * 1e9),
+                                           set((publishers or {}).get(topic) or topic.publishers))
+                        for topic, limits in topics.items()}
+        for track in self._tracks.values():
+            track.upstream = self._tracks.get(track.topic.upstream) if track.topic.upstream else None
         self._grace_end_ns = start_ns + int(grace_ms * 1e6)
 
     def on_message(self, topic: Topic, now_ns: int) -> None:
         if topic in self._tracks:
             self._tracks[topic].add(now_ns)
 
-    def health(self, now_ns: int, departed: set[str]) -> tuple[TopicHealth, ...]:
-        """Every monitored topic's state and measured rate now; `departed`: nodes that said they are stopping."""
-        return tuple(self._health(track, now_ns, departed) for track in self._tracks.values())
+    def judge(self, now_ns: int, departed: set[str]) -> dict[str, tuple[TopicState, float]]:
+        """Topic name -> (state, measured rate in Hz) now; `departed`: nodes that said they are
+        stopping. Plain tuples: the watchdog asks on every tick, a status needs them far less often."""
+        judged = {}
+        for track in self._tracks.values():
+            track._trim(now_ns)
+            judged[track.topic.name] = self._judge(track, now_ns, departed)
+        return judged
 
-    def _health(self, track: _TopicTrack, now_ns: int, departed: set[str]) -> TopicHealth:
-        track._trim(now_ns)
-        state, rate = self._judge(track, now_ns, departed)
-        return TopicHealth(topic=track.topic.name, state=state, rate_hz=round(rate, 2))
+    def health(self, now_ns: int, departed: set[str]) -> tuple[TopicHealth, ...]:
+        """Every monitored topic's state and measured rate now, as a status reports them."""
+        return as_health(self.judge(now_ns, departed))
 
     def _judge(self, track: _TopicTrack, now_ns: int, departed: set[str]) -> tuple[TopicState, float]:
         limits = track.limits
-        if self._publishers[track.topic] <= departed:
+        if track.publishers <= departed:
             return TopicState.IDLE, 0.0
-        upstream = self._tracks.get(track.topic.upstream) if track.topic.upstream else None
+        upstream = track.upstream
         if upstream is not None and not upstream.flowing(now_ns):
             return TopicState.IDLE, 0.0
         if track.last_ns is None:
             return (TopicState.NOT_RECEIVED if now_ns < self._grace_end_ns else TopicState.TIMEOUT), 0.0
-        if now_ns - track.last_ns > int(limits.timeout_s * 1e9):
+        if now_ns - track.last_ns > track.timeout_ns:
             return TopicState.TIMEOUT, 0.0
         start = max(now_ns - track.window_ns, track.first_ns)
         if upstream is not None and upstream.flowing_since_ns is not None:
             start = max(start, upstream.flowing_since_ns)
         span_ns = now_ns - start
-        rate = sum(1 for t in track.arrivals if t >= start) / (span_ns / 1e9) if span_ns > 0 else 0.0
+        rate = track.count_since(start) / (span_ns / 1e9) if span_ns > 0 else 0.0
         if span_ns < track.window_ns // 2:
             return TopicState.OK, rate  # too short a stretch to judge
         if rate < limits.error_rate_hz:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from perception.messages import Control, Decision, Detections, FrameHeader, Heartbeat, Message, WatchdogStatus
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # each topic exists once, in this table: identity is equality, and hashing is cheap
 class Topic:
     name: str  # ZeroMQ topic and recording channel
     message_type: type[Message]

@@ -48,9 +48,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from perception.messages import (
-    Action, Control, Decision, FrameHeader, Heartbeat, NodeState, Reason, Stamp, SystemState, TopicHealth, WatchdogStatus,
+    Action, Control, Decision, FrameHeader, Heartbeat, NodeState, Reason, Stamp, SystemState, TopicState, WatchdogStatus,
 )
-from perception.topic_monitor import DOWN_STATES, TopicLimits, TopicMonitor
+from perception.topic_monitor import DOWN_STATES, TopicLimits, TopicMonitor, as_health
 from perception.topics import DECISIONS, MONITORED, Topic
 
 MS = 1_000_000
@@ -140,7 +140,7 @@ class WatchdogCore:
         self._last_frame = (0, 0)
         limits = {t: rules.topics.get(t.name) or TopicLimits.of(t) for t in MONITORED if t.name in rules.monitored_topics}
         self.topic_monitor = TopicMonitor(limits, start_ns, rules.startup_grace_ms, rules.topic_window_s, publishers)
-        self._topics: tuple[TopicHealth, ...] = ()
+        self._topic_states: dict[str, tuple[TopicState, float]] = {}  # name -> (state, rate), as of the last tick
         self._topics_down: set[str] = set()
 
     # -- events ---------------------------------------------------------------------------
@@ -220,8 +220,8 @@ class WatchdogCore:
         newly_down = down - self._down
         self.counters["node_down_events"] += len(newly_down)
         self._down = down
-        self._topics = self.topic_monitor.health(now_ns, self._departed)
-        topics_down = {t.topic: t for t in self._topics if t.state in DOWN_STATES}
+        self._topic_states = self.topic_monitor.judge(now_ns, self._departed)
+        topics_down = {name: judged for name, judged in self._topic_states.items() if judged[0] in DOWN_STATES}
         newly_down_topics = set(topics_down) - self._topics_down
         self.counters["topic_down_events"] += len(newly_down_topics)
         self._topics_down = set(topics_down)
@@ -230,7 +230,7 @@ class WatchdogCore:
             self._last_repeat_ns = now_ns
             details = [f"{n} failed" if n in self._failed else f"{n} silent {(now_ns - self._last_seen[n]) / MS:.0f} ms"
                        for n in sorted(down)]
-            details += [f"{name} {t.state.name} {t.rate_hz:g} Hz" for name, t in sorted(topics_down.items())]
+            details += [f"{name} {state.name} {round(rate, 2):g} Hz" for name, (state, rate) in sorted(topics_down.items())]
             frame_id, capture_ns = self._last_frame
             reason = Reason.NODE_DOWN if down else Reason.TOPIC_DOWN
             out.decisions.append(self._failsafe(frame_id, capture_ns, reason, ", ".join(details), now_ns))
@@ -292,4 +292,5 @@ class WatchdogCore:
         if self.failsafe_delay_ns:
             counters["failsafe_delay_p99_us"] = int(np.percentile(self.failsafe_delay_ns, 99) / 1000)
         return WatchdogStatus(frame_id=frame_id, capture_ns=capture_ns, state=self.state, depth_limit=self.depth_limit,
-                              nodes_down=tuple(sorted(self._down)), topics=self._topics, counters=counters)
+                              nodes_down=tuple(sorted(self._down)), topics=as_health(self._topic_states),
+                              counters=counters)
