@@ -16,7 +16,7 @@ import numpy as np
 
 from perception.config import ConfigError
 from perception.detection.manifest import Manifest
-from perception.detection.yolox import Letterbox, decode, letterbox
+from perception.detection.yolox import Letterbox, check_frame, decode, fitted_input_size, letterbox
 from perception.engines.base import Engine, Session
 from perception.latency import now_ns
 
@@ -52,18 +52,26 @@ class FrameInference:
     raw_exits: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-def open_part(engine: Engine, name: str, file: Path, inputs: list[str], outputs: list[str]) -> Session:
-    """Open one model part and check that its graph takes and gives the tensors the manifest names.
+def open_part(engine: Engine, name: str, file: Path, inputs: list[str], outputs: list[str],
+              dimensions: dict[str, int] | None) -> Session:
+    """Open one model part and check that its graph takes and gives the tensors the manifest names
+    and, when `dimensions` is None (inputs fitted to each frame), takes inputs of any size.
 
     Checked here, where every engine's sessions are opened, so a wrong or swapped file is one
     ConfigError naming file, part and names at load, not a KeyError on the first frame."""
-    session = engine.open(file, name)
+    session = engine.open(file, name, dimensions)
     found_inputs, found_outputs = list(session.input_names), list(session.output_names)
     if sorted(found_inputs) != sorted(inputs) or sorted(found_outputs) != sorted(outputs):
         session.close()
         raise ConfigError(f"model file {file} does not match part {name} of its manifest: expected inputs "
                           f"{_names(inputs)} -> outputs {_names(outputs)}, found inputs {_names(found_inputs)} "
                           f"-> outputs {_names(found_outputs)}")
+    fixed = {n: list(shape) for n, shape in session.input_shapes.items() if any(isinstance(d, int) for d in shape[2:])}
+    if dimensions is None and fixed:
+        session.close()
+        raise ConfigError(f"model file {file} (part {name}) has inputs of fixed size {fixed}, but its manifest's "
+                          "input.fit_aspect feeds each frame's own size: export it with named dimensions "
+                          "(perception export) or set fit_aspect to false")
     return session
 
 
@@ -78,10 +86,16 @@ class AdaptiveDetector:
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.estimator = LatencyEstimator()
-        self._stages: list[Session] = [open_part(engine, s.name, s.file, s.inputs, s.outputs) for s in manifest.stages]
-        self._exits: list[Session | None] = [open_part(engine, e.name, e.file, e.inputs, [e.output]) if e.file else None
-                                             for e in manifest.exits]
-        self._input_buffer = np.empty((1, 3, manifest.input.height, manifest.input.width), np.float32)
+        spec = manifest.input
+        # A frame's input is padded only to the next multiple of the largest stride where the graphs
+        # and the engine allow it; otherwise to the manifest's full size, which the sessions are pinned to.
+        self.fits_aspect = spec.fit_aspect and engine.any_input_size
+        dimensions = None if self.fits_aspect else manifest.dimensions(spec.width, spec.height)
+        self._stages: list[Session] = [open_part(engine, s.name, s.file, s.inputs, s.outputs, dimensions)
+                                       for s in manifest.stages]
+        self._exits: list[Session | None] = [open_part(engine, e.name, e.file, e.inputs, [e.output], dimensions)
+                                             if e.file else None for e in manifest.exits]
+        self._input_buffer = np.empty((1, 3, spec.height, spec.width), np.float32)
 
     @property
     def exit_count(self) -> int:
@@ -91,7 +105,13 @@ class AdaptiveDetector:
         """Preprocess a frame (the caller may release the frame's buffer afterwards)."""
         spec = self.manifest.input
         start = now_ns()
-        tensor, box = letterbox(frame, spec.width, spec.height, spec.pad_value, out=self._input_buffer)
+        check_frame(frame)
+        size = (spec.width, spec.height)
+        if self.fits_aspect:
+            size = fitted_input_size(frame.shape[1], frame.shape[0], spec.width, spec.height, max(self.manifest.strides))
+        if self._input_buffer.shape[2:] != size[::-1]:  # a new frame size: rare, one allocation
+            self._input_buffer = np.empty((1, 3, size[1], size[0]), np.float32)
+        tensor, box = letterbox(frame, spec.width, spec.height, spec.pad_value, out=self._input_buffer, input_size=size)
         end = now_ns()
         return FrameInference(tensors={spec.name: tensor}, box=box, timings=[("preprocess", end, end - start)])
 
@@ -128,8 +148,7 @@ class AdaptiveDetector:
 
     def decode(self, inference: FrameInference, raw: np.ndarray, score_threshold: float | None = None,
                nms_threshold: float | None = None):
-        spec = self.manifest.input
-        return decode(raw, inference.box, spec.width, spec.height, tuple(self.manifest.strides),
+        return decode(raw, inference.box, tuple(self.manifest.strides),
                       self.score_threshold if score_threshold is None else score_threshold,
                       self.nms_threshold if nms_threshold is None else nms_threshold)
 

@@ -31,9 +31,13 @@ def read_class_names(path: Path) -> list[str]:
 @dataclass(frozen=True)
 class InputSpec:
     name: str
-    width: int
+    width: int  # a frame is scaled to fit width x height
     height: int
     pad_value: float = 114.0
+    # The parts' graphs take any input size in multiples of the largest stride, up to width x height:
+    # a frame is padded only to the next multiple, not to the full square (416x256 for a 16:9 frame,
+    # 0.6x the work of 416x416). Their sizes are named dimensions (see Manifest.dimensions).
+    fit_aspect: bool = False
 
 
 @dataclass(frozen=True)
@@ -89,10 +93,24 @@ class Manifest:
                 raise ValueError(f"exit {exit_.name} needs {missing}, not available after stage {exit_.after_stage}")
             if exit_.file is None and exit_.inputs != [exit_.output]:
                 raise ValueError(f"exit {exit_.name}: without a file, inputs must be exactly [output]")
+        largest = max(self.strides, default=1)
+        if self.input.fit_aspect and (self.input.width % largest or self.input.height % largest):
+            raise ValueError(f"input.fit_aspect needs width and height in multiples of the largest stride {largest}, "
+                             f"got {self.input.width}x{self.input.height}")
 
     @property
     def anchor_count(self) -> int:
         return sum((self.input.width // s) * (self.input.height // s) for s in self.strides)
+
+    def dimensions(self, width: int, height: int) -> dict[str, int]:
+        """The values of the parts' named dimensions for a width x height input: `height`, `width` of
+        the image, `height_S`, `width_S` of the features at stride S, `anchors` of an exit's output.
+        An engine that builds for fixed shapes (TensorRT) pins a graph's dimensions with them."""
+        values = {"height": height, "width": width,
+                  "anchors": sum((width // s) * (height // s) for s in self.strides)}
+        for stride in self.strides:
+            values |= {f"height_{stride}": height // stride, f"width_{stride}": width // stride}
+        return values
 
     def class_names(self) -> list[str]:
         if self.classes_file is None:

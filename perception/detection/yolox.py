@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -10,28 +11,49 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How a frame was fitted into the network input: scale, then pad right/bottom."""
+    """How a frame was fitted into the network input: scaled, then padded right/bottom to the input size."""
 
     scale: float
     frame_width: int
     frame_height: int
+    input_width: int
+    input_height: int
+
+
+def check_frame(frame: np.ndarray) -> None:
+    """ValueError unless `frame` is what the detector takes: an HxWx3 uint8 BGR image."""
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or 0 in frame.shape:
+        raise ValueError(f"expected an HxWx3 uint8 BGR frame, got {frame.shape} {frame.dtype}")
+
+
+def fitted_input_size(frame_width: int, frame_height: int, width: int, height: int, multiple: int) -> tuple[int, int]:
+    """The smallest input, in multiples of `multiple`, that holds a frame scaled as it would be into a
+    width x height input: a 1280x720 frame needs 416x256 of a 416x416 input, a 768x576 one 416x320.
+    The rows a square input would pad cost as much as image rows (a third of the work for 16:9)."""
+    scale = min(width / frame_width, height / frame_height)
+    new_w, new_h = max(1, int(frame_width * scale)), max(1, int(frame_height * scale))
+    return min(width, math.ceil(new_w / multiple) * multiple), min(height, math.ceil(new_h / multiple) * multiple)
 
 
 def letterbox(frame: np.ndarray, width: int, height: int, pad_value: float = 114.0,
-              out: np.ndarray | None = None) -> tuple[np.ndarray, Letterbox]:
-    """BGR uint8 HxWx3 -> float32 [1,3,height,width], resized keeping aspect ratio to the top-left
-    corner, padded with pad_value, 0-255 without normalisation (YOLOX's own preprocessing)."""
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise ValueError(f"expected an HxWx3 uint8 BGR frame, got {frame.shape} {frame.dtype}")
+              out: np.ndarray | None = None, input_size: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
+    """BGR uint8 HxWx3 -> float32 [1,3,H,W], resized keeping aspect ratio to fit width x height, at the
+    top-left corner, padded with pad_value, 0-255 without normalisation (YOLOX's own preprocessing).
+    The input is width x height, or `input_size` (W, H) when given (see fitted_input_size): the same
+    scale, less padding."""
+    check_frame(frame)
     frame_h, frame_w = frame.shape[:2]
     scale = min(width / frame_w, height / frame_h)
     new_w, new_h = max(1, int(frame_w * scale)), max(1, int(frame_h * scale))
-    canvas = np.full((height, width, 3), pad_value, np.uint8)
+    input_w, input_h = input_size or (width, height)
+    if new_w > input_w or new_h > input_h:
+        raise ValueError(f"a {frame_w}x{frame_h} frame scaled to {new_w}x{new_h} does not fit a {input_w}x{input_h} input")
+    canvas = np.full((input_h, input_w, 3), pad_value, np.uint8)
     canvas[:new_h, :new_w] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     if out is None:
-        out = np.empty((1, 3, height, width), np.float32)
+        out = np.empty((1, 3, input_h, input_w), np.float32)
     out[0] = canvas.transpose(2, 0, 1)
-    return out, Letterbox(scale, frame_w, frame_h)
+    return out, Letterbox(scale, frame_w, frame_h, input_w, input_h)
 
 
 _GRID_CACHE: dict[tuple[int, int, tuple[int, ...]], tuple[np.ndarray, np.ndarray]] = {}
@@ -51,22 +73,25 @@ def grids(width: int, height: int, strides: tuple[int, ...]) -> tuple[np.ndarray
     return _GRID_CACHE[key]
 
 
-def decode(raw: np.ndarray, box: Letterbox, input_width: int, input_height: int, strides: tuple[int, ...],
-           score_threshold: float = 0.3, nms_threshold: float = 0.45, max_detections: int = 300,
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw exit output [1,N,5+C] -> (boxes xyxy in frame pixels [K,4], scores [K], class ids [K]).
+def decode(raw: np.ndarray, box: Letterbox, strides: tuple[int, ...], score_threshold: float = 0.3,
+           nms_threshold: float = 0.45, max_detections: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw exit output [1,N,5+C] of the input `box` describes -> (boxes xyxy in frame pixels [K,4],
+    scores [K], class ids [K]).
 
     Score = objectness x best class score. Only candidates above the threshold are decoded, which
     is where the time goes on a CPU. NMS is per class.
     """
+    offsets, stride = grids(box.input_width, box.input_height, strides)
     predictions = raw[0]
+    if len(predictions) != len(offsets):
+        raise ValueError(f"{len(predictions)} anchor points for a {box.input_width}x{box.input_height} input "
+                         f"with strides {tuple(strides)}, which has {len(offsets)}")
     objectness = predictions[:, 4]
     class_ids = predictions[:, 5:].argmax(1)
     scores = objectness * predictions[np.arange(len(predictions)), 5 + class_ids]
     keep = scores > score_threshold
     if not keep.any():
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.uint16)
-    offsets, stride = grids(input_width, input_height, strides)
     p, offsets, stride = predictions[keep], offsets[keep], stride[keep]
     centers = (p[:, :2] + offsets) * stride
     sizes = np.exp(np.minimum(p[:, 2:4], 10.0)) * stride  # clamp: a corrupt logit must not overflow

@@ -56,6 +56,9 @@ class EngineConfig:
 class Session(ABC):
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
+    # Per input, its shape as the graph declares it: an int per fixed dimension, a name (or None) per
+    # free one. Empty when the engine does not read graphs (torch runs whatever it is fed).
+    input_shapes: dict[str, tuple[int | str | None, ...]] = {}
 
     @abstractmethod
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -67,6 +70,9 @@ class Session(ABC):
 
 class Engine(ABC):
     name: ClassVar[str]
+    # Whether one session runs inputs of any size its graph allows. TensorRT builds an engine for one
+    # shape, so a detector feeds it the manifest's full input size.
+    any_input_size: ClassVar[bool] = True
 
     @classmethod
     @abstractmethod
@@ -74,8 +80,10 @@ class Engine(ABC):
         """None when this engine can run here, else a one-line reason."""
 
     @abstractmethod
-    def open(self, onnx_path: Path, part_name: str) -> Session:
-        """Open one model part: its ONNX file and its name in the manifest (e.g. 'stage0', 'exit1')."""
+    def open(self, onnx_path: Path, part_name: str, dimensions: Mapping[str, int] | None = None) -> Session:
+        """Open one model part: its ONNX file and its name in the manifest (e.g. 'stage0', 'exit1').
+        `dimensions` pins the graph's named dimensions to these values (Manifest.dimensions); without
+        them, named dimensions stay free and follow what each run is fed."""
 
     def describe(self) -> str:
         return self.name

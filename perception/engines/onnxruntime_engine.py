@@ -28,12 +28,28 @@ class OnnxRuntimeSession(Session):
         except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
             raise EngineUnavailable(f"model file {path}: onnxruntime cannot load it ({str(exc).splitlines()[0]})") from None
         self.input_names = tuple(i.name for i in self._session.get_inputs())
+        self.input_shapes = {i.name: tuple(i.shape) for i in self._session.get_inputs()}
         self.output_names = tuple(o.name for o in self._session.get_outputs())
         self.providers = self._session.get_providers()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self._session.run(None, {name: feeds[name] for name in self.input_names})
         return dict(zip(self.output_names, outputs))
+
+
+def session_options(config: EngineConfig, dimensions: Mapping[str, int] | None = None) -> ort.SessionOptions:
+    """ONNX Runtime session options for `config`; `dimensions` pins the graph's named dimensions."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Sequential execution and one thread pool: predictable latency beats peak throughput here.
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if config.threads:
+        options.intra_op_num_threads = config.threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spin else "0")
+    for name, value in (dimensions or {}).items():
+        options.add_free_dimension_override_by_name(name, value)
+    return options
 
 
 class OnnxRuntimeEngine(Engine):
@@ -49,21 +65,13 @@ class OnnxRuntimeEngine(Engine):
             self.providers = list(config.providers)
         else:
             self.providers = [p for p in PREFERRED_PROVIDERS if p in available]
-        self.options = ort.SessionOptions()
-        self.options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Sequential execution and one thread pool: predictable latency beats peak throughput here.
-        self.options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if config.threads:
-            self.options.intra_op_num_threads = config.threads
-        self.options.inter_op_num_threads = 1
-        self.options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spin else "0")
 
     @classmethod
     def unavailable_reason(cls, config: EngineConfig) -> str | None:
         return None  # onnxruntime is a runtime dependency; provider problems are reported on open
 
-    def open(self, onnx_path: Path, part_name: str) -> Session:
-        session = OnnxRuntimeSession(Path(onnx_path), self.options, self.providers)
+    def open(self, onnx_path: Path, part_name: str, dimensions: Mapping[str, int] | None = None) -> Session:
+        session = OnnxRuntimeSession(Path(onnx_path), session_options(self.config, dimensions), self.providers)
         log.debug("%s: %s on %s", part_name, onnx_path.name, session.providers)
         return session
 

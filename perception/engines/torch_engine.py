@@ -98,7 +98,8 @@ class TorchEngine(Engine):
                     log.warning("torch engine: %s missing: early exits are untrained", exits)
             return self._models[key]
 
-    def open(self, onnx_path: Path, part_name: str) -> Session:
+    def open(self, onnx_path: Path, part_name: str, dimensions: Mapping[str, int] | None = None) -> Session:
+        # `dimensions` is not needed: a PyTorch module runs whatever size it is fed.
         from perception.training.yolox_torch import YOLOXNanoExits
 
         model = self._model(Path(onnx_path).resolve().parent)

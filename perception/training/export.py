@@ -29,21 +29,35 @@ EXITS = (("exit0", 0, "yolox_nano_exit0.onnx"), ("exit1", 1, "yolox_nano_exit1.o
 
 
 def _example_tensors(model) -> dict[str, "torch.Tensor"]:  # noqa: F821 - torch is imported lazily
-    """Every named tensor of a forward pass on a blank image: the shapes to export with."""
+    """Every named tensor of a forward pass on a blank image, exits included: the shapes to export with."""
     import torch
 
     from perception.training.yolox_torch import INPUT_SIZE
 
     tensors = {"images": torch.full((1, 3, INPUT_SIZE, INPUT_SIZE), 114.0)}
     with torch.inference_mode():
-        for name in ("stage0", "stage1"):
+        for name in [*(n for n, _ in STAGES), *(n for n, _, _ in EXITS)]:
             part = model.part(name)
-            tensors.update(zip(part.output_names, part(*(tensors[n] for n in part.input_names))))
+            outputs = part(*(tensors[n] for n in part.input_names))
+            tensors.update(zip(part.output_names, outputs if isinstance(outputs, tuple) else (outputs,)))
     return tensors
 
 
+def named_dimensions(shape: tuple[int, ...]) -> dict[int, str]:
+    """The free dimensions of a tensor of the example `shape`, named as Manifest.dimensions names them:
+    `height`/`width` of the image, `height_S`/`width_S` of features at stride S, `anchors` of an exit."""
+    from perception.training.yolox_torch import INPUT_SIZE
+
+    if len(shape) == 3:
+        return {1: "anchors"}
+    stride = INPUT_SIZE // shape[2]
+    suffix = "" if stride == 1 else f"_{stride}"
+    return {2: f"height{suffix}", 3: f"width{suffix}"}
+
+
 def export_parts(model, out_dir: Path, opset: int = 13) -> None:
-    """One ONNX file per stage and exit, inputs and outputs named as in the manifest, batch 1."""
+    """One ONNX file per stage and exit, inputs and outputs named as in the manifest, batch 1, spatial
+    sizes free (named dimensions), so that a frame's input is padded only as far as it needs."""
     import torch
 
     tensors = _example_tensors(model)
@@ -54,9 +68,11 @@ def export_parts(model, out_dir: Path, opset: int = 13) -> None:
             # The TorchScript exporter is deprecated, but the torch.export one needs onnxscript, which
             # the `train` extra does not install, and this fixed-shape conv net is what it handles well.
             warnings.simplefilter("ignore", DeprecationWarning)
+            names = [*part.input_names, *part.output_names]
             torch.onnx.export(part, args, str(out_dir / file), input_names=list(part.input_names),
                               output_names=list(part.output_names), opset_version=opset, dynamo=False,
-                              do_constant_folding=True)
+                              do_constant_folding=True,
+                              dynamic_axes={n: named_dimensions(tuple(tensors[n].shape)) for n in names})
 
 
 def manifest_data(model, notes: dict[str, str]) -> dict:
@@ -70,7 +86,7 @@ def manifest_data(model, notes: dict[str, str]) -> dict:
         "name": "yolox_nano_exits",
         "description": ("YOLOX-nano split after dark4: exit0 is a small head on dark3/dark4 distilled from the full "
                         "network; exit1 is the original PAFPN + decoupled head (equal to yolox_nano.onnx)."),
-        "input": {"name": "images", "width": INPUT_SIZE, "height": INPUT_SIZE, "pad_value": 114.0},
+        "input": {"name": "images", "width": INPUT_SIZE, "height": INPUT_SIZE, "pad_value": 114.0, "fit_aspect": True},
         "num_classes": NUM_CLASSES,
         "strides": list(STRIDES),
         "classes_file": "coco_classes.txt",

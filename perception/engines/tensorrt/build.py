@@ -50,12 +50,13 @@ def build_main(argv: list[str] | None = None) -> int:
         return 1
     engine = TensorRTEngine(config)
     parts = [(s.name, s.file) for s in manifest.stages] + [(e.name, e.file) for e in manifest.exits if e.file is not None]
+    dimensions = manifest.dimensions(manifest.input.width, manifest.input.height)  # as the detector opens them
     print(f"{manifest.name}: {engine.describe()}, cache {engine.cache_dir}")
     for part_name, file in parts:
         try:
-            engine_dir, _ = engine.prepare(Path(file), part_name)
+            engine_dir, _ = engine.prepare(Path(file), part_name, dimensions)
             before = set(engine_dir.glob("*.engine"))
-            session = engine.open(Path(file), part_name)  # the provider builds and caches the engine here
+            session = engine.open(Path(file), part_name, dimensions)  # the provider builds and caches the engine here
             session.close()
         except EngineUnavailable as exc:
             print(f"build-engine: {part_name}: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from perception.engines.base import TensorRTConfig
 
@@ -25,15 +25,18 @@ def resolve_cache_dir(config: TensorRTConfig) -> Path:
     return Path(config.cache_dir or DEFAULT_CACHE_DIR).expanduser()
 
 
-def cache_key(model_bytes: bytes, config: TensorRTConfig) -> str:
-    """sha256 hex digest over the ONNX bytes and the build settings of `config`. The device index and
-    the cache folder are not in it: they change where an engine runs or lies, not what it is."""
+def cache_key(model_bytes: bytes, config: TensorRTConfig, dimensions: Mapping[str, int] | None = None) -> str:
+    """sha256 hex digest over the ONNX bytes, the build settings of `config` and the values the graph's
+    named dimensions are pinned to (an engine is built for one shape). The device index and the cache
+    folder are not in it: they change where an engine runs or lies, not what it is."""
     fields: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "precision": config.precision,
         "workspace_mb": config.workspace_mb,
     }
+    if dimensions:
+        fields["dimensions"] = dict(sorted(dimensions.items()))
     if config.precision == "int8":
         # By file name, not content: a vehicle must find its engine without the calibration video.
         video = config.calibration_video

@@ -17,7 +17,7 @@ import itertools
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import onnxruntime as ort
@@ -30,21 +30,24 @@ log = logging.getLogger(__name__)
 
 def static_input_shape(name: str, shape: tuple[Any, ...]) -> tuple[int, ...]:
     """The shape an input is calibrated for: a dynamic batch dimension (ONNX Runtime reports it as a name,
-    None or -1) becomes 1, one frame at a time; any other dynamic dimension is an error, since nothing here
-    would know what to pick."""
+    None or -1) becomes 1, one frame at a time; any other dynamic dimension left is an error, since nothing
+    here would know what to pick (named ones get their sizes in image_input)."""
     dims = [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
     if any(d < 0 for d in dims[1:]):
-        raise EngineUnavailable(f"input {name} has dynamic dimensions {dims} beyond the batch; export it with fixed sizes")
+        raise EngineUnavailable(f"input {name} has dynamic dimensions {dims} beyond the batch and no sizes for them "
+                                "(the detector and build-engine pin them to the manifest's input size)")
     return tuple(1 if d < 0 else d for d in dims)
 
 
-def image_input(onnx_path: Path, part_name: str) -> tuple[str, tuple[int, int, int, int]]:
-    """The single [1,3,H,W] input a part must have to be calibrated on letterboxed frames."""
+def image_input(onnx_path: Path, part_name: str,
+                dimensions: Mapping[str, int] | None = None) -> tuple[str, tuple[int, int, int, int]]:
+    """The single [1,3,H,W] input a part must have to be calibrated on letterboxed frames; its named
+    dimensions take their values from `dimensions` (the sizes the engine is built for)."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     inputs = [(i.name, tuple(i.shape)) for i in session.get_inputs()]
     if len(inputs) == 1:
         name, shape = inputs[0]
-        fixed = static_input_shape(name, shape)
+        fixed = static_input_shape(name, tuple((dimensions or {}).get(d, d) if isinstance(d, str) else d for d in shape))
         if len(fixed) == 4 and fixed[0] == 1 and fixed[1] == 3:
             return name, fixed  # type: ignore[return-value]
     raise EngineUnavailable(f"{part_name}: int8 calibration feeds letterboxed frames, but its inputs are {inputs}; "
@@ -99,16 +102,17 @@ class _Frames:
         return {self.input_name: batch}
 
 
-def write_calibration_table(onnx_path: Path, part_name: str, table_path: Path, video: Path | None, frames: int) -> int:
+def write_calibration_table(onnx_path: Path, part_name: str, table_path: Path, video: Path | None, frames: int,
+                            dimensions: Mapping[str, int] | None = None) -> int:
     """Calibrate `onnx_path` on up to `frames` frames of `video` and write the provider's table to
-    `table_path`; returns the number of frames used."""
+    `table_path`; returns the number of frames used. `dimensions`: as for image_input."""
     try:
         from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
         from onnxruntime.quantization.quant_utils import write_calibration_table as write_tables
     except ImportError as exc:
         raise EngineUnavailable(f"int8 calibration needs onnxruntime.quantization, which cannot import ({exc}); "
                                 "pip install onnx") from None
-    name, (_, _, height, width) = image_input(onnx_path, part_name)
+    name, (_, _, height, width) = image_input(onnx_path, part_name, dimensions)
     batches = calibration_batches(video, frames, width, height)
     first = next(batches, None)
     if first is None:

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from perception.engines.base import Engine, EngineConfig, EngineUnavailable, Session
-from perception.engines.onnxruntime_engine import OnnxRuntimeEngine
+from perception.engines.onnxruntime_engine import session_options
 from perception.engines.tensorrt.cache import cache_key, engine_cache_dir, resolve_cache_dir
 from perception.engines.tensorrt.calibration import write_calibration_table
 from perception.engines.tensorrt.provider import (
@@ -43,6 +43,7 @@ class TensorRTSession(Session):
             raise EngineUnavailable(f"{part_name}: onnxruntime did not start its TensorRT provider for {path} "
                                     f"(running on {self.providers}; TensorRT libraries or GPU missing?)")
         self.input_names = tuple(i.name for i in self._session.get_inputs())
+        self.input_shapes = {i.name: tuple(i.shape) for i in self._session.get_inputs()}
         self.output_names = tuple(o.name for o in self._session.get_outputs())
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -52,6 +53,7 @@ class TensorRTSession(Session):
 
 class TensorRTEngine(Engine):
     name = "tensorrt"
+    any_input_size = False  # an engine is built for one shape: the detector pins the manifest's full input size
 
     def __init__(self, config: EngineConfig) -> None:
         reason = self.unavailable_reason(config)
@@ -61,7 +63,7 @@ class TensorRTEngine(Engine):
         self.settings = config.tensorrt
         self.cache_dir = resolve_cache_dir(config.tensorrt)
         # The same session options as the onnxruntime engine (threads, no spinning, sequential).
-        self.session_options = OnnxRuntimeEngine(dataclasses.replace(config, kind="onnxruntime", providers=None)).options
+        self.ort_config = dataclasses.replace(config, kind="onnxruntime", providers=None)
         self.cuda_fallback = CUDA_PROVIDER in ort.get_available_providers()
 
     @classmethod
@@ -71,25 +73,27 @@ class TensorRTEngine(Engine):
         return (f"onnxruntime {ort.__version__} has no {TENSORRT_PROVIDER} (it needs onnxruntime-gpu and "
                 "TensorRT 10, whose wheels come only from NVIDIA's index)")
 
-    def prepare(self, onnx_path: Path, part_name: str) -> tuple[Path, list[tuple[str, dict[str, str]]]]:
-        """A part's engine folder (created) and its provider list; for int8, the calibration table in it."""
+    def prepare(self, onnx_path: Path, part_name: str, dimensions: Mapping[str, int] | None = None,
+                ) -> tuple[Path, list[tuple[str, dict[str, str]]]]:
+        """A part's engine folder (created) and its provider list; for int8, the calibration table in it.
+        `dimensions`: what the graph's named dimensions are pinned to (part of the engine's identity)."""
         if not onnx_path.is_file():
             raise EngineUnavailable(f"model file {onnx_path} does not exist")
-        key = cache_key(onnx_path.read_bytes(), self.settings)
+        key = cache_key(onnx_path.read_bytes(), self.settings, dimensions)
         engine_dir = engine_cache_dir(self.cache_dir, onnx_path, self.settings.precision, key)
         engine_dir.mkdir(parents=True, exist_ok=True)  # the provider creates one folder level, not its parents
         if self.settings.precision == "int8" and not (engine_dir / CALIBRATION_TABLE).is_file():
             write_calibration_table(onnx_path, part_name, engine_dir / CALIBRATION_TABLE,
-                                    self.settings.calibration_video, self.settings.calibration_frames)
+                                    self.settings.calibration_video, self.settings.calibration_frames, dimensions)
         providers: list[tuple[str, dict[str, str]]] = [
             (TENSORRT_PROVIDER, provider_options(self.settings, engine_dir, self.cache_dir))]
         if self.cuda_fallback:
             providers.append((CUDA_PROVIDER, cuda_options(self.settings)))
         return engine_dir, providers
 
-    def open(self, onnx_path: Path, part_name: str) -> Session:
-        engine_dir, providers = self.prepare(Path(onnx_path), part_name)
-        session = TensorRTSession(Path(onnx_path), self.session_options, providers, part_name)
+    def open(self, onnx_path: Path, part_name: str, dimensions: Mapping[str, int] | None = None) -> Session:
+        engine_dir, providers = self.prepare(Path(onnx_path), part_name, dimensions)
+        session = TensorRTSession(Path(onnx_path), session_options(self.ort_config, dimensions), providers, part_name)
         log.debug("%s: %s on %s, engines in %s", part_name, Path(onnx_path).name, session.providers, engine_dir)
         return session
 

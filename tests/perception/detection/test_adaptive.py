@@ -1,13 +1,20 @@
-"""The adaptive detector checks at load that each part's graph matches what its manifest declares."""
+"""The adaptive detector: each part's graph checked at load against its manifest; inputs fitted to the frame."""
 
 import dataclasses
+from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from perception.config import ConfigError
 from perception.detection.adaptive import AdaptiveDetector
 from perception.detection.manifest import WEIGHTS_DIR, load_manifest
+from perception.detection.policy import PolicyConfig, run_policy
 from perception.engines import EngineConfig, create_engine
+from perception.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 def test_a_part_whose_graph_gives_other_tensors_is_named_at_load():
@@ -25,3 +32,41 @@ def test_the_bundled_manifests_match_their_graphs():
     engine = create_engine(EngineConfig(threads=1))
     for name in ("yolox_nano.json", "yolox_nano_exits.json"):
         AdaptiveDetector(load_manifest(name), engine).close()
+
+
+def _cars(detector: AdaptiveDetector, frame: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
+    inference = detector.begin(frame)
+    outcome = run_policy(detector, inference, PolicyConfig(kind="fixed"))
+    names = detector.manifest.class_names()
+    cars = np.array(sorted(b.tolist() for b, c in zip(outcome.boxes, outcome.class_ids) if names[c] == "car"))
+    return inference.tensors["images"].shape[2:], cars
+
+
+def test_a_wide_frame_runs_on_a_fitted_input_and_finds_what_the_square_one_finds():
+    """1280x720 in a 416x416 input leaves 182 rows of padding; the fitted 416x256 input skips 160 of them."""
+    frame = cv2.imread(str(DATA / "udacity_test1.jpg"))
+    manifest = load_manifest("yolox_nano_exits.json")
+    fitted_shape, fitted = _cars(AdaptiveDetector(manifest, create_engine(EngineConfig(threads=2))), frame)
+    square = dataclasses.replace(manifest, input=dataclasses.replace(manifest.input, fit_aspect=False))
+    square_shape, reference = _cars(AdaptiveDetector(square, create_engine(EngineConfig(threads=2))), frame)
+    assert (fitted_shape, square_shape) == ((256, 416), (416, 416))
+    assert len(fitted) == len(reference) == 2
+    np.testing.assert_allclose(fitted, reference, atol=2.0)  # pixels of a 1280x720 frame
+
+
+def test_an_engine_built_for_one_shape_gets_the_full_input_pinned():
+    class OneShape(OnnxRuntimeEngine):
+        any_input_size = False
+
+    detector = AdaptiveDetector(load_manifest("yolox_nano_exits.json"), OneShape(EngineConfig(threads=1)))
+    frame = cv2.imread(str(DATA / "udacity_test1.jpg"))
+    assert not detector.fits_aspect and detector.begin(frame).tensors["images"].shape == (1, 3, 416, 416)
+    assert detector._stages[0].input_shapes["images"] == (1, 3, 416, 416)
+
+
+def test_fitting_graphs_of_a_fixed_size_is_refused_at_load():
+    manifest = load_manifest("yolox_nano.json")  # the original network: a fixed 416x416 graph
+    manifest = dataclasses.replace(manifest, input=dataclasses.replace(manifest.input, fit_aspect=True))
+    with pytest.raises(ConfigError, match=r"^model file .*yolox_nano\.onnx \(part full\) has inputs of fixed size "
+                                          r"\{'images': \[1, 3, 416, 416\]\}, but its manifest's input.fit_aspect"):
+        AdaptiveDetector(manifest, create_engine(EngineConfig(threads=1)))

@@ -37,3 +37,16 @@ def test_misspelled_manifest_key_is_named(tmp_path):
     path = manifest(tmp_path, stirdes=[8])
     with pytest.raises(ConfigError, match="stirdes: unknown key"):
         load_manifest(path)
+
+
+def test_a_fitted_input_must_come_in_multiples_of_the_largest_stride(tmp_path):
+    path = manifest(tmp_path, input={"name": "images", "width": 416, "height": 400, "fit_aspect": True})
+    with pytest.raises(ConfigError, match=r"input.fit_aspect needs width and height in multiples of the largest stride 32, "
+                                          r"got 416x400"):
+        load_manifest(path)
+
+
+def test_named_dimensions_for_an_input_size():
+    dims = load_manifest("yolox_nano_exits.json").dimensions(416, 256)
+    assert dims == {"height": 256, "width": 416, "height_8": 32, "width_8": 52, "height_16": 16, "width_16": 26,
+                    "height_32": 8, "width_32": 13, "anchors": 52 * 32 + 26 * 16 + 13 * 8}

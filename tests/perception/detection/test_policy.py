@@ -53,7 +53,7 @@ class ScriptedEngine(Engine):
     def unavailable_reason(cls, config):
         return None
 
-    def open(self, onnx_path, part_name):
+    def open(self, onnx_path, part_name, dimensions=None):
         return ScriptedSession(part_name, self.inputs[part_name], self.outputs[part_name], self.calls)
 
 

@@ -7,7 +7,7 @@ import pytest
 from perception.detection.adaptive import AdaptiveDetector
 from perception.detection.manifest import load_manifest
 from perception.detection.policy import PolicyConfig, run_policy
-from perception.detection.yolox import Letterbox, decode, grids, letterbox, nms_per_class
+from perception.detection.yolox import Letterbox, decode, fitted_input_size, grids, letterbox, nms_per_class
 from perception.engines import EngineConfig, create_engine
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -17,13 +17,32 @@ def test_letterbox_keeps_aspect_ratio_top_left_with_yolox_padding():
     frame = np.full((720, 1280, 3), 200, np.uint8)
     tensor, box = letterbox(frame, 416, 416)
     assert tensor.shape == (1, 3, 416, 416) and tensor.dtype == np.float32
-    assert box == Letterbox(scale=416 / 1280, frame_width=1280, frame_height=720)
+    assert box == Letterbox(scale=416 / 1280, frame_width=1280, frame_height=720, input_width=416, input_height=416)
     assert (tensor[0, :, :234, :] == 200).all() and (tensor[0, :, 234:, :] == 114).all()
 
 
-def test_letterbox_rejects_wrong_frames():
+@pytest.mark.parametrize("frame, fitted", [((1280, 720), (416, 256)), ((768, 576), (416, 320)), ((640, 480), (416, 320)),
+                                           ((416, 416), (416, 416)), ((720, 1280), (256, 416)), ((3000, 10), (416, 32))])
+def test_a_fitted_input_pads_only_to_the_next_multiple_of_the_largest_stride(frame, fitted):
+    assert fitted_input_size(*frame, 416, 416, 32) == fitted
+
+
+def test_a_fitted_input_keeps_the_scale_and_drops_only_padding():
+    frame = np.full((720, 1280, 3), 200, np.uint8)
+    square, square_box = letterbox(frame, 416, 416)
+    fitted, box = letterbox(frame, 416, 416, input_size=(416, 256))
+    assert fitted.shape == (1, 3, 256, 416) and box.scale == square_box.scale
+    assert (box.input_width, box.input_height) == (416, 256)
+    np.testing.assert_array_equal(fitted[0], square[0, :, :256, :])
+    with pytest.raises(ValueError, match="a 1280x720 frame scaled to 416x234 does not fit a 416x224 input"):
+        letterbox(frame, 416, 416, input_size=(416, 224))
+
+
+@pytest.mark.parametrize("frame", [np.zeros((10, 10), np.uint8), np.zeros((0, 10, 3), np.uint8),
+                                   np.zeros((10, 10, 3), np.float32), np.zeros(10, np.uint8)])
+def test_letterbox_rejects_wrong_frames(frame):
     with pytest.raises(ValueError, match="expected an HxWx3 uint8 BGR frame"):
-        letterbox(np.zeros((10, 10), np.uint8), 416, 416)
+        letterbox(frame, 416, 416)
 
 
 def test_grid_order_is_stride_then_row_major():
@@ -39,9 +58,19 @@ def test_decode_places_a_box_in_frame_pixels():
     raw[0, anchor, :4] = [0.5, 0.5, np.log(4), np.log(2)]  # centre (164, 84), size 32 x 16 in input pixels
     raw[0, anchor, 4] = 0.9
     raw[0, anchor, 5 + 2] = 0.8
-    boxes, scores, classes = decode(raw, Letterbox(0.5, 832, 832), 416, 416, (8, 16, 32))
+    boxes, scores, classes = decode(raw, Letterbox(0.5, 832, 832, 416, 416), (8, 16, 32))
     assert classes.tolist() == [2] and scores[0] == pytest.approx(0.72)
     np.testing.assert_allclose(boxes[0], [(164 - 16) * 2, (84 - 8) * 2, (164 + 16) * 2, (84 + 8) * 2])
+
+
+def test_decode_follows_the_grid_of_a_fitted_input():
+    raw = np.zeros((1, 52 * 32 + 26 * 16 + 13 * 8, 85), np.float32)  # a 416x256 input
+    anchor = 52 * 10 + 20  # stride 8, cell (x=20, y=10): rows are 52 wide whatever the height
+    raw[0, anchor, 4:6] = [0.9, 0.9]
+    boxes, _, _ = decode(raw, Letterbox(0.5, 832, 512, 416, 256), (8, 16, 32))
+    np.testing.assert_allclose(boxes[0], [(160 - 4) * 2, (80 - 4) * 2, (160 + 4) * 2, (80 + 4) * 2])  # 8 x 8 at (160, 80)
+    with pytest.raises(ValueError, match="2184 anchor points for a 416x416 input with strides \\(8, 16, 32\\), which has 3549"):
+        decode(raw, Letterbox(0.5, 832, 832, 416, 416), (8, 16, 32))
 
 
 def test_nms_suppresses_within_a_class_only():

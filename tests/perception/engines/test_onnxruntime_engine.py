@@ -6,6 +6,7 @@ import pytest
 
 from perception.detection.manifest import WEIGHTS_DIR
 from perception.engines import EngineConfig, EngineUnavailable, create_engine
+from perception.engines.onnxruntime_engine import session_options
 
 
 def test_runs_the_model_by_input_and_output_name():
@@ -46,5 +47,5 @@ def test_the_vehicle_runtime_never_imports_torch_or_tensorrt_unless_asked():
 def test_worker_threads_do_not_spin_unless_asked():
     """Spinning ORT threads starve the other nodes on a small CPU (docs/BENCHMARKS.md)."""
     key = "session.intra_op.allow_spinning"
-    assert create_engine(EngineConfig(threads=2)).options.get_session_config_entry(key) == "0"
-    assert create_engine(EngineConfig(threads=2, spin=True)).options.get_session_config_entry(key) == "1"
+    assert session_options(EngineConfig(threads=2)).get_session_config_entry(key) == "0"
+    assert session_options(EngineConfig(threads=2, spin=True)).get_session_config_entry(key) == "1"

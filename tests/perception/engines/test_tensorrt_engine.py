@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 
 from helpers import REPO
-from perception.detection.manifest import WEIGHTS_DIR
+from perception.detection.manifest import WEIGHTS_DIR, load_manifest
 from perception.engines import EngineConfig, EngineUnavailable, TensorRTConfig, create_engine
 from perception.engines.tensorrt.build import build_main
 from perception.engines.tensorrt.cache import atomic_write, cache_key, engine_cache_dir, resolve_cache_dir
@@ -34,6 +34,8 @@ YOLOX_ONNX = WEIGHTS_DIR / "yolox_nano.onnx"
 STAGE0_ONNX = WEIGHTS_DIR / "yolox_nano_stage0.onnx"
 STAGE1_ONNX = WEIGHTS_DIR / "yolox_nano_stage1.onnx"
 DASHCAM = REPO / "recordings" / "udacity_dashcam.mp4"
+# What the detector pins the staged parts' named dimensions to on TensorRT: the manifest's full input.
+FULL_SIZE = load_manifest("yolox_nano_exits.json").dimensions(416, 416)
 
 TRT_PROVIDER = "TensorrtExecutionProvider" in ort.get_available_providers()
 NOT_INSTALLABLE = "TensorRT is not installable here: its wheels come only from NVIDIA's index"
@@ -66,6 +68,12 @@ def test_cache_key_changes_with_what_onnxruntimes_names_miss(change):
     elif change == "workspace":
         config = dataclasses.replace(config, workspace_mb=2048)
     assert cache_key(model, config) != base
+
+
+def test_the_sizes_an_engine_is_built_for_are_part_of_its_key():
+    assert cache_key(b"m", TensorRTConfig(), FULL_SIZE) == cache_key(b"m", TensorRTConfig(), dict(reversed(FULL_SIZE.items())))
+    assert cache_key(b"m", TensorRTConfig(), FULL_SIZE) != cache_key(b"m", TensorRTConfig(), {**FULL_SIZE, "height": 256})
+    assert cache_key(b"m", TensorRTConfig(), FULL_SIZE) != cache_key(b"m", TensorRTConfig())
 
 
 def test_calibration_settings_key_int8_engines_only():
@@ -188,12 +196,12 @@ def engine_past_the_provider_check(monkeypatch):
 @pytest.mark.skipif(not DASHCAM.is_file(), reason=f"{DASHCAM} is not in this checkout")
 def test_prepare_makes_the_engine_folder_and_calibrates_int8_once(tmp_path, engine_past_the_provider_check, caplog):
     engine = _trt_engine(tmp_path, "int8", calibration_video=DASHCAM, calibration_frames=2, device=1)
-    engine_dir, providers = engine.prepare(STAGE0_ONNX, "stage0")
+    engine_dir, providers = engine.prepare(STAGE0_ONNX, "stage0", FULL_SIZE)
     assert engine_dir.parent == tmp_path / "cache" and engine_dir.name.startswith("yolox_nano_stage0.int8.")
     assert (engine_dir / CALIBRATION_TABLE).is_file()
     assert providers[0] == ("TensorrtExecutionProvider", provider_options(engine.settings, engine_dir, tmp_path / "cache"))
     with caplog.at_level(logging.INFO, logger="perception.engines.tensorrt.calibration"):
-        assert engine.prepare(STAGE0_ONNX, "stage0")[0] == engine_dir
+        assert engine.prepare(STAGE0_ONNX, "stage0", FULL_SIZE)[0] == engine_dir
     assert not caplog.records, "the table is made once per engine folder"
 
 
@@ -218,7 +226,11 @@ def test_a_dynamic_batch_is_calibrated_as_one_frame_other_dynamic_sizes_are_refu
 
 
 def test_only_parts_fed_by_the_image_can_be_calibrated_on_frames():
-    assert image_input(STAGE0_ONNX, "stage0") == ("images", (1, 3, 416, 416))
+    assert image_input(STAGE0_ONNX, "stage0", FULL_SIZE) == ("images", (1, 3, 416, 416))
+    assert image_input(STAGE0_ONNX, "stage0", {**FULL_SIZE, "height": 256}) == ("images", (1, 3, 256, 416))
+    with pytest.raises(EngineUnavailable, match=r"input images has dynamic dimensions \[1, 3, -1, -1\] beyond the batch "
+                                                r"and no sizes for them"):
+        image_input(STAGE0_ONNX, "stage0")
     with pytest.raises(EngineUnavailable, match=r"stage1: int8 calibration feeds letterboxed frames, .*dark3.*fp16"):
         image_input(STAGE1_ONNX, "stage1")
 
@@ -259,7 +271,7 @@ def _read_table(path: Path) -> dict[str, float]:
 @pytest.mark.skipif(not DASHCAM.is_file(), reason=f"{DASHCAM} is not in this checkout")
 def test_the_calibration_table_comes_from_real_frames_on_the_cpu(tmp_path):
     table_path = tmp_path / CALIBRATION_TABLE
-    assert write_calibration_table(STAGE0_ONNX, "stage0", table_path, DASHCAM, 4) == 4
+    assert write_calibration_table(STAGE0_ONNX, "stage0", table_path, DASHCAM, 4, FULL_SIZE) == 4
     ranges = _read_table(table_path)
     # A range for every tensor the provider may run in INT8, the input and outputs included.
     assert {"images", "dark3", "dark4"} <= set(ranges)
@@ -271,9 +283,9 @@ def test_the_calibration_table_comes_from_real_frames_on_the_cpu(tmp_path):
 @needs_quantization
 def test_calibration_on_an_empty_video_is_named(tmp_path, tiny_video):
     with pytest.raises(EngineUnavailable, match=r"int8 calibration: .*gone\.mp4: file not found"):
-        write_calibration_table(STAGE0_ONNX, "stage0", tmp_path / CALIBRATION_TABLE, tmp_path / "gone.mp4", 4)
+        write_calibration_table(STAGE0_ONNX, "stage0", tmp_path / CALIBRATION_TABLE, tmp_path / "gone.mp4", 4, FULL_SIZE)
     with pytest.raises(EngineUnavailable, match=r"int8 calibration: .* gave no frames"):
-        write_calibration_table(STAGE0_ONNX, "stage0", tmp_path / CALIBRATION_TABLE, tiny_video, 0)
+        write_calibration_table(STAGE0_ONNX, "stage0", tmp_path / CALIBRATION_TABLE, tiny_video, 0, FULL_SIZE)
 
 
 # ---------------------------------------------------------------------------- CLI

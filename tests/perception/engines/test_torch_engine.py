@@ -30,8 +30,11 @@ def test_available_when_torch_is_installed():
     assert isinstance(create_engine(EngineConfig(kind="torch", threads=2)), TorchEngine)
 
 
-def test_every_part_agrees_with_onnxruntime(image):
+@pytest.mark.parametrize("input_size, anchors", [((416, 416), 3549), ((416, 256), 2184)])  # square, fitted to 16:9
+def test_every_part_agrees_with_onnxruntime(input_size, anchors):
     manifest = load_manifest(MANIFEST)
+    frame = cv2.imread(str(REPO / "tests" / "data" / "udacity_test1.jpg"))
+    image = letterbox(frame, 416, 416, input_size=input_size)[0]
     engines = [TorchEngine(EngineConfig(kind="torch", threads=2)), OnnxRuntimeEngine(EngineConfig(threads=2))]
     tensors = [{"images": image}, {"images": image}]
     parts = [(s.name, s.file) for s in manifest.stages] + [(e.name, e.file) for e in manifest.exits]
@@ -41,7 +44,7 @@ def test_every_part_agrees_with_onnxruntime(image):
             known.update(session.run({n: known[n] for n in session.input_names}))
     for exit_ in manifest.exits:
         torch_out, ort_out = tensors[0][exit_.output], tensors[1][exit_.output]
-        assert torch_out.dtype == np.float32 and torch_out.shape == (1, 3549, 85)
+        assert torch_out.dtype == np.float32 and torch_out.shape == (1, anchors, 85)
         assert np.abs(torch_out - ort_out).max() <= 1e-3
 
 

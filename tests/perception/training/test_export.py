@@ -53,3 +53,14 @@ def test_every_exit_outputs_the_full_anchor_layout(image):
 def test_shipped_parts_stay_small():
     manifest = load_manifest(WEIGHTS_DIR / export.MANIFEST_NAME)
     assert sum(f.stat().st_size for f in manifest.files()) < 8 * 2**20
+
+
+@pytest.mark.parametrize("where", ["exported", "shipped"])
+def test_parts_take_the_smaller_input_a_wide_frame_is_fitted_to(where, exported):
+    manifest_path = exported if where == "exported" else WEIGHTS_DIR / export.MANIFEST_NAME
+    manifest = load_manifest(manifest_path)
+    frame = cv2.imread(str(REPO / "tests" / "data" / "udacity_test1.jpg"))
+    tensors, _ = export.run_chain(manifest_path, letterbox(frame, 416, 416, input_size=(416, 256))[0])
+    assert manifest.input.fit_aspect
+    for exit_ in manifest.exits:
+        assert tensors[exit_.output].shape == (1, manifest.dimensions(416, 256)["anchors"], 85)
