@@ -70,11 +70,10 @@ def open_detector(config: DetectorConfig) -> TemporalDetector:
         temporal = TemporalDetector(detector, config.policy, config.temporal)
     except (ConfigError, EngineUnavailable, ValueError) as exc:
         raise FatalInputError(str(exc)) from None
-    # Seed the latency estimates and get first-run costs out of the way before real frames. A square
-    # frame fills the whole input, the costliest a fitted input can be: the deadline policy starts
-    # from estimates that are pessimistic, never optimistic, whatever the camera's aspect.
-    side = max(manifest.input.width, manifest.input.height)
-    detector.warm_up(np.full((side, side, 3), 114, np.uint8))
+    # Seed the latency estimates and get first-run costs out of the way before real frames. A frame
+    # of the input's own size fills all of it, the costliest a fitted input can be: the deadline
+    # policy starts from estimates that are pessimistic, never optimistic, whatever the camera's aspect.
+    detector.warm_up(np.full((manifest.input.height, manifest.input.width, 3), 114, np.uint8))
     log.info("%s with %d exits on %s, policy %s", manifest.name, detector.exit_count, engine.describe(), config.policy.kind)
     return temporal
 

@@ -94,8 +94,8 @@ class Manifest:
             if exit_.file is None and exit_.inputs != [exit_.output]:
                 raise ValueError(f"exit {exit_.name}: without a file, inputs must be exactly [output]")
         largest = max(self.strides, default=1)
-        if self.input.fit_aspect and (self.input.width % largest or self.input.height % largest):
-            raise ValueError(f"input.fit_aspect needs width and height in multiples of the largest stride {largest}, "
+        if self.input.width % largest or self.input.height % largest:  # or the anchor grid would not fit the input
+            raise ValueError(f"input width and height must be multiples of the largest stride {largest}, "
                              f"got {self.input.width}x{self.input.height}")
 
     @property

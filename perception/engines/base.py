@@ -71,8 +71,8 @@ class Session(ABC):
 class Engine(ABC):
     name: ClassVar[str]
     # Whether one session runs inputs of any size its graph allows. TensorRT builds an engine for one
-    # shape, so a detector feeds it the manifest's full input size.
-    any_input_size: ClassVar[bool] = True
+    # shape (and would rebuild it for every new one), so a detector feeds it the manifest's full input size.
+    any_input_size: bool = True
 
     @classmethod
     @abstractmethod

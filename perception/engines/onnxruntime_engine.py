@@ -65,6 +65,8 @@ class OnnxRuntimeEngine(Engine):
             self.providers = list(config.providers)
         else:
             self.providers = [p for p in PREFERRED_PROVIDERS if p in available]
+        if "TensorrtExecutionProvider" in self.providers:  # listed by hand: it builds per shape just the same
+            self.any_input_size = False
 
     @classmethod
     def unavailable_reason(cls, config: EngineConfig) -> str | None:

@@ -51,6 +51,16 @@ class TensorRTSession(Session):
         return dict(zip(self.output_names, outputs))
 
 
+def graph_dimension_names(onnx_path: Path) -> set[str]:
+    """The named (free) dimensions of a graph's inputs and outputs."""
+    try:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
+        raise EngineUnavailable(f"model file {onnx_path}: onnxruntime cannot load it "
+                                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
+    return {d for t in (*session.get_inputs(), *session.get_outputs()) for d in t.shape if isinstance(d, str)}
+
+
 class TensorRTEngine(Engine):
     name = "tensorrt"
     any_input_size = False  # an engine is built for one shape: the detector pins the manifest's full input size
@@ -79,6 +89,9 @@ class TensorRTEngine(Engine):
         `dimensions`: what the graph's named dimensions are pinned to (part of the engine's identity)."""
         if not onnx_path.is_file():
             raise EngineUnavailable(f"model file {onnx_path} does not exist")
+        if dimensions:  # only what this graph names: a fixed-size graph's engine is the same with or without
+            named = graph_dimension_names(onnx_path)
+            dimensions = {name: value for name, value in dimensions.items() if name in named}
         key = cache_key(onnx_path.read_bytes(), self.settings, dimensions)
         engine_dir = engine_cache_dir(self.cache_dir, onnx_path, self.settings.precision, key)
         engine_dir.mkdir(parents=True, exist_ok=True)  # the provider creates one folder level, not its parents

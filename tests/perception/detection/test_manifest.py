@@ -39,10 +39,10 @@ def test_misspelled_manifest_key_is_named(tmp_path):
         load_manifest(path)
 
 
-def test_a_fitted_input_must_come_in_multiples_of_the_largest_stride(tmp_path):
-    path = manifest(tmp_path, input={"name": "images", "width": 416, "height": 400, "fit_aspect": True})
-    with pytest.raises(ConfigError, match=r"input.fit_aspect needs width and height in multiples of the largest stride 32, "
-                                          r"got 416x400"):
+@pytest.mark.parametrize("fit_aspect", [True, False])
+def test_the_input_must_come_in_multiples_of_the_largest_stride(tmp_path, fit_aspect):
+    path = manifest(tmp_path, input={"name": "images", "width": 416, "height": 400, "fit_aspect": fit_aspect})
+    with pytest.raises(ConfigError, match=r"input width and height must be multiples of the largest stride 32, got 416x400"):
         load_manifest(path)
 
 

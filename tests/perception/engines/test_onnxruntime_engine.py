@@ -49,3 +49,14 @@ def test_worker_threads_do_not_spin_unless_asked():
     key = "session.intra_op.allow_spinning"
     assert session_options(EngineConfig(threads=2)).get_session_config_entry(key) == "0"
     assert session_options(EngineConfig(threads=2, spin=True)).get_session_config_entry(key) == "1"
+
+
+def test_tensorrt_listed_among_the_providers_gets_fixed_input_sizes(monkeypatch):
+    """ONNX Runtime's TensorRT provider builds an engine per input shape, also when listed by hand."""
+    import onnxruntime as ort
+
+    from perception.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    assert not OnnxRuntimeEngine(EngineConfig(providers=["TensorrtExecutionProvider", "CPUExecutionProvider"])).any_input_size
+    assert OnnxRuntimeEngine(EngineConfig(providers=["CPUExecutionProvider"])).any_input_size

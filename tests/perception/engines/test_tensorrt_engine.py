@@ -206,6 +206,16 @@ def test_prepare_makes_the_engine_folder_and_calibrates_int8_once(tmp_path, engi
 
 
 @needs_no_tensorrt
+def test_an_engine_folder_is_keyed_by_the_sizes_its_graph_names_only(tmp_path, engine_past_the_provider_check):
+    engine = _trt_engine(tmp_path, "fp16")
+    # The one-graph original has fixed sizes: pinning them changes nothing, so its engines are found again.
+    assert engine.prepare(YOLOX_ONNX, "full", FULL_SIZE)[0] == engine.prepare(YOLOX_ONNX, "full")[0]
+    # The staged parts name theirs: an engine for 416x416 is not one for 416x256.
+    assert engine.prepare(STAGE0_ONNX, "stage0", FULL_SIZE)[0] != engine.prepare(STAGE0_ONNX, "stage0", {
+        **FULL_SIZE, "height": 256})[0]
+
+
+@needs_no_tensorrt
 @pytest.mark.filterwarnings("ignore:Specified provider 'TensorrtExecutionProvider' is not in available provider names")
 def test_a_session_without_the_tensorrt_provider_is_refused_not_run_on_the_cpu(tmp_path, engine_past_the_provider_check):
     # onnxruntime drops a provider it cannot start with only a warning; explicit tensorrt must not run elsewhere.
