@@ -90,6 +90,7 @@ class AdaptiveDetector:
         # A frame's input is padded only to the next multiple of the largest stride where the graphs
         # and the engine allow it; otherwise to the manifest's full size, which the sessions are pinned to.
         self.fits_aspect = spec.fit_aspect and engine.any_input_size
+        self._input_multiple = max(manifest.strides)  # a fitted input's sides: multiples of the largest stride
         dimensions = None if self.fits_aspect else manifest.dimensions(spec.width, spec.height)
         self._stages: list[Session] = [open_part(engine, s.name, s.file, s.inputs, s.outputs, dimensions)
                                        for s in manifest.stages]
@@ -108,7 +109,7 @@ class AdaptiveDetector:
         check_frame(frame)
         size = (spec.width, spec.height)
         if self.fits_aspect:
-            size = fitted_input_size(frame.shape[1], frame.shape[0], spec.width, spec.height, max(self.manifest.strides))
+            size = fitted_input_size(frame.shape[1], frame.shape[0], spec.width, spec.height, self._input_multiple)
         if self._input_buffer.shape[2:] != size[::-1]:  # a new frame size: rare, one allocation
             self._input_buffer = np.empty((1, 3, size[1], size[0]), np.float32)
         tensor, box = letterbox(frame, spec.width, spec.height, spec.pad_value, out=self._input_buffer, input_size=size)

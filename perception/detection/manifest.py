@@ -28,6 +28,17 @@ def read_class_names(path: Path) -> list[str]:
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+# The staged graphs' free dimensions are named, so that an engine can pin them (Manifest.dimensions)
+# and `perception export` writes them the same way.
+ANCHORS = "anchors"  # the anchor points of an exit's output [1, anchors, 5 + classes]
+
+
+def spatial_dimension_names(stride: int) -> tuple[str, str]:
+    """The names of the height and width of a tensor at `stride` from the image (1: the image itself)."""
+    suffix = "" if stride == 1 else f"_{stride}"
+    return f"height{suffix}", f"width{suffix}"
+
+
 @dataclass(frozen=True)
 class InputSpec:
     name: str
@@ -100,16 +111,15 @@ class Manifest:
 
     @property
     def anchor_count(self) -> int:
-        return sum((self.input.width // s) * (self.input.height // s) for s in self.strides)
+        return self.dimensions(self.input.width, self.input.height)[ANCHORS]
 
     def dimensions(self, width: int, height: int) -> dict[str, int]:
-        """The values of the parts' named dimensions for a width x height input: `height`, `width` of
-        the image, `height_S`, `width_S` of the features at stride S, `anchors` of an exit's output.
-        An engine that builds for fixed shapes (TensorRT) pins a graph's dimensions with them."""
-        values = {"height": height, "width": width,
-                  "anchors": sum((width // s) * (height // s) for s in self.strides)}
+        """The values of the parts' named dimensions (spatial_dimension_names, ANCHORS) for a width x
+        height input. An engine that builds for fixed shapes (TensorRT) pins a graph's dimensions with them."""
+        values = dict(zip(spatial_dimension_names(1), (height, width)))
         for stride in self.strides:
-            values |= {f"height_{stride}": height // stride, f"width_{stride}": width // stride}
+            values |= dict(zip(spatial_dimension_names(stride), (height // stride, width // stride)))
+        values[ANCHORS] = sum((width // s) * (height // s) for s in self.strides)
         return values
 
     def class_names(self) -> list[str]:

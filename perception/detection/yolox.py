@@ -26,12 +26,17 @@ def check_frame(frame: np.ndarray) -> None:
         raise ValueError(f"expected an HxWx3 uint8 BGR frame, got {frame.shape} {frame.dtype}")
 
 
+def _scaled(frame_width: int, frame_height: int, width: int, height: int) -> tuple[float, int, int]:
+    """(scale, scaled width, scaled height) of a frame fitted into width x height, aspect kept."""
+    scale = min(width / frame_width, height / frame_height)
+    return scale, max(1, int(frame_width * scale)), max(1, int(frame_height * scale))
+
+
 def fitted_input_size(frame_width: int, frame_height: int, width: int, height: int, multiple: int) -> tuple[int, int]:
     """The smallest input, in multiples of `multiple`, that holds a frame scaled as it would be into a
     width x height input: a 1280x720 frame needs 416x256 of a 416x416 input, a 768x576 one 416x320.
     The rows a square input would pad cost as much as image rows (a third of the work for 16:9)."""
-    scale = min(width / frame_width, height / frame_height)
-    new_w, new_h = max(1, int(frame_width * scale)), max(1, int(frame_height * scale))
+    _, new_w, new_h = _scaled(frame_width, frame_height, width, height)
     return min(width, math.ceil(new_w / multiple) * multiple), min(height, math.ceil(new_h / multiple) * multiple)
 
 
@@ -43,8 +48,7 @@ def letterbox(frame: np.ndarray, width: int, height: int, pad_value: float = 114
     scale, less padding."""
     check_frame(frame)
     frame_h, frame_w = frame.shape[:2]
-    scale = min(width / frame_w, height / frame_h)
-    new_w, new_h = max(1, int(frame_w * scale)), max(1, int(frame_h * scale))
+    scale, new_w, new_h = _scaled(frame_w, frame_h, width, height)
     input_w, input_h = input_size or (width, height)
     if new_w > input_w or new_h > input_h:
         raise ValueError(f"a {frame_w}x{frame_h} frame scaled to {new_w}x{new_h} does not fit a {input_w}x{input_h} input")

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from perception.engines.base import Engine, EngineConfig, EngineUnavailable, Session
+from perception.engines.tensorrt.provider import TENSORRT_PROVIDER
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class OnnxRuntimeEngine(Engine):
             self.providers = list(config.providers)
         else:
             self.providers = [p for p in PREFERRED_PROVIDERS if p in available]
-        if "TensorrtExecutionProvider" in self.providers:  # listed by hand: it builds per shape just the same
+        if TENSORRT_PROVIDER in self.providers:  # listed by hand: it builds per shape just the same
             self.any_input_size = False
 
     @classmethod

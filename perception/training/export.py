@@ -45,14 +45,13 @@ def _example_tensors(model) -> dict[str, "torch.Tensor"]:  # noqa: F821 - torch 
 
 def named_dimensions(shape: tuple[int, ...]) -> dict[int, str]:
     """The free dimensions of a tensor of the example `shape`, named as Manifest.dimensions names them:
-    `height`/`width` of the image, `height_S`/`width_S` of features at stride S, `anchors` of an exit."""
+    the anchors of an exit's output [1, N, 85], the height and width of an image or feature map."""
+    from perception.detection.manifest import ANCHORS, spatial_dimension_names
     from perception.training.yolox_torch import INPUT_SIZE
 
     if len(shape) == 3:
-        return {1: "anchors"}
-    stride = INPUT_SIZE // shape[2]
-    suffix = "" if stride == 1 else f"_{stride}"
-    return {2: f"height{suffix}", 3: f"width{suffix}"}
+        return {1: ANCHORS}
+    return dict(zip((2, 3), spatial_dimension_names(INPUT_SIZE // shape[2])))
 
 
 def export_parts(model, out_dir: Path, opset: int = 13) -> None:

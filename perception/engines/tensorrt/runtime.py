@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from perception.engines.base import Engine, EngineConfig, EngineUnavailable, Session
-from perception.engines.onnxruntime_engine import session_options
+from perception.engines.onnxruntime_engine import OnnxRuntimeSession, session_options
 from perception.engines.tensorrt.cache import cache_key, engine_cache_dir, resolve_cache_dir
 from perception.engines.tensorrt.calibration import write_calibration_table
 from perception.engines.tensorrt.provider import (
@@ -51,16 +51,6 @@ class TensorRTSession(Session):
         return dict(zip(self.output_names, outputs))
 
 
-def graph_dimension_names(onnx_path: Path) -> set[str]:
-    """The named (free) dimensions of a graph's inputs and outputs."""
-    try:
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types for corrupt files
-        raise EngineUnavailable(f"model file {onnx_path}: onnxruntime cannot load it "
-                                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from None
-    return {d for t in (*session.get_inputs(), *session.get_outputs()) for d in t.shape if isinstance(d, str)}
-
-
 class TensorRTEngine(Engine):
     name = "tensorrt"
     any_input_size = False  # an engine is built for one shape: the detector pins the manifest's full input size
@@ -89,8 +79,10 @@ class TensorRTEngine(Engine):
         `dimensions`: what the graph's named dimensions are pinned to (part of the engine's identity)."""
         if not onnx_path.is_file():
             raise EngineUnavailable(f"model file {onnx_path} does not exist")
-        if dimensions:  # only what this graph names: a fixed-size graph's engine is the same with or without
-            named = graph_dimension_names(onnx_path)
+        if dimensions:  # only what this graph's inputs name (the rest follows from them): a fixed-size graph's
+            # engine is the same with or without
+            graph = OnnxRuntimeSession(onnx_path, session_options(self.ort_config), ["CPUExecutionProvider"])
+            named = {d for shape in graph.input_shapes.values() for d in shape if isinstance(d, str)}
             dimensions = {name: value for name, value in dimensions.items() if name in named}
         key = cache_key(onnx_path.read_bytes(), self.settings, dimensions)
         engine_dir = engine_cache_dir(self.cache_dir, onnx_path, self.settings.precision, key)
