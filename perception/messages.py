@@ -604,6 +604,11 @@ _CODECS = {t: _field_codecs(t) for t in MESSAGE_TYPES}
 _JSON = json.JSONEncoder(separators=(",", ":"))  # made once: json.dumps builds one per call given options
 
 
+def compact_json(value: object) -> bytes:
+    """`value` as compact JSON (no spaces), UTF-8: the wire's and the recordings' JSON."""
+    return _JSON.encode(value).encode()
+
+
 def schema_name(message_type: type[Message]) -> str:
     return f"perception.{message_type.__name__}"
 
@@ -621,7 +626,7 @@ def encode(message: Message) -> bytes:
     data = {"wire": WIRE_VERSION, "type": type(message).__name__}
     for codec in _CODECS[type(message)]:
         data[codec.name] = codec.encode(getattr(message, codec.name))
-    return _JSON.encode(data).encode()
+    return compact_json(data)
 
 
 def decode(data: bytes | memoryview, expect: type[Message] | None = None) -> Message:

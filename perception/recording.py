@@ -38,17 +38,18 @@ from typing import Iterable, Iterator, Literal, Sequence
 import cv2
 import numpy as np
 
-from perception.messages import WIRE_VERSION, FrameHeader, Message, decode, encode, json_schema, schema_name
+from perception.messages import (
+    WIRE_VERSION, FrameHeader, Message, compact_json, decode, encode, json_schema, schema_name,
+)
 from perception.topics import BY_NAME, CONTROL, DECISIONS, DETECTIONS, FRAMES, TOPICS, WATCHDOG_STATUS, Topic
 from perception.visualization import (
     ANNOTATIONS_CHANNEL, CAMERA_FRAME, IMAGE_CHANNEL, LATENCY_CHANNEL, LATENCY_SCHEMA, LOG_CHANNEL, EventLog,
-    image_annotations, latency_record,
+    foxglove_messages, image_annotations, latency_record,
 )
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"\x89MCAP0\r\n"  # at the start of every MCAP file, and at the end of a finished one
-_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 class RecordingError(RuntimeError):
@@ -61,16 +62,6 @@ def _require_mcap() -> None:
         import mcap  # noqa: F401
     except ImportError:
         raise RecordingError("recordings need the mcap package: pip install 'perception[tools]'") from None
-
-
-def _foxglove_messages():  # noqa: ANN202 - the foxglove.messages module
-    """The SDK's message classes, for the protobuf view channels; only writing needs them."""
-    try:
-        import foxglove.messages as messages
-    except ImportError:
-        raise RecordingError("writing recordings needs the foxglove-sdk package: pip install 'perception[tools]'") \
-            from None
-    return messages
 
 
 _TIMESTAMP_SCHEMA = {"type": "object", "properties": {"sec": {"type": "integer"}, "nsec": {"type": "integer"}}}
@@ -97,7 +88,10 @@ class RecordingWriter:
     def __init__(self, path: Path, image_format: Literal["jpeg", "raw"] = "jpeg", jpeg_quality: int = 90,
                  chunk_size: int = 1 << 20, class_names: Sequence[str] = ()) -> None:
         _require_mcap()
-        fg = _foxglove_messages()
+        try:  # the SDK's message classes, for the protobuf view channels; only writing needs them
+            fg = foxglove_messages()
+        except RuntimeError as exc:
+            raise RecordingError(f"writing recordings: {exc}") from None
         from mcap.writer import CompressionType, Writer
 
         self.path = Path(path)
@@ -152,7 +146,7 @@ class RecordingWriter:
             return
         entry = None
         if topic == DECISIONS:
-            yield LATENCY_CHANNEL, _JSON.encode(latency_record(message, log_time_ns)).encode()
+            yield LATENCY_CHANNEL, compact_json(latency_record(message, log_time_ns))
             entry = self._events.from_decision(message, log_time_ns)
         elif topic == CONTROL:
             entry = self._events.from_control(message, log_time_ns)
@@ -184,7 +178,7 @@ class RecordingWriter:
 
     def _write_image(self, header: FrameHeader, image: dict, log_time_ns: int) -> None:
         self._add(FRAMES.name, encode(header), log_time_ns, header)
-        self._add(IMAGE_CHANNEL, _JSON.encode(image).encode(), log_time_ns, header)
+        self._add(IMAGE_CHANNEL, compact_json(image), log_time_ns, header)
         self._file.flush()
 
     def close(self) -> None:

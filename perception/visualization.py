@@ -43,7 +43,8 @@ LATENCY_SCHEMA = {
     },
 }
 
-def _foxglove():  # noqa: ANN202 - the foxglove.messages module
+def foxglove_messages():  # noqa: ANN201 - the foxglove.messages module
+    """The Foxglove SDK's message classes; RuntimeError in one line when the SDK is not installed."""
     try:
         import foxglove.messages as messages
     except ImportError:
@@ -52,7 +53,7 @@ def _foxglove():  # noqa: ANN202 - the foxglove.messages module
 
 
 def timestamp(media_ns: int):  # noqa: ANN201 - foxglove.messages.Timestamp
-    return _foxglove().Timestamp(sec=media_ns // 1_000_000_000, nsec=media_ns % 1_000_000_000)
+    return foxglove_messages().Timestamp(sec=media_ns // 1_000_000_000, nsec=media_ns % 1_000_000_000)
 
 
 def image_annotations(detections: Detections, class_names: Sequence[str], min_score: float = 0.0,
@@ -60,7 +61,7 @@ def image_annotations(detections: Detections, class_names: Sequence[str], min_sc
     """Each box as a closed outline, labelled 'class score #track'; a propagated frame (no network
     ran) is drawn in a lighter colour. Boxes scoring below `min_score` are left out. `scale`: the
     image they are drawn over was resized by this factor (the live view sends a smaller image)."""
-    fg = _foxglove()
+    fg = foxglove_messages()
     stamp = timestamp(detections.media_ns)
     propagated = detections.exit_index == LEVEL_PROPAGATE
     colour = fg.Color(r=0.3, g=0.8, b=1.0, a=1.0) if propagated else fg.Color(r=0.1, g=1.0, b=0.3, a=1.0)
@@ -82,7 +83,7 @@ def image_annotations(detections: Detections, class_names: Sequence[str], min_sc
 
 
 def compressed_image(media_ns: int, jpeg: bytes):  # noqa: ANN201 - foxglove.messages.CompressedImage
-    return _foxglove().CompressedImage(timestamp=timestamp(media_ns), frame_id=CAMERA_FRAME, data=jpeg, format="jpeg")
+    return foxglove_messages().CompressedImage(timestamp=timestamp(media_ns), frame_id=CAMERA_FRAME, data=jpeg, format="jpeg")
 
 
 def latency_record(decision: Decision, received_ns: int) -> dict:
@@ -129,7 +130,7 @@ class EventLog:
 
     @staticmethod
     def _log(log_ns: int, level: str, name: str, text: str):  # noqa: ANN205
-        fg = _foxglove()
+        fg = foxglove_messages()
         return fg.Log(timestamp=timestamp(log_ns), level=getattr(fg.LogLevel, level.capitalize()), message=text,
                       name=name)
 
