@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
+from perception.config import PositiveInt, Range
 from perception.latency import now_ns
 from perception.messages import FrameTransport, Stamp
 from perception.node import DeviceLostError, FatalInputError, Node, NodeSettings, run_node
@@ -24,24 +25,17 @@ log = logging.getLogger("capture")
 class CaptureConfig:
     source: SourceConfig
     node: NodeSettings = field(default_factory=NodeSettings)
-    rate: Literal["source", "max"] | float = "source"  # source: the recorded timeline (a camera: as it delivers)
-    speed: float = 1.0  # rate source: play the recorded timeline this many times faster
+    # source: the recorded timeline (a camera: as it delivers); max: as fast as frames come; or frames per second
+    rate: Literal["source", "max"] | Annotated[float, Range(0, 1000, low_open=True)] = "source"
+    speed: Annotated[float, Range(0.001, 1000)] = 1.0  # rate source: play the recorded timeline this many times faster
     lockstep_from: list[str] | None = None  # deterministic replay: send frame N+1 after a decision about N
-    lockstep_timeout_s: float = 10.0
+    lockstep_timeout_s: Annotated[float, Range(0.01, 3600)] = 10.0
     transport: Literal["shm", "inline"] = "shm"  # inline: pixels inside the message (for tcp://)
-    ring_slots: int = 8
-    max_frames: int | None = None
-    wait_for_subscribers: int = 0  # replay: hold the first frame until this many consumers listen
+    ring_slots: Annotated[int, Range(2, 256)] = 8
+    max_frames: PositiveInt | None = None
+    wait_for_subscribers: Annotated[int, Range(0, 1000)] = 0  # replay: hold the first frame until this many consumers listen
     wait_for_nodes: list[str] | None = None  # and until these nodes run their loops (models loaded, warm)
-    wait_timeout_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.rate, float) and self.rate <= 0:
-            raise ValueError(f"rate must be 'source', 'max' or a positive number, got {self.rate}")
-        if self.speed <= 0 or self.lockstep_timeout_s <= 0:
-            raise ValueError("speed and lockstep_timeout_s must be positive")
-        if not 2 <= self.ring_slots <= 256:
-            raise ValueError(f"ring_slots must be 2..256, got {self.ring_slots}")
+    wait_timeout_s: Annotated[float, Range(0, 3600)] = 10.0
 
 
 CONFIG = CaptureConfig

@@ -7,10 +7,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from perception.config import ConfigError
 from perception.decision import DecisionMaker, DecisionRules
 from perception.detection.manifest import WEIGHTS_DIR, read_class_names
-from perception.latency import now_ns
-from perception.node import FatalInputError, Node, NodeSettings, run_node
+from perception.latency import BudgetMs, now_ns
+from perception.node import Node, NodeSettings, run_node
 from perception.topics import DECISIONS, DETECTIONS
 
 log = logging.getLogger("decision")
@@ -22,21 +23,28 @@ class DecisionConfig:
     detections_from: str | list[str] = "detector"
     classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # names of the detector's class ids
     rules: DecisionRules = field(default_factory=DecisionRules)
-    budget_ms: float = 100.0  # detections older than this are dropped: the watchdog has already braked
-
-    def __post_init__(self) -> None:
-        if self.budget_ms <= 0:
-            raise ValueError(f"budget_ms must be positive, got {self.budget_ms}")
+    budget_ms: BudgetMs = 100.0  # detections older than this are dropped: the watchdog has already braked
 
 
 CONFIG = DecisionConfig
 
 
-def decide(node: Node, config: DecisionConfig) -> None:
+def decision_maker(config: DecisionConfig, name: str = "decision") -> DecisionMaker:
+    """The rules over the detector's class names; ConfigError when a rule names a class it does not have."""
     try:
-        maker = DecisionMaker(config.rules, read_class_names(config.classes_file), node.name)
-    except (OSError, ValueError) as exc:
-        raise FatalInputError(f"{config.classes_file}: {exc}") from None
+        return DecisionMaker(config.rules, read_class_names(config.classes_file), name)
+    except OSError as exc:
+        raise ConfigError(f"classes_file: cannot read {config.classes_file} ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ConfigError(f"rules.classes: {exc} ({config.classes_file})") from None
+
+
+def check(config: DecisionConfig) -> None:
+    decision_maker(config)
+
+
+def decide(node: Node, config: DecisionConfig) -> None:
+    maker = decision_maker(config, node.name)
     detections = node.subscribe(config.detections_from, DETECTIONS, latest=False)
     actions: Counter = Counter()
     while node.ok():
@@ -54,7 +62,7 @@ def decide(node: Node, config: DecisionConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(__doc__.splitlines()[0], DecisionConfig, decide, argv)
+    return run_node(__doc__.splitlines()[0], DecisionConfig, decide, argv, check)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,17 @@ import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
-from perception.config import ConfigError
+from perception.config import ConfigError, Range, ScoreThreshold
 from perception.detection.adaptive import AdaptiveDetector
 from perception.detection.manifest import WEIGHTS_DIR, load_manifest
 from perception.detection.policy import PolicyConfig
-from perception.detection.temporal import TemporalConfig, TemporalDetector
+from perception.detection.temporal import RiskRules, TemporalConfig, TemporalDetector
 from perception.engines import EngineConfig, EngineUnavailable, create_engine
-from perception.latency import now_ns, percentiles_ms, since_capture_ns
+from perception.latency import BudgetMs, now_ns, percentiles_ms, since_capture_ns
 from perception.messages import LEVEL_PROPAGATE, Control, Detections, FrameHeader, NodeState, Stamp
 from perception.node import FatalInputError, Node, NodeSettings, run_node
 from perception.topics import CONTROL, DETECTIONS, FRAMES
@@ -42,24 +43,33 @@ class DetectorConfig:
     temporal: TemporalConfig = field(default_factory=TemporalConfig)  # gate, tracker and optical flow
     frames_from: str | list[str] = "capture"  # node name(s) or endpoint URL(s)
     control_from: str | None = None  # the watchdog's node name, to accept depth ceilings from it
-    budget_ms: float = 100.0  # capture to published decision
-    reserve_ms: float = 15.0  # of the budget, kept for the decision node and the hops after detection
-    stale_ms: float = 50.0  # a frame older than this when picked up is dropped
-    score_threshold: float = 0.3
-    nms_threshold: float = 0.45
-    report_period_s: float = 5.0
+    budget_ms: BudgetMs = 100.0  # capture to published decision
+    reserve_ms: BudgetMs = 15.0  # of the budget, kept for the decision node and the hops after detection
+    stale_ms: BudgetMs = 50.0  # a frame older than this when picked up is dropped
+    score_threshold: ScoreThreshold = 0.3
+    nms_threshold: Annotated[float, Range(0, 1, low_open=True)] = 0.45
+    report_period_s: Annotated[float, Range(0.1, 3600)] = 5.0
     # Deterministic replay: ignore deadlines, staleness and depth ceilings, which all depend on
     # wall-clock timing, so the same recording gives the same detections run after run.
     deterministic: bool = False
 
     def __post_init__(self) -> None:
-        if not 0 < self.reserve_ms < self.budget_ms:
-            raise ValueError(f"need 0 < reserve_ms < budget_ms, got {self.reserve_ms} and {self.budget_ms}")
-        if self.stale_ms <= 0:
-            raise ValueError(f"stale_ms must be positive, got {self.stale_ms}")
+        if not self.reserve_ms < self.budget_ms:
+            raise ValueError(f"need reserve_ms < budget_ms, got {self.reserve_ms} and {self.budget_ms}")
 
 
 CONFIG = DetectorConfig
+
+
+def check(config: DetectorConfig) -> None:
+    """The manifest and every model file it names exist, and the risk gate's rules name classes of its
+    model; loading the networks themselves is left to the node."""
+    manifest = load_manifest(config.model)
+    if config.temporal.gate.risk:
+        try:
+            RiskRules.from_decision_config(config.temporal.gate.decision_config, manifest.class_names())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"temporal.gate.decision_config: {exc}") from None
 
 
 def open_detector(config: DetectorConfig) -> TemporalDetector:
@@ -187,7 +197,7 @@ def report(node: Node, frames, latencies: deque, exits: Counter) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(__doc__.splitlines()[0], DetectorConfig, detect, argv)
+    return run_node(__doc__.splitlines()[0], DetectorConfig, detect, argv, check)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+from perception.config import Range
 
 from perception.latency import now_ns, percentiles_ms, since_capture_ns, stage_durations_ns
 from perception.messages import FrameHeader
@@ -28,12 +31,8 @@ class MonitorConfig:
     frames_from: str = "capture"  # node name or endpoint URL
     latest: bool = False  # true: only ever look at the newest frame, as a detector would
     record: Path | None = None  # JSON lines, one per frame
-    report_period_s: float = 5.0
-    window: int = 300  # frames in the rolling latency window
-
-    def __post_init__(self) -> None:
-        if self.report_period_s <= 0 or self.window <= 0:
-            raise ValueError("report_period_s and window must be positive")
+    report_period_s: Annotated[float, Range(0.1, 3600)] = 5.0
+    window: Annotated[int, Range(1, 1_000_000)] = 300  # frames in the rolling latency window
 
 
 CONFIG = MonitorConfig

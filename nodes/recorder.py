@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
+from perception.config import Range
 from perception.detection.manifest import WEIGHTS_DIR, read_class_names
 from perception.latency import now_ns
 from perception.node import FatalInputError, Node, NodeSettings, run_node
@@ -35,8 +36,8 @@ class RecorderConfig:
     node: NodeSettings = field(default_factory=NodeSettings)
     sources: dict[str, list[str]] = field(default_factory=default_sources)  # topic name -> publishers
     image_format: Literal["jpeg", "raw"] = "jpeg"
-    jpeg_quality: int = 90
-    chunk_size_kb: int = 1024  # a killed recorder loses at most the chunk in progress
+    jpeg_quality: Annotated[int, Range(1, 100)] = 90
+    chunk_size_kb: Annotated[int, Range(1, 1 << 20)] = 1024  # a killed recorder loses at most the chunk in progress
     classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # the detector's class names: labels of the boxes
 
     def __post_init__(self) -> None:
@@ -45,8 +46,6 @@ class RecorderConfig:
                 topic(name)
             except ValueError as exc:
                 raise ValueError(f"sources: {exc}") from None
-        if not 1 <= self.jpeg_quality <= 100 or self.chunk_size_kb <= 0:
-            raise ValueError("jpeg_quality must be 1..100 and chunk_size_kb positive")
 
 
 CONFIG = RecorderConfig

@@ -19,12 +19,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import cv2
 import numpy as np
 
+from perception.config import Fraction, Range
 from perception.detection.manifest import WEIGHTS_DIR, read_class_names
 from perception.latency import now_ns
+from perception.log_rate import limit_log_rate
 from perception.messages import json_schema, schema_name
 from perception.node import FatalInputError, Node, NodeSettings, run_node
 from perception.shm_ring import FrameOverwritten, RingError
@@ -42,21 +45,15 @@ log = logging.getLogger("viewer")
 class ViewerConfig:
     node: NodeSettings = field(default_factory=NodeSettings)
     host: str = "127.0.0.1"  # 0.0.0.0 serves other machines too: the server has no authentication
-    port: int = DEFAULT_PORT  # 0: any free port (logged)
-    image_max_width: int = 640  # pixels; larger frames are downscaled before JPEG encoding
-    image_rate_hz: float = 10.0  # at most this many images a second; annotations follow every frame
-    jpeg_quality: int = 75
+    port: Annotated[int, Range(0, 65535)] = DEFAULT_PORT  # 0: any free port (logged)
+    image_max_width: Annotated[int, Range(16, 16384)] = 640  # pixels; larger frames are downscaled before JPEG encoding
+    image_rate_hz: Annotated[float, Range(0, 100, low_open=True)] = 10.0  # at most this many images a second; annotations follow every frame
+    jpeg_quality: Annotated[int, Range(1, 100)] = 75
     classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # names of the detector's class ids
-    min_score: float = 0.0  # boxes scoring lower are not drawn
+    min_score: Fraction = 0.0  # boxes scoring lower are not drawn
     sources: dict[str, list[str]] = field(default_factory=dict)  # topic -> publishers, where not the table's
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be 0..65535, got {self.port}")
-        if not 16 <= self.image_max_width <= 16384 or not 0 < self.image_rate_hz <= 100:
-            raise ValueError("image_max_width must be 16..16384 and image_rate_hz in (0, 100]")
-        if not 1 <= self.jpeg_quality <= 100 or not 0 <= self.min_score <= 1:
-            raise ValueError("jpeg_quality must be 1..100 and min_score 0..1")
         unknown = set(self.sources) - set(BY_NAME)
         if unknown:
             raise ValueError(f"sources: unknown topics {sorted(unknown)} (known: {', '.join(BY_NAME)})")
@@ -177,6 +174,8 @@ def view(node: Node, config: ViewerConfig) -> None:
     # The SDK logs through Python logging; its routine lines (server started, shutting down) would
     # repeat what this node says. FOXGLOVE_LOG_LEVEL overrides this.
     foxglove.set_log_level("DEBUG" if config.node.log_level.upper() == "DEBUG" else "WARNING")
+    # The server logs every bad message a client sends, and clients are not authenticated: capped.
+    client_lines = limit_log_rate("foxglove", burst=5, period_s=10.0)
     context = foxglove.Context()
     streams = Streams(foxglove, context, config, class_names)
     server = start_server(foxglove, context, config)
@@ -196,6 +195,7 @@ def view(node: Node, config: ViewerConfig) -> None:
                     if topic is FRAMES:
                         streams.frame(node, receiver, received)
                         node.mark_frame_done(received.message.frame_id, received.message.capture_ns)
+            node.counters["log.suppressed"] = client_lines.suppressed
     finally:
         server.stop()
 

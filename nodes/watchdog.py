@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Annotated
+
+from perception.config import Range
 
 from perception.latency import now_ns
 from perception.node import Node, NodeSettings, run_node
@@ -26,12 +29,8 @@ class WatchdogConfig:
     frames_from: str | list[str] = "capture"  # node name(s) or endpoint URL(s)
     detections_from: str | list[str] = "detector"  # for the topic monitor only
     decisions_from: str | list[str] = "decision"
-    status_period_ms: float = 100.0
-    control_period_ms: float = 1000.0  # re-send the ceiling so a restarted detector learns it
-
-    def __post_init__(self) -> None:
-        if self.status_period_ms <= 0 or self.control_period_ms <= 0:
-            raise ValueError("status_period_ms and control_period_ms must be positive")
+    status_period_ms: Annotated[float, Range(1, 60_000)] = 100.0
+    control_period_ms: Annotated[float, Range(1, 60_000)] = 1000.0  # re-send the ceiling so a restarted detector learns it
 
 
 CONFIG = WatchdogConfig

@@ -35,10 +35,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import zmq
 
+from perception.config import Range
 from perception.latency import now_ns
 from perception.messages import THIS_HOST, Message, Stamp, check_name
 from perception.security import CurveClient, CurveServer
@@ -54,21 +55,14 @@ class ClockConfig:
     """How this host converts stamps from other hosts (the launch file's `clock` section)."""
 
     mode: Literal["ntp", "ptp"] = "ntp"
-    period_s: float = 0.5  # one exchange with each remote host this often
-    burst: int = 8  # at start, this many exchanges 20 ms apart (NTP's iburst): a good estimate within 0.2 s
-    window: int = 16  # exchanges the best one is chosen from
-    timeout_s: float = 0.25  # an exchange not answered by then is lost
-    drift_ppm: float = 50.0  # how far two monotonic clocks may run apart: uncertainty grows with a sample's age
-    max_uncertainty_ms: float = 5.0  # a host less certain than this is not trusted: its messages are dropped
+    period_s: Annotated[float, Range(0.01, 60)] = 0.5  # one exchange with each remote host this often
+    burst: Annotated[int, Range(0, 100)] = 8  # at start, this many exchanges 20 ms apart (NTP's iburst): a good estimate within 0.2 s
+    window: Annotated[int, Range(1, 1000)] = 16  # exchanges the best one is chosen from
+    timeout_s: Annotated[float, Range(0.001, 10)] = 0.25  # an exchange not answered by then is lost
+    drift_ppm: Annotated[float, Range(0, 1000)] = 50.0  # how far two monotonic clocks may run apart: uncertainty grows with a sample's age
+    max_uncertainty_ms: Annotated[float, Range(0, 1000, low_open=True)] = 5.0  # a host less certain than this is not trusted: its messages are dropped
     ptp_clock: Literal["tai", "realtime"] = "tai"
-    ptp_accuracy_us: float = 100.0  # what PTP guarantees between the hosts' clocks on this network
-
-    def __post_init__(self) -> None:
-        if not (self.period_s > 0 and self.timeout_s > 0 and self.window >= 1 and self.drift_ppm >= 0
-                and self.burst >= 0):
-            raise ValueError("period_s and timeout_s must be positive, window >= 1, drift_ppm and burst >= 0")
-        if not (self.max_uncertainty_ms > 0 and self.ptp_accuracy_us >= 0):
-            raise ValueError("max_uncertainty_ms must be positive and ptp_accuracy_us >= 0")
+    ptp_accuracy_us: Annotated[float, Range(0, 1e6)] = 100.0  # what PTP guarantees between the hosts' clocks on this network
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,25 @@
 """YAML configuration validated into typed, frozen dataclasses at start-up.
 
-An unknown or misspelled key, a wrong type or a missing required key is a ConfigError whose
-one-line message names the file and the key path. Relative paths (fields typed `Path`) are
-resolved against the directory of the file that holds them, so a config means the same thing
-whatever the working directory.
+An unknown or misspelled key, a wrong type, a missing required key or a number out of its range is
+a ConfigError whose one-line message names the file and the key path. Every number is finite (YAML's
+`.nan` and `.inf` are refused) and every number of a config states its range in its type
+(`Annotated[float, Range(...)]`, or one of the aliases below), so `min_score: 1.5` or
+`heartbeat_timeout_ms: .inf` cannot switch a safety rule off. The launcher and the node validate
+with this same code. Relative paths (fields typed `Path`) are resolved against the directory of the
+file that holds them, so a config means the same thing whatever the working directory.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import enum
+import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -25,13 +30,69 @@ class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names file and key."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The interval a config number must lie in: `Annotated[float, Range(0, 1)]`. Bounds are
+    inclusive unless marked open; None is unbounded on that side."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def problem(self, value: float) -> str | None:
+        """Why `value` is outside the range, or None."""
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        return f"must be {self}, got {value!r}" if too_low or too_high else None
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {high}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _number(value: float | None) -> str:
+    """1000000 rather than 1e+06, 0.5 as 0.5."""
+    return str(int(value)) if value is not None and float(value).is_integer() else f"{value:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Length:
+    """How many items a config list (or mapping, or string) may hold: `Annotated[list[str], Length(1)]`."""
+
+    low: int = 0
+    high: int | None = None
+
+    def problem(self, value: Any) -> str | None:
+        if len(value) < self.low or (self.high is not None and len(value) > self.high):
+            bound = f"at least {self.low}" if self.high is None else f"{self.low} to {self.high}"
+            return f"needs {bound} item(s), got {len(value)}"
+        return None
+
+
+# The ranges most config numbers need, by name.
+Positive = Annotated[float, Range(0, low_open=True)]
+NonNegative = Annotated[float, Range(0)]
+Fraction = Annotated[float, Range(0, 1)]  # scores, shares, fractions of the image
+ScoreThreshold = Annotated[float, Range(0, 1, high_open=True)]  # what a detection must score: 1 would pass none
+PositiveInt = Annotated[int, Range(1)]
+NonNegativeInt = Annotated[int, Range(0)]
+Port = Annotated[int, Range(1, 65535)]
+
+
 def load_yaml(path: Path) -> Any:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r})") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -67,15 +128,19 @@ def parse_override(override: str, source: Path | str = "--set") -> tuple[str, An
 
 def apply_override(data: dict, override: str, source: Path | str = "--set") -> None:
     """Set a dotted key in a nested mapping from 'a.b.c=value'."""
-    key, value = parse_override(override, source)
+    set_key(data, *parse_override(override, source), source=source)
+
+
+def set_key(data: dict, key: str, value: Any, source: Path | str = "--set") -> None:
+    """Set the dotted `key` ('a.b.c') of a nested mapping to `value`, as it is (no re-parsing)."""
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"{source}: override {override!r}: {part} is not a mapping")
+            raise ConfigError(f"{source}: {key}: {part} is not a mapping")
         node = child
-    node[parts[-1]] = value
+    node[parts[-1]] = copy.deepcopy(value)  # the caller's value stays its own
 
 
 def from_mapping(cls: type[T], data: Any, source: str = "<config>", base_dir: Path | None = None, key: str = "") -> T:
@@ -101,6 +166,14 @@ def _convert(tp: Any, value: Any, where: _Where, key: str) -> Any:
     origin = get_origin(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        base, *constraints = get_args(tp)
+        converted = _convert(base, value, where, key)
+        for constraint in constraints:
+            problem = constraint.problem(converted) if isinstance(constraint, (Range, Length)) else None
+            if problem:
+                raise where.error(key, problem)
+        return converted
     if dataclasses.is_dataclass(tp):
         return _convert_dataclass(tp, value, where, key)
     if origin in (Union, types.UnionType):
@@ -158,6 +231,8 @@ def _convert(tp: Any, value: Any, where: _Where, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise where.error(key, f"expected a number, got {_describe(value)}")
+        if isinstance(value, float) and not math.isfinite(value) or isinstance(value, int) and abs(value) > 2**53:
+            raise where.error(key, f"expected a finite number, got {_describe(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -171,7 +246,7 @@ def _convert_dataclass(cls: type, value: Any, where: _Where, key: str) -> Any:
         value = {}
     if not isinstance(value, dict):
         raise where.error(key, f"expected a mapping, got {_describe(value)}")
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for name in value:
         if name not in fields:
@@ -189,6 +264,26 @@ def _convert_dataclass(cls: type, value: Any, where: _Where, key: str) -> Any:
     except (ValueError, TypeError) as exc:
         raise where.error(key, str(exc)) from None
     return instance
+
+
+def check_ranges(instance: Any) -> None:
+    """The Range and Length constraints of a dataclass built in code rather than from a config
+    (from_mapping checks them as it converts); ValueError naming the first field out of range."""
+    for name, hint in get_type_hints(type(instance), include_extras=True).items():
+        value = getattr(instance, name, None)
+        for constraint in _constraints(hint):
+            problem = constraint.problem(value) if value is not None else None
+            if problem:
+                raise ValueError(f"{name} {problem}")
+
+
+def _constraints(hint: Any) -> list:
+    """The Range / Length constraints of a field type, through Optional."""
+    if get_origin(hint) is Annotated:
+        return [c for c in get_args(hint)[1:] if isinstance(c, (Range, Length))]
+    if get_origin(hint) in (Union, types.UnionType):
+        return [c for option in get_args(hint) for c in _constraints(option)]
+    return []
 
 
 def _join(key: str, name: object) -> str:

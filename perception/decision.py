@@ -3,7 +3,9 @@
 An object matters when its class is one the vehicle must not hit, its score is high enough and
 its ground contact (the bottom edge of its box) lies in the ego path, a polygon in normalised
 image coordinates. Two proxies say how urgent it is, since a monocular detector has no range:
-- size: box height as a fraction of image height (near objects are tall);
+- size: box height as a fraction of image height (near objects are tall); a box cut off by the
+  frame's bottom edge is as near as anything gets, whatever its height (the detector clips boxes
+  to the frame, so a car close ahead ends exactly on the bottom row);
 - time to collision: TTC = 1 / (d ln h / dt), the time until the box would fill the view at its
   current rate of growth, fitted over the recent heights of the object's track. Tracks come with
   the detections (the detector's tracker, perception/tracking): this node keeps only each track's
@@ -17,40 +19,51 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
-from perception.config import ConfigError, from_mapping, load_yaml
+from perception.config import ConfigError, Fraction, Length, Range, ScoreThreshold, check_ranges, from_mapping, load_yaml
 
 from perception.messages import Action, Decision, Detections, Reason, Stamp, Target
 
 DEFAULT_ROI = [(0.46, 0.58), (0.54, 0.58), (0.80, 1.0), (0.20, 1.0)]  # the ego lane of a forward camera
+HeightShare = Annotated[float, Range(0, 1, low_open=True)]  # a box's height over the image's: above 1 none is
+Seconds = Annotated[float, Range(0, 3600, low_open=True)]
+MIN_ROI_AREA = 1e-4  # of the image: an ego path smaller than 1% x 1% of the view cannot hold a box's contact
+EDGE_EPS = 1e-6  # normalised coordinates this close to the path's boundary are on it (float32 boxes: ~1e-7)
 DEFAULT_CLASSES = ["person", "bicycle", "car", "motorbike", "bus", "truck", "dog", "horse", "cow"]
 
 
 @dataclass(frozen=True)
 class DecisionRules:
-    roi: list[tuple[float, float]] = field(default_factory=lambda: list(DEFAULT_ROI))
-    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
-    min_score: float = 0.4
-    min_in_path: float = 0.3  # fraction of the box's bottom edge inside the ego path
-    slow_height: float = 0.15  # box height / image height
-    brake_height: float = 0.35
-    slow_ttc_s: float = 4.0
-    brake_ttc_s: float = 2.0
-    release_frames: int = 5
-    ttc_frames: int = 8  # samples in the growth-rate fit
-    min_growth: float = 0.05  # box growth over the fit below which TTC is not trusted (pixel jitter)
+    roi: Annotated[list[tuple[Fraction, Fraction]], Length(3, 64)] = field(default_factory=lambda: list(DEFAULT_ROI))
+    classes: Annotated[list[str], Length(1)] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    min_score: ScoreThreshold = 0.4
+    min_in_path: Annotated[float, Range(0, 1, low_open=True)] = 0.3  # fraction of the box's bottom edge inside the ego path
+    slow_height: HeightShare = 0.15  # box height / image height
+    brake_height: HeightShare = 0.35
+    slow_ttc_s: Seconds = 4.0
+    brake_ttc_s: Seconds = 2.0
+    release_frames: Annotated[int, Range(0, 1000)] = 5
+    ttc_frames: Annotated[int, Range(2, 1000)] = 8  # samples in the growth-rate fit
+    min_growth: Annotated[float, Range(0, 10)] = 0.05  # box growth over the fit below which TTC is not trusted (pixel jitter)
+    # A box whose bottom lies within this fraction of the image height of the frame's bottom edge is
+    # cut off by it: the object's ground contact is below the view, as close as anything gets.
+    edge_margin: Annotated[float, Range(0, 0.5)] = 0.02
 
     def __post_init__(self) -> None:
-        if len(self.roi) < 3 or not all(0 <= x <= 1 and 0 <= y <= 1 for x, y in self.roi):
-            raise ValueError("roi must be a polygon of at least 3 points in normalised [0, 1] coordinates")
-        if not 0 < self.slow_height <= self.brake_height:
-            raise ValueError("need 0 < slow_height <= brake_height")
-        if not 0 < self.brake_ttc_s <= self.slow_ttc_s:
-            raise ValueError("need 0 < brake_ttc_s <= slow_ttc_s")
-        if self.release_frames < 0 or self.ttc_frames < 2 or self.min_growth < 0:
-            raise ValueError("release_frames and min_growth must be >= 0, ttc_frames >= 2")
+        check_ranges(self)  # also when built in code: these rules decide whether to brake
+        if not all(0 <= x <= 1 and 0 <= y <= 1 for x, y in self.roi):
+            raise ValueError("roi must be a polygon in normalised [0, 1] coordinates")
+        if polygon_area(np.array(self.roi, np.float64)) < MIN_ROI_AREA:
+            raise ValueError(f"roi encloses no area (its points are in a line or repeated): {self.roi}")
+        if not self.slow_height <= self.brake_height:
+            raise ValueError("need slow_height <= brake_height")
+        if not self.brake_ttc_s <= self.slow_ttc_s:
+            raise ValueError("need brake_ttc_s <= slow_ttc_s")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes lists a class twice: {self.classes}")
 
 
 def load_decision_rules(path: Path) -> DecisionRules:
@@ -62,17 +75,34 @@ def load_decision_rules(path: Path) -> DecisionRules:
     return from_mapping(DecisionRules, data.get("rules", {}), source=f"{path}: rules", base_dir=Path(path).parent)
 
 
+def polygon_area(polygon: np.ndarray) -> float:
+    """Area enclosed by a polygon (shoelace formula, absolute)."""
+    x, y = polygon[:, 0], polygon[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
 def fraction_in_polygon(x1: float, x2: float, y: float, polygon: np.ndarray, samples: int = 9) -> float:
-    """Fraction of the horizontal segment (x1..x2, y) inside the polygon (even-odd rule)."""
+    """Fraction of the horizontal segment (x1..x2, y) inside the polygon, its boundary included.
+
+    Closed, not strict: a box clipped to the frame ends exactly on the bottom row, which is the ego
+    path's own bottom edge, and must count as in it (a strict even-odd test finds no crossing there).
+    """
     xs = np.linspace(x1, x2, samples)
     inside = np.zeros(samples, bool)
+    on_edge = np.zeros(samples, bool)
     px, py = polygon[:, 0], polygon[:, 1]
     qx, qy = np.roll(px, -1), np.roll(py, -1)
     for ax, ay, bx, by in zip(px, py, qx, qy):
-        if (ay > y) != (by > y):
+        if abs(ay - by) <= EDGE_EPS:  # a horizontal edge: on it when y is its row
+            if abs(ay - y) <= EDGE_EPS:
+                on_edge |= (xs >= min(ax, bx) - EDGE_EPS) & (xs <= max(ax, bx) + EDGE_EPS)
+            continue
+        if min(ay, by) - EDGE_EPS <= y <= max(ay, by) + EDGE_EPS:
             cross_x = ax + (y - ay) * (bx - ax) / (by - ay)
-            inside ^= xs < cross_x
-    return float(inside.mean())
+            on_edge |= np.abs(xs - cross_x) <= EDGE_EPS
+            if (ay > y) != (by > y):
+                inside ^= xs < cross_x
+    return float((inside | on_edge).mean())
 
 
 @dataclass
@@ -127,6 +157,7 @@ class DecisionMaker:
         self.node_name = node_name
         self._relevant = np.array([class_names.index(c) for c in rules.classes])
         self._roi = np.array(rules.roi, np.float64)
+        self._roi_bottom = float(self._roi[:, 1].max())
         self._histories = TrackHistories(rules.ttc_frames)
         self._current: tuple[Action, Reason, Target | None, str] = (Action.PROCEED, Reason.CLEAR, None, "path clear")
         self._calm_frames = 0
@@ -148,11 +179,14 @@ class DecisionMaker:
         worst: tuple[int, float, float, Target, str] | None = None  # (action, -ttc, height, target, detail)
         for box, score, class_id, history in zip(boxes, scores, class_ids, histories):
             x1, y1, x2, y2 = (float(v) for v in box)
-            if fraction_in_polygon(x1 / d.image_width, x2 / d.image_width, y2 / d.image_height, self._roi) < self.rules.min_in_path:
+            top, bottom = y1 / d.image_height, y2 / d.image_height
+            # A box reaching below the path's lowest row stands nearer than the path's end: judged on that row.
+            contact = min(bottom, self._roi_bottom) if top <= self._roi_bottom else bottom
+            if fraction_in_polygon(x1 / d.image_width, x2 / d.image_width, contact, self._roi) < self.rules.min_in_path:
                 continue
-            height = (y2 - y1) / d.image_height
+            height = bottom - top
             ttc = history.ttc_s(self.rules.min_growth)
-            action, why = self._urgency(height, ttc)
+            action, why = self._urgency(height, ttc, cut_off=bottom >= 1.0 - self.rules.edge_margin)
             name = self.class_names[int(class_id)]
             target = Target(class_id=int(class_id), score=float(score), box=(x1, y1, x2, y2), ttc_s=ttc)
             detail = f"{name} in path, {why}, height {height:.2f}, ttc {ttc:.1f} s"
@@ -167,10 +201,12 @@ class DecisionMaker:
         reason = Reason.CLOSING_FAST if "closing" in worst[4] else Reason.OBJECT_IN_PATH
         return (action, reason, worst[3], worst[4])
 
-    def _urgency(self, height: float, ttc: float) -> tuple[Action, str]:
+    def _urgency(self, height: float, ttc: float, cut_off: bool) -> tuple[Action, str]:
         r = self.rules
         if ttc <= r.brake_ttc_s:
             return Action.BRAKE, "closing"
+        if cut_off:
+            return Action.BRAKE, "cut off by the frame's bottom edge"
         if height >= r.brake_height:
             return Action.BRAKE, "close"
         if ttc <= r.slow_ttc_s:

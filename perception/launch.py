@@ -41,17 +41,20 @@ import sys
 import secrets
 import tempfile
 import time
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import yaml
 import zmq
 
-from perception.config import ConfigError, apply_override, from_mapping, load_yaml
+from perception.config import ConfigError, Port, Range, from_mapping, load_yaml, set_key
+from perception.latency import BudgetMs
 from perception.latency import now_ns
 from perception.clock import ClockConfig, ClockServer, ClockSync
-from perception.messages import HOST_ENV, Heartbeat, NodeState, WatchdogStatus
+from perception.messages import HOST_ENV, Action, Decision, Heartbeat, NodeState, Reason, Stamp, WatchdogStatus
 from perception.node import EXIT_CONFIG, NETWORK_ENV, RUN_DIR_ENV, RUN_ID_ENV, private_run_dir, stop_order_path
 from perception.security import (
     LOCAL_KEY, CurveClient, CurveServer, Identity, SecurityError, check_key_name, is_network, load_identity,
@@ -59,12 +62,17 @@ from perception.security import (
     require_secure,
 )
 from perception.shm_ring import run_ring_prefix, segments_with_prefix, unlink_segment
-from perception.topics import HEARTBEAT, WATCHDOG_STATUS
-from perception.transport import Subscriber, resolve_endpoint
+from perception.topics import DECISIONS, HEARTBEAT, WATCHDOG_STATUS
+from perception.transport import Publisher, Subscriber, resolve_endpoint
 
 log = logging.getLogger("launch")
 
 MAX_RESTART_DELAY_S = 5.0
+# After a critical node failed for good: how long the launch keeps braking before it stops every
+# node, and how often the launcher repeats a dead watchdog's brake (consumers reconnect to its
+# endpoint within ZeroMQ's 100 ms reconnect interval).
+FAILSAFE_HOLD_S = 0.5
+FAILSAFE_REPEAT_S = 0.1
 RUN_DIR_PREFIX = "perception-"
 OWNER_FILE = "launcher.pid"  # "<pid> <process start time>" of the launcher that owns a run directory
 
@@ -78,7 +86,7 @@ class HostSpec:
     # Its launcher's clock server (perception.clock), which the other hosts' nodes ask for its time;
     # default base_port - 1 - its index among the hosts (below the nodes' ports, whatever is added
     # to one host's part, e.g. a live view, so every host computes the same).
-    clock_port: int | None = None
+    clock_port: Port | None = None
 
     def __post_init__(self) -> None:
         for what, value in (("address", self.address), ("bind", self.bind)):
@@ -93,46 +101,39 @@ class LaunchNode:
     config: Path
     params: dict[str, Any] = field(default_factory=dict)  # dotted config keys merged before validation
     restart: Literal["never", "on-failure", "always"] = "on-failure"
-    max_restarts: int = 5
-    restart_delay_s: float = 0.5
+    max_restarts: Annotated[int, Range(0, 1_000_000)] = 5
+    restart_delay_s: Annotated[float, Range(0, MAX_RESTART_DELAY_S)] = 0.5
     shutdown_on_exit: bool = False  # when this node ends for good (done, or failed past restarts) the launch ends
+    # A node the pipeline must not run without: when it fails for good (a refused config, or a crash
+    # past its restarts) the launch brakes, stops every node and exits non-zero. The watchdog always is.
+    critical: bool = False
     # SCHED_FIFO priority (1-99) for a node that must never wait behind the others for a core (the
     # watchdog); needs root or CAP_SYS_NICE, else the node runs at normal priority with a warning.
-    realtime_priority: int | None = None
-    nice: int = 0  # -20 (first) .. 19 (last) among normal-priority processes
+    realtime_priority: Annotated[int, Range(1, 99)] | None = None
+    nice: Annotated[int, Range(-20, 19)] = 0  # -20 (first) .. 19 (last) among normal-priority processes
     # A running node whose last heartbeat is older than this is hung: killed and restarted per
     # `restart`. None: never (a node that may block for long on purpose).
-    hang_timeout_s: float | None = 2.0
-    startup_timeout_s: float = 30.0  # for the first heartbeat, which comes after models load
+    hang_timeout_s: Annotated[float, Range(0.01, 3600)] | None = 2.0
+    startup_timeout_s: Annotated[float, Range(0.1, 3600)] = 30.0  # for the first heartbeat, which comes after models load
     host: str | None = None  # in a launch with hosts: the one this node runs on
-    port: int | None = None  # its tcp port when nodes on other hosts read it (default: base_port + its index)
+    port: Port | None = None  # its tcp port when nodes on other hosts read it (default: base_port + its index)
 
     def __post_init__(self) -> None:
-        if self.port is not None and not 1 <= self.port <= 65535:
-            raise ValueError(f"port must be 1..65535, got {self.port}")
         if not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"node name {self.name!r} may hold only letters, digits, '-' and '_'")
         if not self.node.isidentifier() or self.node.startswith("_"):
             raise ValueError(f"node {self.node!r} is not a node module name (a file nodes/<name>.py)")
-        if self.hang_timeout_s is not None and self.hang_timeout_s <= 0 or self.startup_timeout_s <= 0:
-            raise ValueError("hang_timeout_s and startup_timeout_s must be positive")
-        if self.max_restarts < 0 or self.restart_delay_s < 0:
-            raise ValueError("max_restarts and restart_delay_s must not be negative")
-        if self.realtime_priority is not None and not 1 <= self.realtime_priority <= 99:
-            raise ValueError(f"realtime_priority must be 1..99, got {self.realtime_priority}")
-        if not -20 <= self.nice <= 19:
-            raise ValueError(f"nice must be -20..19, got {self.nice}")
 
 
 @dataclass(frozen=True)
 class LaunchFile:
     nodes: list[LaunchNode]
-    status_period_s: float = 5.0
-    stop_timeout_s: float = 1.5  # SIGTERM grace before SIGKILL; the whole stop stays under 2 s
-    drain_s: float = 0.0  # after a shutdown_on_exit node finishes cleanly: time for in-flight work downstream
-    budget_ms: float | None = None  # capture-to-decision budget: overrides every node config's `budget_ms`
+    status_period_s: Annotated[float, Range(0.1, 86_400)] = 5.0
+    stop_timeout_s: Annotated[float, Range(0.1, 1.8)] = 1.5  # SIGTERM grace before SIGKILL; the whole stop stays under 2 s
+    drain_s: Annotated[float, Range(0, 10)] = 0.0  # after a shutdown_on_exit node finishes cleanly: time for in-flight work downstream
+    budget_ms: BudgetMs | None = None  # capture-to-decision budget: overrides every node config's `budget_ms`
     hosts: dict[str, HostSpec] = field(default_factory=dict)  # name -> address; nodes say `host: NAME`
-    base_port: int = 7100  # tcp port of the node at index 0 of `nodes`, when it publishes for other hosts
+    base_port: Port = 7100  # tcp port of the node at index 0 of `nodes`, when it publishes for other hosts
     keys: Path | None = None  # CURVE keys folder (perception keys DIR): tcp endpoints need it...
     insecure: bool = False  # ...unless this says plain tcp is fine (a network nobody else can reach)
     clock: ClockConfig = field(default_factory=ClockConfig)  # how hosts convert each other's stamps
@@ -151,10 +152,8 @@ class LaunchFile:
             raise ValueError(f"node names must be unique, repeated: {', '.join(duplicates)}")
         if not self.nodes:
             raise ValueError("a launch file needs at least one node")
-        if not 0.1 <= self.stop_timeout_s <= 1.8:
-            raise ValueError(f"stop_timeout_s must be 0.1..1.8, got {self.stop_timeout_s}")
-        if not 0.0 <= self.drain_s <= 10.0:
-            raise ValueError(f"drain_s must be 0..10, got {self.drain_s}")
+        if any(n.node == "decision" for n in self.nodes) and not any(n.node == "watchdog" for n in self.nodes):
+            raise ValueError("it decides (a decision node) but has no watchdog node: the pipeline never runs unwatched")
 
 
 @dataclass(frozen=True)
@@ -277,7 +276,8 @@ def clock_endpoints(spec: LaunchFile) -> dict[str, tuple[str, str]]:
 class ManagedNode:
     spec: LaunchNode
     config_path: Path  # the validated, resolved config written into the run directory
-    endpoint: str
+    endpoint: str  # where its readers connect
+    bind: str  # where it publishes (the launcher publishes a dead watchdog's brakes there)
     process: subprocess.Popen | None = None
     state: str = "pending"  # pending, running, restarting, exited, failed
     restarts: int = 0
@@ -297,14 +297,15 @@ def load_launch_file(path: Path) -> LaunchFile:
     return from_mapping(LaunchFile, data, source=str(path), base_dir=path.parent)
 
 
-def node_config_type(spec: LaunchNode, source: str) -> type:
+def node_module(spec: LaunchNode, source: str) -> types.ModuleType:
+    """The node's module in nodes/: its CONFIG type, its main and, optionally, its `check(config)`."""
     try:
         module = importlib.import_module(f"nodes.{spec.node}")
     except ModuleNotFoundError:
         raise ConfigError(f"{source}: nodes[{spec.name}].node: no node module 'nodes.{spec.node}'") from None
     if not dataclasses.is_dataclass(getattr(module, "CONFIG", None)) or not callable(getattr(module, "main", None)):
         raise ConfigError(f"{source}: nodes[{spec.name}].node: 'nodes.{spec.node}' is not a node (no CONFIG and main)")
-    return module.CONFIG
+    return module
 
 
 def budget_keys(config_type: type, prefix: str = "") -> list[str]:
@@ -320,18 +321,43 @@ def budget_keys(config_type: type, prefix: str = "") -> list[str]:
 
 
 def resolve_node_config(spec: LaunchNode, source: str, budget_ms: float | None = None) -> tuple[dict, Any]:
-    """The node's config with the launch budget and params merged, validated; returns (plain data, typed config)."""
-    config_type = node_config_type(spec, source)
+    """The node's config with the launch budget and params merged, validated as the node itself will
+    (the same from_mapping, then the node's own `check`: class names, model files); returns (plain
+    data, typed config)."""
+    module = node_module(spec, source)
+    config_type = module.CONFIG
     data = load_yaml(spec.config) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{spec.config}: top level must be a mapping")
     if budget_ms is not None:
         for key in budget_keys(config_type):
-            apply_override(data, f"{key}={budget_ms}", f"{source}: budget_ms")
+            set_key(data, key, budget_ms, f"{source}: budget_ms")
     for key, value in spec.params.items():
-        apply_override(data, f"{key}={json.dumps(value)}", f"{source}: nodes[{spec.name}].params")
-    typed = from_mapping(config_type, data, source=f"{spec.config} (node {spec.name})", base_dir=spec.config.parent)
+        set_key(data, key, value, f"{source}: nodes[{spec.name}].params")
+    where = f"{spec.config} (node {spec.name})"
+    typed = from_mapping(config_type, data, source=where, base_dir=spec.config.parent)
+    check_node_config(module, typed, where)
     return _absolutize(typed, data), typed
+
+
+def check_node_config(module: types.ModuleType, typed: Any, where: str) -> None:
+    """Run a node module's own `check(config)`, if it has one, as ConfigError naming the config."""
+    check = getattr(module, "check", None)
+    if check is not None:
+        try:
+            check(typed)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+def node_config_text(data: dict, typed: Any, base_dir: Path, where: str) -> str:
+    """The config a node reads from the run directory, as YAML, checked to read back as exactly the
+    config validated here: a value that would change on the way (JSON's Infinity once became a string
+    that the watchdog refused, leaving the pipeline unwatched) stops the launch before it starts."""
+    text = yaml.safe_dump(data, sort_keys=False)
+    if from_mapping(type(typed), yaml.safe_load(text), source=where, base_dir=base_dir) != typed:
+        raise ConfigError(f"{where}: would not read back as validated from the run directory; not starting")
+    return text
 
 
 def _absolutize(typed: Any, data: dict) -> dict:
@@ -398,6 +424,7 @@ class Launcher:
         self._stop_reason: str | None = None
         self._drain_until_ns: int | None = None
         self._exit_code = 0
+        self._critical_failure: str | None = None  # "NAME failed (...)" once a critical node failed for good
         self._context = zmq.Context()
         self.watchdog_status: WatchdogStatus | None = None  # the newest, for the topic column of the status
         self._clock_curve: CurveServer | None = None  # the ZAP handler of its clock server, when over CURVE
@@ -415,6 +442,7 @@ class Launcher:
         placements = place_nodes(spec_with_keys, {s.name: typed for s, _, typed in resolved}, self.run_dir,
                                  str(self.launch_path))
         mine = [(s, d, t) for s, d, t in resolved if self.host is None or s.host == self.host]
+        texts = {s.name: node_config_text(d, t, s.config.parent, f"{s.config} (node {s.name})") for s, d, t in mine}
         self._load_keys(placements, [s.name for s, _, _ in mine])
         remove_stale_run_dirs(self.run_dir.parent)
         self.run_dir.mkdir(mode=0o700)
@@ -422,9 +450,9 @@ class Launcher:
         (self.run_dir / OWNER_FILE).write_text(f"{os.getpid()} {process_start_time(os.getpid())}")
         for spec, data, typed in mine:
             config_path = self.run_dir / f"{spec.name}.yaml"
-            config_path.write_text(json.dumps(data, indent=1))
+            config_path.write_text(texts[spec.name])
             placement = placements[spec.name]
-            self.nodes.append(ManagedNode(spec, config_path, placement.connect, key=placement.key,
+            self.nodes.append(ManagedNode(spec, config_path, placement.connect, placement.bind, key=placement.key,
                                           network=network_settings(spec_with_keys, placements, spec.name, self.keys)))
 
     def _check_host(self) -> None:
@@ -519,6 +547,11 @@ class Launcher:
             log.warning("%s exited with %s; restarting in %.1f s (%d/%d)", spec.name, how, delay, managed.restarts, spec.max_restarts)
         if managed.state == "failed":
             self._exit_code = 1
+            if (spec.critical or spec.node == "watchdog") and self._critical_failure is None:
+                self._critical_failure = f"{spec.name} failed ({how})"
+                self._stop_reason = f"critical node {self._critical_failure}: braking and stopping the pipeline"
+                log.error("%s", self._stop_reason)
+                return
         if spec.shutdown_on_exit and managed.state == "exited" and self.spec.drain_s > 0:
             log.info("%s finished; ending the launch after %.1f s for in-flight work", spec.name, self.spec.drain_s)
             self._drain_until_ns = now_ns() + int(self.spec.drain_s * 1e9)
@@ -645,6 +678,8 @@ class Launcher:
                     self._stop_reason = "source finished and in-flight work drained"
         finally:
             log.info("stopping: %s", self._stop_reason or "error")
+            if self._critical_failure is not None:
+                self._hold_fail_safe(heartbeats)
             self.stop()
             heartbeats.close()
             if status is not None:
@@ -657,6 +692,47 @@ class Launcher:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return self._exit_code
+
+    def _hold_fail_safe(self, heartbeats: Subscriber) -> None:
+        """Brake for FAILSAFE_HOLD_S before stopping a launch whose critical node failed for good. A
+        watchdog still running brakes by itself (the failed node's last heartbeats said FAILED: node
+        down); a failed watchdog has left its endpoint free, and the launcher publishes a fail-safe
+        BRAKE there in its place, to the consumers connected to it."""
+        publishers: list[tuple[Publisher, CurveServer | None]] = []
+        for managed in self.nodes:
+            if managed.spec.node == "watchdog" and managed.state == "failed":
+                curve = CurveServer(self._context, self.identity) if managed.key and self.identity else None
+                try:
+                    publishers.append((Publisher(self._context, managed.bind, curve=curve), curve))
+                except RuntimeError as exc:
+                    log.error("cannot publish the fail-safe in place of %s: %s", managed.spec.name, exc)
+                    if curve is not None:
+                        curve.stop()
+        deadline = time.monotonic() + FAILSAFE_HOLD_S
+        next_brake = 0.0
+        while (now := time.monotonic()) < deadline:
+            if publishers and now >= next_brake:
+                next_brake = now + FAILSAFE_REPEAT_S
+                brake = self._fail_safe_decision()
+                for publisher, _ in publishers:
+                    publisher.publish(DECISIONS, brake)
+            self._collect_heartbeats(heartbeats, max(0.0, min(next_brake, deadline) - time.monotonic()))
+        for publisher, curve in publishers:
+            publisher.close(linger_ms=100)
+            if curve is not None:
+                curve.stop()
+        if publishers:
+            log.warning("fail-safe BRAKE published in place of the failed watchdog for %.1f s", FAILSAFE_HOLD_S)
+
+    def _fail_safe_decision(self) -> Decision:
+        """A BRAKE from the launcher about the newest frame any of its nodes reported (none: frame 0, now)."""
+        now = now_ns()
+        beats = [m.heartbeat for m in self.nodes if m.heartbeat is not None and 0 < m.heartbeat.capture_ns <= now]
+        newest = max(beats, key=lambda beat: beat.frame_id, default=None)
+        frame_id, capture_ns = (newest.frame_id, newest.capture_ns) if newest else (0, now)
+        return Decision(frame_id=frame_id, capture_ns=capture_ns, stamps=(Stamp("launcher", now),),
+                        action=Action.BRAKE, reason=Reason.NODE_DOWN, decided_by="launcher",
+                        detail=f"critical node {self._critical_failure}: pipeline stopping")
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self._stop_reason = f"received {signal.Signals(signum).name}"

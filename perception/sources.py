@@ -11,10 +11,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
+
+from perception.config import NonNegativeInt, PositiveInt, Range
+from perception.messages import MAX_IMAGE_SIDE
+
+ImageSide = Annotated[int, Range(1, MAX_IMAGE_SIDE)]
+FrameRate = Annotated[float, Range(0, 1000, low_open=True)]
 
 log = logging.getLogger(__name__)
 
@@ -33,22 +39,16 @@ class DeviceError(SourceError):
 class SourceConfig:
     kind: Literal["video", "camera", "images", "synthetic", "recording"]
     path: Path | None = None  # video file, image folder or MCAP recording
-    camera_index: int = 0
-    width: int | None = None  # requested camera size / synthetic size
-    height: int | None = None
-    fps: float | None = None  # images and synthetic: frame rate of the timeline; camera: requested
+    camera_index: NonNegativeInt = 0
+    width: ImageSide | None = None  # requested camera size / synthetic size
+    height: ImageSide | None = None
+    fps: FrameRate | None = None  # images and synthetic: frame rate of the timeline; camera: requested
     loop: bool = False
-    count: int | None = None  # synthetic: frames before the end (None: endless)
+    count: PositiveInt | None = None  # synthetic: frames before the end (None: endless)
 
     def __post_init__(self) -> None:
         if self.kind in ("video", "images", "recording") and self.path is None:
             raise ValueError(f"source kind {self.kind!r} needs a path")
-        if self.fps is not None and self.fps <= 0:
-            raise ValueError(f"fps must be positive, got {self.fps}")
-        for name in ("width", "height", "count"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
 
 
 class FrameSource:

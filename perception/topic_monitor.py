@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Annotated
+
+from perception.config import Range
 
 from perception.messages import TopicHealth, TopicState
 from perception.topics import Topic
@@ -31,13 +34,13 @@ DOWN_STATES = frozenset({TopicState.ERROR_RATE, TopicState.TIMEOUT})
 class TopicLimits:
     """Thresholds for one topic; the topic table's are the defaults (watchdog config `topics`)."""
 
-    warn_rate_hz: float
-    error_rate_hz: float
-    timeout_s: float
+    warn_rate_hz: Annotated[float, Range(0, 10_000)]
+    error_rate_hz: Annotated[float, Range(0, 10_000)]
+    timeout_s: Annotated[float, Range(0, 3600, low_open=True)]
 
     def __post_init__(self) -> None:
-        if not (0 <= self.error_rate_hz <= self.warn_rate_hz and self.timeout_s > 0):
-            raise ValueError("need 0 <= error_rate_hz <= warn_rate_hz and timeout_s > 0")
+        if not self.error_rate_hz <= self.warn_rate_hz:
+            raise ValueError("need error_rate_hz <= warn_rate_hz")
 
     @staticmethod
     def of(topic: Topic) -> "TopicLimits":

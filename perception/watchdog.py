@@ -44,9 +44,12 @@ from __future__ import annotations
 import bisect
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 
+from perception.config import Fraction, Length, Range
+from perception.latency import BudgetMs
 from perception.messages import (
     Action, Control, Decision, FrameHeader, Heartbeat, NodeState, Reason, Stamp, SystemState, TopicState, WatchdogStatus,
 )
@@ -59,35 +62,29 @@ RECENT_FRAMES = 1024  # frames a decision may name: far more than fit in any bud
 
 @dataclass(frozen=True)
 class WatchdogRules:
-    budget_ms: float = 100.0
-    monitored: list[str] = field(default_factory=lambda: ["capture", "detector", "decision"])
-    heartbeat_timeout_ms: float = 300.0
-    startup_grace_ms: float = 5000.0  # nodes get this long to send a first heartbeat
-    failsafe_repeat_ms: float = 100.0
+    budget_ms: BudgetMs = 100.0
+    monitored: Annotated[list[str], Length(1)] = field(default_factory=lambda: ["capture", "detector", "decision"])
+    heartbeat_timeout_ms: Annotated[float, Range(10, 10_000)] = 300.0
+    startup_grace_ms: Annotated[float, Range(0, 600_000)] = 5000.0  # nodes get this long to send a first heartbeat
+    failsafe_repeat_ms: Annotated[float, Range(1, 10_000)] = 100.0
     control_target: str = "detector"
-    max_depth: int = 1  # the detector's deepest exit index
-    degrade_fraction: float = 0.8
-    relax_fraction: float = 0.5
-    window: int = 20
-    relax_after: int = 50
+    max_depth: Annotated[int, Range(0, 63)] = 1  # the detector's deepest exit index
+    degrade_fraction: Fraction = 0.8
+    relax_fraction: Fraction = 0.5
+    window: Annotated[int, Range(1, 10_000)] = 20
+    relax_after: Annotated[int, Range(1, 100_000)] = 50
     # Per-topic thresholds overriding the topic table's (perception.topics), by topic name; e.g. a
     # 5 Hz camera needs lower rates than the shipped 25-30 Hz launch files.
     topics: dict[str, TopicLimits] = field(default_factory=dict)
     monitored_topics: list[str] = field(default_factory=lambda: [t.name for t in MONITORED])
-    topic_window_s: float = 1.0
+    topic_window_s: Annotated[float, Range(0.01, 60)] = 1.0
 
     def __post_init__(self) -> None:
         unknown = sorted((set(self.topics) | set(self.monitored_topics)) - {t.name for t in MONITORED})
         if unknown:
             raise ValueError(f"topics: {unknown} are not monitored topics (those are: {', '.join(t.name for t in MONITORED)})")
-        if self.topic_window_s <= 0:
-            raise ValueError("topic_window_s must be positive")
-        if self.budget_ms <= 0 or self.heartbeat_timeout_ms <= 0 or self.failsafe_repeat_ms <= 0:
-            raise ValueError("budget_ms, heartbeat_timeout_ms and failsafe_repeat_ms must be positive")
-        if not 0 < self.relax_fraction < self.degrade_fraction <= 1:
-            raise ValueError("need 0 < relax_fraction < degrade_fraction <= 1")
-        if self.window < 1 or self.relax_after < 1 or self.max_depth < 0:
-            raise ValueError("window and relax_after must be >= 1, max_depth >= 0")
+        if not 0 < self.relax_fraction < self.degrade_fraction:
+            raise ValueError("need 0 < relax_fraction < degrade_fraction")
 
 
 @dataclass

@@ -19,10 +19,11 @@ Every policy respects the depth ceiling commanded by the watchdog.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
+from perception.config import Fraction, NonNegativeInt, Range
 from perception.detection.adaptive import AdaptiveDetector, FrameInference
 from perception.latency import now_ns
 
@@ -30,17 +31,15 @@ from perception.latency import now_ns
 @dataclass(frozen=True)
 class PolicyConfig:
     kind: Literal["fixed", "confidence", "deadline", "adaptive"] = "deadline"
-    exit: int = -1  # fixed: the exit to use; -1 is the deepest
-    low: float = 0.1  # confidence: detections scoring in [low, high) are uncertain
-    high: float = 0.5
-    max_uncertain: int = 0
-    margin_ms: float = 2.0  # deadline (and confidence when going deeper): slack kept before the deadline
+    exit: Annotated[int, Range(-1, 63)] = -1  # fixed: the exit to use; -1 is the deepest
+    low: Fraction = 0.1  # confidence: detections scoring in [low, high) are uncertain
+    high: Fraction = 0.5
+    max_uncertain: NonNegativeInt = 0
+    margin_ms: Annotated[float, Range(0, 1000)] = 2.0  # deadline (and confidence when going deeper): slack kept before the deadline
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.low < self.high <= 1.0:
-            raise ValueError(f"need 0 <= low < high <= 1, got low {self.low}, high {self.high}")
-        if self.max_uncertain < 0 or self.margin_ms < 0:
-            raise ValueError("max_uncertain and margin_ms must not be negative")
+        if not self.low < self.high:
+            raise ValueError(f"need low < high, got low {self.low}, high {self.high}")
 
 
 @dataclass(frozen=True)

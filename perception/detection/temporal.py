@@ -34,11 +34,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 
 from perception import REPO
+from perception.config import Fraction, NonNegativeInt, Range
 from perception.decision import fraction_in_polygon, load_decision_rules
 from perception.detection.adaptive import AdaptiveDetector, FrameInference
 from perception.detection.policy import PolicyConfig, run_policy
@@ -53,33 +54,27 @@ DECISION_CONFIG = REPO / "configs" / "decision.yaml"
 @dataclass(frozen=True)
 class GateConfig:
     mode: Literal["adaptive", "interval"] = "adaptive"
-    interval: int = 3  # interval mode: the network every `interval` frames, flow in between
+    interval: Annotated[int, Range(1, 1000)] = 3  # interval mode: the network every `interval` frames, flow in between
     # adaptive: at most this many frames in a row without the network. Drift grows with every
     # propagated frame; on PETS09 frames 1-400 one frame costs ~1 AP50 point, two ~2 (docs/BENCHMARKS.md).
-    max_propagated: int = 1
-    scene_cut: float = 40.0  # frame change (mean abs grey difference, 0..255) above which tracks reset
-    max_frame_change: float = 12.0  # above this (shake, fast pan) flow is not trusted: network
-    max_fb_error_px: float = 2.0  # a box whose flow disagrees forward-backward by more: network
-    border: float = 0.02  # a track this close to an image edge (fraction of the side) ...
-    entering_frames: int = 5  # ... and younger than this (frames) is entering: network
-    young_frames: int = 2  # a track younger than this (frames) is not trusted to flow yet
+    max_propagated: Annotated[int, Range(0, 1000)] = 1
+    scene_cut: Annotated[float, Range(0, 255)] = 40.0  # frame change (mean abs grey difference, 0..255) above which tracks reset
+    max_frame_change: Annotated[float, Range(0, 255)] = 12.0  # above this (shake, fast pan) flow is not trusted: network
+    max_fb_error_px: Annotated[float, Range(0, 1000, low_open=True)] = 2.0  # a box whose flow disagrees forward-backward by more: network
+    border: Annotated[float, Range(0, 0.5, high_open=True)] = 0.02  # a track this close to an image edge (fraction of the side) ...
+    entering_frames: NonNegativeInt = 5  # ... and younger than this (frames) is entering: network
+    young_frames: NonNegativeInt = 2  # a track younger than this (frames) is not trusted to flow yet
     # Two tracks of one class overlapping more than this (IoU) are occluding: network. Off (1.0) by
     # default: on PETS09 1-400 it ran the network more without keeping more accuracy than the cap does.
-    occlusion_iou: float = 1.0
-    min_track_score: float = 0.0  # a track whose last detection scored lower is re-detected
+    occlusion_iou: Annotated[float, Range(0, 1, low_open=True)] = 1.0
+    min_track_score: Fraction = 0.0  # a track whose last detection scored lower is re-detected
     risk: bool = True  # risk first: tracks in or entering the ego path, or closing, force the network
-    risk_horizon_s: float = 1.0  # "entering": the box moved by its velocity over this horizon is in the path
+    risk_horizon_s: Annotated[float, Range(0, 60)] = 1.0  # "entering": the box moved by its velocity over this horizon is in the path
     decision_config: Path = DECISION_CONFIG  # ego path, classes and thresholds (the decision node's rules)
 
     def __post_init__(self) -> None:
-        if self.interval < 1 or self.max_propagated < 0 or self.young_frames < 0:
-            raise ValueError("interval must be >= 1, max_propagated and young_frames >= 0")
-        if not 0 <= self.max_frame_change <= self.scene_cut:
-            raise ValueError("need 0 <= max_frame_change <= scene_cut")
-        if not 0 <= self.border < 0.5 or self.risk_horizon_s < 0 or self.max_fb_error_px <= 0:
-            raise ValueError("border must be in [0, 0.5), risk_horizon_s >= 0, max_fb_error_px > 0")
-        if not 0 < self.occlusion_iou <= 1 or self.entering_frames < 0:
-            raise ValueError("occlusion_iou must be in (0, 1], entering_frames >= 0")
+        if not self.max_frame_change <= self.scene_cut:
+            raise ValueError("need max_frame_change <= scene_cut")
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,11 @@ import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal, Mapping
+from typing import Annotated, ClassVar, Literal, Mapping
 
 import numpy as np
+
+from perception.config import Range
 
 log = logging.getLogger(__name__)
 
@@ -26,31 +28,23 @@ class EngineUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class TensorRTConfig:
     precision: Literal["fp32", "fp16", "int8"] = "fp16"
-    workspace_mb: int = 1024
+    workspace_mb: Annotated[int, Range(1, 1 << 20)] = 1024
     cache_dir: Path | None = None  # serialized engines and the timing cache; default ~/.cache/perception/tensorrt
     calibration_video: Path | None = None  # int8: real frames to calibrate on
-    calibration_frames: int = 64
-    device: int = 0
-
-    def __post_init__(self) -> None:
-        if self.workspace_mb <= 0 or self.calibration_frames <= 0:
-            raise ValueError("workspace_mb and calibration_frames must be positive")
+    calibration_frames: Annotated[int, Range(1, 100_000)] = 64
+    device: Annotated[int, Range(0, 63)] = 0
 
 
 @dataclass(frozen=True)
 class EngineConfig:
     kind: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "onnxruntime"
-    threads: int = 0  # CPU threads for ONNX Runtime / torch; 0: the library's default
+    threads: Annotated[int, Range(0, 256)] = 0  # CPU threads for ONNX Runtime / torch; 0: the library's default
     # ONNX Runtime's worker threads spin-wait between operators by default. That buys a little on an
     # idle machine and costs a lot when other nodes share the cores (measured in docs/BENCHMARKS.md).
     spin: bool = False
     providers: list[str] | None = None  # ONNX Runtime execution providers; None: best available
     torch_device: str = "cpu"
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
-
-    def __post_init__(self) -> None:
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0, got {self.threads}")
 
 
 class Session(ABC):

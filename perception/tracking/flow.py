@@ -31,9 +31,12 @@ the ground truth of 0.88 / 0.83 / 0.81 / 0.78 one to four frames ahead (holding 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import cv2
 import numpy as np
+
+from perception.config import Range
 
 __all__ = ["FlowConfig", "FlowFrame", "FlowResult", "BoxFlow", "frame_change", "to_gray"]
 
@@ -42,21 +45,21 @@ __all__ = ["FlowConfig", "FlowFrame", "FlowResult", "BoxFlow", "frame_change", "
 class FlowConfig:
     """How boxes are moved by flow. Plain types, so it can be a YAML section."""
 
-    scale: float = 0.5  # flow runs on the grey image resized by this (speed); boxes stay in full-res pixels
-    grid: int = 3  # grid x grid points per box
-    inset: float = 0.2  # points span the box shrunk by this fraction of its width/height on each side
-    window: int = 9  # LK window side, pixels at the flow scale (odd); LK's cost grows with its area
-    levels: int = 3  # pyramid levels above the base image (LK maxLevel)
-    max_iterations: int = 10  # LK iterations per level
-    epsilon: float = 0.03  # LK stops earlier once a step is below this (flow-scale px)
-    min_eigen: float = 1e-4  # LK's texture test, OpenCV's default (min eigenvalue / window area): uniform patches fail it
-    max_fb_error_px: float = 3.0  # forward-backward error (full-res px) above which a point is rejected
-    min_points: int = 3  # a box needs this many good points, else its flow failed (unmoved, ok=False)
+    scale: Annotated[float, Range(0.05, 1)] = 0.5  # flow runs on the grey image resized by this (speed); boxes stay in full-res pixels
+    grid: Annotated[int, Range(1, 10)] = 3  # grid x grid points per box
+    inset: Annotated[float, Range(0, 0.5, high_open=True)] = 0.2  # points span the box shrunk by this fraction of its width/height on each side
+    window: Annotated[int, Range(3, 99)] = 9  # LK window side, pixels at the flow scale (odd); LK's cost grows with its area
+    levels: Annotated[int, Range(0, 8)] = 3  # pyramid levels above the base image (LK maxLevel)
+    max_iterations: Annotated[int, Range(1, 1000)] = 10  # LK iterations per level
+    epsilon: Annotated[float, Range(0, 10, low_open=True)] = 0.03  # LK stops earlier once a step is below this (flow-scale px)
+    min_eigen: Annotated[float, Range(0, 1)] = 1e-4  # LK's texture test, OpenCV's default (min eigenvalue / window area): uniform patches fail it
+    max_fb_error_px: Annotated[float, Range(0, 1000, low_open=True)] = 3.0  # forward-backward error (full-res px) above which a point is rejected
+    min_points: Annotated[int, Range(1, 100)] = 3  # a box needs this many good points, else its flow failed (unmoved, ok=False)
     estimate_scale: bool = True  # also scale the box by the median ratio of its points' pairwise distances
-    min_box_scale: float = 0.8  # per-frame scale change is clamped to [min_box_scale, max_box_scale]
-    max_box_scale: float = 1.25
-    scale_consistency: float = 2.0  # scale is applied only where |log median ratio| >= this x the ratios' robust spread (0: always)
-    min_box_px: float = 2.0  # a box whose visible part is narrower or shorter than this (full-res px) is not tracked
+    min_box_scale: Annotated[float, Range(0, 1, low_open=True)] = 0.8  # per-frame scale change is clamped to [min_box_scale, max_box_scale]
+    max_box_scale: Annotated[float, Range(1, 100)] = 1.25
+    scale_consistency: Annotated[float, Range(0, 100)] = 2.0  # scale is applied only where |log median ratio| >= this x the ratios' robust spread (0: always)
+    min_box_px: Annotated[float, Range(0, 10_000, low_open=True)] = 2.0  # a box whose visible part is narrower or shorter than this (full-res px) is not tracked
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.scale <= 1.0:

@@ -44,10 +44,15 @@ import functools
 import math
 from collections import Counter
 from dataclasses import dataclass, fields
+from typing import Annotated, get_type_hints
 
 import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from perception.config import Fraction, Range, check_ranges
+
+UnitIoU = Annotated[float, Range(0, 1, low_open=True)]  # an overlap threshold: 0 would match anything
 
 _NS_PER_S = 1e9
 _ASPECT_STD = (1e-2, 1e-5, 1e-1)  # ByteTrack: aspect process noise, aspect-rate process noise, aspect measurement noise
@@ -56,44 +61,38 @@ _MEASURE = np.eye(4, 8)  # the filter observes (x, y, a, h)
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    high_score: float = 0.5  # ByteTrack's track_thresh: detections at or above it are "high"
-    low_score: float = 0.1  # below it a detection is ignored; between the two it can only extend a track
-    new_track_score: float = 0.6  # a leftover high detection starts a track only from this score
-    match_iou_high: float = 0.2  # first association (high detections): minimum IoU (times score if fuse_score)
-    match_iou_low: float = 0.5  # second association (low detections to still unmatched tracked tracks): minimum IoU
-    unconfirmed_iou: float = 0.3  # tentative tracks to leftover high detections: minimum IoU (times score if fuse_score)
+    high_score: Fraction = 0.5  # ByteTrack's track_thresh: detections at or above it are "high"
+    low_score: Fraction = 0.1  # below it a detection is ignored; between the two it can only extend a track
+    new_track_score: Fraction = 0.6  # a leftover high detection starts a track only from this score
+    match_iou_high: UnitIoU = 0.2  # first association (high detections): minimum IoU (times score if fuse_score)
+    match_iou_low: UnitIoU = 0.5  # second association (low detections to still unmatched tracked tracks): minimum IoU
+    unconfirmed_iou: UnitIoU = 0.3  # tentative tracks to leftover high detections: minimum IoU (times score if fuse_score)
     fuse_score: bool = True  # ByteTrack's fuse_score: weight IoU by the detection's score in the high associations
     per_class: bool = True  # a detection matches only a track of its own class
-    min_hits: int = 2  # detections before a track is confirmed (a track born on a sequence's first frame: at once)
-    max_lost_s: float = 1.0  # a track without a detection for longer than this is ended
-    duplicate_iou: float = 0.85  # a lost and a tracked track overlapping this much are one object: the younger goes
-    min_visible: float = 0.5  # an unmatched track with less of its box inside the image has left it
-    std_weight_position: float = 1.0 / 20  # ByteTrack's noise weights, times box height
-    std_weight_velocity: float = 1.0 / 160
-    noise_rate_hz: float = 30.0  # frame rate at which the weights above are per-frame noise (ByteTrack: MOT17, 30 Hz)
-    flow_noise_scale: float = 2.0  # measurement noise std of an optical-flow box, in units of a detection's
+    min_hits: Annotated[int, Range(1, 1000)] = 2  # detections before a track is confirmed (a track born on a sequence's first frame: at once)
+    max_lost_s: Annotated[float, Range(0, 3600, low_open=True)] = 1.0  # a track without a detection for longer than this is ended
+    duplicate_iou: UnitIoU = 0.85  # a lost and a tracked track overlapping this much are one object: the younger goes
+    min_visible: UnitIoU = 0.5  # an unmatched track with less of its box inside the image has left it
+    std_weight_position: Annotated[float, Range(0, 10, low_open=True)] = 1.0 / 20  # ByteTrack's noise weights, times box height
+    std_weight_velocity: Annotated[float, Range(0, 10, low_open=True)] = 1.0 / 160
+    noise_rate_hz: Annotated[float, Range(0, 1000, low_open=True)] = 30.0  # frame rate at which the weights above are per-frame noise (ByteTrack: MOT17, 30 Hz)
+    flow_noise_scale: Annotated[float, Range(0, 100, low_open=True)] = 2.0  # measurement noise std of an optical-flow box, in units of a detection's
 
     def __post_init__(self) -> None:
+        hints = get_type_hints(TrackerConfig)
         for f in fields(self):
             value = getattr(self, f.name)
-            kind = bool if f.type in ("bool", bool) else int if f.type in ("int", int) else float
+            kind = hints[f.name]
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, float(value))  # YAML writes 1 for 1.0
             elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ValueError(f"tracker.{f.name} must be {kind.__name__}, got {value!r}")
             if kind is float and not math.isfinite(value):
                 raise ValueError(f"tracker.{f.name} must be finite, got {value!r}")
-        if not 0.0 <= self.low_score <= self.high_score <= self.new_track_score <= 1.0:
-            raise ValueError("tracker: need 0 <= low_score <= high_score <= new_track_score <= 1, got "
+        check_ranges(self)
+        if not self.low_score <= self.high_score <= self.new_track_score:
+            raise ValueError("tracker: need low_score <= high_score <= new_track_score, got "
                              f"{self.low_score}, {self.high_score}, {self.new_track_score}")
-        for name in ("match_iou_high", "match_iou_low", "unconfirmed_iou", "duplicate_iou", "min_visible"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"tracker.{name} must be in (0, 1], got {getattr(self, name)}")
-        if self.min_hits < 1:
-            raise ValueError(f"tracker.min_hits must be >= 1, got {self.min_hits}")
-        for name in ("max_lost_s", "std_weight_position", "std_weight_velocity", "noise_rate_hz", "flow_noise_scale"):
-            if getattr(self, name) <= 0.0:
-                raise ValueError(f"tracker.{name} must be > 0, got {getattr(self, name)}")
 
 
 @dataclass

@@ -1,10 +1,14 @@
+import dataclasses
+import importlib
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
 
-from perception.config import ConfigError, load_config
+from perception.config import ConfigError, Fraction, Length, NonNegativeInt, Positive, Range, load_config
 
 
 @dataclass(frozen=True)
@@ -81,3 +85,75 @@ def test_overrides_are_typed_and_validated_like_the_file(tmp_path):
         load_config(path, Outer, ["inner.fpx=1"])
     with pytest.raises(ConfigError, match="must look like key.path=value"):
         load_config(path, Outer, ["inner.fps"])
+
+
+@dataclass(frozen=True)
+class Ranged:
+    score: Fraction = 0.5
+    timeout_ms: Annotated[float, Range(10, 10_000)] = 300.0
+    retries: NonNegativeInt = 0
+    classes: Annotated[list[str], Length(1)] = field(default_factory=lambda: ["car"])
+    limit: Positive | None = None
+
+
+@pytest.mark.parametrize("text, message", [
+    ("score: 1.5", "score: must be in [0, 1], got 1.5"),
+    ("timeout_ms: .inf", "timeout_ms: expected a finite number, got float inf"),
+    ("timeout_ms: -.inf", "timeout_ms: expected a finite number, got float -inf"),
+    ("score: .nan", "score: expected a finite number, got float nan"),
+    ("timeout_ms: 5", "timeout_ms: must be in [10, 10000], got 5.0"),
+    ("retries: -1", "retries: must be >= 0, got -1"),
+    ("classes: []", "classes: needs at least 1 item(s), got 0"),
+    ("limit: 0", "limit: must be > 0, got 0.0"),
+    ("limit: .nan", "limit: expected a finite number, got float nan"),
+    ("timeout_ms: 1.0e+400", "timeout_ms: expected a finite number, got float inf"),
+    ("timeout_ms: 100000000000000000000000000", "timeout_ms: expected a finite number"),
+])
+def test_numbers_out_of_their_range_or_not_finite_are_one_line_errors(tmp_path, text, message):
+    """Issue 16 items 2, 3, 8: `.nan`, `.inf` and impossible values used to pass and switch safety off."""
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        load_config(write(tmp_path, text), Ranged)
+    assert "\n" not in str(caught.value) and str(tmp_path / "node.yaml") in str(caught.value)
+    assert load_config(write(tmp_path, "limit: 2\nclasses: [car, bus]\n"), Ranged).limit == 2.0
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "launch.yaml"
+    path.write_bytes(b"nodes:\n  - name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 20 is b'\\xe9'\)"):
+        load_config(path, Ranged)
+
+
+def _numbers_without_a_range(tp, path: str, seen: set) -> list[str]:
+    """Dotted paths of every int or float in a config type (through nested sections, lists, unions)
+    that its type does not bound with a Range."""
+    if dataclasses.is_dataclass(tp):
+        if tp in seen:
+            return []
+        seen.add(tp)
+        hints = typing.get_type_hints(tp, include_extras=True)
+        return [p for f in dataclasses.fields(tp) if f.init
+                for p in _numbers_without_a_range(hints[f.name], f"{tp.__name__}.{f.name}", seen)]
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *constraints = typing.get_args(tp)
+        if base in (int, float):
+            return [] if any(isinstance(c, Range) for c in constraints) else [path]
+        return _numbers_without_a_range(base, path, seen)
+    if origin is Literal:
+        return []
+    if tp in (int, float):
+        return [path]
+    return [p for arg in typing.get_args(tp) for p in _numbers_without_a_range(arg, path, seen)]
+
+
+def test_every_number_of_every_node_config_and_the_launch_file_has_a_range():
+    """Issue 16: one validation with ranges for every number, so no value can switch a safety rule off."""
+    from perception.launch import LaunchFile
+
+    nodes_dir = Path(__file__).resolve().parents[2] / "nodes"
+    modules = [importlib.import_module(f"nodes.{p.stem}") for p in sorted(nodes_dir.glob("*.py")) if p.stem != "__init__"]
+    seen: set = set()
+    unbounded = [p for m in modules for p in _numbers_without_a_range(m.CONFIG, m.__name__, seen)]
+    unbounded += _numbers_without_a_range(LaunchFile, "launch", seen)
+    assert len(seen) > 15 and unbounded == []

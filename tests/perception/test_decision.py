@@ -95,8 +95,45 @@ def test_unknown_class_names_and_bad_rules_are_rejected():
         maker(classes=["person", "motorcycle"])
     with pytest.raises(ValueError, match="slow_height <= brake_height"):
         DecisionRules(slow_height=0.5, brake_height=0.2)
-    with pytest.raises(ValueError, match="polygon"):
+    with pytest.raises(ValueError, match="roi needs 3 to 64"):
         DecisionRules(roi=[(0, 0), (1, 1)])
+
+
+def test_a_car_squarely_ahead_cut_off_by_the_bottom_edge_brakes():
+    """Issue 16 item 1: the detector clips boxes to the frame, so the closest car ahead ends exactly on
+    the bottom row, the ego path's own edge; a strict inside test found it outside and said PROCEED."""
+    cut_off = (W * 0.4, H * 0.75, W * 0.6, H * 1.0)  # 0.25 tall: by its height alone only SLOW
+    d = maker().decide(detections(1, (CAR, 0.9, cut_off)), LATER)
+    assert (d.action, d.reason) == (Action.BRAKE, Reason.OBJECT_IN_PATH) and "bottom edge" in d.detail
+    beside = (W * 0.0, H * 0.75, W * 0.12, H * 1.0)  # cut off too, but in the next lane
+    assert maker().decide(detections(1, (CAR, 0.9, beside)), LATER).action == Action.PROCEED
+
+
+def test_an_approaching_car_never_falls_back_from_brake_when_it_reaches_the_frame_edge():
+    m = maker(release_frames=0)  # no hysteresis: each frame's own verdict
+    actions = []
+    for i in range(12):  # the box grows and slides down until the frame's edge cuts it
+        bottom = min(0.80 + 0.025 * i, 1.0)
+        height = 0.30 + 0.02 * i
+        actions.append(m.decide(detections(i, (CAR, 0.9, centred(height, bottom=bottom, width=0.2), 3)), LATER).action)
+    braking = actions.index(Action.BRAKE)
+    assert actions[braking:] == [Action.BRAKE] * (len(actions) - braking), actions
+
+
+def test_the_path_is_closed_a_segment_on_its_boundary_is_in_it():
+    square = np.array([(0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75)])
+    assert fraction_in_polygon(0.3, 0.7, 0.75, square) == 1.0  # on the bottom edge
+    assert fraction_in_polygon(0.3, 0.7, 0.25, square) == 1.0  # on the top edge
+    assert fraction_in_polygon(0.75, 0.9, 0.5, square) == pytest.approx(1 / 9)  # one sample on the right edge
+    assert fraction_in_polygon(0.3, 0.7, 0.751, square) == 0.0
+    roi = np.array(DecisionRules().roi)
+    assert fraction_in_polygon(0.3, 0.7, 1.0, roi) == 1.0  # the default path's bottom row is the frame's
+
+
+def test_a_box_reaching_below_a_shorter_path_is_judged_on_its_lowest_row():
+    short_path = [(0.4, 0.5), (0.6, 0.5), (0.7, 0.8), (0.3, 0.8)]  # ends above the hood, at 80% of the height
+    d = maker(roi=short_path).decide(detections(1, (CAR, 0.9, (W * 0.4, H * 0.7, W * 0.6, H * 0.9))), LATER)
+    assert d.action != Action.PROCEED and d.target is not None
 
 
 def test_real_dashcam_frame_cars_in_other_lanes_proceed_and_in_a_path_over_them_slow():

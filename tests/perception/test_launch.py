@@ -209,7 +209,7 @@ def test_an_out_of_range_realtime_priority_is_a_config_error(tmp_path):
     launch.write_text("nodes:\n  - {name: w, node: monitor, config: monitor.yaml, realtime_priority: 120}\n")
     result = run_python(["-m", "perception.cli", "launch", str(launch)])
     assert result.returncode != 0
-    assert "realtime_priority must be 1..99, got 120" in result.stderr and "Traceback" not in result.stderr
+    assert "realtime_priority: must be in [1, 99], got 120" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_module_in_nodes_that_is_not_a_node_is_named_not_a_traceback(tmp_path):

@@ -4,12 +4,13 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from samples import STAMPS, all_messages, forged
+from samples import all_messages, forged
 
 from perception.messages import (
-    Action, Control, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, MessageError, NodeState,
-    MESSAGE_TYPES, WIRE_VERSION, Reason, Stamp, SystemState, Target, WatchdogStatus, decode, encode, json_schema,
+    Action, Control, Decision, Detections, FrameHeader, FrameTransport, MessageError, MESSAGE_TYPES, WIRE_VERSION, Reason, Stamp, Target, decode, encode, json_schema,
 )
 
 @pytest.mark.parametrize("message", all_messages(), ids=lambda m: type(m).__name__)
@@ -138,6 +139,39 @@ def test_random_garbage_never_escapes_as_another_exception():
             decode(bytes(data))
         except MessageError:
             pass
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+def _decodes_or_is_malformed(data: bytes) -> None:
+    try:
+        message = decode(data)
+    except MessageError:
+        return
+    assert decode(encode(message)) == message  # what passes is a whole, valid message
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=2048))
+def test_any_bytes_decode_or_raise_only_the_codecs_own_error(data):
+    _decodes_or_is_malformed(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(index=st.integers(0, len(all_messages()) - 1), field=st.text(max_size=12), value=json_values,
+       replace=st.booleans())
+def test_any_field_set_to_any_json_value_decodes_or_is_malformed(index, field, value, replace):
+    """A hostile publisher controls every byte: one field (an existing one, or a new key) set to any JSON value."""
+    data = json.loads(encode(all_messages()[index]))
+    if replace and data:
+        field = sorted(data)[len(field) % len(data)]
+    data[field] = value
+    _decodes_or_is_malformed(json.dumps(data, allow_nan=True).encode())
 
 
 def test_detections_with_inconsistent_arrays_cannot_be_built():

@@ -50,3 +50,20 @@ def test_only_an_ordered_stop_is_quiet_any_other_signal_is_a_failure(tmp_path, r
     finally:
         beats.close()
         context.term()
+
+
+def test_sleep_until_survives_a_heartbeat_falling_due_between_two_clock_reads(run_dir, monkeypatch):
+    """Issue 16 item 7: the heartbeat is due by the time sleep_until reads the clock again, which
+    made it sleep a negative time (ValueError) and killed capture in ordinary runs."""
+    import perception.node as node_module
+
+    with Node("capture", NodeSettings(heartbeat_period_ms=10), RunContext.from_env()) as node:
+        start = node_module.now_ns()
+        ticks = iter(range(1000))
+
+        def clock() -> int:  # every read 11 ms after the one before: past the heartbeat the read before set
+            return start + next(ticks) * 11_000_000
+
+        monkeypatch.setattr(node_module, "now_ns", clock)
+        node.sleep_until(start + 100_000_000)  # raised ValueError: sleep length must be non-negative
+        monkeypatch.undo()

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 from perception.messages import Action, Decision, Detections, Reason, Stamp, WatchdogStatus, SystemState

@@ -6,7 +6,6 @@ authorized subscriber set up at the same time does receive."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import stat
 import subprocess
