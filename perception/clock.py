@@ -42,6 +42,7 @@ import zmq
 from perception.config import Range
 from perception.latency import now_ns
 from perception.messages import THIS_HOST, Message, Stamp, check_name
+from perception.reconnect import Connections
 from perception.security import CurveClient, CurveServer
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,11 @@ class ClockServer:
         self.socket.setsockopt(zmq.LINGER, 0)
         if curve is not None:  # only the launch's hosts may ask (and trust the answer: it is authenticated)
             curve.apply(self.socket)
-        self.socket.bind(endpoint)
+        try:
+            self.socket.bind(endpoint)
+        except zmq.ZMQError:
+            self.socket.close(0)  # else the context could never be terminated
+            raise
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="clock-server", daemon=True)
@@ -186,32 +191,35 @@ class ClockSync:
 
     # -- the exchange thread --------------------------------------------------------------
     def _run(self) -> None:
-        sockets = {}
+        servers: dict[str, Connections] = {}
         try:
             for host, endpoint in self._servers.items():
                 socket = self._context.socket(zmq.DEALER)
                 socket.setsockopt(zmq.LINGER, 0)
-                if self._curve is not None:
-                    self._curve.apply(socket, endpoint)
-                socket.connect(endpoint)
-                sockets[host] = socket
+                # Connected again if a squatter on the server's port made libzmq give up (perception.reconnect).
+                servers[host] = Connections(socket, [endpoint], self._curve)
             rounds = 0
             while not self._stop.is_set():
                 started = time.monotonic()
-                for host, socket in sockets.items():
-                    self._exchange(host, socket)
+                for host, server in servers.items():
+                    server.check()
+                    self._exchange(host, server.socket)
                 rounds += 1
                 period = BURST_PERIOD_S if rounds < self.config.burst else self.config.period_s
                 self._stop.wait(max(0.0, period - (time.monotonic() - started)))
         finally:
-            for socket in sockets.values():
-                socket.close(0)
+            for server in servers.values():
+                server.close()
+                server.socket.close(0)
 
     def _exchange(self, host: str, socket: zmq.Socket) -> None:
         while socket.poll(0):
             socket.recv()  # a late answer to an earlier request: its t3 would be wrong
         t0 = now_ns()
-        socket.send(str(t0).encode())
+        try:
+            socket.send(str(t0).encode(), zmq.NOBLOCK)  # no connection to the server now: a lost exchange
+        except zmq.Again:
+            return
         if not socket.poll(int(self.config.timeout_s * 1000)):
             return
         t3 = now_ns()

@@ -73,6 +73,7 @@ MAX_RESTART_DELAY_S = 5.0
 # endpoint within ZeroMQ's 100 ms reconnect interval).
 FAILSAFE_HOLD_S = 0.5
 FAILSAFE_REPEAT_S = 0.1
+CLOCK_BIND_RETRY_S = 0.5  # while another program holds this host's clock port
 RUN_DIR_PREFIX = "perception-"
 OWNER_FILE = "launcher.pid"  # "<pid> <process start time>" of the launcher that owns a run directory
 
@@ -428,6 +429,8 @@ class Launcher:
         self._context = zmq.Context()
         self.watchdog_status: WatchdogStatus | None = None  # the newest, for the topic column of the status
         self._clock_curve: CurveServer | None = None  # the ZAP handler of its clock server, when over CURVE
+        self._clock_retry_ns: int | None = None  # when to try binding its clock server again (port taken)
+        self._clock_port_taken = False  # said once
         self._validate_and_prepare()
 
     @classmethod
@@ -491,16 +494,26 @@ class Launcher:
 
     def _serve_clock(self) -> ClockServer | None:
         """This host's clock, for the other hosts' nodes to convert its stamps (perception.clock);
-        over CURVE when the launch has keys, so only its hosts can ask and trust the answer."""
+        over CURVE when the launch has keys, so only its hosts can ask and trust the answer. None
+        while another program holds its port: the run loop tries again (`_clock_retry_ns`), as a
+        node that cannot bind is restarted, and the other hosts' clients connect once it is up."""
+        self._clock_retry_ns = None
         if not self.spec.hosts or self.host is None or len(self.spec.hosts) < 2:
             return None
         bind, _ = clock_endpoints(self.spec)[self.host]
-        if self.identity is not None:
+        if self.identity is not None and self._clock_curve is None:
             self._clock_curve = CurveServer(self._context, self.identity)
         try:
             server = ClockServer(self._context, bind, self._clock_curve)
         except zmq.ZMQError as exc:
-            raise ConfigError(f"{self.launch_path}: host {self.host}: cannot serve its clock at {bind}: {exc}") from None
+            if exc.errno != zmq.EADDRINUSE:
+                raise ConfigError(f"{self.launch_path}: host {self.host}: cannot serve its clock at {bind}: {exc}") from None
+            if not self._clock_port_taken:
+                log.error("host %s: cannot serve its clock at %s (%s): trying again every %.1f s; until then the "
+                          "other hosts drop its nodes' messages as unsynced", self.host, bind, exc, CLOCK_BIND_RETRY_S)
+            self._clock_port_taken = True
+            self._clock_retry_ns = now_ns() + int(CLOCK_BIND_RETRY_S * 1e9)
+            return None
         log.info("clock of host %s served at %s (%s)", self.host, bind, self.spec.clock.mode)
         return server
 
@@ -665,8 +678,12 @@ class Launcher:
                 self._start(managed)
             while self._stop_reason is None:
                 self._collect_heartbeats(heartbeats, 0.05)
+                heartbeats.reconnect_dropped()  # its nodes' tcp ports may have been squatted at start
                 if status is not None:
                     self._collect_watchdog_status(status)
+                    status.reconnect_dropped()
+                if self._clock_retry_ns is not None and now_ns() >= self._clock_retry_ns:
+                    clock_server = self._serve_clock()
                 self._supervise()
                 self._write_status_file()
                 if now_ns() >= next_status_ns:
@@ -812,7 +829,7 @@ def launch_main(path: Path, duration_s: float | None, status_file: Path | None,
             if host in spec.hosts:  # the live view runs where it was asked for
                 spec = dataclasses.replace(spec, nodes=[*spec.nodes[:-1], dataclasses.replace(spec.nodes[-1], host=host)])
         launcher = Launcher(spec, str(path), status_file, host=host, keys=keys)
-        return launcher.run(duration_s)  # ConfigError too: its host's clock port may be taken
+        return launcher.run(duration_s)  # ConfigError too: its host's clock address may not be this host's
     except ConfigError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG

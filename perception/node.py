@@ -321,6 +321,7 @@ class Node:
     def poll(self, timeout_s: float) -> set[Subscriber]:
         """Wait up to timeout_s for input (less when a heartbeat is due); returns subscribers with input."""
         self.heartbeat()
+        self._reconnect_dropped()
         timeout_ns = min(int(timeout_s * 1e9), max(0, self._next_heartbeat_ns - now_ns()))
         if not self._subscribers:
             time.sleep(timeout_ns / 1e9)
@@ -335,11 +336,18 @@ class Node:
         """Sleep until the monotonic deadline or a stop request, sending heartbeats as they fall due."""
         while self.ok():
             self.heartbeat()
+            self._reconnect_dropped()
             now = now_ns()
             if now >= deadline_ns:
                 return
             # A heartbeat may have fallen due since heartbeat() read the clock: then sleep not at all.
             time.sleep(max(0, min(deadline_ns, self._next_heartbeat_ns) - now) / 1e9)
+
+    def _reconnect_dropped(self) -> None:
+        """Publishers that ZeroMQ gave up on (a squatter was on their port) are connected again from
+        the loop, which owns the sockets (perception.reconnect)."""
+        for subscriber in self._subscribers:
+            subscriber.reconnect_dropped()
 
     def wait_for_subscribers(self, topic: Topic, count: int, timeout_s: float) -> bool:
         """Block (heartbeating) until `count` subscribers listen to `topic`; False on timeout or stop."""

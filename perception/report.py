@@ -75,6 +75,8 @@ class Collector:
             poller.register(sub.socket, zmq.POLLIN)
         decisions, detections, status, heartbeats = self._subs
         while not self._stop.is_set():
+            for sub in self._subs:
+                sub.reconnect_dropped()  # publishers on other hosts whose ports were squatted (perception.reconnect)
             events = dict(poller.poll(20))
             received_ns = now_ns()
             with self._lock:

@@ -23,7 +23,8 @@ import zmq
 from perception.latency import now_ns
 from perception.clock import ClockSync
 from perception.messages import THIS_HOST, FrameHeader, FrameTransport, Message, MessageError, Stamp, decode, encode
-from perception.security import CurveClient, CurveServer, plain_first
+from perception.reconnect import Connections
+from perception.security import CurveClient, CurveServer
 from perception.shm_ring import FrameOverwritten, FrameRingReader, FrameRingWriter, FrameView, RingError, ring_name
 from perception.topics import FRAMES, Topic
 
@@ -137,10 +138,7 @@ class Subscriber(Generic[M]):
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SUBSCRIBE, self.topic_bytes)
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        for endpoint in plain_first(self.endpoints, curve):
-            if curve is not None:
-                curve.apply(self.socket, endpoint)
-            self.socket.connect(endpoint)
+        self._connections = Connections(self.socket, self.endpoints, curve)
 
     def _init_input(self, topic: Topic, latest: bool) -> None:
         """The input's own state, whatever delivers its messages (a socket here, a test elsewhere)."""
@@ -182,6 +180,11 @@ class Subscriber(Generic[M]):
     def pending(self) -> bool:
         """Input is waiting (what a poller would report)."""
         return bool(self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+
+    def reconnect_dropped(self) -> None:
+        """Connect again to publishers ZeroMQ gave up on (a squatter on their port, perception.reconnect);
+        cheap, call it from the loop that reads this subscriber."""
+        self._connections.check()
 
     def alive(self, timeout_ns: int, at_ns: int | None = None) -> bool:
         """A valid message arrived within `timeout_ns`."""
@@ -230,6 +233,7 @@ class Subscriber(Generic[M]):
             self._last_warning_ns = now
 
     def close(self) -> None:
+        self._connections.close()
         self.socket.close(linger=0)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, make_video, pid_alive, run_python, stop_process, wait_for, write_two_hosts
+from helpers import REPO, free_port, make_video, pid_alive, run_python, stop_process, wait_for, write_two_hosts
 from perception.shm_ring import segments_with_prefix
 
 
@@ -346,6 +346,22 @@ def test_a_launch_split_over_hosts_refuses_a_bad_layout_with_one_line(tmp_path):
     insecure.write_text(launch.read_text().replace("keys: keys\n", ""))
     with pytest.raises(ConfigError, match="node capture: tcp://127.0.0.1:7200 without CURVE keys"):
         Launcher(load_launch_file(insecure), "insecure.yaml", host="compute")
+
+
+def test_a_clock_address_this_host_does_not_have_is_one_line_and_exit_78(tmp_path):
+    """Only a taken clock port is waited out (tests/perception/test_reconnect.py). An address this
+    host does not have is a config error, before any node starts; the launcher used to hang there
+    without a word (its failed clock socket was never closed, so its ZeroMQ context never ended)."""
+    from perception.security import create_keys
+
+    launch = write_two_hosts(tmp_path, [free_port() for _ in range(4)])
+    launch.write_text(launch.read_text().replace("camera: {address: 127.0.0.1", "camera: {address: 192.0.2.1"))
+    create_keys(tmp_path / "keys", ["camera", "compute"])
+    result = run_python(["-m", "perception.cli", "launch", str(launch), "--host", "camera"], timeout_s=30)
+    assert result.returncode == 78 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "host camera: cannot serve its clock at tcp://192.0.2.1:" in errors[0], errors
+    assert "started" not in result.stderr
 
 
 def test_two_launchers_split_over_hosts_carry_decisions_end_to_end_with_curve(tmp_path):
