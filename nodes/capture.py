@@ -10,12 +10,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from perception.config import PositiveInt, Range
+from perception.config import PositiveInt, Range, check_ranges
 from perception.latency import now_ns
 from perception.messages import FrameTransport, Stamp
 from perception.node import DeviceLostError, FatalInputError, Node, NodeSettings, run_node
 from perception.sources import DeviceError, SourceConfig, SourceError, open_source
-from perception.timing import RateKeeper
+from perception.timing import Pacer
 from perception.topics import DECISIONS, FRAMES
 
 log = logging.getLogger("capture")
@@ -37,6 +37,9 @@ class CaptureConfig:
     wait_for_nodes: list[str] | None = None  # and until these nodes run their loops (models loaded, warm)
     wait_timeout_s: Annotated[float, Range(0, 3600)] = 10.0
 
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
 
 CONFIG = CaptureConfig
 
@@ -47,7 +50,7 @@ def capture(node: Node, config: CaptureConfig) -> None:
     except SourceError as exc:
         raise input_error(exc) from None
     with source:
-        pacer = Pacer(config, source)
+        pacer = Pacer(config.rate, config.speed, source.paced_by_device)
         log.info("%s, publishing %s, %s", source.description, config.transport, pacer.describe())
         sender = node.frame_sender(FrameTransport[config.transport.upper()], config.ring_slots)
         decisions = (node.subscribe(config.lockstep_from, DECISIONS, latest=False)
@@ -96,31 +99,6 @@ def capture(node: Node, config: CaptureConfig) -> None:
 def input_error(exc: SourceError) -> Exception:
     """A lost camera is retried by the launcher; a bad file is not."""
     return DeviceLostError(str(exc)) if isinstance(exc, DeviceError) else FatalInputError(str(exc))
-
-
-class Pacer:
-    """When to publish a frame: on the source's own timeline (scaled by speed), at a fixed rate, or at once."""
-
-    def __init__(self, config: CaptureConfig, source) -> None:
-        self.config = config
-        self.follow_media = config.rate == "source" and not source.paced_by_device
-        self.fixed = RateKeeper(config.rate) if isinstance(config.rate, float) else None
-        self._anchor: tuple[int, int] | None = None  # (media_ns, monotonic ns) of the first frame
-
-    def deadline(self, media_ns: int) -> int:
-        now = now_ns()
-        if self.fixed is not None:
-            return self.fixed.next_deadline(now)
-        if not self.follow_media:
-            return now
-        if self._anchor is None:
-            self._anchor = (media_ns, now)
-        return self._anchor[1] + int((media_ns - self._anchor[0]) / self.config.speed)
-
-    def describe(self) -> str:
-        if self.fixed is not None:
-            return f"at {self.config.rate:g} Hz"
-        return f"on recorded time x{self.config.speed:g}" if self.follow_media else "as fast as frames come"
 
 
 def wait_for_decision(node: Node, decisions, frame_id: int, timeout_s: float) -> bool:

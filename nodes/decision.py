@@ -7,9 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from perception.config import ConfigError
-from perception.decision import DecisionMaker, DecisionRules
-from perception.detection.manifest import WEIGHTS_DIR, read_class_names
+from perception.config import check_ranges
+from perception.decision import DecisionRules, decision_maker
+from perception.detection.manifest import WEIGHTS_DIR
 from perception.latency import BudgetMs, now_ns
 from perception.node import Node, NodeSettings, run_node
 from perception.topics import DECISIONS, DETECTIONS
@@ -25,26 +25,19 @@ class DecisionConfig:
     rules: DecisionRules = field(default_factory=DecisionRules)
     budget_ms: BudgetMs = 100.0  # detections older than this are dropped: the watchdog has already braked
 
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
 
 CONFIG = DecisionConfig
 
 
-def decision_maker(config: DecisionConfig, name: str = "decision") -> DecisionMaker:
-    """The rules over the detector's class names; ConfigError when a rule names a class it does not have."""
-    try:
-        return DecisionMaker(config.rules, read_class_names(config.classes_file), name)
-    except OSError as exc:
-        raise ConfigError(f"classes_file: cannot read {config.classes_file} ({exc.strerror})") from None
-    except ValueError as exc:
-        raise ConfigError(f"rules.classes: {exc} ({config.classes_file})") from None
-
-
 def check(config: DecisionConfig) -> None:
-    decision_maker(config)
+    decision_maker(config.rules, config.classes_file)
 
 
 def decide(node: Node, config: DecisionConfig) -> None:
-    maker = decision_maker(config, node.name)
+    maker = decision_maker(config.rules, config.classes_file, node.name)
     detections = node.subscribe(config.detections_from, DETECTIONS, latest=False)
     actions: Counter = Counter()
     while node.ok():

@@ -1,11 +1,11 @@
-"""Detector node: runs the adaptive-depth detector on the newest frame and publishes detections.
+"""Detector node: runs the detector on the newest frame and publishes detections.
 
 Each frame gets a deadline from its capture time (budget minus what decision and publication
-need); the depth policy plans against it. With the `adaptive` policy a gate may run no network
-at all and move the last frame's tracks by optical flow (perception/detection/temporal.py).
-Every detection carries its track id and velocity (one tracker, perception/tracking). Frames
-already older than `stale_ms` when picked up are dropped, never processed late. A Control message
-from the watchdog caps the depth.
+need); the policy plans against it: input size, depth, or no network at all, the last frame's
+tracks moved by optical flow (perception/detection: builder, policies, frames). Every detection
+carries its track id and velocity (one tracker, perception/tracking). Frames already older than
+`stale_ms` when picked up are dropped, never processed late. A Control message from the watchdog
+caps the depth.
 """
 
 from __future__ import annotations
@@ -13,19 +13,15 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated
 
-import numpy as np
-
-from perception.config import ConfigError, Range, ScoreThreshold
-from perception.detection.adaptive import AdaptiveDetector
-from perception.detection.manifest import WEIGHTS_DIR, load_manifest
-from perception.detection.policy import PolicyConfig
-from perception.detection.temporal import RiskRules, TemporalConfig, TemporalDetector
-from perception.engines import EngineConfig, EngineUnavailable, create_engine
+from perception.config import ConfigError, Range, check_ranges
+from perception.detection.builder import DetectorSettings, build_detector, check_settings
+from perception.detection.frames import FrameDetector
+from perception.detection.outputs import detections_message
+from perception.engines import EngineUnavailable
 from perception.latency import BudgetMs, now_ns, percentiles_ms, since_capture_ns
-from perception.messages import LEVEL_PROPAGATE, Control, Detections, FrameHeader, NodeState, Stamp
+from perception.messages import LEVEL_PROPAGATE, Control, Detections, FrameHeader, NodeState
 from perception.node import FatalInputError, Node, NodeSettings, run_node
 from perception.topics import CONTROL, DETECTIONS, FRAMES
 from perception.shm_ring import FrameOverwritten, RingError
@@ -35,25 +31,20 @@ log = logging.getLogger("detector")
 
 
 @dataclass(frozen=True)
-class DetectorConfig:
+class DetectorConfig(DetectorSettings):
     node: NodeSettings = field(default_factory=NodeSettings)
-    model: Path = WEIGHTS_DIR / "yolox_nano_exits.json"  # a manifest (perception/detection/manifest.py)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    temporal: TemporalConfig = field(default_factory=TemporalConfig)  # gate, tracker and optical flow
     frames_from: str | list[str] = "capture"  # node name(s) or endpoint URL(s)
     control_from: str | None = None  # the watchdog's node name, to accept depth ceilings from it
     budget_ms: BudgetMs = 100.0  # capture to published decision
     reserve_ms: BudgetMs = 15.0  # of the budget, kept for the decision node and the hops after detection
     stale_ms: BudgetMs = 50.0  # a frame older than this when picked up is dropped
-    score_threshold: ScoreThreshold = 0.3
-    nms_threshold: Annotated[float, Range(0, 1, low_open=True)] = 0.45
     report_period_s: Annotated[float, Range(0.1, 3600)] = 5.0
     # Deterministic replay: ignore deadlines, staleness and depth ceilings, which all depend on
     # wall-clock timing, so the same recording gives the same detections run after run.
     deterministic: bool = False
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if not self.reserve_ms < self.budget_ms:
             raise ValueError(f"need reserve_ms < budget_ms, got {self.reserve_ms} and {self.budget_ms}")
 
@@ -62,30 +53,20 @@ CONFIG = DetectorConfig
 
 
 def check(config: DetectorConfig) -> None:
-    """The manifest and every model file it names exist, and the risk gate's rules name classes of its
-    model; loading the networks themselves is left to the node."""
-    manifest = load_manifest(config.model)
-    if config.temporal.gate.risk:
-        try:
-            RiskRules.from_decision_config(config.temporal.gate.decision_config, manifest.class_names())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"temporal.gate.decision_config: {exc}") from None
+    """The manifest and every model file it names exist and the risk rule names classes of the model;
+    loading the networks is left to the node."""
+    check_settings(config)
 
 
-def open_detector(config: DetectorConfig) -> TemporalDetector:
+def open_detector(config: DetectorConfig) -> FrameDetector:
     try:
-        manifest = load_manifest(config.model)
-        engine = create_engine(config.engine)
-        detector = AdaptiveDetector(manifest, engine, config.score_threshold, config.nms_threshold)
-        temporal = TemporalDetector(detector, config.policy, config.temporal)
+        detector = build_detector(config)
     except (ConfigError, EngineUnavailable, ValueError) as exc:
         raise FatalInputError(str(exc)) from None
-    # Seed the latency estimates and get first-run costs out of the way before real frames. A frame
-    # of the input's own size fills all of it, the costliest a fitted input can be: the deadline
-    # policy starts from estimates that are pessimistic, never optimistic, whatever the camera's aspect.
-    detector.warm_up(np.full((manifest.input.height, manifest.input.width, 3), 114, np.uint8))
-    log.info("%s with %d exits on %s, policy %s", manifest.name, detector.exit_count, engine.describe(), config.policy.kind)
-    return temporal
+    network = detector.network
+    log.info("%s with %d exits on %s, policy %s, %d pixels", network.manifest.name, network.exit_count,
+             network.engine.describe(), config.policy.kind, network.pixels)
+    return detector
 
 
 class DepthCeiling:
@@ -109,8 +90,7 @@ class DepthCeiling:
 
 
 def detect(node: Node, config: DetectorConfig) -> None:
-    temporal = open_detector(config)
-    detector = temporal.detector
+    detector = open_detector(config)
     frames = node.subscribe(config.frames_from, FRAMES, latest=True)
     control = node.subscribe(config.control_from, CONTROL, latest=False) if config.control_from else None
     receiver = node.frame_receiver()
@@ -129,7 +109,7 @@ def detect(node: Node, config: DetectorConfig) -> None:
                 node.state = NodeState.DEGRADED if ceiling.degraded else NodeState.OK
             if frames in ready:
                 for received in frames.receive():
-                    message = process_frame(node, config, temporal, receiver, received, ceiling.max_exit)
+                    message = process_frame(node, config, detector, receiver, received, ceiling.max_exit)
                     if message is not None:
                         node.publish(DETECTIONS, message)
                         latencies.append(since_capture_ns(message))
@@ -138,10 +118,11 @@ def detect(node: Node, config: DetectorConfig) -> None:
                 report(node, frames, latencies, exits)
     finally:
         report(node, frames, latencies, exits)
-        detector.close()
+        detector.network.close()
 
 
-def process_frame(node: Node, config: DetectorConfig, temporal: TemporalDetector, receiver, received, max_exit: int):
+def process_frame(node: Node, config: DetectorConfig, detector: FrameDetector, receiver, received,
+                  max_exit: int) -> Detections | None:
     header: FrameHeader = received.message
     picked_ns = now_ns()
     if not config.deterministic and picked_ns - header.capture_ns > config.stale_ms * 1e6:
@@ -151,9 +132,9 @@ def process_frame(node: Node, config: DetectorConfig, temporal: TemporalDetector
     try:
         view = receiver.view(received)
         # The source's timeline drives the tracker (and so velocities): a replay tracks as the drive did.
-        outcome = temporal.process(view.array, header.media_ns, None if config.deterministic else deadline_ns, max_exit)
+        outcome = detector.process(view.array, header.media_ns, None if config.deterministic else deadline_ns, max_exit)
         if not view.still_valid():
-            temporal.reset("torn frame")  # what the tracker just learned may come from a torn frame
+            detector.reset("torn frame")  # what the tracker just learned may come from a torn frame
             raise FrameOverwritten("overwritten while in use")
     except FrameOverwritten:
         node.count("frames.overwritten")
@@ -162,28 +143,15 @@ def process_frame(node: Node, config: DetectorConfig, temporal: TemporalDetector
         node.count("frames.bad")
         log.warning("frame %d unusable: %s", header.frame_id, exc)
         return None
-    stamps = header.stamps + (Stamp("det.recv", picked_ns),)
-    if outcome.flow_ns:  # the adaptive policy's optical flow and gate, before any network
-        stamps += (Stamp("det.flow", picked_ns + outcome.flow_ns),)
-    if outcome.inference is not None:
-        stamps += tuple(Stamp(f"det.{part}", end) for part, end, _ in outcome.inference.timings)
-    out = outcome.output
-    count_outcome(node, outcome, temporal)
+    node.count("propagate" if outcome.level == LEVEL_PROPAGATE else f"exit{outcome.level}")
+    for reason, n in detector.resets.items():
+        node.counters[f"tracks.reset.{reason.replace(' ', '_')}"] = n
     if now_ns() > deadline_ns:
         node.count("frames.late")
     node.mark_frame_done(header.frame_id, header.capture_ns)
-    return Detections(
-        frame_id=header.frame_id, capture_ns=header.capture_ns, stamps=stamps + (Stamp("det.post", now_ns()),),
-        media_ns=header.media_ns, image_width=header.width, image_height=header.height, exit_index=outcome.level,
-        exit_count=temporal.detector.exit_count, boxes=out.boxes, scores=out.scores, class_ids=out.class_ids,
-        track_ids=out.track_ids, velocities=out.velocities,
-    )
-
-
-def count_outcome(node: Node, outcome, temporal: TemporalDetector) -> None:
-    node.count("propagate" if outcome.level == LEVEL_PROPAGATE else f"exit{outcome.level}")
-    for reason, n in temporal.resets.items():
-        node.counters[f"tracks.reset.{reason.replace(' ', '_')}"] = n
+    return detections_message(outcome, frame_id=header.frame_id, capture_ns=header.capture_ns, media_ns=header.media_ns,
+                              image_width=header.width, image_height=header.height, exit_count=detector.exit_count,
+                              stamps=header.stamps, received_ns=picked_ns, done_ns=now_ns())
 
 
 def report(node: Node, frames, latencies: deque, exits: Counter) -> None:

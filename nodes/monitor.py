@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from perception.config import Range
+from perception.config import Range, check_ranges
 
 from perception.latency import now_ns, percentiles_ms, since_capture_ns, stage_durations_ns
 from perception.messages import FrameHeader
@@ -33,6 +33,9 @@ class MonitorConfig:
     record: Path | None = None  # JSON lines, one per frame
     report_period_s: Annotated[float, Range(0.1, 3600)] = 5.0
     window: Annotated[int, Range(1, 1_000_000)] = 300  # frames in the rolling latency window
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 CONFIG = MonitorConfig

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from perception.config import Range
+from perception.config import Range, check_ranges
 from perception.detection.manifest import WEIGHTS_DIR, read_class_names
 from perception.latency import now_ns
 from perception.node import FatalInputError, Node, NodeSettings, run_node
@@ -41,6 +41,7 @@ class RecorderConfig:
     classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # the detector's class names: labels of the boxes
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         for name in self.sources:
             try:
                 topic(name)

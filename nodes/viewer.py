@@ -24,7 +24,7 @@ from typing import Annotated
 import cv2
 import numpy as np
 
-from perception.config import Fraction, Range
+from perception.config import Fraction, Range, check_ranges
 from perception.detection.manifest import WEIGHTS_DIR, read_class_names
 from perception.latency import now_ns
 from perception.log_rate import limit_log_rate
@@ -54,6 +54,7 @@ class ViewerConfig:
     sources: dict[str, list[str]] = field(default_factory=dict)  # topic -> publishers, where not the table's
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         unknown = set(self.sources) - set(BY_NAME)
         if unknown:
             raise ValueError(f"sources: unknown topics {sorted(unknown)} (known: {', '.join(BY_NAME)})")

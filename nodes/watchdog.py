@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from perception.config import Range
+from perception.config import Range, check_ranges
 
 from perception.latency import now_ns
 from perception.node import Node, NodeSettings, run_node
@@ -31,6 +31,9 @@ class WatchdogConfig:
     decisions_from: str | list[str] = "decision"
     status_period_ms: Annotated[float, Range(1, 60_000)] = 100.0
     control_period_ms: Annotated[float, Range(1, 60_000)] = 1000.0  # re-send the ceiling so a restarted detector learns it
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 CONFIG = WatchdogConfig

@@ -58,28 +58,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     import json
     from dataclasses import replace
 
-    from perception.benchmarks.temporal import DEV_ANNOTATIONS, DEV_MOT, DEV_VIDEO, open_eval_detector
-    from perception.detection.policy import PolicyConfig
-    from perception.detection.temporal import TemporalConfig
-    from perception.evaluation.detector_eval import load_annotations
+    from perception.benchmarks.pareto import detector_settings
+    from perception.detection.builder import build_detector
+    from perception.evaluation import DEV_ANNOTATIONS, DEV_MOT, DEV_VIDEO
+    from perception.evaluation.detector_eval import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, load_annotations
     from perception.evaluation.sequence_eval import evaluate_sequence
 
-    detector = open_eval_detector(args.model, args.threads)
-    temporal = TemporalConfig()
-    gate = replace(temporal.gate, risk=not args.no_risk, **({"mode": "interval", "interval": args.interval}
-                                                             if args.interval else {}))
-    policy = PolicyConfig(kind="adaptive" if args.interval else args.policy, exit=args.exit)
-    annotations = load_annotations(args.annotations or DEV_ANNOTATIONS, detector.manifest.class_names())
+    settings = detector_settings(args.detector)
+    policy = settings.policy
+    if args.policy is not None:
+        policy = replace(policy, kind=args.policy)
+    if args.exit is not None:
+        policy = replace(policy, exit=args.exit)
+    if args.interval is not None:
+        policy = replace(policy, kind="interval", interval=args.interval)
+    settings = replace(settings, policy=policy, engine=replace(settings.engine, threads=args.threads),
+                       **({"pixels": args.pixels} if args.pixels is not None else {}))
+    detector = build_detector(settings, EVAL_SCORE_THRESHOLD, EVAL_NMS_THRESHOLD)
+    annotations = load_annotations(args.annotations or DEV_ANNOTATIONS, detector.network.manifest.class_names())
     truth = None
     mot = args.mot or (DEV_MOT if args.video is None else None)
     if mot is not None:
         from perception.evaluation.mot import load_mot_csv
 
         truth = load_mot_csv(mot)
-    name = f"keyframe every {args.interval}" if args.interval else args.policy
-    report = evaluate_sequence(name, detector, policy, replace(temporal, gate=gate), args.video or DEV_VIDEO,
-                               annotations, truth)
-    result = report.as_dict()
+    name = policy.kind + (f" every {policy.interval}" if policy.kind == "interval" else "")
+    report = evaluate_sequence(name, detector, args.video or DEV_VIDEO, annotations, truth)
+    result = {**report.as_dict(), "pixels": detector.network.pixels}
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
@@ -94,8 +99,8 @@ DELEGATED = {
     "record": ("perception.replay", "record_main", "record a drive (every topic, frames included) to MCAP"),
     "replay": ("perception.replay", "replay_main", "replay a recording through the pipeline; --compare a reference"),
     "bench": ("perception.replay", "bench_main", "latency test harness: per-stage and end-to-end latency report"),
-    "bench-temporal": ("perception.benchmarks.temporal", "main",
-                       "accuracy vs time of keyframe intervals, exit 0 and the adaptive gate, Pareto plot"),
+    "pareto": ("perception.benchmarks.pareto", "main",
+               "accuracy against detector time: pixel budgets x exits x keyframe intervals, and the adaptive policy"),
     "fleet-replay": ("perception.fleet.command", "main",
                      "replay many drives in parallel as Ray tasks (here or on a cluster), one report (needs .[fleet])"),
 }
@@ -155,14 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench_wd.add_argument("--json", type=Path, default=None)
     bench_wd.set_defaults(func=_bench_watchdog)
 
-    evaluate = commands.add_parser("evaluate", help="AP and tracking metrics of a depth policy over an annotated clip, "
-                                                    "every frame in order")
-    evaluate.add_argument("--model", default="yolox_nano_exits.json")
-    evaluate.add_argument("--threads", type=int, default=2)
-    evaluate.add_argument("--policy", default="adaptive", choices=["fixed", "confidence", "deadline", "adaptive"])
-    evaluate.add_argument("--exit", type=int, default=-1, help="fixed policy: exit index (-1: deepest)")
+    from perception.detection.policies import REGISTRY
+
+    evaluate = commands.add_parser(
+        "evaluate", help="AP and tracking metrics of the detector over an annotated clip, every frame in order",
+        description="Run the detector as configured in configs/detector.yaml (its default policy unless --policy) "
+                    "over every frame of an annotated clip, in order, and print one JSON line: AP50, AP50:95, "
+                    "MOTA/IDF1 with MOT ground truth, the detector's time per frame, levels and input sizes.")
+    evaluate.add_argument("--policy", default=None, choices=sorted(REGISTRY),
+                          help="default: the policy of configs/detector.yaml")
+    evaluate.add_argument("--exit", type=int, default=None, help="fixed and interval policies: exit index (-1: deepest)")
+    evaluate.add_argument("--pixels", type=int, default=None, help="input pixel budget per frame (default: the model's)")
     evaluate.add_argument("--interval", type=int, default=None, help="the network every N frames, flow in between")
-    evaluate.add_argument("--no-risk", action="store_true", help="adaptive: without the ego-path risk rule")
+    evaluate.add_argument("--threads", type=int, default=2)
+    evaluate.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],
+                          help="override a key of configs/detector.yaml, e.g. risk.ego_path=false (repeatable)")
     evaluate.add_argument("--video", type=Path, default=None, help="default: PETS09-S2L1 frames 1-400 (recordings/)")
     evaluate.add_argument("--annotations", type=Path, default=None, help="COCO json with frame indices")
     evaluate.add_argument("--mot", type=Path, default=None, help="MOT csv ground truth for MOTA / IDF1")

@@ -39,7 +39,7 @@ from typing import Annotated, Literal
 
 import zmq
 
-from perception.config import Range
+from perception.config import Range, check_ranges
 from perception.latency import now_ns
 from perception.messages import THIS_HOST, Message, Stamp, check_name
 from perception.reconnect import Connections
@@ -64,6 +64,9 @@ class ClockConfig:
     max_uncertainty_ms: Annotated[float, Range(0, 1000, low_open=True)] = 5.0  # a host less certain than this is not trusted: its messages are dropped
     ptp_clock: Literal["tai", "realtime"] = "tai"
     ptp_accuracy_us: Annotated[float, Range(0, 1e6)] = 100.0  # what PTP guarantees between the hosts' clocks on this network
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass(frozen=True)

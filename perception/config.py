@@ -57,7 +57,9 @@ class Range:
 
 def _number(value: float | None) -> str:
     """1000000 rather than 1e+06, 0.5 as 0.5."""
-    return str(int(value)) if value is not None and float(value).is_integer() else f"{value:g}"
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,20 +272,37 @@ def check_ranges(instance: Any) -> None:
     """The Range and Length constraints of a dataclass built in code rather than from a config
     (from_mapping checks them as it converts); ValueError naming the first field out of range."""
     for name, hint in get_type_hints(type(instance), include_extras=True).items():
-        value = getattr(instance, name, None)
-        for constraint in _constraints(hint):
-            problem = constraint.problem(value) if value is not None else None
-            if problem:
-                raise ValueError(f"{name} {problem}")
+        problem = _problem(hint, getattr(instance, name, None))
+        if problem:
+            raise ValueError(f"{name} {problem}")
 
 
-def _constraints(hint: Any) -> list:
-    """The Range / Length constraints of a field type, through Optional."""
-    if get_origin(hint) is Annotated:
-        return [c for c in get_args(hint)[1:] if isinstance(c, (Range, Length))]
-    if get_origin(hint) in (Union, types.UnionType):
-        return [c for option in get_args(hint) for c in _constraints(option)]
-    return []
+def _problem(hint: Any, value: Any) -> str | None:
+    """What is wrong with `value` under the Range / Length constraints of `hint` (through unions, by
+    the option the value is of)."""
+    origin = get_origin(hint)
+    if origin is Annotated:
+        base, *constraints = get_args(hint)
+        if _is_of(base, value):
+            return next((p for c in constraints if isinstance(c, (Range, Length)) and (p := c.problem(value))), None)
+        return None
+    if origin in (Union, types.UnionType):
+        return next((p for option in get_args(hint) if _is_of(option, value) and (p := _problem(option, value))), None)
+    return None
+
+
+def _is_of(hint: Any, value: Any) -> bool:
+    """Whether `value` is of the (possibly annotated) type `hint`, as far as its constraints go."""
+    origin = get_origin(hint)
+    if origin is Annotated:
+        return _is_of(get_args(hint)[0], value)
+    if hint in (int, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (list, tuple, dict):
+        return isinstance(value, origin)
+    if origin is Literal:
+        return value in get_args(hint)
+    return isinstance(hint, type) and isinstance(value, hint)
 
 
 def _join(key: str, name: object) -> str:

@@ -23,7 +23,7 @@ from typing import Annotated
 
 import numpy as np
 
-from perception.config import ConfigError, Fraction, Length, Range, ScoreThreshold, check_ranges, from_mapping, load_yaml
+from perception.config import ConfigError, Fraction, Length, Range, ScoreThreshold, check_ranges
 
 from perception.messages import Action, Decision, Detections, Reason, Stamp, Target
 
@@ -66,13 +66,16 @@ class DecisionRules:
             raise ValueError(f"classes lists a class twice: {self.classes}")
 
 
-def load_decision_rules(path: Path) -> DecisionRules:
-    """The `rules` section of a decision node's config file (the detector's risk gate and the
-    benchmarks read the same rules as the decision node)."""
-    data = load_yaml(path) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return from_mapping(DecisionRules, data.get("rules", {}), source=f"{path}: rules", base_dir=Path(path).parent)
+def decision_maker(rules: DecisionRules, classes_file: Path, name: str = "decision") -> "DecisionMaker":
+    """The rules over a detector's class names (one per line in `classes_file`); ConfigError, one line,
+    when the file cannot be read or a rule names a class the detector does not have."""
+    try:
+        names = [line.strip() for line in Path(classes_file).read_text().splitlines() if line.strip()]
+        return DecisionMaker(rules, names, name)
+    except OSError as exc:
+        raise ConfigError(f"classes_file: cannot read {classes_file} ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ConfigError(f"rules.classes: {exc} ({classes_file})") from None
 
 
 def polygon_area(polygon: np.ndarray) -> float:
@@ -103,6 +106,15 @@ def fraction_in_polygon(x1: float, x2: float, y: float, polygon: np.ndarray, sam
             if (ay > y) != (by > y):
                 inside ^= xs < cross_x
     return float((inside | on_edge).mean())
+
+
+def share_in_path(box: tuple[float, float, float, float], image_width: int, image_height: int, roi: np.ndarray) -> float:
+    """Fraction of a box's ground contact (its bottom edge) inside the ego path `roi`. A box reaching
+    below the path's lowest row stands nearer than the path's end: it is judged on that row."""
+    x1, y1, x2, y2 = box
+    top, bottom, roi_bottom = y1 / image_height, y2 / image_height, float(roi[:, 1].max())
+    contact = min(bottom, roi_bottom) if top <= roi_bottom else bottom
+    return fraction_in_polygon(x1 / image_width, x2 / image_width, contact, roi)
 
 
 @dataclass
@@ -157,7 +169,6 @@ class DecisionMaker:
         self.node_name = node_name
         self._relevant = np.array([class_names.index(c) for c in rules.classes])
         self._roi = np.array(rules.roi, np.float64)
-        self._roi_bottom = float(self._roi[:, 1].max())
         self._histories = TrackHistories(rules.ttc_frames)
         self._current: tuple[Action, Reason, Target | None, str] = (Action.PROCEED, Reason.CLEAR, None, "path clear")
         self._calm_frames = 0
@@ -179,11 +190,9 @@ class DecisionMaker:
         worst: tuple[int, float, float, Target, str] | None = None  # (action, -ttc, height, target, detail)
         for box, score, class_id, history in zip(boxes, scores, class_ids, histories):
             x1, y1, x2, y2 = (float(v) for v in box)
-            top, bottom = y1 / d.image_height, y2 / d.image_height
-            # A box reaching below the path's lowest row stands nearer than the path's end: judged on that row.
-            contact = min(bottom, self._roi_bottom) if top <= self._roi_bottom else bottom
-            if fraction_in_polygon(x1 / d.image_width, x2 / d.image_width, contact, self._roi) < self.rules.min_in_path:
+            if share_in_path((x1, y1, x2, y2), d.image_width, d.image_height, self._roi) < self.rules.min_in_path:
                 continue
+            top, bottom = y1 / d.image_height, y2 / d.image_height
             height = bottom - top
             ttc = history.ttc_s(self.rules.min_growth)
             action, why = self._urgency(height, ttc, cut_off=bottom >= 1.0 - self.rules.edge_margin)

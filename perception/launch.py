@@ -50,7 +50,7 @@ from typing import Annotated, Any, Literal
 import yaml
 import zmq
 
-from perception.config import ConfigError, Port, Range, from_mapping, load_yaml, set_key
+from perception.config import ConfigError, Port, Range, check_ranges, from_mapping, load_yaml, set_key
 from perception.latency import BudgetMs
 from perception.latency import now_ns
 from perception.clock import ClockConfig, ClockServer, ClockSync
@@ -90,6 +90,7 @@ class HostSpec:
     clock_port: Port | None = None
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         for what, value in (("address", self.address), ("bind", self.bind)):
             if value is not None and (not value or any(c in value for c in "/ ")):
                 raise ValueError(f"{what} {value!r} is not an IP address or host name")
@@ -120,6 +121,7 @@ class LaunchNode:
     port: Port | None = None  # its tcp port when nodes on other hosts read it (default: base_port + its index)
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if not self.name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"node name {self.name!r} may hold only letters, digits, '-' and '_'")
         if not self.node.isidentifier() or self.node.startswith("_"):
@@ -140,6 +142,7 @@ class LaunchFile:
     clock: ClockConfig = field(default_factory=ClockConfig)  # how hosts convert each other's stamps
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         for host in self.hosts:
             check_key_name(host)
         strays = [f"{n.name} (host {n.host})" for n in self.nodes if n.host is not None and n.host not in self.hosts]

@@ -19,7 +19,7 @@ from typing import Annotated, Callable, Mapping, Sequence, TypeVar
 import zmq
 
 from perception.clock import ClockConfig, ClockSync
-from perception.config import ConfigError, Range, from_mapping, load_config
+from perception.config import ConfigError, Range, check_ranges, from_mapping, load_config
 from perception.latency import now_ns
 from perception.messages import FrameTransport, Heartbeat, Message, NodeState
 from perception.security import (
@@ -125,6 +125,7 @@ class NodeSettings:
     clock: ClockConfig = field(default_factory=ClockConfig)
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
 

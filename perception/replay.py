@@ -363,7 +363,10 @@ def bench_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of synthetic frames")
     parser.add_argument("--loops", type=int, default=1, help="play a recording this many times")
     parser.add_argument("--load", type=int, default=0, help="extra busy-looping processes competing for the CPU")
-    parser.add_argument("--policy", choices=["fixed", "confidence", "deadline", "adaptive"], default=None)
+    from perception.detection.policies import REGISTRY
+
+    parser.add_argument("--policy", choices=sorted(REGISTRY), default=None,
+                        help="the detector's policy for this run (default: configs/detector.yaml's)")
     parser.add_argument("--budget-ms", type=float, default=100.0)
     parser.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],
                         help="override a detector config key for this run, e.g. engine.threads=1 (repeatable)")

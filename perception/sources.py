@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 import cv2
 import numpy as np
 
-from perception.config import NonNegativeInt, PositiveInt, Range
+from perception.config import NonNegativeInt, PositiveInt, Range, check_ranges
 from perception.messages import MAX_IMAGE_SIDE
 
 ImageSide = Annotated[int, Range(1, MAX_IMAGE_SIDE)]
@@ -47,6 +47,7 @@ class SourceConfig:
     count: PositiveInt | None = None  # synthetic: frames before the end (None: endless)
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.kind in ("video", "images", "recording") and self.path is None:
             raise ValueError(f"source kind {self.kind!r} needs a path")
 

@@ -31,6 +31,33 @@ class RateKeeper:
         return self._next_ns
 
 
+class Pacer:
+    """When to publish a frame: on the source's own timeline (scaled by `speed`), at a fixed rate, or at
+    once. A source paced by its device (a camera) is never waited for: `rate: source` reads it as it delivers."""
+
+    def __init__(self, rate: str | float, speed: float = 1.0, paced_by_device: bool = False) -> None:
+        self.rate = rate
+        self.speed = speed
+        self.follow_media = rate == "source" and not paced_by_device
+        self.fixed = RateKeeper(rate) if isinstance(rate, float) else None
+        self._anchor: tuple[int, int] | None = None  # (media_ns, monotonic ns) of the first frame
+
+    def deadline(self, media_ns: int) -> int:
+        now = now_ns()
+        if self.fixed is not None:
+            return self.fixed.next_deadline(now)
+        if not self.follow_media:
+            return now
+        if self._anchor is None:
+            self._anchor = (media_ns, now)
+        return self._anchor[1] + int((media_ns - self._anchor[0]) / self.speed)
+
+    def describe(self) -> str:
+        if self.fixed is not None:
+            return f"at {self.rate:g} Hz"
+        return f"on recorded time x{self.speed:g}" if self.follow_media else "as fast as frames come"
+
+
 class Periodic:
     """Something done every `period_s` from a loop (a report, a status, a re-sent command): `due()`
     says when, once per period, without drift and without a burst after a stall. The one place

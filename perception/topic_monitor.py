@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Annotated
 
-from perception.config import Range
+from perception.config import Range, check_ranges
 
 from perception.messages import TopicHealth, TopicState
 from perception.topics import Topic
@@ -39,6 +39,7 @@ class TopicLimits:
     timeout_s: Annotated[float, Range(0, 3600, low_open=True)]
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if not self.error_rate_hz <= self.warn_rate_hz:
             raise ValueError("need error_rate_hz <= warn_rate_hz")
 

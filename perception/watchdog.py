@@ -48,7 +48,7 @@ from typing import Annotated
 
 import numpy as np
 
-from perception.config import Fraction, Length, Range
+from perception.config import Fraction, Length, Range, check_ranges
 from perception.latency import BudgetMs
 from perception.messages import (
     Action, Control, Decision, FrameHeader, Heartbeat, NodeState, Reason, Stamp, SystemState, TopicState, WatchdogStatus,
@@ -80,6 +80,7 @@ class WatchdogRules:
     topic_window_s: Annotated[float, Range(0.01, 60)] = 1.0
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         unknown = sorted((set(self.topics) | set(self.monitored_topics)) - {t.name for t in MONITORED})
         if unknown:
             raise ValueError(f"topics: {unknown} are not monitored topics (those are: {', '.join(t.name for t in MONITORED)})")

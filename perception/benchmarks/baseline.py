@@ -30,19 +30,19 @@ import time
 import numpy as np
 
 from perception.config import ConfigError
-from perception.decision import DecisionMaker
-from perception.detection.adaptive import AdaptiveDetector
-from perception.detection.manifest import WEIGHTS_DIR, load_manifest, read_class_names
-from perception.detection.policy import PolicyConfig, run_policy
-from perception.engines import create_engine
+from perception.decision import DecisionMaker, decision_maker
+from perception.detection.builder import DetectorSettings, build_network
+from perception.detection.manifest import WEIGHTS_DIR
+from perception.detection.network import StagedNetwork
+from perception.detection.outputs import Outcome, Output, detections_message
 from perception.latency import now_ns, percentiles_ms
 from perception.launch import LaunchFile, resolve_node_config
-from perception.messages import Detections, Stamp
+from perception.messages import Stamp
 from perception.report import QUANTILES, Collected, build_report
 from perception.sources import SourceError, open_source
+from perception.timing import Pacer
 
 FULL_MODEL = WEIGHTS_DIR / "yolox_nano.json"  # the original YOLOX-nano as one graph, full depth only
-FULL_DEPTH = PolicyConfig(kind="fixed")  # the deepest exit: the only one of FULL_MODEL
 
 
 def node_configs(spec: LaunchFile, launch_path: str) -> dict[str, object]:
@@ -55,38 +55,36 @@ def run_baseline(spec: LaunchFile, launch_path: str, title: str = "") -> dict:
     """Run the single-process loop on the source of `spec` (a pipeline_launch spec) and return its
     report: the latency report's schema (docs/REPORT.md) plus `model`, `late_frames`,
     `max_behind_ms`, `rate_slips` and `end_to_end_without_backlog_ms`."""
-    # Imported here: nodes import perception, and only this command needs it.
-    from nodes.capture import Pacer
-
     configs = node_configs(spec, launch_path)
     capture, detector_config, decision_config = configs["capture"], configs["detector"], configs["decision"]
-    # The plain detector, not the detector node's (depth policy, ceilings, tracking): a user's loop
-    # has none of that. Engine and thresholds are the node's; the warm-up is the node's too.
-    engine = create_engine(detector_config.engine)
-    detector = AdaptiveDetector(load_manifest(FULL_MODEL), engine, detector_config.score_threshold,
-                                detector_config.nms_threshold)
+    # The plain network, not the detector node's (policy, ceilings, tracking): a user's loop has none
+    # of that. Engine and thresholds are the node's; built and warmed up as the node's is.
+    network = build_network(DetectorSettings(model=FULL_MODEL, engine=detector_config.engine,
+                                             score_threshold=detector_config.score_threshold,
+                                             nms_threshold=detector_config.nms_threshold))
     try:
-        detector.warm_up(np.full((480, 640, 3), 114, np.uint8))
-        maker = DecisionMaker(decision_config.rules, read_class_names(decision_config.classes_file), "baseline")
+        maker = decision_maker(decision_config.rules, decision_config.classes_file, "baseline")
         try:
             source = open_source(capture.source)
         except SourceError as exc:
             raise ConfigError(str(exc)) from None
         with source:
-            collected, behind_ns, slips = _loop(source, Pacer(capture, source), detector, maker, capture.max_frames)
+            pacer = Pacer(capture.rate, capture.speed, source.paced_by_device)
+            collected, behind_ns, slips = _loop(source, pacer, network, maker, capture.max_frames)
     finally:
-        detector.close()
+        network.close()
     report = build_report(collected, spec.budget_ms or 100.0, frames_sent=len(collected.decisions), title=title)
     # What the loop would give if it could skip to the newest frame: the same minus the backlog
     # (not a real figure of this loop, but it separates slower work from falling behind).
     without_backlog = [end - next(s.t_ns for s in d.stamps if s.stage == "backlog") for end, d in collected.decisions]
-    report.update(model=detector.manifest.name, late_frames=len(behind_ns),
+    report.update(model=network.manifest.name, late_frames=len(behind_ns),
                   max_behind_ms=round(max(behind_ns, default=0) / 1e6, 3), rate_slips=slips,
                   end_to_end_without_backlog_ms={k: round(v, 3) for k, v in percentiles_ms(without_backlog, QUANTILES).items()})
     return report
 
 
-def _loop(source, pacer, detector, maker: DecisionMaker, max_frames: int | None) -> tuple[Collected, list[int], int]:
+def _loop(source, pacer: Pacer, network: StagedNetwork, maker: DecisionMaker, max_frames: int | None
+          ) -> tuple[Collected, list[int], int]:
     collected = Collected()
     behind_ns: list[int] = []
     frame_id = 0
@@ -107,14 +105,14 @@ def _loop(source, pacer, detector, maker: DecisionMaker, max_frames: int | None)
         # The "backlog" stage: from the due time to the loop getting to the frame (0 when on time).
         backlog = Stamp("backlog", max(read_ns, capture_ns))
         frame_id += 1
-        inference = detector.begin(frame)
-        outcome = run_policy(detector, inference, FULL_DEPTH)
+        detected = network.detect(frame)
         height, width = frame.shape[:2]
-        detections = Detections(
-            frame_id=frame_id, capture_ns=capture_ns,
-            stamps=(backlog, *(Stamp(f"det.{part}", end) for part, end, _ in inference.timings), Stamp("det.post", now_ns())),
-            media_ns=media_ns, image_width=width, image_height=height, exit_index=outcome.exit_index,
-            exit_count=detector.exit_count, boxes=outcome.boxes, scores=outcome.scores, class_ids=outcome.class_ids)
+        output = Output(detected.boxes, detected.scores, detected.class_ids, np.zeros(len(detected.boxes), np.uint32),
+                        np.zeros((len(detected.boxes), 2), np.float32))
+        detections = detections_message(
+            Outcome(detected.exit_index, detected.inference.size, "every frame", output, detected.inference, 0),
+            frame_id=frame_id, capture_ns=capture_ns, media_ns=media_ns, image_width=width, image_height=height,
+            exit_count=network.exit_count, stamps=(backlog,), received_ns=None, done_ns=now_ns())
         decision = maker.decide(detections, now_ns())
         collected.decisions.append((now_ns(), decision))
         collected.detections.append(detections)

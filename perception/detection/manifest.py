@@ -42,13 +42,19 @@ def spatial_dimension_names(stride: int) -> tuple[str, str]:
 @dataclass(frozen=True)
 class InputSpec:
     name: str
-    width: int  # a frame is scaled to fit width x height
+    width: int  # graphs of a fixed size (and engines built for one): a frame is scaled to fit width x height
     height: int
     pad_value: float = 114.0
-    # The parts' graphs take any input size in multiples of the largest stride, up to width x height:
-    # a frame is padded only to the next multiple, not to the full square (416x256 for a 16:9 frame,
-    # 0.6x the work of 416x416). Their sizes are named dimensions (see Manifest.dimensions).
+    # The parts' graphs take any input size in multiples of the largest stride (their sizes are named
+    # dimensions, see Manifest.dimensions): each frame then runs at the largest scale its aspect allows
+    # within a budget of pixels (perception.detection.yolox.budget_input), padded only to the next
+    # multiple: 512x288 for 16:9 and 480x352 for 4:3 within 416x416's 173,056 pixels.
     fit_aspect: bool = False
+    pixels: int | None = None  # that budget; default width x height
+
+    @property
+    def default_pixels(self) -> int:
+        return self.pixels or self.width * self.height
 
 
 @dataclass(frozen=True)

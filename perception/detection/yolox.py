@@ -32,19 +32,33 @@ def _scaled(frame_width: int, frame_height: int, width: int, height: int) -> tup
     return scale, max(1, int(frame_width * scale)), max(1, int(frame_height * scale))
 
 
-def fitted_input_size(frame_width: int, frame_height: int, width: int, height: int, multiple: int) -> tuple[int, int]:
-    """The smallest input, in multiples of `multiple`, that holds a frame scaled as it would be into a
-    width x height input: a 1280x720 frame needs 416x256 of a 416x416 input, a 768x576 one 416x320.
-    The rows a square input would pad cost as much as image rows (a third of the work for 16:9)."""
-    _, new_w, new_h = _scaled(frame_width, frame_height, width, height)
-    return min(width, math.ceil(new_w / multiple) * multiple), min(height, math.ceil(new_h / multiple) * multiple)
+def budget_input(frame_width: int, frame_height: int, pixels: int, multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(fit box, input size) of a frame under a pixel budget: the box is the largest scale at which the
+    frame fits an input whose sides are multiples of `multiple` and whose area is at most `pixels`;
+    the input is that scaled frame padded only up to the next multiples. Cost grows with the input's
+    pixels, padding included, so the budget fixes the cost and the rule spends it on resolution:
+    173,056 pixels (416x416) give 512x288 for 16:9, 480x352 for 4:3 and 768x224 for 1242x375. A frame
+    smaller than that is not upscaled."""
+    best = (0.0, multiple, multiple)
+    height = multiple
+    while height * multiple <= pixels:
+        width = pixels // height // multiple * multiple
+        scale = min(width / frame_width, height / frame_height)
+        if scale > best[0]:
+            best = (scale, width, height)
+        height += multiple
+    scale, box_width, box_height = best
+    if scale > 1.0:  # a budget is a ceiling: upscaling a small frame spends pixels and adds no detail
+        box_width, box_height = frame_width, frame_height
+    _, new_w, new_h = _scaled(frame_width, frame_height, box_width, box_height)
+    return (box_width, box_height), (math.ceil(new_w / multiple) * multiple, math.ceil(new_h / multiple) * multiple)
 
 
 def letterbox(frame: np.ndarray, width: int, height: int, pad_value: float = 114.0,
               out: np.ndarray | None = None, input_size: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
     """BGR uint8 HxWx3 -> float32 [1,3,H,W], resized keeping aspect ratio to fit width x height, at the
     top-left corner, padded with pad_value, 0-255 without normalisation (YOLOX's own preprocessing).
-    The input is width x height, or `input_size` (W, H) when given (see fitted_input_size): the same
+    The input is width x height, or `input_size` (W, H) when given (see budget_input): the same
     scale, less padding."""
     check_frame(frame)
     frame_h, frame_w = frame.shape[:2]

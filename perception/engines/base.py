@@ -16,7 +16,7 @@ from typing import Annotated, ClassVar, Literal, Mapping
 
 import numpy as np
 
-from perception.config import Range
+from perception.config import Range, check_ranges
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ class TensorRTConfig:
     calibration_frames: Annotated[int, Range(1, 100_000)] = 64
     device: Annotated[int, Range(0, 63)] = 0
 
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -45,6 +48,9 @@ class EngineConfig:
     providers: list[str] | None = None  # ONNX Runtime execution providers; None: best available
     torch_device: str = "cpu"
     tensorrt: TensorRTConfig = field(default_factory=TensorRTConfig)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 class Session(ABC):

@@ -11,8 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from perception.config import ConfigError
-from perception.detection.adaptive import AdaptiveDetector
-from perception.detection.policy import PolicyConfig, run_policy
+from perception.detection.network import StagedNetwork
 from perception.evaluation.coco_ap import APResult, Detection, GroundTruth, evaluate
 from perception.latency import now_ns, percentiles_ms
 from perception.sources import SourceError, VideoFileSource
@@ -60,38 +59,39 @@ class EvalReport:
                 **stats}
 
 
-def evaluate_on_video(detector: AdaptiveDetector, video: Path, annotations: Annotations, policy: PolicyConfig,
-                      passes: int = 1) -> EvalReport:
-    """Run every annotated frame through the detector under `policy` (no deadline) and score it.
+def evaluate_on_video(detector: StagedNetwork, video: Path, annotations: Annotations, exit_index: int = -1,
+                      pixels: int | None = None, passes: int = 1) -> EvalReport:
+    """Run every annotated frame on its own to `exit_index` at the input budget `pixels` and score it.
 
-    Each frame runs once with the detector's own (runtime) thresholds: that run is timed and picks
-    the exit. The chosen exit's raw output is then decoded again at COCO evaluation thresholds for
-    AP, so accuracy and latency describe the same decisions. Extra passes only add timing samples.
+    Each frame runs once with the detector's own (runtime) thresholds, timed; the exit's raw output
+    is then decoded again at COCO evaluation thresholds for AP, so accuracy and latency describe the
+    same work. Extra passes only add timing samples.
     """
     frames = annotated_frames(video, annotations)
     report = EvalReport(ap=APResult(0, 0, 0, {}))
     detections: list[Detection] = []
     for image_id, frame in frames:
         start = now_ns()
-        inference = detector.begin(frame)
-        outcome = run_policy(detector, inference, policy)
+        detected = detector.detect(frame, exit_index, pixels)
         report.detector_ms.append((now_ns() - start) / 1e6)
-        report.exit_histogram[outcome.exit_index] += 1
-        boxes, scores, class_ids = detector.decode(inference, inference.raw_exits[outcome.exit_index],
+        report.exit_histogram[detected.exit_index] += 1
+        inference = detected.inference
+        boxes, scores, class_ids = detector.decode(inference, inference.raw_exits[detected.exit_index],
                                                    EVAL_SCORE_THRESHOLD, EVAL_NMS_THRESHOLD)
         detections += coco_detections(image_id, boxes, scores, class_ids, annotations)
     for _ in range(passes - 1):
-        report.detector_ms += time_policy(detector, frames, policy)
+        report.detector_ms += time_frames(detector, frames, exit_index, pixels)
     report.ap = evaluate(annotations.truths, detections)
     return report
 
 
-def time_policy(detector: AdaptiveDetector, frames: list[tuple[int, np.ndarray]], policy: PolicyConfig) -> list[float]:
-    """Milliseconds per frame, preprocessing to final detections, of one pass under `policy`."""
+def time_frames(detector: StagedNetwork, frames: list[tuple[int, np.ndarray]], exit_index: int = -1,
+                pixels: int | None = None) -> list[float]:
+    """Milliseconds per frame, preprocessing to final detections, of one pass."""
     times = []
     for _, frame in frames:
         start = now_ns()
-        run_policy(detector, detector.begin(frame), policy)
+        detector.detect(frame, exit_index, pixels)
         times.append((now_ns() - start) / 1e6)
     return times
 

@@ -147,19 +147,17 @@ def detect_video(video: str | Path, score_threshold: float, class_id: int = 0, t
                  model: str = "yolox_nano_exits.json") -> tuple[list[FrameDetections], tuple[int, int]]:
     """YOLOX-nano at full depth (fixed deepest exit) on every frame of `video`, detections of one class.
     Returns the frames' detections (timestamps from the video's frame rate) and (width, height)."""
-    from perception.detection.adaptive import AdaptiveDetector
+    from perception.detection.network import StagedNetwork
     from perception.detection.manifest import WEIGHTS_DIR, load_manifest
-    from perception.detection.policy import PolicyConfig, run_policy
     from perception.engines import EngineConfig, create_engine
     from perception.evaluation.detector_eval import read_frames
 
-    detector = AdaptiveDetector(load_manifest(WEIGHTS_DIR / model), create_engine(EngineConfig(threads=threads)),
+    detector = StagedNetwork(load_manifest(WEIGHTS_DIR / model), create_engine(EngineConfig(threads=threads)),
                                 score_threshold=score_threshold)
-    policy = PolicyConfig(kind="fixed", exit=-1)
     frames, size = [], (0, 0)
     for _, image, media_ns in read_frames(Path(video)):
         size = (image.shape[1], image.shape[0])
-        outcome = run_policy(detector, detector.begin(image), policy)
+        outcome = detector.detect(image)
         keep = outcome.class_ids == class_id
         frames.append(FrameDetections(media_ns, outcome.boxes[keep], outcome.scores[keep], outcome.class_ids[keep]))
     return frames, size

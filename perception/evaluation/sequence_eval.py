@@ -1,16 +1,12 @@
 """Score a detector over a whole video in order, as it runs on a vehicle: every frame goes through
-the temporal detector (gate, network, tracker, flow), annotated frames are scored.
+the detector (policy, network or flow, tracker), annotated frames are scored.
 
-Temporal policies cannot be scored on annotated frames alone: a propagated frame depends on every
-frame before it. So every frame of the clip is processed in order, on the clip's own timeline
-(media time), and the detector's time per frame covers everything it does for that frame (flow,
-gate, network, tracker). Accuracy: COCO-style AP on the annotated frames (perception.evaluation.
+A propagated frame depends on every frame before it, so policies cannot be scored on annotated
+frames alone: every frame of the clip is processed in order, on the clip's own timeline (media
+time), and the detector's time per frame covers everything it does for that frame (flow and
+signals, network, tracker). Accuracy: COCO-style AP on the annotated frames (perception.evaluation.
 coco_ap, equal to pycocotools) and, with MOT ground truth, MOTA / IDF1 / ID switches of the tracks
 (perception.evaluation.mot, needs the dev extra's motmetrics).
-
-A configuration is a depth policy for network frames plus a gate (perception.detection.temporal):
-`interval 1` is the network on every frame (the classic detector, with the tracker for ids),
-`interval N` a fixed keyframe interval, `adaptive` the gate.
 """
 
 from __future__ import annotations
@@ -22,9 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from perception.config import ConfigError
-from perception.detection.adaptive import AdaptiveDetector
-from perception.detection.policy import PolicyConfig
-from perception.detection.temporal import TemporalConfig, TemporalDetector
+from perception.detection.frames import FrameDetector
 from perception.evaluation.coco_ap import APResult, Detection, evaluate
 from perception.evaluation.detector_eval import Annotations, coco_detections, read_frames
 from perception.latency import now_ns, percentiles_ms
@@ -39,6 +33,7 @@ class SequenceReport:
     ap: APResult
     detector_ms: list[float] = field(default_factory=list)  # every frame, in order
     levels: Counter = field(default_factory=Counter)  # "propagate", "exit0", ... -> frames
+    sizes: Counter = field(default_factory=Counter)  # network input "WxH" -> frames
     reasons: Counter = field(default_factory=Counter)  # why the network ran
     resets: Counter = field(default_factory=Counter)
     tracking: dict | None = None  # MOTA, IDF1, ID switches, ... when MOT ground truth was given
@@ -48,20 +43,18 @@ class SequenceReport:
         stats = {f"ms_{k}": round(v, 3) for k, v in percentiles_ms((times * 1e6).astype(np.int64), (50, 99)).items()
                  if k in ("p50", "p99", "mean")}
         return {"name": self.name, **self.ap.as_dict(), "frames": len(times), **stats,
-                "levels": dict(sorted(self.levels.items())), "network_reasons": dict(self.reasons.most_common()),
+                "levels": dict(sorted(self.levels.items())), "sizes": dict(self.sizes.most_common()), "network_reasons": dict(self.reasons.most_common()),
                 "resets": dict(self.resets), **({"tracking": self.tracking} if self.tracking is not None else {})}
 
 
-def evaluate_sequence(name: str, detector: AdaptiveDetector, policy: PolicyConfig, temporal: TemporalConfig,
-                      video: Path, annotations: Annotations, mot_truth: dict | None = None,
-                      person_class: int = 0, max_frames: int | None = None) -> SequenceReport:
-    """Run every frame of `video` in order through a TemporalDetector and score it.
+def evaluate_sequence(name: str, detector: FrameDetector, video: Path, annotations: Annotations,
+                      mot_truth: dict | None = None, person_class: int = 0, max_frames: int | None = None) -> SequenceReport:
+    """Run every frame of `video` in order through a fresh `detector` (no deadline) and score it.
 
     `detector` should decode at COCO evaluation thresholds (a low score threshold), so that AP sees
     the whole precision-recall curve; tracks for MOT metrics are the outputs with a track id and a
     score of at least MOT_SCORE_THRESHOLD. `max_frames`: only the clip's first frames (and their
     annotations) count."""
-    temporal_detector = TemporalDetector(detector, policy, temporal)
     report = SequenceReport(name, APResult(0, 0, 0, {}))
     detections: list[Detection] = []
     hypotheses: dict[int, list[tuple[int, float, float, float, float]]] = {}
@@ -69,7 +62,7 @@ def evaluate_sequence(name: str, detector: AdaptiveDetector, policy: PolicyConfi
         if max_frames is not None and frame_index >= max_frames:
             break
         start = now_ns()
-        outcome = temporal_detector.process(frame, media_ns)
+        outcome = detector.process(frame, media_ns)
         report.detector_ms.append((now_ns() - start) / 1e6)
         out = outcome.output
         image_id = annotations.image_for_frame.get(frame_index)
@@ -83,9 +76,10 @@ def evaluate_sequence(name: str, detector: AdaptiveDetector, policy: PolicyConfi
         raise ConfigError(f"{video}: has {len(report.detector_ms)} frames, annotations reach frame "
                           f"{max(annotations.image_for_frame)}")
     report.ap = evaluate([t for t in annotations.truths if t.image_id in scored], detections)
-    report.levels = Counter({level_name(level): n for level, n in temporal_detector.levels.items()})
-    report.reasons = Counter({k: v for k, v in temporal_detector.reasons.items() if k != "propagate"})
-    report.resets = temporal_detector.resets
+    report.levels = Counter({level_name(level): n for level, n in detector.levels.items()})
+    report.sizes = detector.sizes
+    report.reasons = Counter({k: v for k, v in detector.reasons.items() if k not in ("propagate", "between keyframes")})
+    report.resets = detector.resets
     if mot_truth is not None:
         from perception.evaluation.mot import mot_metrics
 

@@ -59,6 +59,7 @@ class FlowConfig:
     min_box_scale: Annotated[float, Range(0, 1, low_open=True)] = 0.8  # per-frame scale change is clamped to [min_box_scale, max_box_scale]
     max_box_scale: Annotated[float, Range(1, 100)] = 1.25
     scale_consistency: Annotated[float, Range(0, 100)] = 2.0  # scale is applied only where |log median ratio| >= this x the ratios' robust spread (0: always)
+    scene_cut: Annotated[float, Range(0, 255)] = 40.0  # frame change (frame_change, 0..255) above which tracks reset
     min_box_px: Annotated[float, Range(0, 10_000, low_open=True)] = 2.0  # a box whose visible part is narrower or shorter than this (full-res px) is not tracked
 
     def __post_init__(self) -> None:

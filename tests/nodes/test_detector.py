@@ -132,3 +132,16 @@ def test_a_frame_of_the_wrong_shape_is_dropped_and_counted_in_process():
     node.feed(FRAMES, gray, np.zeros((48, 64, 1), np.uint8))  # valid on the wire; not what YOLOX takes
     detect(node, config)
     assert node.published(DETECTIONS) == [] and node.counters["frames.bad"] == 1
+
+
+def test_the_shipped_detector_and_decision_configs_mean_the_same_ego_path():
+    """The adaptive policy spends full size and depth on risk as the decision node defines it: the two
+    configs must not drift apart (perception/detection/risk.py)."""
+    from nodes.decision import DecisionConfig
+    from nodes.detector import DetectorConfig
+    from perception.config import load_config
+
+    risk = load_config(REPO / "configs/detector.yaml", DetectorConfig).risk
+    rules = load_config(REPO / "configs/decision.yaml", DecisionConfig).rules
+    assert risk.ego_path and risk.roi == rules.roi and risk.classes == rules.classes
+    assert (risk.min_in_path, risk.near_height, risk.closing_ttc_s) == (rules.min_in_path, rules.slow_height, rules.slow_ttc_s)

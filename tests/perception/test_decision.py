@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from perception.decision import DecisionMaker, DecisionRules, fraction_in_polygon
-from perception.detection.adaptive import AdaptiveDetector
+from perception.detection.network import StagedNetwork
 from perception.detection.manifest import load_manifest
-from perception.detection.policy import PolicyConfig, run_policy
 from perception.engines import EngineConfig, create_engine
 from perception.messages import Action, Detections, Reason
 
@@ -138,9 +137,9 @@ def test_a_box_reaching_below_a_shorter_path_is_judged_on_its_lowest_row():
 
 def test_real_dashcam_frame_cars_in_other_lanes_proceed_and_in_a_path_over_them_slow():
     manifest = load_manifest("yolox_nano.json")
-    detector = AdaptiveDetector(manifest, create_engine(EngineConfig(threads=1)))
+    detector = StagedNetwork(manifest, create_engine(EngineConfig(threads=1)))
     frame = cv2.imread(str(Path(__file__).resolve().parents[1] / "data/udacity_test1.jpg"))
-    outcome = run_policy(detector, detector.begin(frame), PolicyConfig(kind="fixed"))
+    outcome = detector.detect(frame)
     seen = Detections(frame_id=1, capture_ns=0, image_width=frame.shape[1], image_height=frame.shape[0], exit_index=0,
                       exit_count=1, boxes=outcome.boxes, scores=outcome.scores, class_ids=outcome.class_ids)
     assert DecisionMaker(DecisionRules(), manifest.class_names()).decide(seen, LATER).action == Action.PROCEED

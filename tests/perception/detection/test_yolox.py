@@ -4,10 +4,12 @@ import cv2
 import numpy as np
 import pytest
 
-from perception.detection.adaptive import AdaptiveDetector
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from perception.detection.network import StagedNetwork
 from perception.detection.manifest import load_manifest
-from perception.detection.policy import PolicyConfig, run_policy
-from perception.detection.yolox import Letterbox, decode, fitted_input_size, grids, letterbox, nms_per_class
+from perception.detection.yolox import Letterbox, budget_input, decode, grids, letterbox, nms_per_class
 from perception.engines import EngineConfig, create_engine
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -21,10 +23,26 @@ def test_letterbox_keeps_aspect_ratio_top_left_with_yolox_padding():
     assert (tensor[0, :, :234, :] == 200).all() and (tensor[0, :, 234:, :] == 114).all()
 
 
-@pytest.mark.parametrize("frame, fitted", [((1280, 720), (416, 256)), ((768, 576), (416, 320)), ((640, 480), (416, 320)),
-                                           ((416, 416), (416, 416)), ((720, 1280), (256, 416)), ((3000, 10), (416, 32))])
-def test_a_fitted_input_pads_only_to_the_next_multiple_of_the_largest_stride(frame, fitted):
-    assert fitted_input_size(*frame, 416, 416, 32) == fitted
+@pytest.mark.parametrize("frame, box, size", [
+    ((1280, 720), (576, 288), (512, 288)),  # 16:9: scale 0.4, the most the budget allows
+    ((1242, 375), (768, 224), (768, 224)),  # a wide camera: 0.6 (416x128 when fitted into 416x416)
+    ((768, 576), (480, 352), (480, 352)),
+    ((416, 416), (416, 416), (416, 416)),
+    ((720, 1280), (320, 512), (288, 512)),
+    ((320, 240), (320, 240), (320, 256)),  # smaller than the budget: not upscaled, padded to 32
+])
+def test_the_pixel_budget_buys_the_largest_scale_the_frames_aspect_allows(frame, box, size):
+    assert budget_input(*frame, 416 * 416, 32) == (box, size)
+
+
+@settings(max_examples=300, deadline=None)
+@given(width=st.integers(1, 8192), height=st.integers(1, 8192), pixels=st.integers(32 * 32, 2048 * 2048))
+def test_a_budgeted_input_holds_the_scaled_frame_in_multiples_of_32_within_the_budget(width, height, pixels):
+    (box_w, box_h), (in_w, in_h) = budget_input(width, height, pixels, 32)
+    assert in_w % 32 == 0 and in_h % 32 == 0 and in_w <= max(box_w, 32) + 31 and in_h <= max(box_h, 32) + 31
+    scale = min(box_w / width, box_h / height)
+    assert scale <= 1.0 + 1e-9 and int(width * scale) <= in_w and int(height * scale) <= in_h
+    assert in_w * in_h <= pixels or scale == 1.0 or min(in_w, in_h) == 32  # one row of 32 is the least there is
 
 
 def test_a_fitted_input_keeps_the_scale_and_drops_only_padding():
@@ -81,9 +99,9 @@ def test_nms_suppresses_within_a_class_only():
 
 def test_pretrained_model_finds_the_two_cars_in_a_real_dashcam_frame():
     manifest = load_manifest("yolox_nano.json")
-    detector = AdaptiveDetector(manifest, create_engine(EngineConfig()))
+    detector = StagedNetwork(manifest, create_engine(EngineConfig()))
     frame = cv2.imread(str(DATA / "udacity_test1.jpg"))
-    outcome = run_policy(detector, detector.begin(frame), PolicyConfig(kind="fixed"))
+    outcome = detector.detect(frame)
     names = manifest.class_names()
     found = sorted(zip(outcome.boxes[:, 0].tolist(), [names[c] for c in outcome.class_ids], outcome.scores.tolist()))
     assert [name for _, name, _ in found] == ["car", "car"]

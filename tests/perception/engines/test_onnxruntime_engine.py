@@ -35,7 +35,7 @@ def test_an_execution_provider_this_build_lacks_is_an_error_not_a_silent_cpu_run
 def test_the_vehicle_runtime_never_imports_torch_or_tensorrt_unless_asked():
     # kind 'auto' and 'tensorrt' ask ONNX Runtime for its TensorRT provider; the default imports neither library.
     code = (
-        "import sys, nodes.detector, nodes.capture, perception.detection.policy, perception.evaluation.detector_eval;"
+        "import sys, nodes.detector, nodes.capture, perception.detection.builder, perception.evaluation.detector_eval;"
         "from perception.engines import create_engine, EngineConfig; create_engine(EngineConfig());"
         "print(sorted(m for m in ('torch', 'tensorrt', 'torchvision') if m in sys.modules))"
     )

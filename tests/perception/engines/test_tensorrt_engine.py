@@ -320,7 +320,7 @@ def test_build_engine_names_a_bad_manifest_or_argument(tmp_path, capsys):
     assert build_main([str(tmp_path / "nope.json")]) == 2
     assert "nope.json" in capsys.readouterr().err
     assert build_main([str(WEIGHTS_DIR / "yolox_nano.json"), "--workspace-mb", "0"]) == 2
-    assert "must be positive" in capsys.readouterr().err
+    assert "workspace_mb must be in [1, 1048576], got 0" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- on a GPU with TensorRT

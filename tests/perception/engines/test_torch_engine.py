@@ -76,6 +76,6 @@ def test_the_module_imports_without_torch():
 
 
 def test_its_parts_take_and_give_the_tensors_the_manifest_names():
-    from perception.detection.adaptive import AdaptiveDetector
+    from perception.detection.network import StagedNetwork
 
-    AdaptiveDetector(load_manifest(MANIFEST), TorchEngine(EngineConfig(kind="torch", threads=2))).close()
+    StagedNetwork(load_manifest(MANIFEST), TorchEngine(EngineConfig(kind="torch", threads=2))).close()

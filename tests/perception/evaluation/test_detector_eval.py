@@ -4,18 +4,16 @@ import pytest
 
 from perception.benchmarks.detector import EVAL_ANNOTATIONS, EVAL_VIDEO
 from perception.config import ConfigError
-from perception.detection.adaptive import AdaptiveDetector
+from perception.detection.network import StagedNetwork
 from perception.detection.manifest import load_manifest
-from perception.detection.policy import PolicyConfig
 from perception.engines import EngineConfig, create_engine
 from perception.evaluation.detector_eval import load_annotations, evaluate_on_video
 
 
 def test_full_yolox_nano_reproduces_its_known_accuracy_on_the_bundled_clip():
     manifest = load_manifest("yolox_nano.json")
-    detector = AdaptiveDetector(manifest, create_engine(EngineConfig()))
-    report = evaluate_on_video(detector, EVAL_VIDEO, load_annotations(EVAL_ANNOTATIONS, manifest.class_names()),
-                               PolicyConfig(kind="fixed"))
+    detector = StagedNetwork(manifest, create_engine(EngineConfig()))
+    report = evaluate_on_video(detector, EVAL_VIDEO, load_annotations(EVAL_ANNOTATIONS, manifest.class_names()))
     # Published for this model on these 69 frames with pycocotools: AP50 0.84, AP50:95 0.38.
     assert report.ap.ap50 == pytest.approx(0.844, abs=0.005)
     assert report.ap.ap == pytest.approx(0.387, abs=0.005)

@@ -1,9 +1,10 @@
-"""Scoring a depth policy over a clip in order: every frame processed, annotated frames scored."""
+"""Scoring a policy over a clip in order: every frame processed, annotated frames scored."""
 
-from perception.benchmarks.temporal import DEV_ANNOTATIONS, DEV_MOT, DEV_VIDEO, open_eval_detector
-from perception.detection.policy import PolicyConfig
-from perception.detection.temporal import GateConfig, TemporalConfig
-from perception.evaluation.detector_eval import load_annotations
+from perception.detection.builder import DetectorSettings, build_detector, build_network
+from perception.detection.policies import PolicyConfig
+from perception.engines import EngineConfig
+from perception.evaluation import DEV_ANNOTATIONS, DEV_MOT, DEV_VIDEO
+from perception.evaluation.detector_eval import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, load_annotations
 from perception.evaluation.mot import load_mot_csv
 from perception.evaluation.sequence_eval import evaluate_sequence
 
@@ -11,14 +12,15 @@ FRAMES = 30
 
 
 def test_full_depth_and_a_keyframe_interval_are_scored_on_the_same_frames_with_tracking_metrics():
-    detector = open_eval_detector("yolox_nano_exits.json", 1)
-    annotations = load_annotations(DEV_ANNOTATIONS, detector.manifest.class_names())
+    settings = DetectorSettings(engine=EngineConfig(threads=1))
+    network = build_network(settings, EVAL_SCORE_THRESHOLD, EVAL_NMS_THRESHOLD, warm_up=())
+    annotations = load_annotations(DEV_ANNOTATIONS, network.manifest.class_names())
     truth = load_mot_csv(DEV_MOT)
-    full = evaluate_sequence("full", detector, PolicyConfig(kind="fixed"), TemporalConfig(), DEV_VIDEO, annotations,
-                             truth, max_frames=FRAMES)
-    keyframes = TemporalConfig(gate=GateConfig(mode="interval", interval=3, risk=False))
-    sparse = evaluate_sequence("every 3", detector, PolicyConfig(kind="adaptive"), keyframes, DEV_VIDEO, annotations,
-                               truth, max_frames=FRAMES)
+    full = evaluate_sequence("full", build_detector(DetectorSettings(policy=PolicyConfig(kind="fixed")), network=network),
+                             DEV_VIDEO, annotations, truth, max_frames=FRAMES)
+    keyframes = DetectorSettings(policy=PolicyConfig(kind="interval", interval=3))
+    sparse = evaluate_sequence("every 3", build_detector(keyframes, network=network), DEV_VIDEO, annotations, truth,
+                               max_frames=FRAMES)
     assert len(full.detector_ms) == len(sparse.detector_ms) == FRAMES
     assert full.levels == {"exit1": FRAMES} and sparse.levels == {"exit1": 10, "propagate": 20}
     assert full.ap.ap50 > 0.75  # YOLOX-nano on PETS09 people: 0.82 on these 30 frames, 0.91 over frames 1-400

@@ -1,4 +1,4 @@
-"""The adaptive detector: each part's graph checked at load against its manifest; inputs fitted to the frame."""
+"""The staged network: each part's graph checked at load against its manifest; inputs sized by a pixel budget."""
 
 import dataclasses
 from pathlib import Path
@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from perception.config import ConfigError
-from perception.detection.adaptive import AdaptiveDetector
+from perception.detection.network import StagedNetwork
 from perception.detection.manifest import WEIGHTS_DIR, load_manifest
-from perception.detection.policy import PolicyConfig, run_policy
 from perception.engines import EngineConfig, create_engine
 from perception.engines.onnxruntime_engine import OnnxRuntimeEngine
 
@@ -23,7 +22,7 @@ def test_a_part_whose_graph_gives_other_tensors_is_named_at_load():
     wrong = WEIGHTS_DIR / "yolox_nano_stage0.onnx"
     manifest = dataclasses.replace(manifest, stages=[dataclasses.replace(manifest.stages[0], file=wrong)])
     with pytest.raises(ConfigError) as error:
-        AdaptiveDetector(manifest, create_engine(EngineConfig(threads=1)))
+        StagedNetwork(manifest, create_engine(EngineConfig(threads=1)))
     assert str(error.value) == (f"model file {wrong} does not match part full of its manifest: expected inputs "
                                 "[images] -> outputs [output], found inputs [images] -> outputs [dark3, dark4]")
 
@@ -31,34 +30,38 @@ def test_a_part_whose_graph_gives_other_tensors_is_named_at_load():
 def test_the_bundled_manifests_match_their_graphs():
     engine = create_engine(EngineConfig(threads=1))
     for name in ("yolox_nano.json", "yolox_nano_exits.json"):
-        AdaptiveDetector(load_manifest(name), engine).close()
+        StagedNetwork(load_manifest(name), engine).close()
 
 
-def _cars(detector: AdaptiveDetector, frame: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
-    inference = detector.begin(frame)
-    outcome = run_policy(detector, inference, PolicyConfig(kind="fixed"))
+def _cars(detector: StagedNetwork, frame: np.ndarray, pixels: int | None = None) -> tuple[tuple[int, int], np.ndarray]:
+    outcome = detector.detect(frame, pixels=pixels)
     names = detector.manifest.class_names()
     cars = np.array(sorted(b.tolist() for b, c in zip(outcome.boxes, outcome.class_ids) if names[c] == "car"))
-    return inference.tensors["images"].shape[2:], cars
+    return outcome.inference.tensors["images"].shape[2:], cars
 
 
-def test_a_wide_frame_runs_on_a_fitted_input_and_finds_what_the_square_one_finds():
-    """1280x720 in a 416x416 input leaves 182 rows of padding; the fitted 416x256 input skips 160 of them."""
+def test_a_wide_frame_runs_at_its_own_aspect_and_finds_what_the_square_input_finds():
+    """1280x720 in a 416x416 input leaves 182 rows of padding; under the same pixel budget it runs at
+    512x288, and at 416x256 (the same scale as the square) under 256x416's budget."""
     frame = cv2.imread(str(DATA / "udacity_test1.jpg"))
     manifest = load_manifest("yolox_nano_exits.json")
-    fitted_shape, fitted = _cars(AdaptiveDetector(manifest, create_engine(EngineConfig(threads=2))), frame)
+    network = StagedNetwork(manifest, create_engine(EngineConfig(threads=2)))
+    budget_shape, budgeted = _cars(network, frame)
+    same_scale_shape, same_scale = _cars(network, frame, pixels=416 * 256)
     square = dataclasses.replace(manifest, input=dataclasses.replace(manifest.input, fit_aspect=False))
-    square_shape, reference = _cars(AdaptiveDetector(square, create_engine(EngineConfig(threads=2))), frame)
-    assert (fitted_shape, square_shape) == ((256, 416), (416, 416))
-    assert len(fitted) == len(reference) == 2
-    np.testing.assert_allclose(fitted, reference, atol=2.0)  # pixels of a 1280x720 frame
+    square_shape, reference = _cars(StagedNetwork(square, create_engine(EngineConfig(threads=2))), frame)
+    assert (budget_shape, same_scale_shape, square_shape) == ((288, 512), (256, 416), (416, 416))
+    assert len(same_scale) == len(reference) == 2
+    np.testing.assert_allclose(same_scale, reference, atol=2.0)  # pixels of a 1280x720 frame
+    # At 0.4 instead of 0.325 the network sees more: the same two cars, and a small far one besides.
+    assert len(budgeted) >= 2 and all(np.abs(budgeted - car).max(axis=1).min() <= 8.0 for car in reference)
 
 
 def test_an_engine_built_for_one_shape_gets_the_full_input_pinned():
     class OneShape(OnnxRuntimeEngine):
         any_input_size = False
 
-    detector = AdaptiveDetector(load_manifest("yolox_nano_exits.json"), OneShape(EngineConfig(threads=1)))
+    detector = StagedNetwork(load_manifest("yolox_nano_exits.json"), OneShape(EngineConfig(threads=1)))
     frame = cv2.imread(str(DATA / "udacity_test1.jpg"))
     assert not detector.fits_aspect and detector.begin(frame).tensors["images"].shape == (1, 3, 416, 416)
     assert detector._stages[0].input_shapes["images"] == (1, 3, 416, 416)
@@ -69,4 +72,4 @@ def test_fitting_graphs_of_a_fixed_size_is_refused_at_load():
     manifest = dataclasses.replace(manifest, input=dataclasses.replace(manifest.input, fit_aspect=True))
     with pytest.raises(ConfigError, match=r"^model file .*yolox_nano\.onnx \(part full\) has inputs of fixed size "
                                           r"\{'images': \[1, 3, 416, 416\]\}, but its manifest's input.fit_aspect"):
-        AdaptiveDetector(manifest, create_engine(EngineConfig(threads=1)))
+        StagedNetwork(manifest, create_engine(EngineConfig(threads=1)))

@@ -1,0 +1,213 @@
+"""Accuracy against detector time: the fixed configurations' frontier, and the adaptive policies on it.
+
+    perception pareto [--video V --annotations A [--mot M]] [--pixels 43264,86528,173056] [--exits 0,1]
+                      [--intervals 1,2,3,4,6] [--passes 2] [--json F] [--plot F.png] [--detector KEY=VALUE]...
+    perception pareto --drive RECORDING [--policy adaptive]   # a policy against full depth, frame by frame
+
+Fixed configurations: every pixel budget x exit x keyframe interval (the network every N frames at
+that budget and exit, the tracks moved by optical flow in between; N = 1 is the network on every
+frame). The adaptive policy is run as configured (configs/detector.yaml, with --detector overrides)
+and without its ego-path rule. Every frame of the clip goes through the detector in order
+(perception.evaluation.sequence_eval); each row reports AP50, AP50:95 and the detector's mean time
+per frame, timed over `passes` rounds over all rows (a slow spell of a shared machine is spread
+over every row). For each adaptive row: the best AP50 (and AP50:95) of the fixed configurations
+that cost no more, and its margin over them; its time and accuracy against fixed full depth at the
+default pixel budget. Default clip: PETS09-S2L1 frames 1-400 (recordings/); frames 401-795 are
+withheld from this project on purpose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from perception import REPO
+from perception.config import ConfigError, load_config, parse_override
+from perception.detection.builder import DetectorSettings, build_detector, build_network
+from perception.detection.manifest import load_manifest
+from perception.evaluation import DEV_ANNOTATIONS, DEV_MOT, DEV_VIDEO
+from perception.evaluation.detector_eval import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, load_annotations
+from perception.evaluation.sequence_eval import evaluate_sequence
+
+DETECTOR_CONFIG = REPO / "configs" / "detector.yaml"
+PIXELS = (43264, 86528, 173056)  # 208x208, ~294x294, 416x416
+EXITS = (0, 1)
+INTERVALS = (1, 2, 3, 4, 6)
+
+
+def detector_settings(overrides: list[str] = ()) -> DetectorSettings:
+    """The shipped detector config (configs/detector.yaml) with `KEY=VALUE` overrides, as settings."""
+    from nodes.detector import DetectorConfig
+
+    config = load_config(DETECTOR_CONFIG, DetectorConfig, overrides)
+    return DetectorSettings(**{name: getattr(config, name) for name in DetectorSettings.__dataclass_fields__})
+
+
+def fixed_rows(base: DetectorSettings, pixels: tuple[int, ...], exits: tuple[int, ...],
+               intervals: tuple[int, ...]) -> list[tuple[str, DetectorSettings]]:
+    rows = []
+    for budget in pixels:
+        for exit_index in exits:
+            for interval in intervals:
+                policy = replace(base.policy, kind="interval" if interval > 1 else "fixed", exit=exit_index,
+                                 interval=interval)
+                rows.append((f"fixed {budget} px exit{exit_index} every {interval}", replace(base, pixels=budget, policy=policy)))
+    return rows
+
+
+def adaptive_rows(base: DetectorSettings) -> list[tuple[str, DetectorSettings]]:
+    adaptive = replace(base, policy=replace(base.policy, kind="adaptive"))
+    return [("adaptive", adaptive), ("adaptive, no ego path", replace(adaptive, risk=replace(adaptive.risk, ego_path=False)))]
+
+
+def run(rows: list[tuple[str, DetectorSettings]], video: Path, annotations_path: Path, mot: Path | None,
+        passes: int = 1, max_frames: int | None = None) -> list[dict]:
+    """Every row once for accuracy and timing, then `passes - 1` more rounds over all rows for timing alone."""
+    network = build_network(rows[0][1], EVAL_SCORE_THRESHOLD, EVAL_NMS_THRESHOLD, warm_up=())
+    annotations = load_annotations(annotations_path, network.manifest.class_names())
+    truth = None
+    if mot is not None:
+        from perception.evaluation.mot import load_mot_csv
+
+        truth = load_mot_csv(mot)
+    reports = []
+    for name, settings in rows:
+        network.pixels = settings.pixels or network.manifest.input.default_pixels
+        report = evaluate_sequence(name, build_detector(settings, network=network), video, annotations, truth,
+                                   max_frames=max_frames)
+        reports.append(report)
+        print(summary_line(report.as_dict()), flush=True)
+    for _ in range(passes - 1):
+        for (name, settings), report in zip(rows, reports):
+            network.pixels = settings.pixels or network.manifest.input.default_pixels
+            report.detector_ms += evaluate_sequence(name, build_detector(settings, network=network), video, annotations,
+                                                    max_frames=max_frames).detector_ms
+    return [{**report.as_dict(), "pixels": settings.pixels, "policy": settings.policy.kind}
+            for report, (_, settings) in zip(reports, rows)]
+
+
+def compare(rows: list[dict], full_depth: str) -> list[dict]:
+    """Each non-fixed row against the fixed frontier at its own cost and against fixed full depth."""
+    fixed = [r for r in rows if r["name"].startswith("fixed")]
+    full = next((r for r in rows if r["name"] == full_depth), None)
+    out = []
+    for row in rows:
+        if row["name"].startswith("fixed"):
+            continue
+        cheaper = [f for f in fixed if f["ms_mean"] <= row["ms_mean"]]
+        best50 = max((f["AP50"] for f in cheaper), default=None)
+        best = max((f["AP50:95"] for f in cheaper), default=None)
+        entry = {"name": row["name"], "ms_mean": row["ms_mean"], "AP50": row["AP50"], "AP50:95": row["AP50:95"],
+                 "frontier_AP50_at_its_cost": best50, "AP50_points_above_frontier":
+                 None if best50 is None else round((row["AP50"] - best50) * 100, 2),
+                 "frontier_AP50:95_at_its_cost": best, "AP50:95_points_above_frontier":
+                 None if best is None else round((row["AP50:95"] - best) * 100, 2)}
+        if full is not None:
+            entry |= {"time_vs_full_depth": round(row["ms_mean"] / full["ms_mean"], 3),
+                      "AP50_points_vs_full_depth": round((row["AP50"] - full["AP50"]) * 100, 2),
+                      "AP50:95_points_vs_full_depth": round((row["AP50:95"] - full["AP50:95"]) * 100, 2)}
+        out.append(entry)
+    return out
+
+
+def frontier(rows: list[dict], key: str = "AP50") -> list[dict]:
+    """Fixed rows no other fixed row beats on both mean time (lower) and `key` (higher), cheapest first."""
+    fixed = [r for r in rows if r["name"].startswith("fixed")]
+    kept = [r for r in fixed if not any(o["ms_mean"] <= r["ms_mean"] and o[key] >= r[key] and
+                                        (o["ms_mean"], o[key]) != (r["ms_mean"], r[key]) for o in fixed)]
+    return sorted(kept, key=lambda r: r["ms_mean"])
+
+
+def summary_line(r: dict) -> str:
+    t = r.get("tracking") or {}
+    return (f"{r['name']:<34} AP50 {r['AP50']:.4f} AP50:95 {r['AP50:95']:.4f} | MOTA {t.get('mota', float('nan')):.3f} "
+            f"IDF1 {t.get('idf1', float('nan')):.3f} | ms mean {r['ms_mean']:6.2f} p99 {r['ms_p99']:6.2f} | "
+            f"{r['levels']} {r.get('sizes', {})}")
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    budgets = sorted({r["pixels"] for r in rows if r["name"].startswith("fixed")})
+    colours = dict(zip(budgets, ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:pink")))
+    for ax, key in zip(axes, ("AP50", "AP50:95")):
+        for r in rows:
+            if r["name"].startswith("fixed"):
+                interval = r["name"].rsplit(" ", 1)[1]
+                ax.scatter(r["ms_mean"], r[key], c=colours[r["pixels"]], marker="o" if "exit1" in r["name"] else "^", s=28)
+                ax.annotate(interval, (r["ms_mean"], r[key]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        front = frontier(rows, key)
+        ax.plot([r["ms_mean"] for r in front], [r[key] for r in front], "k--", lw=1, label="fixed frontier")
+        for r in rows:
+            if not r["name"].startswith("fixed"):
+                ax.scatter(r["ms_mean"], r[key], c="tab:green", marker="*", s=160)
+                ax.annotate(r["name"], (r["ms_mean"], r[key]), textcoords="offset points", xytext=(6, -10), fontsize=8)
+        for budget, colour in colours.items():
+            ax.scatter([], [], c=colour, label=f"{budget} px (o full depth, ^ exit 0; label: every N)")
+        ax.set_xlabel("mean detector time per frame (ms, CPU: flow, network, tracker)")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="perception pareto", description=__doc__.splitlines()[0])
+    parser.add_argument("--video", type=Path, default=None, help="default: PETS09-S2L1 frames 1-400 (recordings/)")
+    parser.add_argument("--annotations", type=Path, default=None, help="COCO json with frame indices")
+    parser.add_argument("--mot", type=Path, default=None, help="MOT csv ground truth, for MOTA / IDF1")
+    parser.add_argument("--name", default=None, help="the clip's name in the plot's title")
+    parser.add_argument("--pixels", type=_ints, default=PIXELS, help="input pixel budgets, comma-separated")
+    parser.add_argument("--exits", type=_ints, default=EXITS, help="exits, comma-separated")
+    parser.add_argument("--intervals", type=_ints, default=INTERVALS, help="keyframe intervals, comma-separated")
+    parser.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a key of configs/detector.yaml for every row, e.g. engine.threads=1")
+    parser.add_argument("--passes", type=int, default=1, help="timing rounds over all rows")
+    parser.add_argument("--max-frames", type=int, default=None, help="only the clip's first frames")
+    parser.add_argument("--only-adaptive", action="store_true", help="skip the fixed grid")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args(argv)
+    if (args.video is None) != (args.annotations is None):
+        parser.error("--video and --annotations go together")
+    for item in args.detector:
+        parse_override(item, "--detector")
+    base = detector_settings(args.detector)
+    default_pixels = base.pixels or load_manifest(base.model).input.default_pixels
+    rows = [] if args.only_adaptive else fixed_rows(base, args.pixels, args.exits, args.intervals)
+    rows += adaptive_rows(base)
+    video = args.video or DEV_VIDEO
+    mot = args.mot or (DEV_MOT if args.video is None else None)
+    results = run(rows, video, args.annotations or DEV_ANNOTATIONS, mot, args.passes, args.max_frames)
+    full_name = f"fixed {default_pixels} px exit{max(args.exits)} every 1"
+    comparison = compare(results, full_name)
+    for entry in comparison:
+        print(json.dumps(entry))
+    name = args.name or (video.parent.name if args.video else "PETS09-S2L1 frames 1-400")
+    if args.json:
+        args.json.write_text(json.dumps({"benchmark": "pareto", "video": str(video), "passes": args.passes,
+                                         "results": results, "frontier_AP50": [r["name"] for r in frontier(results)],
+                                         "adaptive": comparison}, indent=2))
+    if args.plot:
+        plot(results, args.plot, f"{name}: accuracy against detector time (YOLOX-nano, CPU)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""One way to build and run a detector: manifest, engine, policy, tracker and warm-up, for the detector
+node, the benchmarks, the single-process baseline and the evaluation alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+
+from perception.config import ConfigError, Range, ScoreThreshold, check_ranges
+from perception.detection.frames import FrameDetector
+from perception.detection.manifest import WEIGHTS_DIR, Manifest, load_manifest
+from perception.detection.network import StagedNetwork
+from perception.detection.policies import PolicyConfig, make_policy
+from perception.detection.risk import RiskConfig, RiskRules
+from perception.engines import EngineConfig, create_engine
+from perception.tracking.flow import FlowConfig
+from perception.tracking.tracker import TrackerConfig
+
+PixelBudget = Annotated[int, Range(1024, 16_777_216)]  # from 32x32 to 4096x4096
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """What makes a detector: its model, input budget, engine, policy and what runs between network frames."""
+
+    model: Path = WEIGHTS_DIR / "yolox_nano_exits.json"  # a manifest (perception/detection/manifest.py)
+    pixels: PixelBudget | None = None  # input budget per frame (default: the manifest's)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)  # what forces full size and depth (adaptive)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    score_threshold: ScoreThreshold = 0.3
+    nms_threshold: Annotated[float, Range(0, 1, low_open=True)] = 0.45
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+
+def check_settings(settings: DetectorSettings) -> Manifest:
+    """The manifest and its model files exist and the risk rule names classes of the model; ConfigError
+    otherwise. Loading the networks is left to build_detector."""
+    manifest = load_manifest(settings.model)
+    try:
+        RiskRules.of(settings.risk, manifest.class_names())
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return manifest
+
+
+def build_network(settings: DetectorSettings, score_threshold: float | None = None,
+                  nms_threshold: float | None = None, warm_up: tuple[int | None, ...] = (None,)) -> StagedNetwork:
+    """The network alone (for tools that look at single frames), warmed up on each input budget in
+    `warm_up` (None: the detector's). The thresholds override the settings' (an evaluation decodes
+    far lower). ConfigError or EngineUnavailable, one line, when it cannot."""
+    manifest = check_settings(settings)
+    network = StagedNetwork(manifest, create_engine(settings.engine),
+                            settings.score_threshold if score_threshold is None else score_threshold,
+                            settings.nms_threshold if nms_threshold is None else nms_threshold)
+    if settings.pixels is not None:
+        network.pixels = settings.pixels
+    warm(network, [network.pixels if budget is None else budget for budget in warm_up])
+    return network
+
+
+def build_detector(settings: DetectorSettings, score_threshold: float | None = None, nms_threshold: float | None = None,
+                   network: StagedNetwork | None = None) -> FrameDetector:
+    """The detector `settings` describe, warmed up on every input budget its policy may use (first
+    runs are slow, and policies plan with cost estimates). `network`: one already built from the same
+    model and engine, to share (a sweep over policies); else one is built."""
+    network = network or build_network(settings, score_threshold, nms_threshold, warm_up=())
+    risk = RiskRules.of(settings.risk, network.manifest.class_names())
+    policy = make_policy(settings.policy, risk, network.pixels)
+    warm(network, policy.budgets())
+    return FrameDetector(network, policy, settings.tracker, settings.flow, network.score_threshold,
+                         settings.policy.margin_ms)
+
+
+def warm(network: StagedNetwork, budgets) -> None:  # noqa: ANN001 - an iterable of pixel budgets
+    """Warm every part up at each budget not warmed yet. A square frame fills about all of a budget:
+    the cost estimates start pessimistic, never optimistic, whatever the camera's aspect."""
+    for budget in budgets:
+        if budget not in network.warmed:
+            side = max(32, int(budget ** 0.5))
+            network.warm_up(np.full((side, side, 3), 114, np.uint8), pixels=(budget,))
+            network.warmed.add(budget)

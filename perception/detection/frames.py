@@ -1,0 +1,170 @@
+"""The detector over a frame sequence: its policy plans each frame, then the network runs at the
+planned input size and depth, or the last frame's boxes are carried by optical flow; one tracker
+gives every detection an id and a velocity either way.
+
+Per frame: (1) for a policy that may propagate, the frame is prepared for flow (a small grey image,
+and a tiny one for change); a new frame size or a scene cut (mean grey change above `flow.scene_cut`)
+resets the tracks. (2) The policy gets a FrameContext and returns a Plan; the signals it asks for
+(the tracks moved by flow, the change outside them) are computed then, once. (3) A network frame
+runs to the planned exit (perception.detection.planning.run_to_exit), is decoded low enough for the
+tracker's second association (ByteTrack keeps low-score boxes), and updates the tracker. A propagated
+frame publishes the last output moved by flow, with the same ids: a tracked box as the Kalman estimate
+with the flow box as its measurement (or the prediction alone when its flow failed).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable, TypeVar
+
+import numpy as np
+
+from perception.detection.network import StagedNetwork
+from perception.detection.outputs import Outcome, Output
+from perception.detection.planning import FrameContext, Plan, Policy, run_to_exit
+from perception.latency import now_ns
+from perception.messages import LEVEL_PROPAGATE
+from perception.tracking.change import change_outside, tiny
+from perception.tracking.flow import BoxFlow, FlowConfig, FlowFrame, FlowResult, frame_change
+from perception.tracking.tracker import Tracker, TrackerConfig
+
+T = TypeVar("T")
+
+
+class FrameDetector:
+    def __init__(self, network: StagedNetwork, policy: Policy, tracker: TrackerConfig, flow: FlowConfig,
+                 score_threshold: float, margin_ms: float = 2.0) -> None:
+        self.network = network
+        self.policy = policy
+        self.tracker_config = tracker
+        self.tracker = Tracker(tracker)
+        self.flow = BoxFlow(flow)
+        self.score_threshold = score_threshold
+        self.margin_ns = int(margin_ms * 1e6)
+        self.levels: Counter = Counter()  # exit index or LEVEL_PROPAGATE -> frames
+        self.sizes: Counter = Counter()  # "WxH" input -> network frames
+        self.reasons: Counter = Counter()  # the plans' reasons, first word
+        self.resets: Counter = Counter()
+        self._previous: FlowFrame | None = None
+        self._previous_tiny: np.ndarray | None = None
+        self._last = Output.empty()  # what later frames may carry by flow
+        self._shape: tuple[int, ...] | None = None
+        self._network_at: tuple[int, int] | None = None  # (frame number, t_ns) of the last network frame
+        self._full_size_at: int | None = None  # t_ns of the last network frame at the full pixel budget
+        self._frame_number = 0
+
+    @property
+    def exit_count(self) -> int:
+        return self.network.exit_count
+
+    def process(self, frame: np.ndarray, t_ns: int, deadline_ns: int | None = None, max_exit: int | None = None) -> Outcome:
+        """Detections (scoring at least the score threshold) for the next frame of the sequence, taken at
+        `t_ns` on its source's timeline; `deadline_ns` (monotonic) and `max_exit` bound the network."""
+        started = now_ns()
+        self._frame_number += 1
+        if self._shape is not None and self._shape != frame.shape:
+            self.reset("frame size")
+        self._shape = frame.shape
+        current = current_tiny = None
+        if self.policy.propagates:
+            current = self.flow.prepare(frame)
+            current_tiny = tiny(current.gray)
+            if self._previous is not None and frame_change(self._previous, current) > self.flow.config.scene_cut:
+                self.reset("scene cut")
+        spent = [now_ns() - started if current is not None else 0]  # flow and signals: time before any network
+        context = self._context(frame, t_ns, deadline_ns, max_exit, current, current_tiny, spent)
+        plan = self.policy.plan(context)
+        self._previous, self._previous_tiny = current, current_tiny
+        self.reasons[plan.why.split(":")[0].split(",")[0]] += 1
+        if plan.propagate:
+            outcome = self._propagated(context.moved(), t_ns, frame.shape, plan)
+        else:
+            outcome = self._network(frame, plan, t_ns, deadline_ns, max_exit)
+        outcome.flow_ns = spent[0]
+        self.levels[outcome.level] += 1
+        return outcome
+
+    def reset(self, reason: str) -> None:
+        """Forget tracks and the previous frame (a new size, a scene cut, a torn frame)."""
+        self.tracker.reset(reason)
+        self.resets[reason] += 1
+        self._previous = self._previous_tiny = None
+        self._last = Output.empty()
+        self._network_at = self._full_size_at = None
+
+    def _context(self, frame: np.ndarray, t_ns: int, deadline_ns: int | None, max_exit: int | None,
+                 current: FlowFrame | None, current_tiny: np.ndarray | None, spent: list[int]) -> FrameContext:
+        height, width = frame.shape[:2]
+        last, previous, previous_tiny = self._last, self._previous, self._previous_tiny
+
+        def moved() -> FlowResult:
+            if previous is None or current is None:
+                return FlowResult.unmoved(last.boxes)
+            return self.flow.propagate(previous, current, last.boxes)
+
+        def change() -> float:
+            if previous_tiny is None or current_tiny is None:
+                return 1.0
+            return change_outside(previous_tiny, current_tiny, last.boxes[last.track_ids > 0], (height, width))
+
+        network_at = self._network_at
+        return FrameContext(
+            t_ns=t_ns, width=width, height=height, deadline_ns=deadline_ns,
+            max_exit=self.exit_count - 1 if max_exit is None else max_exit, network=self.network,
+            tracks=[t for t in self.tracker.tracks if t.frames_since_update == 0], carried_track_ids=last.track_ids,
+            frames_since_network=None if network_at is None else self._frame_number - network_at[0] - 1,
+            ms_since_network=None if network_at is None else (t_ns - network_at[1]) / 1e6,
+            ms_since_full_size=None if self._full_size_at is None else (t_ns - self._full_size_at) / 1e6,
+            moved=_timed_once(moved, spent), change=_timed_once(change, spent),
+        )
+
+    def _network(self, frame: np.ndarray, plan: Plan, t_ns: int, deadline_ns: int | None, max_exit: int | None) -> Outcome:
+        inference = self.network.begin(frame, plan.pixels)
+        ceiling = self.exit_count - 1 if max_exit is None else max_exit
+        level = run_to_exit(self.network, inference, plan.exit_index, deadline_ns, ceiling, self.margin_ns)
+        low = min(self.score_threshold, self.tracker_config.low_score)  # the tracker's second association
+        boxes, scores, class_ids = self.network.decode(inference, inference.raw_exits[level], low)
+        update = self.tracker.update(boxes, scores, class_ids, t_ns, (frame.shape[1], frame.shape[0]))
+        output = Output(boxes.astype(np.float32), scores.astype(np.float32), class_ids.astype(np.uint16),
+                        update.detection_track_ids.astype(np.uint32), self._velocities(update.detection_track_ids))
+        # Carried by later frames: the boxes the tracker considers (an evaluation decodes at far lower
+        # scores, and flowing hundreds of boxes nobody keeps costs more than the network saves).
+        self._last = output.select((output.scores >= self.tracker_config.low_score) | (output.track_ids > 0))
+        self._network_at = (self._frame_number, t_ns)
+        if plan.pixels is None or plan.pixels >= self.policy.pixels:
+            self._full_size_at = t_ns
+        self.sizes[f"{inference.size[0]}x{inference.size[1]}"] += 1
+        return Outcome(level, inference.size, plan.why, output.select(output.scores >= self.score_threshold), inference, 0)
+
+    def _propagated(self, moved: FlowResult, t_ns: int, shape: tuple[int, ...], plan: Plan) -> Outcome:
+        last = self._last
+        boxes = moved.boxes.astype(np.float32)
+        measured = {int(tid): box for tid, box, ok in zip(last.track_ids, boxes, moved.ok) if tid and ok}
+        self.tracker.propagate(measured, t_ns, (shape[1], shape[0]))
+        # A tracked box is published as the filter's estimate, flow and motion model together: on
+        # PETS09 1-400 this kept 0.2 AP50 and 0.3 AP50:95 points more than the raw flow box.
+        estimates = self.tracker.predict_boxes(t_ns)
+        for index, track_id in enumerate(last.track_ids):
+            if track_id and int(track_id) in estimates:
+                boxes[index] = estimates[int(track_id)]
+        self._last = Output(boxes, last.scores, last.class_ids, last.track_ids, self._velocities(last.track_ids))
+        output = self._last.select(self._last.scores >= self.score_threshold)
+        return Outcome(LEVEL_PROPAGATE, None, plan.why, output, None, 0)
+
+    def _velocities(self, track_ids: np.ndarray) -> np.ndarray:
+        by_id = {t.track_id: t.velocity for t in self.tracker.tracks}
+        return np.array([by_id.get(int(tid), (0.0, 0.0)) for tid in track_ids], np.float32).reshape(-1, 2)
+
+
+def _timed_once(compute: Callable[[], T], spent: list[int]) -> Callable[[], T]:
+    """`compute`, run at most once, its time added to spent[0]."""
+    result: list[T] = []
+
+    def once() -> T:
+        if not result:
+            started = now_ns()
+            result.append(compute())
+            spent[0] += now_ns() - started
+        return result[0]
+
+    return once

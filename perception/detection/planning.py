@@ -1,0 +1,116 @@
+"""What a policy sees of a frame and what it decides for it, and the registry policies plug into.
+
+Per frame, before any network runs, the detector (perception.detection.frames) hands its policy a
+FrameContext (the frame's time, size and deadline, the watchdog's depth ceiling, the tracks, and
+cheap signals computed only when asked: the tracks moved by optical flow, the change outside them)
+and gets back a Plan: propagate (no network), or the network at an input pixel budget to an exit,
+or to the deepest exit that still meets the deadline. A policy is a class with a `kind`, registered
+with @register; the detector config's `policy.kind` names it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ClassVar
+
+import numpy as np
+
+from perception.detection.network import FrameInference, StagedNetwork
+from perception.detection.risk import RiskRules
+from perception.latency import now_ns
+from perception.tracking.flow import FlowResult
+from perception.tracking.tracker import Track
+
+if TYPE_CHECKING:
+    from perception.detection.policies import PolicyConfig
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Propagate, or the network at `pixels` (None: the detector's budget) to `exit_index` (None: the
+    deepest the deadline allows). `why` says which rule chose it, for counters and logs."""
+
+    why: str
+    propagate: bool = False
+    pixels: int | None = None
+    exit_index: int | None = None
+
+
+@dataclass
+class FrameContext:
+    """One frame as a policy sees it before deciding."""
+
+    t_ns: int  # the frame's place on its source's timeline
+    width: int
+    height: int
+    deadline_ns: int | None  # None: no deadline (deterministic replay, evaluation)
+    max_exit: int  # the watchdog's depth ceiling
+    network: StagedNetwork  # input sizes and cost estimates
+    tracks: list[Track]  # the tracks seen or carried on the last frame (none lost)
+    carried_track_ids: np.ndarray  # track id of each box moved() carries (0: untracked)
+    frames_since_network: int | None  # None: no network frame yet (the first frame, or after a reset)
+    ms_since_network: float | None
+    ms_since_full_size: float | None  # since the last network frame at the detector's full pixel budget
+    moved: Callable[[], FlowResult]  # the last frame's boxes moved here by flow (computed once, when asked)
+    change: Callable[[], float]  # share of the frame that changed outside the tracks (when asked)
+
+
+class Policy(ABC):
+    """Decides each frame's plan. `propagates`: whether it may ever propagate (the detector then
+    keeps the flow frames that propagation and its signals need)."""
+
+    kind: ClassVar[str]
+    propagates: ClassVar[bool] = False
+
+    def __init__(self, config: PolicyConfig, risk: RiskRules | None, pixels: int) -> None:
+        """`pixels`: the detector's input budget, the full size."""
+        self.config = config
+        self.risk = risk
+        self.pixels = pixels
+
+    @abstractmethod
+    def plan(self, frame: FrameContext) -> Plan:
+        """What this frame gets."""
+
+    def budgets(self) -> tuple[int, ...]:
+        """Every input budget it may ask for: the detector warms each up (first runs are slow, and
+        plans need cost estimates)."""
+        return (self.pixels,)
+
+
+REGISTRY: dict[str, type[Policy]] = {}
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    REGISTRY[cls.kind] = cls
+    return cls
+
+
+def run_to_exit(network: StagedNetwork, inference: FrameInference, exit_index: int | None, deadline_ns: int | None,
+                max_exit: int, margin_ns: int) -> int:
+    """Run `inference` to `exit_index` (under the ceiling `max_exit`), or, when it is None, to the deepest
+    exit whose estimated remaining cost still ends `margin_ns` before the deadline: planned again after
+    every trunk stage, so a stage that ran slow (a CPU suddenly busy) stops the frame at a shallower exit.
+    Returns the exit run; its raw output is in inference.raw_exits."""
+    ceiling = min(max_exit, network.exit_count - 1)
+    if exit_index is not None:
+        chosen = ceiling if exit_index < 0 else min(exit_index, ceiling)
+        network.run_exit(inference, chosen)
+        return chosen
+    chosen = deepest_fitting(network, inference, ceiling, deadline_ns, margin_ns)
+    while inference.stages_done < network.manifest.exits[chosen].after_stage:
+        network.run_stages(inference, inference.stages_done + 1)
+        chosen = deepest_fitting(network, inference, chosen, deadline_ns, margin_ns)
+    network.run_exit(inference, chosen)
+    return chosen
+
+
+def deepest_fitting(network: StagedNetwork, inference: FrameInference, ceiling: int, deadline_ns: int | None,
+                    margin_ns: int) -> int:
+    """The deepest exit up to `ceiling` that fits the deadline from where the frame stands (0 if none)."""
+    if deadline_ns is None:
+        return ceiling
+    now = now_ns()
+    return next((k for k in range(ceiling, -1, -1)
+                 if now + network.remaining_cost_ns(inference, k) + margin_ns <= deadline_ns), 0)

@@ -1,0 +1,75 @@
+"""The policies a detector can run, by `policy.kind` (perception.detection.planning.REGISTRY):
+
+- fixed: the network on every frame, at the detector's pixel budget, to `exit` (-1: the deepest).
+- interval: the same every `interval` frames, the tracks moved by optical flow in between: the fixed
+  keyframe configurations the Pareto sweep (perception pareto) compares the adaptive policy with.
+- deadline: the network on every frame at the pixel budget, as deep as the frame's deadline allows.
+- adaptive (perception.detection.adaptive): input size, depth and propagation chosen per frame.
+
+Every policy respects the watchdog's depth ceiling; without a deadline (deterministic replay,
+evaluation) `deadline` runs full depth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from perception.config import Range, check_ranges
+from perception.detection.adaptive import AdaptiveConfig, AdaptivePolicy
+from perception.detection.planning import REGISTRY, FrameContext, Plan, Policy, register
+from perception.detection.risk import RiskRules
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The detector config's `policy` section: `kind` names a registered policy; each reads its keys."""
+
+    kind: str = "deadline"
+    exit: Annotated[int, Range(-1, 63)] = -1  # fixed, interval: the exit (-1: the deepest)
+    interval: Annotated[int, Range(1, 1000)] = 2  # interval: the network every this many frames
+    margin_ms: Annotated[float, Range(0, 1000)] = 2.0  # deadline, adaptive: slack kept before the deadline
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+        if self.kind not in REGISTRY:
+            raise ValueError(f"kind must be one of {', '.join(sorted(REGISTRY))}, got {self.kind!r}")
+
+
+@register
+class FixedPolicy(Policy):
+    kind = "fixed"
+
+    def plan(self, frame: FrameContext) -> Plan:
+        return Plan("every frame", pixels=self.pixels, exit_index=self.config.exit)
+
+
+@register
+class IntervalPolicy(Policy):
+    kind = "interval"
+    propagates = True
+
+    def plan(self, frame: FrameContext) -> Plan:
+        since = frame.frames_since_network
+        if since is None or since + 1 >= self.config.interval:
+            return Plan("keyframe interval", pixels=self.pixels, exit_index=self.config.exit)
+        return Plan("between keyframes", propagate=True)
+
+
+@register
+class DeadlinePolicy(Policy):
+    kind = "deadline"
+
+    def plan(self, frame: FrameContext) -> Plan:
+        return Plan("every frame", pixels=self.pixels)
+
+
+register(AdaptivePolicy)
+
+
+def make_policy(config: PolicyConfig, risk: RiskRules | None, pixels: int) -> Policy:
+    return REGISTRY[config.kind](config, risk, pixels)
+
+
+__all__ = ["PolicyConfig", "make_policy", "REGISTRY"]

@@ -1,0 +1,152 @@
+"""The detector over a frame sequence: its policy's plans, the network at the planned size, flow
+propagation, the tracker, resets."""
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from helpers import REPO
+from perception.detection.builder import DetectorSettings, build_detector, build_network
+from perception.detection.policies import PolicyConfig
+from perception.detection.adaptive import AdaptiveConfig
+from perception.engines import EngineConfig
+from perception.messages import LEVEL_PROPAGATE
+
+CAR = 2
+FRAME_NS = 100_000_000  # 10 fps
+SETTINGS = DetectorSettings(engine=EngineConfig(threads=1))
+
+
+@pytest.fixture(scope="module")
+def network():
+    return build_network(SETTINGS, warm_up=())
+
+
+@pytest.fixture(scope="module")
+def street() -> np.ndarray:
+    return cv2.imread(str(REPO / "tests/data/udacity_test1.jpg"))
+
+
+def texture(width: int = 640, height: int = 360, seed: int = 0) -> np.ndarray:
+    """Smooth random texture: optical flow has something to hold on to, the network finds nothing."""
+    noise = np.random.default_rng(seed).integers(0, 255, (height // 8, width // 8, 3), np.uint8)
+    return cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def detector(network, kind: str = "adaptive", ego_path: bool = True, **adaptive):
+    policy = PolicyConfig(kind=kind, adaptive=replace(AdaptiveConfig(), **adaptive))
+    settings = replace(SETTINGS, policy=policy, risk=replace(SETTINGS.risk, ego_path=ego_path))
+    return build_detector(settings, network=network)
+
+
+def track_car(frames_detector, boxes_over_time) -> None:
+    """Feed the tracker a car's boxes directly (as if the network had seen it), one per 100 ms."""
+    for step, box in enumerate(boxes_over_time, start=1):
+        frames_detector.tracker.update(np.array([box], np.float32), np.array([0.9], np.float32),
+                                       np.array([CAR], np.uint16), step * FRAME_NS, (640, 360))
+
+
+@pytest.mark.parametrize("case, boxes, risky", [
+    ("closing in the path", [(310, 262 - 14 * 1.15 ** s, 330, 262) for s in range(1, 6)], "closing"),  # +15% a frame
+    ("near in the path", [(260, 240, 380, 330)] * 5, "near"),
+    ("far in the path, keeping its distance", [(300, 250, 340, 275)] * 5, None),
+    ("beside the path, closing", [(530, 200 - 6 * s, 590, 240 + 6 * s) for s in range(1, 6)], None),
+])
+def test_risk_is_a_track_in_the_ego_path_that_is_closing_or_near(network, case, boxes, risky):
+    frames = detector(network, max_gap_ms=10_000, young_frames=0, border=0, max_change=1.0)
+    frame = texture()
+    frames.process(frame, 0)  # first frame: the network runs (and finds nothing on texture)
+    track_car(frames, boxes)
+    outcome = frames.process(frame, 6 * FRAME_NS)
+    if risky:
+        assert outcome.level == network.exit_count - 1 and outcome.why.startswith("risk:") and risky in outcome.why
+        assert outcome.input_size == network.input_size(640, 360)[1]  # full size
+    else:
+        assert outcome.level == LEVEL_PROPAGATE, (case, outcome.why)
+
+
+def test_a_static_camera_without_an_ego_path_never_brakes_the_budget_on_risk(network):
+    frames = detector(network, ego_path=False, max_gap_ms=10_000, young_frames=0, border=0, max_change=1.0)
+    frame = texture()
+    frames.process(frame, 0)
+    track_car(frames, [(260, 240, 380, 330)] * 5)  # near, in what would be the path
+    assert frames.process(frame, 6 * FRAME_NS).level == LEVEL_PROPAGATE
+
+
+def test_propagated_frames_move_the_boxes_with_the_image_and_keep_their_tracks(network, street):
+    frames = detector(network, ego_path=False, young_frames=0, border=0, max_change=1.0, max_gap_ms=150)
+    first = frames.process(street, 0)
+    assert first.level >= 0 and (first.output.class_ids == CAR).sum() >= 2
+    second = frames.process(np.roll(street, 6, axis=1), FRAME_NS)  # the camera pans 6 px right
+    assert second.level == LEVEL_PROPAGATE and second.inference is None and second.flow_ns > 0
+    tracked = first.output.track_ids > 0
+    assert tracked.sum() >= 2 and np.array_equal(second.output.track_ids, first.output.track_ids)
+    shift = second.output.boxes[tracked] - first.output.boxes[tracked]
+    assert np.allclose(shift[:, [0, 2]], 6, atol=1.5) and np.allclose(shift[:, [1, 3]], 0, atol=1.5)
+    third = frames.process(np.roll(street, 12, axis=1), 2 * FRAME_NS)  # 200 ms since the network: over max_gap_ms
+    assert third.level >= 0 and third.why.startswith("time")
+
+
+@pytest.mark.parametrize("fps, network_every", [(10, 2), (30, 5)])
+def test_the_longest_gap_is_in_milliseconds_so_one_config_works_at_any_frame_rate(network, fps, network_every):
+    frames = detector(network, ego_path=False, max_gap_ms=150, max_change=1.0)
+    blank = np.full((360, 640, 3), 90, np.uint8)
+    levels = [frames.process(blank, int(i * 1e9 / fps)).level for i in range(2 * network_every + 1)]
+    assert [i for i, level in enumerate(levels) if level >= 0] == [0, network_every, 2 * network_every]
+
+
+def test_a_network_frame_runs_at_the_smallest_size_that_keeps_the_tracks_tall_enough_and_scouts_at_full_size(network, street):
+    frames = detector(network, ego_path=False, sizes=[1.0, 0.25], min_object_px=8, max_gap_ms=0, full_size_every_ms=250,
+                      young_frames=0, border=0, max_change=1.0)
+    full, quarter = network.input_size(1280, 720)[1], network.input_size(1280, 720, network.pixels // 4)[1]
+    sizes = [frames.process(street, i * FRAME_NS).input_size for i in range(6)]
+    # Cars 40+ px tall are 8+ px at a quarter of the pixels; every 250 ms a frame at full size looks for more.
+    assert sizes == [full, quarter, quarter, full, quarter, quarter], sizes
+    tiny_tracks = detector(network, ego_path=False, sizes=[1.0, 0.25], min_object_px=200, max_gap_ms=0,
+                           young_frames=0, border=0, max_change=1.0)
+    assert {tiny_tracks.process(street, i * FRAME_NS).input_size for i in range(3)} == {full}
+
+
+def test_change_outside_the_tracks_runs_the_network_at_full_size(network):
+    frames = detector(network, ego_path=False, max_gap_ms=10_000, max_change=0.01)
+    frame = texture(seed=1)
+    frames.process(frame, 0)
+    assert frames.process(frame, FRAME_NS).level == LEVEL_PROPAGATE
+    appeared = frame.copy()
+    appeared[100:200, 400:500] = 255  # something new, where no track is
+    outcome = frames.process(appeared, 2 * FRAME_NS)
+    assert outcome.level >= 0 and outcome.why == "change" and outcome.input_size == network.input_size(640, 360)[1]
+
+
+def test_a_new_frame_size_or_a_scene_cut_resets_the_tracks_and_is_counted(network, street):
+    frames = detector(network, ego_path=False)
+    frames.process(street, 0)
+    assert frames.tracker.tracks
+    cut = frames.process(texture(1280, 720), FRAME_NS)  # same size, another scene
+    assert cut.level >= 0 and cut.why == "first frame" and frames.resets["scene cut"] == 1
+    resized = frames.process(cv2.resize(street, (640, 360)), 2 * FRAME_NS)
+    assert resized.level >= 0 and frames.resets["frame size"] == 1
+
+
+def test_blank_frames_neither_crash_nor_invent_motion(network):
+    frames = detector(network, ego_path=False, max_gap_ms=10_000)
+    blank = np.full((360, 640, 3), 90, np.uint8)
+    outcomes = [frames.process(blank, i * FRAME_NS) for i in range(4)]
+    assert [o.level for o in outcomes[1:]] == [LEVEL_PROPAGATE] * 3  # nothing to detect, nothing changes
+    assert all(len(o.output.boxes) == 0 for o in outcomes)
+
+
+def test_the_interval_policy_runs_the_network_every_n_frames(network):
+    frames = build_detector(replace(SETTINGS, policy=PolicyConfig(kind="interval", interval=3)), network=network)
+    levels = [frames.process(texture(), i * FRAME_NS).level for i in range(7)]
+    assert [level >= 0 for level in levels] == [True, False, False, True, False, False, True]
+
+
+def test_every_frame_policies_run_the_network_on_every_frame_compute_no_flow_and_still_track(network, street):
+    frames = build_detector(replace(SETTINGS, policy=PolicyConfig(kind="fixed", exit=0)), network=network)
+    outcomes = [frames.process(street, i * FRAME_NS) for i in range(3)]
+    assert [o.level for o in outcomes] == [0, 0, 0] and all(o.flow_ns == 0 for o in outcomes)
+    assert (outcomes[-1].output.track_ids > 0).sum() >= 2  # the same cars keep their ids
+    assert set(outcomes[-1].output.track_ids[outcomes[-1].output.track_ids > 0]) <= set(outcomes[0].output.track_ids)

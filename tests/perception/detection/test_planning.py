@@ -1,0 +1,103 @@
+"""Running a planned frame to its exit, on a scripted two-stage, two-exit network whose costs we control;
+cost estimates per input size; the policy registry."""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perception.detection.manifest import ExitSpec, InputSpec, Manifest, StageSpec
+from perception.detection.network import LatencyEstimator, StagedNetwork
+from perception.detection.planning import REGISTRY, run_to_exit
+from perception.detection.policies import PolicyConfig
+from perception.engines.base import Engine, Session
+from perception.latency import now_ns
+
+MS = 1_000_000
+SIZE = (416, 416)
+
+
+class ScriptedSession(Session):
+    def __init__(self, name: str, inputs: tuple[str, ...], outputs: dict, calls: list) -> None:
+        self.name, self.outputs, self.calls = name, outputs, calls
+        self.input_names, self.output_names = inputs, tuple(outputs)
+
+    def run(self, feeds):
+        self.calls.append(self.name)
+        return {k: v() if callable(v) else v for k, v in self.outputs.items()}
+
+
+class ScriptedEngine(Engine):
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        raw = np.zeros((1, 3549, 85), np.float32)
+        self.outputs = {"stage0": {"f0": np.zeros(1, np.float32)}, "stage1": {"f1": np.zeros(1, np.float32)},
+                        "exit0": {"e0": raw}, "exit1": {"e1": raw}}
+        self.inputs = {"stage0": ("images",), "stage1": ("f0",), "exit0": ("f0",), "exit1": ("f1",)}
+
+    @classmethod
+    def unavailable_reason(cls, config):
+        return None
+
+    def open(self, onnx_path, part_name, dimensions=None):
+        return ScriptedSession(part_name, self.inputs[part_name], self.outputs[part_name], self.calls)
+
+
+def make_network() -> tuple[StagedNetwork, ScriptedEngine]:
+    manifest = Manifest(
+        name="scripted", input=InputSpec("images", 416, 416), num_classes=80, strides=[8, 16, 32],
+        stages=[StageSpec("stage0", Path("s0"), ["images"], ["f0"]), StageSpec("stage1", Path("s1"), ["f0"], ["f1"])],
+        exits=[ExitSpec("exit0", 0, Path("e0"), ["f0"], "e0"), ExitSpec("exit1", 1, Path("e1"), ["f1"], "e1")],
+    )
+    engine = ScriptedEngine()
+    network = StagedNetwork(manifest, engine)
+    for part, cost in {"stage0": 2, "exit0": 1, "stage1": 8, "exit1": 3}.items():
+        network.estimator.add(part, SIZE, cost * MS)
+    return network, engine
+
+
+FRAME = np.zeros((416, 416, 3), np.uint8)
+
+
+def test_a_fixed_exit_runs_exactly_that_exit_and_obeys_the_ceiling():
+    network, engine = make_network()
+    assert run_to_exit(network, network.begin(FRAME), 1, None, 1, 0) == 1 and engine.calls == ["stage0", "stage1", "exit1"]
+    assert run_to_exit(network, network.begin(FRAME), -1, None, 0, 0) == 0  # -1 is the deepest the ceiling allows
+
+
+@pytest.mark.parametrize("budget_ms, expected_exit", [(30, 1), (8, 0), (-5, 0)])
+def test_without_an_exit_the_deepest_that_fits_the_deadline_runs(budget_ms, expected_exit):
+    network, engine = make_network()
+    assert run_to_exit(network, network.begin(FRAME), None, now_ns() + budget_ms * MS, 1, MS) == expected_exit
+    assert ("exit0" in engine.calls) == (expected_exit == 0)  # the shallow head is skipped when not needed
+
+
+def test_the_plan_is_made_again_after_a_stage_that_ran_slow():
+    """Planned for full depth, but stage0 takes 15 ms instead of 2: stop at exit0, not past the deadline."""
+    network, engine = make_network()
+
+    def stage0_on_a_busy_cpu():
+        time.sleep(0.015)
+        return np.zeros(1, np.float32)
+
+    engine.outputs["stage0"]["f0"] = stage0_on_a_busy_cpu  # the session holds this dict
+    assert run_to_exit(network, network.begin(FRAME), None, now_ns() + 20 * MS, 1, MS) == 0
+    assert engine.calls == ["stage0", "exit0"]
+
+
+def test_cost_is_estimated_per_input_size_and_a_size_not_run_yet_in_proportion_to_pixels():
+    estimator = LatencyEstimator()
+    estimator.add("stage0", (416, 416), 10 * MS)
+    estimator.add("stage0", (208, 208), 3 * MS)
+    assert estimator.estimate_ns("stage0", (208, 208)) == 3 * MS
+    assert estimator.estimate_ns("stage0", (416, 208)) == 5 * MS  # from the most run size, by pixels
+    assert estimator.estimate_ns("exit0", (416, 416)) == 0  # never run anywhere
+
+
+def test_the_policy_kinds_are_a_registry_and_an_unknown_one_is_named():
+    assert {"fixed", "interval", "deadline", "adaptive"} <= set(REGISTRY)
+    with pytest.raises(ValueError, match="kind must be one of adaptive, deadline, fixed, interval, got 'confidence'"):
+        PolicyConfig(kind="confidence")
