@@ -2,7 +2,7 @@
 
     perception pareto [--video V --annotations A [--mot M]] [--pixels 43264,86528,173056] [--exits 0,1]
                       [--intervals 1,2,3,4,6] [--passes 2] [--json F] [--plot F.png] [--detector KEY=VALUE]...
-    perception pareto --drive RECORDING [--policy adaptive]   # a policy against full depth, frame by frame
+    perception pareto --drive RECORDING [--policy adaptive]   # a policy against full depth on a drive, frame by frame
 
 Fixed configurations: every pixel budget x exit x keyframe interval (the network every N frames at
 that budget and exit, the tracks moved by optical flow in between; N = 1 is the network on every
@@ -30,6 +30,7 @@ from perception.detection.manifest import load_manifest
 from perception.evaluation import DEV_ANNOTATIONS, DEV_MOT, DEV_VIDEO
 from perception.evaluation.detector_eval import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, load_annotations
 from perception.evaluation.sequence_eval import evaluate_sequence
+from perception.latency import now_ns
 
 DETECTOR_CONFIG = REPO / "configs" / "detector.yaml"
 PIXELS = (43264, 86528, 173056)  # 208x208, ~294x294, 416x416
@@ -120,6 +121,44 @@ def frontier(rows: list[dict], key: str = "AP50") -> list[dict]:
     return sorted(kept, key=lambda r: r["ms_mean"])
 
 
+def drive_agreement(recording: Path, base: DetectorSettings) -> dict:
+    """`base`'s policy against fixed full depth on every frame of a recorded drive, as a deterministic
+    replay runs them (the drive's timeline, no deadline): per frame, AP50 of its detections with full
+    depth's as the ground truth, and the decision node's decisions on both (configs/decision.yaml)."""
+    from nodes.decision import DecisionConfig
+    from perception.decision import decision_maker
+    from perception.detection.outputs import detections_message
+    from perception.evaluation.coco_ap import Detection, GroundTruth, evaluate
+    from perception.recording import RecordingReader
+
+    decision = load_config(REPO / "configs" / "decision.yaml", DecisionConfig)
+    network = build_network(base, warm_up=())
+    runs = {}
+    for label, settings in (("full", replace(base, policy=replace(base.policy, kind="fixed", exit=-1))), ("policy", base)):
+        detector, maker, frames = build_detector(settings, network=network), decision_maker(decision.rules, decision.classes_file), []
+        for header, pixels in RecordingReader(recording).frames():
+            outcome = detector.process(pixels, header.media_ns)
+            message = detections_message(outcome, frame_id=header.frame_id, capture_ns=0, media_ns=header.media_ns,
+                                         image_width=header.width, image_height=header.height,
+                                         exit_count=network.exit_count, stamps=(), received_ns=None, done_ns=now_ns())
+            frames.append((header.frame_id, outcome, maker.decide(message, now_ns()).action.name))
+        runs[label] = frames
+    per_frame = []
+    for (frame_id, full, full_action), (_, mine, action) in zip(runs["full"], runs["policy"]):
+        xywh = [(float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])) for b in full.output.boxes]
+        truths = [GroundTruth(1, int(c), box) for box, c in zip(xywh, full.output.class_ids)]
+        found = [Detection(1, int(c), (float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])), float(s))
+                 for b, s, c in zip(mine.output.boxes, mine.output.scores, mine.output.class_ids)]
+        ap50 = evaluate(truths, found).ap50 if truths else (1.0 if not found else 0.0)
+        per_frame.append({"frame_id": frame_id, "level": mine.level, "input": mine.input_size, "why": mine.why,
+                          "AP50_vs_full": round(ap50, 4), "action_full": full_action, "action": action})
+    return {"recording": str(recording), "policy": base.policy.kind, "frames": per_frame, "frame_count": len(per_frame),
+            "network_frames": sum(f["level"] >= 0 for f in per_frame),
+            "min_AP50_vs_full": min(f["AP50_vs_full"] for f in per_frame),
+            "frames_below_0.9": sum(f["AP50_vs_full"] < 0.9 for f in per_frame),
+            "decisions_identical": all(f["action"] == f["action_full"] for f in per_frame)}
+
+
 def summary_line(r: dict) -> str:
     t = r.get("tracking") or {}
     return (f"{r['name']:<34} AP50 {r['AP50']:.4f} AP50:95 {r['AP50:95']:.4f} | MOTA {t.get('mota', float('nan')):.3f} "
@@ -181,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=1, help="timing rounds over all rows")
     parser.add_argument("--max-frames", type=int, default=None, help="only the clip's first frames")
     parser.add_argument("--only-adaptive", action="store_true", help="skip the fixed grid")
+    parser.add_argument("--drive", type=Path, default=None, metavar="RECORDING",
+                        help="instead: the configured policy (--policy to choose) against full depth on a recorded "
+                             "drive, frame by frame: agreement of detections and of the decision node's decisions")
+    parser.add_argument("--policy", default=None, help="with --drive: the policy kind (default: configs/detector.yaml's)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args(argv)
@@ -189,6 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.detector:
         parse_override(item, "--detector")
     base = detector_settings(args.detector)
+    if args.drive is not None:
+        if args.policy:
+            base = replace(base, policy=replace(base.policy, kind=args.policy))
+        result = drive_agreement(args.drive, base)
+        print(json.dumps({k: v for k, v in result.items() if k != "frames"}))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return 0
     default_pixels = base.pixels or load_manifest(base.model).input.default_pixels
     rows = [] if args.only_adaptive else fixed_rows(base, args.pixels, args.exits, args.intervals)
     rows += adaptive_rows(base)

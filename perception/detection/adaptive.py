@@ -6,8 +6,8 @@ Rules, in order (the first that applies decides):
    distance: full size, as deep as the deadline allows.
 3. Time: `max_gap_ms` of the source's timeline since the network last ran, so one config means the
    same at 7, 10 and 30 fps.
-4. Tracks that flow cannot carry: one at the frame's border (entering or leaving), or too young to
-   have a velocity.
+4. A track entering the view: at the frame's border and seen by the network fewer than
+   `entering_hits` times (flow carries only its visible part; one leaving is lost by flow, rule 6).
 5. Change outside the tracks (perception.tracking.change): something the tracks do not explain moved
    or appeared; full size, since a new object may be small and far.
 6. Flow failure: a tracked box whose points were lost, or whose flow disagrees forward-backward.
@@ -44,8 +44,8 @@ class AdaptiveConfig:
     min_object_px: Annotated[float, Range(1, 4096)] = 32.0
     max_change: Fraction = 0.02  # share of the frame changed outside the tracks
     max_fb_error_px: Annotated[float, Range(0, 1000, low_open=True)] = 2.0
-    border: Annotated[float, Range(0, 0.5)] = 0.02  # of the frame's side: a track this close to an edge
-    young_frames: NonNegativeInt = 2
+    border: Annotated[float, Range(0, 0.5)] = 0.02  # of the frame's side: a track this close to an edge ...
+    entering_hits: NonNegativeInt = 4  # ... and detected fewer times than this is entering
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -79,11 +79,9 @@ class AdaptivePolicy(Policy):
         if frame.ms_since_network >= s.max_gap_ms:
             return self._network(frame, "time")
         for track in frame.tracks:
-            if track.age_frames < s.young_frames:
-                return self._network(frame, "young track")
-            if self._at_border(track.box, frame.width, frame.height):
-                return self._network(frame, "border")
-        if frame.change() > s.max_change:
+            if track.hits < s.entering_hits and self._at_border(track.box, frame.width, frame.height):
+                return self._network(frame, "entering")
+        if frame.change(s.max_change) > s.max_change:
             return self._network(frame, "change", full=True)
         moved = frame.moved()
         tracked = frame.carried_track_ids > 0  # a low-score box nobody tracks may fail to flow without harm

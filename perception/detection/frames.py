@@ -2,14 +2,15 @@
 planned input size and depth, or the last frame's boxes are carried by optical flow; one tracker
 gives every detection an id and a velocity either way.
 
-Per frame: (1) for a policy that may propagate, the frame is prepared for flow (a small grey image,
-and a tiny one for change); a new frame size or a scene cut (mean grey change above `flow.scene_cut`)
+Per frame: (1) for a policy that may propagate, the frame is prepared for flow (a small grey image);
+a new frame size or a scene cut (mean grey change above `flow.scene_cut`)
 resets the tracks. (2) The policy gets a FrameContext and returns a Plan; the signals it asks for
 (the tracks moved by flow, the change outside them) are computed then, once. (3) A network frame
 runs to the planned exit (perception.detection.planning.run_to_exit), is decoded low enough for the
 tracker's second association (ByteTrack keeps low-score boxes), and updates the tracker. A propagated
-frame publishes the last output moved by flow, with the same ids: a tracked box as the Kalman estimate
-with the flow box as its measurement (or the prediction alone when its flow failed).
+frame publishes the last output moved by flow, with the same ids and velocities; a tracked box whose
+flow failed (a still or occluded object) as its Kalman prediction. The tracker itself learns only from
+network frames: it is not run on propagated ones, which keeps them cheap (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class FrameDetector:
         self.reasons: Counter = Counter()  # the plans' reasons, first word
         self.resets: Counter = Counter()
         self._previous: FlowFrame | None = None
-        self._previous_tiny: np.ndarray | None = None
+        self._tiny: dict[int, np.ndarray] = {}  # id(FlowFrame) -> its tiny image (change), made when first asked
         self._last = Output.empty()  # what later frames may carry by flow
         self._shape: tuple[int, ...] | None = None
         self._network_at: tuple[int, int] | None = None  # (frame number, t_ns) of the last network frame
@@ -65,16 +66,16 @@ class FrameDetector:
         if self._shape is not None and self._shape != frame.shape:
             self.reset("frame size")
         self._shape = frame.shape
-        current = current_tiny = None
+        current = None
         if self.policy.propagates:
             current = self.flow.prepare(frame)
-            current_tiny = tiny(current.gray)
             if self._previous is not None and frame_change(self._previous, current) > self.flow.config.scene_cut:
                 self.reset("scene cut")
         spent = [now_ns() - started if current is not None else 0]  # flow and signals: time before any network
-        context = self._context(frame, t_ns, deadline_ns, max_exit, current, current_tiny, spent)
+        context = self._context(frame, t_ns, deadline_ns, max_exit, current, spent)
         plan = self.policy.plan(context)
-        self._previous, self._previous_tiny = current, current_tiny
+        self._tiny = {id(current): self._tiny[id(current)]} if id(current) in self._tiny else {}
+        self._previous = current
         self.reasons[plan.why.split(":")[0].split(",")[0]] += 1
         if plan.propagate:
             outcome = self._propagated(context.moved(), t_ns, frame.shape, plan)
@@ -88,24 +89,26 @@ class FrameDetector:
         """Forget tracks and the previous frame (a new size, a scene cut, a torn frame)."""
         self.tracker.reset(reason)
         self.resets[reason] += 1
-        self._previous = self._previous_tiny = None
+        self._previous = None
+        self._tiny = {}
         self._last = Output.empty()
         self._network_at = self._full_size_at = None
 
     def _context(self, frame: np.ndarray, t_ns: int, deadline_ns: int | None, max_exit: int | None,
-                 current: FlowFrame | None, current_tiny: np.ndarray | None, spent: list[int]) -> FrameContext:
+                 current: FlowFrame | None, spent: list[int]) -> FrameContext:
         height, width = frame.shape[:2]
-        last, previous, previous_tiny = self._last, self._previous, self._previous_tiny
+        last, previous = self._last, self._previous
 
         def moved() -> FlowResult:
             if previous is None or current is None:
                 return FlowResult.unmoved(last.boxes)
             return self.flow.propagate(previous, current, last.boxes)
 
-        def change() -> float:
-            if previous_tiny is None or current_tiny is None:
+        def change(enough: float) -> float:
+            if previous is None or current is None:
                 return 1.0
-            return change_outside(previous_tiny, current_tiny, last.boxes[last.track_ids > 0], (height, width))
+            return change_outside(self._tiny_of(previous), self._tiny_of(current), last.boxes[last.track_ids > 0],
+                                  (height, width), enough=enough)
 
         network_at = self._network_at
         return FrameContext(
@@ -117,6 +120,11 @@ class FrameDetector:
             ms_since_full_size=None if self._full_size_at is None else (t_ns - self._full_size_at) / 1e6,
             moved=_timed_once(moved, spent), change=_timed_once(change, spent),
         )
+
+    def _tiny_of(self, flow_frame: FlowFrame) -> np.ndarray:
+        if id(flow_frame) not in self._tiny:
+            self._tiny[id(flow_frame)] = tiny(flow_frame.gray)
+        return self._tiny[id(flow_frame)]
 
     def _network(self, frame: np.ndarray, plan: Plan, t_ns: int, deadline_ns: int | None, max_exit: int | None) -> Outcome:
         inference = self.network.begin(frame, plan.pixels)
@@ -139,15 +147,25 @@ class FrameDetector:
     def _propagated(self, moved: FlowResult, t_ns: int, shape: tuple[int, ...], plan: Plan) -> Outcome:
         last = self._last
         boxes = moved.boxes.astype(np.float32)
-        measured = {int(tid): box for tid, box, ok in zip(last.track_ids, boxes, moved.ok) if tid and ok}
-        self.tracker.propagate(measured, t_ns, (shape[1], shape[0]))
-        # A tracked box is published as the filter's estimate, flow and motion model together: on
-        # PETS09 1-400 this kept 0.2 AP50 and 0.3 AP50:95 points more than the raw flow box.
-        estimates = self.tracker.predict_boxes(t_ns)
-        for index, track_id in enumerate(last.track_ids):
-            if track_id and int(track_id) in estimates:
-                boxes[index] = estimates[int(track_id)]
-        self._last = Output(boxes, last.scores, last.class_ids, last.track_ids, self._velocities(last.track_ids))
+        # A tracked box keeps the flow's centre and takes its size from the track's motion model, which
+        # knows how fast it grows (flow rarely trusts a scale from a few points: an approaching car would
+        # seem to stop growing, and the decision node's time to collision with it); one whose flow failed
+        # (a still or occluded object) is the prediction. The filter itself learns only on network frames:
+        # updating it with every flow box cost 0.2 ms a frame for no AP50 (PETS09 1-400, every 3rd frame).
+        tracked = last.track_ids > 0
+        if tracked.any():
+            predicted = self.tracker.predict_boxes(t_ns)
+            for index in np.flatnonzero(tracked):
+                box = predicted.get(int(last.track_ids[index]))
+                if box is None:
+                    continue
+                if moved.ok[index]:
+                    centre = (boxes[index, :2] + boxes[index, 2:]) / 2
+                    half = (box[2:] - box[:2]) / 2
+                    boxes[index] = np.concatenate((centre - half, centre + half))
+                else:
+                    boxes[index] = box
+        self._last = Output(boxes, last.scores, last.class_ids, last.track_ids, last.velocities)
         output = self._last.select(self._last.scores >= self.score_threshold)
         return Outcome(LEVEL_PROPAGATE, None, plan.why, output, None, 0)
 
@@ -156,14 +174,14 @@ class FrameDetector:
         return np.array([by_id.get(int(tid), (0.0, 0.0)) for tid in track_ids], np.float32).reshape(-1, 2)
 
 
-def _timed_once(compute: Callable[[], T], spent: list[int]) -> Callable[[], T]:
-    """`compute`, run at most once, its time added to spent[0]."""
+def _timed_once(compute: Callable[..., T], spent: list[int]) -> Callable[..., T]:
+    """`compute`, run at most once (its first arguments stand), its time added to spent[0]."""
     result: list[T] = []
 
-    def once() -> T:
+    def once(*args) -> T:  # noqa: ANN002
         if not result:
             started = now_ns()
-            result.append(compute())
+            result.append(compute(*args))
             spent[0] += now_ns() - started
         return result[0]
 

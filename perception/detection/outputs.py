@@ -53,7 +53,7 @@ def detections_message(outcome: Outcome, *, frame_id: int, capture_ns: int, medi
     hops = stamps
     if received_ns is not None:
         hops += (Stamp("det.recv", received_ns),)
-    if outcome.flow_ns:
+    if outcome.flow_ns and hops:  # the flow's time, from where the detector's work began
         hops += (Stamp("det.flow", hops[-1].t_ns + outcome.flow_ns),)
     if outcome.inference is not None:
         hops += tuple(Stamp(f"det.{part}", end) for part, end, _ in outcome.inference.timings)

@@ -53,7 +53,7 @@ class FrameContext:
     ms_since_network: float | None
     ms_since_full_size: float | None  # since the last network frame at the detector's full pixel budget
     moved: Callable[[], FlowResult]  # the last frame's boxes moved here by flow (computed once, when asked)
-    change: Callable[[], float]  # share of the frame that changed outside the tracks (when asked)
+    change: Callable[[float], float]  # share of the frame changed outside the tracks (when asked; exact above its argument)
 
 
 class Policy(ABC):

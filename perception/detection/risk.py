@@ -3,7 +3,9 @@
 Risk is a track of a class the vehicle must not hit, in the ego path (its ground contact, the bottom
 edge of its box, inside the path polygon) *and* either closing (time to collision from the growth of
 its box under `closing_ttc_s`) or already within braking distance (a box at least `near_height` of
-the image tall). A car ahead keeping its distance is not risk, and neither is anything beside the
+the image tall), each with a `margin`: the rule fires that much ahead of the decision node's own
+thresholds, so the frames on which a decision may change already run at full size and depth (the
+tracker's growth rate, from network frames, trails the decision node's fit over every frame). A car ahead keeping its distance is not risk, and neither is anything beside the
 road. The path, classes and thresholds mean what the decision node's rules mean (perception.decision:
 roi, classes, min_in_path, slow_ttc_s, slow_height) and default to its defaults; a launch that changes
 one side's should change both (tests/nodes/test_detector.py checks the shipped configs agree).
@@ -36,6 +38,7 @@ class RiskConfig:
     min_in_path: Annotated[float, Range(0, 1, low_open=True)] = _DECISION_DEFAULTS.min_in_path
     near_height: Annotated[float, Range(0, 1, low_open=True)] = _DECISION_DEFAULTS.slow_height
     closing_ttc_s: Annotated[float, Range(0, 3600, low_open=True)] = _DECISION_DEFAULTS.slow_ttc_s
+    margin: Annotated[float, Range(1, 10)] = 1.5  # fire at up to margin x closing_ttc_s, down to near_height / margin
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -60,7 +63,7 @@ class RiskRules:
         if unknown:
             raise ValueError(f"risk.classes {unknown} are not classes of the detector")
         return cls(np.array(config.roi, np.float64), frozenset(class_names.index(c) for c in config.classes),
-                   config.min_in_path, config.near_height, config.closing_ttc_s)
+                   config.min_in_path, config.near_height / config.margin, config.closing_ttc_s * config.margin)
 
     def why(self, track: Track, width: int, height: int) -> str | None:
         """'near' or 'closing' when this track is in the ego path and a risk, else None."""

@@ -147,13 +147,13 @@ def detect_video(video: str | Path, score_threshold: float, class_id: int = 0, t
                  model: str = "yolox_nano_exits.json") -> tuple[list[FrameDetections], tuple[int, int]]:
     """YOLOX-nano at full depth (fixed deepest exit) on every frame of `video`, detections of one class.
     Returns the frames' detections (timestamps from the video's frame rate) and (width, height)."""
-    from perception.detection.network import StagedNetwork
-    from perception.detection.manifest import WEIGHTS_DIR, load_manifest
-    from perception.engines import EngineConfig, create_engine
+    from perception.detection.builder import DetectorSettings, build_network
+    from perception.detection.manifest import WEIGHTS_DIR
+    from perception.engines import EngineConfig
     from perception.evaluation.detector_eval import read_frames
 
-    detector = StagedNetwork(load_manifest(WEIGHTS_DIR / model), create_engine(EngineConfig(threads=threads)),
-                                score_threshold=score_threshold)
+    detector = build_network(DetectorSettings(model=WEIGHTS_DIR / model, engine=EngineConfig(threads=threads)),
+                             score_threshold=score_threshold)
     frames, size = [], (0, 0)
     for _, image, media_ns in read_frames(Path(video)):
         size = (image.shape[1], image.shape[0])

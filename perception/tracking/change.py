@@ -2,11 +2,13 @@
 or appeared, which propagating the tracks cannot show.
 
 Frame differencing at a tiny resolution (`TINY_WIDTH` pixels wide, from the grey image flow already
-prepared), after compensating a global shift between the two frames (phase correlation, so a
-camera that pans or shakes is not all change), with every tracked box (grown by `BOX_MARGIN` of its
-size, for what moved with it) masked out. A pixel changed when its grey value moved by more than
-`threshold`. A camera that moves forward still changes everywhere (zoom is not a shift): such a
-camera runs the network more often, never less.
+prepared), with every tracked box (grown by `BOX_MARGIN` of its size, for what moved with it) masked
+out. A pixel changed when its grey value moved by more than `threshold`. When that finds enough
+change, the camera may have moved: the previous frame is warped onto the current one by the
+homography of a grid of background points followed by optical flow (RANSAC), and the change is
+measured again; what the camera's own motion explains (a pan, shake, the ground plane of a camera
+moving forward) is then not change, what moves against it (a new object, parallax of something
+near) still is. Where no homography can be found, the change stands.
 """
 
 from __future__ import annotations
@@ -16,38 +18,63 @@ import numpy as np
 
 TINY_WIDTH = 160
 BOX_MARGIN = 0.25
+GRID = 12  # background points for the camera's motion: 12 x 12, less those on tracks
+MIN_POINTS = 12
 
 
 def tiny(gray: np.ndarray) -> np.ndarray:
-    """The grey image at TINY_WIDTH wide (or as it is, if narrower), float32 for phase correlation."""
+    """The grey image at TINY_WIDTH wide (or as it is, if narrower)."""
     height, width = gray.shape
     if width > TINY_WIDTH:
         gray = cv2.resize(gray, (TINY_WIDTH, max(2, round(height * TINY_WIDTH / width))), interpolation=cv2.INTER_AREA)
-    return gray.astype(np.float32)
+    return gray
 
 
 def change_outside(previous: np.ndarray, current: np.ndarray, boxes: np.ndarray, frame_shape: tuple[int, int],
-                   threshold: float = 25.0) -> float:
+                   threshold: int = 25, enough: float = 0.0) -> float:
     """Share (0..1) of the tiny frame, outside `boxes` (N, 4 xyxy in full-resolution pixels of a frame of
     `frame_shape` (height, width)), whose grey value changed by more than `threshold` once the global
-    shift from `previous` to `current` (both from tiny()) is taken out."""
-    (dx, dy), _ = cv2.phaseCorrelate(previous, current)
+    shift from `previous` to `current` (both from tiny()) is taken out. The shift is looked for only
+    when the share before it exceeds `enough` (a static camera's frames rarely need it)."""
     height, width = current.shape
-    if abs(dx) >= 0.5 or abs(dy) >= 0.5:
-        previous = cv2.warpAffine(previous, np.float32([[1, 0, dx], [0, 1, dy]]), (width, height),
-                                  borderMode=cv2.BORDER_REPLICATE)
-    changed = cv2.absdiff(previous, current) > threshold
-    # What the shift brought into view is not known to have changed.
-    margin_x, margin_y = int(np.ceil(abs(dx))), int(np.ceil(abs(dy)))
-    valid = np.ones_like(changed)
-    if margin_x:
-        valid[:, :margin_x] = valid[:, width - margin_x:] = False
-    if margin_y:
-        valid[:margin_y, :] = valid[height - margin_y:, :] = False
+    outside = np.ones((height, width), bool)
     scale_x, scale_y = width / frame_shape[1], height / frame_shape[0]
     for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
         grow_x, grow_y = (x2 - x1) * BOX_MARGIN, (y2 - y1) * BOX_MARGIN
-        valid[max(0, int((y1 - grow_y) * scale_y)):int(np.ceil((y2 + grow_y) * scale_y)) + 1,
-              max(0, int((x1 - grow_x) * scale_x)):int(np.ceil((x2 + grow_x) * scale_x)) + 1] = False
-    counted = int(valid.sum())
-    return float((changed & valid).sum()) / counted if counted else 0.0
+        outside[max(0, int((y1 - grow_y) * scale_y)):int(np.ceil((y2 + grow_y) * scale_y)) + 1,
+                max(0, int((x1 - grow_x) * scale_x)):int(np.ceil((x2 + grow_x) * scale_x)) + 1] = False
+    share = _changed_share(cv2.absdiff(previous, current) > threshold, outside)
+    if share <= enough:
+        return share
+    camera = camera_motion(previous, current, outside)
+    if camera is None:
+        return share
+    warped = cv2.warpPerspective(previous, camera, (width, height), borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    seen = cv2.warpPerspective(np.full_like(previous, 255), camera, (width, height)) > 0  # what came into view is not known
+    return _changed_share(cv2.absdiff(warped, current) > threshold, outside & seen)
+
+
+def camera_motion(previous: np.ndarray, current: np.ndarray, background: np.ndarray) -> np.ndarray | None:
+    """The homography taking `previous` onto `current` (3x3), from a GRID x GRID grid of points where
+    `background` is true, moved by one Lucas-Kanade call and fitted with RANSAC; None when too few
+    points move consistently."""
+    height, width = previous.shape
+    xs = (np.arange(GRID) + 0.5) * width / GRID
+    ys = (np.arange(GRID) + 0.5) * height / GRID
+    points = np.array([(x, y) for y in ys for x in xs if background[int(y), int(x)]], np.float32)
+    if len(points) < MIN_POINTS:
+        return None
+    moved, status, _ = cv2.calcOpticalFlowPyrLK(previous, current, points.reshape(-1, 1, 2), None, winSize=(9, 9),
+                                                maxLevel=2)
+    good = status.ravel() == 1
+    if good.sum() < MIN_POINTS:
+        return None
+    homography, inliers = cv2.findHomography(points[good], moved.reshape(-1, 2)[good], cv2.RANSAC, 1.0)
+    if homography is None or int(inliers.sum()) < MIN_POINTS:
+        return None
+    return homography
+
+
+def _changed_share(changed: np.ndarray, counted: np.ndarray) -> float:
+    total = int(counted.sum())
+    return float((changed & counted).sum()) / total if total else 0.0

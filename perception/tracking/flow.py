@@ -46,6 +46,7 @@ class FlowConfig:
     """How boxes are moved by flow. Plain types, so it can be a YAML section."""
 
     scale: Annotated[float, Range(0.05, 1)] = 0.5  # flow runs on the grey image resized by this (speed); boxes stay in full-res pixels
+    max_width: Annotated[int, Range(32, 16384)] = 384  # ... and at most this wide: a camera's resolution costs no more flow
     grid: Annotated[int, Range(1, 10)] = 3  # grid x grid points per box
     inset: Annotated[float, Range(0, 0.5, high_open=True)] = 0.2  # points span the box shrunk by this fraction of its width/height on each side
     window: Annotated[int, Range(3, 99)] = 9  # LK window side, pixels at the flow scale (odd); LK's cost grows with its area
@@ -126,16 +127,19 @@ def _check_same_size(previous: FlowFrame, current: FlowFrame) -> None:
 
 
 def _masked_median(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Row-wise median of values[mask] for a (N, M) array; NaN for rows with nothing kept."""
-    if values.shape[1] == 0:
-        return np.full(values.shape[0], np.nan)
-    ordered = np.sort(np.where(mask, values, np.inf), axis=1)  # kept values first
+    """Row-wise median of values[..., mask] for a (..., N, M) array and an (N, M) mask, NaN for rows with
+    nothing kept: several quantities of the same points in one sort (a propagated frame's cost is
+    mostly such small numpy calls)."""
+    rows, columns = mask.shape
+    if columns == 0:
+        return np.full(values.shape[:-1], np.nan)
+    ordered = np.sort(np.where(mask, values, np.inf), axis=-1)  # kept values first
     count = mask.sum(axis=1)
-    lo = np.maximum((count - 1) // 2, 0)[:, None]
-    hi = np.maximum(count // 2, 0)[:, None]
+    lo, hi = np.maximum((count - 1) // 2, 0), np.maximum(count // 2, 0)
+    index = np.arange(rows)
     with np.errstate(invalid="ignore"):
-        median = 0.5 * (np.take_along_axis(ordered, lo, 1) + np.take_along_axis(ordered, hi, 1))[:, 0]
-    median[count == 0] = np.nan
+        median = 0.5 * (ordered[..., index, lo] + ordered[..., index, hi])
+    median[..., count == 0] = np.nan
     return median
 
 
@@ -157,8 +161,9 @@ class BoxFlow:
         gray = to_gray(frame_bgr)
         height, width = gray.shape
         small = gray
-        if self.config.scale != 1.0:
-            size = (max(2, round(width * self.config.scale)), max(2, round(height * self.config.scale)))
+        scale = min(self.config.scale, self.config.max_width / width)
+        if scale < 1.0:
+            size = (max(2, round(width * scale)), max(2, round(height * scale)))
             small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)  # area: no aliasing of fine texture
         return FlowFrame(gray=np.ascontiguousarray(small), shape=(height, width))
 
@@ -235,10 +240,8 @@ class BoxFlow:
         if not ok.any():
             return
         shift = end - start
-        dx = _masked_median(shift[:, :, 0], good)
-        dy = _masked_median(shift[:, :, 1], good)
-        cx = _masked_median(start[:, :, 0], good)  # scale about the good points' centre
-        cy = _masked_median(start[:, :, 1], good)
+        # The shift, and the good points' centre to scale about, in one sort.
+        dx, dy, cx, cy = _masked_median(np.stack((shift[:, :, 0], shift[:, :, 1], start[:, :, 0], start[:, :, 1])), good)
         scale = self._scale(start, end, good) if self.config.estimate_scale else np.ones(len(boxes))
         moved = boxes.copy()
         moved[:, [0, 2]] = (boxes[:, [0, 2]] - cx[:, None]) * scale[:, None] + cx[:, None] + dx[:, None]

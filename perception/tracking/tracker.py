@@ -30,8 +30,9 @@ Where it differs:
 - `min_hits` generalises ByteTrack's "confirmed on the second hit" (min_hits = 2 is ByteTrack);
 - a track whose box is mostly outside the image (less than `min_visible` of its area inside) and
   that no detection matched this frame is ended (ByteTrack keeps it until its buffer runs out);
-- frames without the network (`propagate`): boxes moved by optical flow are Kalman measurements
-  with `flow_noise_scale` times the measurement noise;
+- the tracker learns from network frames only: a frame without the network (its boxes moved by
+  optical flow, perception.detection.frames) leaves it alone, and asks it for predictions
+  (predict_boxes) only for tracks whose flow failed;
 - a snapshot's box is this frame's measurement when there is one (ByteTrack reports the filtered
   state), otherwise the Kalman prediction;
 - boxes that are NaN, infinite or of zero size are dropped (counted), never a crash.
@@ -76,7 +77,6 @@ class TrackerConfig:
     std_weight_position: Annotated[float, Range(0, 10, low_open=True)] = 1.0 / 20  # ByteTrack's noise weights, times box height
     std_weight_velocity: Annotated[float, Range(0, 10, low_open=True)] = 1.0 / 160
     noise_rate_hz: Annotated[float, Range(0, 1000, low_open=True)] = 30.0  # frame rate at which the weights above are per-frame noise (ByteTrack: MOT17, 30 Hz)
-    flow_noise_scale: Annotated[float, Range(0, 100, low_open=True)] = 2.0  # measurement noise std of an optical-flow box, in units of a detection's
 
     def __post_init__(self) -> None:
         hints = get_type_hints(TrackerConfig)
@@ -202,12 +202,12 @@ class _BoxKalman:
             state[7] = 0.0
         return transition(dt_s) @ state
 
-    def correct(self, xyah: np.ndarray, noise_scale: float = 1.0) -> None:
+    def correct(self, xyah: np.ndarray) -> None:
         """Fuse a measurement (call after predict). Noise is set from the predicted height, as ByteTrack's project()."""
         kf = self._kf
         h = abs(float(kf.statePre[3, 0]))
         wp = self._config.std_weight_position
-        std = np.array([wp * h, wp * h, _ASPECT_STD[2], wp * h]) * noise_scale
+        std = np.array([wp * h, wp * h, _ASPECT_STD[2], wp * h])
         kf.measurementNoiseCov = np.diag(np.square(std))
         kf.correct(xyah.reshape(4, 1).astype(np.float64))
 
@@ -340,36 +340,6 @@ class Tracker:
                 ids[det_index] = track.track_id
                 out.append(track.snapshot())
         return Update(out, ids)
-
-    def propagate(self, boxes_by_track: dict[int, np.ndarray], t_ns: int, image_size: tuple[int, int]) -> list[Track]:
-        """A frame without the network: each given track's box was moved by optical flow.
-
-        A flow box is a Kalman measurement with `flow_noise_scale` times a detection's noise; tracks
-        not given coast on the prediction. Hits, score, frames_since_update and tracked/lost state
-        are left alone: only network frames say whether a track was seen. A track still ends when
-        it has had no detection for max_lost_s (flow does not keep it alive) or, when it coasts, if
-        it has left the image. Boxes for ids that are not active tracks are ignored and counted.
-        Returns the active confirmed tracks, by id."""
-        self._begin_frame(t_ns, image_size)
-        by_id = {track.track_id: track for track in self._tracks if track.confirmed}
-        flow: list[tuple[_Track, np.ndarray]] = []
-        for track_id, box in boxes_by_track.items():
-            track = by_id.get(int(track_id))
-            box = np.asarray(box, np.float64).reshape(-1)
-            if track is None:
-                self.dropped["unknown_track"] += 1
-            elif box.shape != (4,) or not _valid_boxes(box[None]).all():
-                self.dropped["invalid_box"] += 1
-            else:
-                flow.append((track, box))
-        for track in self._tracks:
-            track.predict(t_ns)
-        for track, box in flow:
-            track.kalman.correct(xyxy_to_xyah(box), self.config.flow_noise_scale)
-            track.measured_box, track.measured_ns = box.astype(np.float32), t_ns
-        self._end_tracks(t_ns, {id(track) for track, _ in flow})
-        self._frames += 1
-        return self.tracks
 
     def predict_boxes(self, t_ns: int) -> dict[int, np.ndarray]:
         """Kalman-predicted xyxy boxes (float32) of the active confirmed tracks at t_ns, changing nothing.

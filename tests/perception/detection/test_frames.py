@@ -55,7 +55,7 @@ def track_car(frames_detector, boxes_over_time) -> None:
     ("beside the path, closing", [(530, 200 - 6 * s, 590, 240 + 6 * s) for s in range(1, 6)], None),
 ])
 def test_risk_is_a_track_in_the_ego_path_that_is_closing_or_near(network, case, boxes, risky):
-    frames = detector(network, max_gap_ms=10_000, young_frames=0, border=0, max_change=1.0)
+    frames = detector(network, max_gap_ms=10_000, entering_hits=0, max_change=1.0)
     frame = texture()
     frames.process(frame, 0)  # first frame: the network runs (and finds nothing on texture)
     track_car(frames, boxes)
@@ -68,7 +68,7 @@ def test_risk_is_a_track_in_the_ego_path_that_is_closing_or_near(network, case, 
 
 
 def test_a_static_camera_without_an_ego_path_never_brakes_the_budget_on_risk(network):
-    frames = detector(network, ego_path=False, max_gap_ms=10_000, young_frames=0, border=0, max_change=1.0)
+    frames = detector(network, ego_path=False, max_gap_ms=10_000, entering_hits=0, max_change=1.0)
     frame = texture()
     frames.process(frame, 0)
     track_car(frames, [(260, 240, 380, 330)] * 5)  # near, in what would be the path
@@ -76,7 +76,7 @@ def test_a_static_camera_without_an_ego_path_never_brakes_the_budget_on_risk(net
 
 
 def test_propagated_frames_move_the_boxes_with_the_image_and_keep_their_tracks(network, street):
-    frames = detector(network, ego_path=False, young_frames=0, border=0, max_change=1.0, max_gap_ms=150)
+    frames = detector(network, ego_path=False, entering_hits=0, max_change=1.0, max_gap_ms=150)
     first = frames.process(street, 0)
     assert first.level >= 0 and (first.output.class_ids == CAR).sum() >= 2
     second = frames.process(np.roll(street, 6, axis=1), FRAME_NS)  # the camera pans 6 px right
@@ -99,13 +99,13 @@ def test_the_longest_gap_is_in_milliseconds_so_one_config_works_at_any_frame_rat
 
 def test_a_network_frame_runs_at_the_smallest_size_that_keeps_the_tracks_tall_enough_and_scouts_at_full_size(network, street):
     frames = detector(network, ego_path=False, sizes=[1.0, 0.25], min_object_px=8, max_gap_ms=0, full_size_every_ms=250,
-                      young_frames=0, border=0, max_change=1.0)
+                      entering_hits=0, max_change=1.0)
     full, quarter = network.input_size(1280, 720)[1], network.input_size(1280, 720, network.pixels // 4)[1]
     sizes = [frames.process(street, i * FRAME_NS).input_size for i in range(6)]
     # Cars 40+ px tall are 8+ px at a quarter of the pixels; every 250 ms a frame at full size looks for more.
     assert sizes == [full, quarter, quarter, full, quarter, quarter], sizes
     tiny_tracks = detector(network, ego_path=False, sizes=[1.0, 0.25], min_object_px=200, max_gap_ms=0,
-                           young_frames=0, border=0, max_change=1.0)
+                           entering_hits=0, max_change=1.0)
     assert {tiny_tracks.process(street, i * FRAME_NS).input_size for i in range(3)} == {full}
 
 

@@ -147,26 +147,6 @@ def test_update_returns_tracks_in_the_order_of_their_detections_with_the_detecti
     assert tracker.tracks[1].box[0] > 0
 
 
-def test_propagate_moves_tracks_without_adding_hits():
-    tracker = Tracker(TrackerConfig())
-    for frame in range(3):
-        feed(tracker, [box_at(100, 300), box_at(400, 300)], frame)
-    flow_box = box_at(110, 305)
-    tracks = tracker.propagate({1: flow_box, 99: box_at(0, 0)}, 3 * PERIOD_NS, SIZE)
-    by_id = {t.track_id: t for t in tracks}
-    np.testing.assert_array_equal(by_id[1].box, flow_box)
-    assert by_id[1].hits == 3 and by_id[1].score == pytest.approx(0.9) and by_id[1].frames_since_update == 0
-    assert by_id[2].box == pytest.approx(box_at(400, 300), abs=1)  # coasted on the (still) prediction
-    assert tracker.dropped["unknown_track"] == 1
-    # the filter took the flow box in (with less weight than a detection): it now predicts towards it
-    predicted = tracker.predict_boxes(3 * PERIOD_NS)[1]
-    assert 100 < (predicted[0] + predicted[2]) / 2 < 110
-    # flow alone does not keep a track alive: ended max_lost_s after its last detection
-    for frame in range(4, 14):
-        tracks = tracker.propagate({1: box_at(110, 305)}, frame * PERIOD_NS, SIZE)
-    assert 1 not in {t.track_id for t in tracks}
-
-
 def test_dt_comes_from_timestamps_so_a_skipped_frame_doubles_the_displacement():
     tracker = Tracker(TrackerConfig())
     for frame in range(10):
