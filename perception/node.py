@@ -340,7 +340,8 @@ class Node:
             now = now_ns()
             if now >= deadline_ns:
                 return
-            time.sleep((min(deadline_ns, self._next_heartbeat_ns) - now) / 1e9)
+            # Never negative: descheduled between the heartbeat check and `now`, the next heartbeat may be past.
+            time.sleep(max(0, min(deadline_ns, self._next_heartbeat_ns) - now) / 1e9)
 
     def wait_for_subscribers(self, topic: Topic, count: int, timeout_s: float) -> bool:
         """Block (heartbeating) until `count` subscribers listen to `topic`; False on timeout or stop."""

@@ -50,3 +50,18 @@ def test_only_an_ordered_stop_is_quiet_any_other_signal_is_a_failure(tmp_path, r
     finally:
         beats.close()
         context.term()
+
+
+def test_sleep_until_survives_being_descheduled_past_its_next_heartbeat(run_dir, monkeypatch):
+    """Issue 16, found by the soak: a node descheduled between its heartbeat check and reading the
+    clock found its next heartbeat already past, asked time.sleep for a negative time and died
+    (ValueError, exit 1). The capture crashed so twice in a 10-minute soak on a loaded machine."""
+    import perception.node as node_module
+
+    with Node("capture", NodeSettings(heartbeat_period_ms=50), RunContext.from_env()) as node:
+        node.heartbeat(force=True)
+        due = node._next_heartbeat_ns
+        readings = iter([due - 1, due + 1_000_000])  # heartbeat(): not due yet; then the clock, read 1 ms past it
+        monkeypatch.setattr(node_module, "now_ns", lambda: next(readings, None) or time.monotonic_ns())
+        node.sleep_until(due + 20_000_000)
+        assert time.monotonic_ns() >= due + 20_000_000
