@@ -659,7 +659,17 @@ class Launcher:
         return self._exit_code
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        self._stop_reason = f"received {signal.Signals(signum).name}"
+        self.request_stop(f"received {signal.Signals(signum).name}")
+
+    def request_stop(self, reason: str) -> None:
+        """End run() as SIGTERM would (from another thread too: a harness running the launch)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why run() is ending (None while it runs): from then on nodes leave on purpose."""
+        return self._stop_reason
 
     def stop(self) -> None:
         """SIGTERM every node, SIGKILL what is left at the deadline, then remove the run's resources."""
