@@ -96,6 +96,8 @@ DELEGATED = {
     "bench": ("perception.replay", "bench_main", "latency test harness: per-stage and end-to-end latency report"),
     "bench-temporal": ("perception.benchmarks.temporal", "main",
                        "accuracy vs time of keyframe intervals, exit 0 and the adaptive gate, Pareto plot"),
+    "soak": ("perception.soak.command", "main",
+             "run a launch for minutes on a looped source, inject faults, check invariants the whole time"),
     "fleet-replay": ("perception.fleet.command", "main",
                      "replay many drives in parallel as Ray tasks (here or on a cluster), one report (needs .[fleet])"),
 }
