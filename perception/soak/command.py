@@ -102,7 +102,8 @@ def prepare(spec: LaunchFile, source: str, faults: set[str]) -> tuple[LaunchFile
     """The launch as the soak runs it, the roles of its nodes and the topics the rogue can reach.
     ConfigError (one line) for a launch the soak cannot judge."""
     if spec.hosts:
-        raise ConfigError(f"{source}: splits its nodes over hosts ({', '.join(spec.hosts)}): a soak runs a launch on one machine")
+        raise ConfigError(f"{source}: splits its nodes over hosts ({', '.join(spec.hosts)}): "
+                          f"a soak runs a launch on one machine")
     watchdogs = [n for n in spec.nodes if n.node == "watchdog"]
     if len(watchdogs) != 1:
         raise ConfigError(f"{source}: a soak judges a pipeline by its watchdog: needs exactly one node with "
@@ -267,8 +268,8 @@ class Soak:
             for gone in [p for p in exited if p not in self._accounted]:
                 self._accounted.add(gone)
                 if gone not in self._targeted:
-                    self.observer.add(Violation("unexpected_exit", now_ns(), f"{name} (pid {gone}) exited (code "
-                                                                             f"{managed.exit_code}) with no fault aimed at it"))
+                    detail = f"{name} (pid {gone}) exited (code {managed.exit_code}) with no fault aimed at it"
+                    self.observer.add(Violation("unexpected_exit", now_ns(), detail))
             if pid is not None:
                 self._pids[name] = pid
             if managed.state in ("failed", "exited") and name not in self._given_up:

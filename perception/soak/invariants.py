@@ -185,7 +185,8 @@ class InvariantChecker:
         answers = [(stamp, f"a decision about frame {frame_id}") for stamp, captured, frame_id in self._decisions
                    if captured >= frame.capture_ns and self._seen.get(captured) == frame_id]
         answers += [(stamp, f"a {reason.name} brake") for stamp, captured, frame_id, reason in self._brakes
-                    if stamp >= frame.capture_ns and (reason != Reason.DEADLINE_MISS or self._seen.get(captured) == frame_id)]
+                    if stamp >= frame.capture_ns
+                    and (reason != Reason.DEADLINE_MISS or self._seen.get(captured) == frame_id)]
         answer, what = min(answers, default=(None, "nothing"))
         if answer is not None and answer <= limit:
             late = answer - (frame.capture_ns + self.budget_ns)
