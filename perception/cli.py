@@ -101,6 +101,8 @@ DELEGATED = {
     "bench": ("perception.replay", "bench_main", "latency test harness: per-stage and end-to-end latency report"),
     "pareto": ("perception.benchmarks.pareto", "main",
                "accuracy against detector time: pixel budgets x exits x keyframe intervals, and the adaptive policy"),
+    "soak": ("perception.soak.command", "main",
+             "run a launch for minutes on a looped source, inject faults, check invariants the whole time"),
     "fleet-replay": ("perception.fleet.command", "main",
                      "replay many drives in parallel as Ray tasks (here or on a cluster), one report (needs .[fleet])"),
 }

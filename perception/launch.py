@@ -74,6 +74,10 @@ MAX_RESTART_DELAY_S = 5.0
 FAILSAFE_HOLD_S = 0.5
 FAILSAFE_REPEAT_S = 0.1
 CLOCK_BIND_RETRY_S = 0.5  # while another program holds this host's clock port
+# A node that heartbeated and ran this long since its start had recovered: its next failure starts a
+# new series (the first restart delay again, max_restarts counted afresh), as systemd's start-limit
+# interval and Kubernetes' back-off reset do.
+STABLE_AFTER_S = 10.0
 RUN_DIR_PREFIX = "perception-"
 OWNER_FILE = "launcher.pid"  # "<pid> <process start time>" of the launcher that owns a run directory
 
@@ -103,7 +107,7 @@ class LaunchNode:
     config: Path
     params: dict[str, Any] = field(default_factory=dict)  # dotted config keys merged before validation
     restart: Literal["never", "on-failure", "always"] = "on-failure"
-    max_restarts: Annotated[int, Range(0, 1_000_000)] = 5
+    max_restarts: Annotated[int, Range(0, 1_000_000)] = 5  # in a row: a node that ran stably in between (STABLE_AFTER_S) counts afresh
     restart_delay_s: Annotated[float, Range(0, MAX_RESTART_DELAY_S)] = 0.5
     shutdown_on_exit: bool = False  # when this node ends for good (done, or failed past restarts) the launch ends
     # A node the pipeline must not run without: when it fails for good (a refused config, or a crash
@@ -284,7 +288,8 @@ class ManagedNode:
     bind: str  # where it publishes (the launcher publishes a dead watchdog's brakes there)
     process: subprocess.Popen | None = None
     state: str = "pending"  # pending, running, restarting, exited, failed
-    restarts: int = 0
+    restarts: int = 0  # in all
+    in_a_row: int = 0  # restarts since it last ran stably (STABLE_AFTER_S): the delay doubles with them
     restart_at_ns: int = 0
     exit_code: int | None = None
     heartbeat: Heartbeat | None = None
@@ -545,6 +550,8 @@ class Launcher:
             how = "a kill for a stale heartbeat"
             code = code or 1  # a hang is a failure whatever the exit code says
         self._sweep_shared_memory(f"{run_ring_prefix(self.run_id)}{spec.name}-{managed.process.pid}")
+        if managed.heartbeat is not None and now_ns() - managed.started_ns >= STABLE_AFTER_S * 1e9:
+            managed.in_a_row = 0
         wants_restart = spec.restart == "always" or (spec.restart == "on-failure" and code != 0)
         if code == EXIT_CONFIG:
             log.error("%s exited with %s: bad config or input, not restarting", spec.name, how)
@@ -552,15 +559,17 @@ class Launcher:
         elif not wants_restart:
             managed.state = "exited" if code == 0 else "failed"
             log.log(logging.INFO if code == 0 else logging.ERROR, "%s exited with %s", spec.name, how)
-        elif managed.restarts >= spec.max_restarts:
+        elif managed.in_a_row >= spec.max_restarts:
             managed.state = "failed"
-            log.error("%s exited with %s and has used its %d restarts", spec.name, how, spec.max_restarts)
+            log.error("%s exited with %s and has used its %d restarts in a row", spec.name, how, spec.max_restarts)
         else:
-            delay = min(spec.restart_delay_s * (2 ** managed.restarts), MAX_RESTART_DELAY_S)
+            delay = min(spec.restart_delay_s * (2 ** managed.in_a_row), MAX_RESTART_DELAY_S)
             managed.restarts += 1
+            managed.in_a_row += 1
             managed.state = "restarting"
             managed.restart_at_ns = now_ns() + int(delay * 1e9)
-            log.warning("%s exited with %s; restarting in %.1f s (%d/%d)", spec.name, how, delay, managed.restarts, spec.max_restarts)
+            log.warning("%s exited with %s; restarting in %.1f s (%d/%d in a row)", spec.name, how, delay,
+                        managed.in_a_row, spec.max_restarts)
         if managed.state == "failed":
             self._exit_code = 1
             if (spec.critical or spec.node == "watchdog") and self._critical_failure is None:
@@ -755,7 +764,17 @@ class Launcher:
                         detail=f"critical node {self._critical_failure}: pipeline stopping")
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        self._stop_reason = f"received {signal.Signals(signum).name}"
+        self.request_stop(f"received {signal.Signals(signum).name}")
+
+    def request_stop(self, reason: str) -> None:
+        """End run() as SIGTERM would (from another thread too: a harness running the launch)."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why run() is ending (None while it runs): from then on nodes leave on purpose."""
+        return self._stop_reason
 
     def stop(self) -> None:
         """SIGTERM every node, SIGKILL what is left at the deadline, then remove the run's resources."""

@@ -6,6 +6,7 @@ from perception.messages import (
     Action, Control, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, NodeState, Reason, Stamp,
     SystemState, Target, WatchdogStatus,
 )
+from perception.soak.faults import forged  # noqa: F401 - what a buggy or hostile publisher sends: the soak's, written once
 
 STAMPS = (Stamp("capture", 1_000), Stamp("publish", 1_500))
 
@@ -33,16 +34,3 @@ def all_messages():
                    boxes=np.array([[1, 2, 3, 4]], np.float32), scores=np.array([0.7], np.float32),
                    class_ids=np.array([0], np.uint16), track_ids=np.array([4], np.uint32)),
     ]
-
-
-def forged(message, **fields) -> bytes:
-    """Wire bytes of `message` with `fields` replaced, skipping the checks a sender runs: what a
-    buggy or hostile publisher could send."""
-    import copy
-
-    from perception.messages import encode
-
-    bad = copy.copy(message)
-    for name, value in fields.items():
-        object.__setattr__(bad, name, value)
-    return encode(bad)

@@ -456,3 +456,41 @@ def test_two_launchers_split_over_hosts_carry_decisions_end_to_end_with_curve(tm
     for host, process in launchers.items():
         assert process.returncode == 0, outputs[host]
         assert "all nodes stopped" in outputs[host]
+
+
+def test_the_restart_delay_doubles_in_a_row_and_starts_again_after_a_node_ran_stably(tmp_path):
+    """Issue 16, found by the soak: the delay doubled with every restart a node ever had and never
+    came back down, so after four crashes, however far apart, every later one left the node down
+    for the 5 s cap (a 10-minute soak's recoveries took 5.4-7.5 s at p50), and max_restarts gave up
+    on a node that had crashed that often in a whole day. Now both count restarts in a row."""
+    from types import SimpleNamespace
+
+    from perception.launch import STABLE_AFTER_S, Launcher, load_launch_file
+    from perception.latency import now_ns
+    from perception.messages import Heartbeat, NodeState
+
+    (tmp_path / "monitor.yaml").write_text("frames_from: nobody\n")
+    launch = tmp_path / "one.yaml"
+    launch.write_text("nodes:\n  - {name: monitor, node: monitor, config: monitor.yaml, restart_delay_s: 0.1, "
+                      "max_restarts: 3}\n")
+    launcher = Launcher(load_launch_file(launch), str(launch))
+    managed = launcher.nodes[0]
+    beat = Heartbeat(frame_id=0, capture_ns=0, node="monitor", pid=1, seq=1, sent_ns=1, state=NodeState.OK)
+
+    def crash(after_s: float, heartbeat: bool = True) -> float | None:
+        """The node ran `after_s` since its start, then died: the delay before its restart."""
+        managed.state, managed.process = "running", SimpleNamespace(pid=2**22 + 1)
+        managed.started_ns, managed.heartbeat = now_ns() - int(after_s * 1e9), beat if heartbeat else None
+        launcher._on_exit(managed, -9)
+        return round((managed.restart_at_ns - now_ns()) / 1e9, 1) if managed.state == "restarting" else None
+
+    try:
+        assert [crash(1.0), crash(1.0), crash(STABLE_AFTER_S + 1, heartbeat=False)] == [0.1, 0.2, 0.4]
+        assert crash(1.0) is None and managed.state == "failed"  # 3 in a row: given up
+        managed.in_a_row = 2
+        assert [crash(STABLE_AFTER_S + 1), crash(1.0), crash(STABLE_AFTER_S + 1)] == [0.1, 0.2, 0.1]
+        assert managed.restarts == 6  # the status still counts them all
+    finally:
+        managed.process = None
+        launcher.stop()
+        launcher._context.term()
