@@ -188,9 +188,10 @@ def decision_rows(collected: Collected) -> list[dict]:
 
 
 def compare_rows(reference: list[dict], current: list[dict], box_tolerance_px: float = 2.0,
-                 score_tolerance: float = 0.02) -> list[str]:
+                 score_tolerance: float = 0.02, decisions_only: bool = False) -> list[str]:
     """Differences, one line each. Actions, reasons, targets and exits must be equal; boxes and
-    scores may differ by float noise between CPUs (the tolerances), not more."""
+    scores may differ by float noise between CPUs (the tolerances), not more. `decisions_only`:
+    actions, reasons and targets alone (a run of another policy against a full-depth reference)."""
     ref = {row["frame_id"]: row for row in reference}
     cur = {row["frame_id"]: row for row in current}
     differences = []
@@ -199,10 +200,10 @@ def compare_rows(reference: list[dict], current: list[dict], box_tolerance_px: f
         if a is None or b is None:
             differences.append(f"frame {frame_id}: {'missing in reference' if a is None else 'no decision in this run'}")
             continue
-        for key in ("action", "reason", "target_class", "exit"):
+        for key in ("action", "reason", "target_class") + (() if decisions_only else ("exit",)):
             if a[key] != b[key]:
                 differences.append(f"frame {frame_id}: {key} {a[key]} -> {b[key]}")
-        if a["detections"] is not None and b["detections"] is not None:
+        if not decisions_only and a["detections"] is not None and b["detections"] is not None:
             if len(a["detections"]) != len(b["detections"]):
                 differences.append(f"frame {frame_id}: {len(a['detections'])} -> {len(b['detections'])} detections")
                 continue
@@ -232,14 +233,19 @@ def replay_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-ms", type=float, default=100.0)
     parser.add_argument("--decision", metavar="KEY=VALUE", action="append", default=[],
                         help="override a decision config key for this run, e.g. rules.brake_height=0.5 (repeatable)")
+    parser.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a detector config key for this run, e.g. policy.kind=fixed (repeatable)")
     parser.add_argument("--save", type=Path, help="write this run's decisions (JSON lines) here")
     parser.add_argument("--compare", type=Path, help="a reference saved with --save: print the differences")
+    parser.add_argument("--decisions-only", action="store_true",
+                        help="with --compare: compare actions, reasons and targets only, not exits and boxes")
     parser.add_argument("--json", type=Path, help="write the latency report (docs/REPORT.md) here")
     parser.add_argument("--plots", type=Path, help="write latency plots (PNG) into this folder")
     add_foxglove_argument(parser)
     args = parser.parse_args(argv)
     deterministic = args.speed == "max"
     decision = dict(parse_override(item, "--decision") for item in args.decision)
+    detector = dict(parse_override(item, "--detector") for item in args.detector)
     try:
         speed = 1.0 if deterministic else float(args.speed)
     except ValueError:
@@ -252,13 +258,14 @@ def replay_main(argv: list[str] | None = None) -> int:
     # Read before the run: a missing or broken reference is an error now, not after a long replay.
     reference = load_rows(args.compare) if args.compare else None
     spec = pipeline_launch({"kind": "recording", "path": str(args.recording.resolve())}, rate="max" if deterministic else "source",
-                           speed=speed, deterministic=deterministic, budget_ms=args.budget_ms, decision_params=decision)
+                           speed=speed, deterministic=deterministic, budget_ms=args.budget_ms, decision_params=decision,
+                           detector_params=detector)
     spec = _with_live_view(spec, args.foxglove, "replay")
     if spec is None:
         return EXIT_BAD_INPUT
     result = run_pipeline(spec, f"replay of {args.recording}", frames)
     title = (f"replay {args.recording.name} ({'deterministic, max speed' if deterministic else f'x{speed:g} recorded time'})"
-             + "".join(f", {k} {v}" for k, v in decision.items()))
+             + "".join(f", {k} {v}" for k, v in {**decision, **detector}.items()))
     report = build_report(result.collected, args.budget_ms, title=title)
     print(format_report(report))
     write_outputs(report, args.json, args.plots)
@@ -267,7 +274,7 @@ def replay_main(argv: list[str] | None = None) -> int:
         args.save.write_text("".join(json.dumps(row) + "\n" for row in rows))
         print(f"saved {len(rows)} decisions to {args.save}")
     if reference is not None:
-        differences = compare_rows(reference, rows)
+        differences = compare_rows(reference, rows, decisions_only=args.decisions_only)
         for line in differences[:50]:
             print(line)
         print(f"compare with {args.compare}: {len(differences)} difference(s) over {len(rows)} frames")

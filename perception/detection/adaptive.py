@@ -38,10 +38,10 @@ SizeShare = Annotated[float, Range(0.05, 4.0)]
 class AdaptiveConfig:
     """The `policy.adaptive` section."""
 
-    sizes: Annotated[list[SizeShare], Length(1, 8)] = field(default_factory=lambda: [1.0, 0.25])
-    max_gap_ms: Annotated[float, Range(0, 10_000)] = 150.0
-    full_size_every_ms: Annotated[float, Range(0, 60_000)] = 500.0
-    min_object_px: Annotated[float, Range(1, 4096)] = 32.0
+    sizes: Annotated[list[SizeShare], Length(1, 8)] = field(default_factory=lambda: [1.0, 0.5])
+    max_gap_ms: Annotated[float, Range(0, 10_000)] = 100.0
+    full_size_every_ms: Annotated[float, Range(0, 60_000)] = 1000.0
+    min_object_px: Annotated[float, Range(1, 4096)] = 16.0
     max_change: Fraction = 0.02  # share of the frame changed outside the tracks
     max_fb_error_px: Annotated[float, Range(0, 1000, low_open=True)] = 2.0
     border: Annotated[float, Range(0, 0.5)] = 0.02  # of the frame's side: a track this close to an edge ...

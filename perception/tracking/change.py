@@ -3,7 +3,10 @@ or appeared, which propagating the tracks cannot show.
 
 Frame differencing at a tiny resolution (`TINY_WIDTH` pixels wide, from the grey image flow already
 prepared), with every tracked box (grown by `BOX_MARGIN` of its size, for what moved with it) masked
-out. A pixel changed when its grey value moved by more than `threshold`. When that finds enough
+out. A pixel changed when its grey value moved by more than `threshold`, and only where a 3x3 patch
+changed (a morphological opening): a new object changes an area, while edges shifted by parallax or
+by a camera that moves leave thin lines (on the bundled dashcam drive the opening keeps a quarter of
+the changed pixels, on a static view a tenth: docs/BENCHMARKS.md). When that finds enough
 change, the camera may have moved: the previous frame is warped onto the current one by the
 homography of a grid of background points followed by optical flow (RANSAC), and the change is
 measured again; what the camera's own motion explains (a pan, shake, the ground plane of a camera
@@ -77,4 +80,10 @@ def camera_motion(previous: np.ndarray, current: np.ndarray, background: np.ndar
 
 def _changed_share(changed: np.ndarray, counted: np.ndarray) -> float:
     total = int(counted.sum())
-    return float((changed & counted).sum()) / total if total else 0.0
+    if not total:
+        return 0.0
+    areas = cv2.morphologyEx(changed.astype(np.uint8), cv2.MORPH_OPEN, _PATCH).astype(bool)
+    return float((areas & counted).sum()) / total
+
+
+_PATCH = np.ones((3, 3), np.uint8)
