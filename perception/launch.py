@@ -52,7 +52,9 @@ from perception.config import ConfigError, apply_override, from_mapping, load_ya
 from perception.latency import now_ns
 from perception.clock import ClockConfig, ClockServer, ClockSync
 from perception.messages import HOST_ENV, Heartbeat, NodeState, WatchdogStatus
-from perception.node import EXIT_CONFIG, NETWORK_ENV, RUN_DIR_ENV, RUN_ID_ENV, private_run_dir, stop_order_path
+from perception.node import (
+    EXIT_CONFIG, EXIT_OUTPUT, NETWORK_ENV, RUN_DIR_ENV, RUN_ID_ENV, private_run_dir, stop_order_path,
+)
 from perception.security import (
     LOCAL_KEY, CurveClient, CurveServer, Identity, SecurityError, check_key_name, is_network, load_identity,
     read_public_key,
@@ -502,8 +504,9 @@ class Launcher:
             code = code or 1  # a hang is a failure whatever the exit code says
         self._sweep_shared_memory(f"{run_ring_prefix(self.run_id)}{spec.name}-{managed.process.pid}")
         wants_restart = spec.restart == "always" or (spec.restart == "on-failure" and code != 0)
-        if code == EXIT_CONFIG:
-            log.error("%s exited with %s: bad config or input, not restarting", spec.name, how)
+        if code in (EXIT_CONFIG, EXIT_OUTPUT):
+            log.error("%s exited with %s: %s, not restarting", spec.name, how,
+                      "bad config or input" if code == EXIT_CONFIG else "cannot write its output")
             managed.state = "failed"
         elif not wants_restart:
             managed.state = "exited" if code == 0 else "failed"
