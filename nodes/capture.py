@@ -1,7 +1,9 @@
 """Capture node: reads a video file, camera, image folder or synthetic pattern and publishes frames.
 
 Pixels go into a shared-memory ring (decoded in place when the source allows); only a header
-crosses ZeroMQ. Paced at the source's frame rate, a fixed rate, or as fast as possible.
+crosses ZeroMQ. Paced at the source's frame rate, a fixed rate, or as fast as possible. Frames
+that change size mid-stream (a camera switching mode) go out at their new size, counted as
+`frames.resized` (perception.transport.FrameSender gives them a ring that holds them).
 """
 
 from __future__ import annotations
@@ -76,15 +78,15 @@ def capture(node: Node, config: CaptureConfig) -> None:
                 log.info("source ended after %d frames", frame_id)
                 break
             frame, media_ns = item
-            if shape is None:
-                sender.prepare(frame.shape)
+            if frame.shape != shape:
+                if shape is not None:  # a camera switching mode, an image folder of mixed sizes
+                    node.count("frames.resized")
+                    log.info("frames change size at frame %d: %dx%d -> %dx%d", frame_id + 1, shape[1], shape[0],
+                             frame.shape[1], frame.shape[0])
+                shape = frame.shape
+                sender.prepare(shape)  # a ring that holds it, before the frame is stamped
             node.sleep_until(pacer.deadline(media_ns))
             capture_ns = now_ns()
-            shape = shape or frame.shape
-            if frame.shape != shape:
-                node.count("frames.bad_shape")
-                log.warning("frame %s does not match the stream's %s; dropped", frame.shape, shape)
-                continue
             frame_id += 1
             sender.send(frame, frame_id=frame_id, capture_ns=capture_ns, media_ns=media_ns,
                         stamps=(Stamp("capture", capture_ns),), reservation=reservation)

@@ -5,6 +5,10 @@ frame from the shared-memory ring as soon as its header arrives. A frame whose s
 before it could be read is counted as `frames.lost`, never written torn. The writer adds what
 Foxglove shows (perception.recording): boxes over the image from each detections message, the
 latency of each decision up to its receipt here, and a log of fail-safes and state changes.
+
+A disk that cannot take the recording (a read-only folder, less than `min_free_mb` free, a write
+refused) ends it: the file keeps everything written before, readable, and the node exits with
+EXIT_OUTPUT, which the launcher does not restart (a restart would fail alike, leaving empty files).
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from typing import Annotated, Literal
 from perception.config import Range, check_ranges
 from perception.detection.manifest import WEIGHTS_DIR, read_class_names
 from perception.latency import now_ns
-from perception.node import FatalInputError, Node, NodeSettings, run_node
-from perception.recording import RecordingWriter
+from perception.node import FatalInputError, Node, NodeSettings, OutputError, run_node
+from perception.recording import MB, RecordingWriteError, RecordingWriter
 from perception.shm_ring import FrameOverwritten, RingError
 from perception.topics import FRAMES, TOPICS, topic
 
@@ -38,6 +42,7 @@ class RecorderConfig:
     image_format: Literal["jpeg", "raw"] = "jpeg"
     jpeg_quality: Annotated[int, Range(1, 100)] = 90
     chunk_size_kb: Annotated[int, Range(1, 1 << 20)] = 1024  # a killed recorder loses at most the chunk in progress
+    min_free_mb: Annotated[float, Range(0, 1e9)] = 100.0  # left free on the recording's disk: it does not start, and ends, with less
     classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # the detector's class names: labels of the boxes
 
     def __post_init__(self) -> None:
@@ -72,9 +77,9 @@ def record(node: Node, config: RecorderConfig) -> None:
         log.warning("%s exists; recording to %s", config.output, output)
     try:
         writer = RecordingWriter(output, config.image_format, config.jpeg_quality, config.chunk_size_kb * 1024,
-                                 class_names)
-    except OSError as exc:
-        raise FatalInputError(f"recording {output}: cannot write ({exc.strerror})") from None
+                                 class_names, int(config.min_free_mb * MB))
+    except RecordingWriteError as exc:
+        raise OutputError(str(exc)) from None
     subscribers = [node.subscribe(refs, topic(name), latest=False) for name, refs in config.sources.items() if refs]
     receiver = node.frame_receiver()
     log.info("recording %s to %s", ", ".join(s.topic.name for s in subscribers), output)
@@ -90,6 +95,9 @@ def record(node: Node, config: RecorderConfig) -> None:
                             # The receipt time is the log time, and where a decision's /latency ends.
                             writer.write(subscriber.topic, received.message, now_ns())
                             node.count(f"{subscriber.topic.key}.written")
+        writer.close()
+    except RecordingWriteError as exc:  # the writer has ended the file, readable up to here
+        raise OutputError(str(exc)) from None
     finally:
         writer.close()
         log.info("wrote %s: %s", output, " ".join(f"{k} {v}" for k, v in sorted(writer.counts.items())))

@@ -55,7 +55,9 @@ from perception.latency import BudgetMs
 from perception.latency import now_ns
 from perception.clock import ClockConfig, ClockServer, ClockSync
 from perception.messages import HOST_ENV, Action, Decision, Heartbeat, NodeState, Reason, Stamp, WatchdogStatus
-from perception.node import EXIT_CONFIG, NETWORK_ENV, RUN_DIR_ENV, RUN_ID_ENV, private_run_dir, stop_order_path
+from perception.node import (
+    EXIT_CONFIG, EXIT_OUTPUT, NETWORK_ENV, RUN_DIR_ENV, RUN_ID_ENV, private_run_dir, stop_order_path,
+)
 from perception.security import (
     LOCAL_KEY, CurveClient, CurveServer, Identity, SecurityError, check_key_name, is_network, load_identity,
     read_public_key,
@@ -553,8 +555,9 @@ class Launcher:
         if managed.heartbeat is not None and now_ns() - managed.started_ns >= STABLE_AFTER_S * 1e9:
             managed.in_a_row = 0
         wants_restart = spec.restart == "always" or (spec.restart == "on-failure" and code != 0)
-        if code == EXIT_CONFIG:
-            log.error("%s exited with %s: bad config or input, not restarting", spec.name, how)
+        if code in (EXIT_CONFIG, EXIT_OUTPUT):
+            log.error("%s exited with %s: %s, not restarting", spec.name, how,
+                      "bad config or input" if code == EXIT_CONFIG else "cannot write its output")
             managed.state = "failed"
         elif not wants_restart:
             managed.state = "exited" if code == 0 else "failed"

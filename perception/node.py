@@ -34,6 +34,7 @@ log = logging.getLogger("perception.node")
 C = TypeVar("C")
 
 EXIT_CONFIG = 78  # EX_CONFIG: bad configuration or input; restarting cannot help
+EXIT_OUTPUT = 74  # EX_IOERR: an output that cannot be written (a full disk); restarting cannot help either
 EXIT_SIGNALLED = 143  # 128 + SIGTERM: stopped by a signal nobody ordered through the launcher
 RUN_DIR_ENV = "PERCEPTION_RUN_DIR"
 RUN_ID_ENV = "PERCEPTION_RUN_ID"
@@ -90,6 +91,11 @@ def claim_name(run_dir: Path, name: str) -> int:
 class FatalInputError(RuntimeError):
     """Input the node cannot start with (a missing or corrupt file): exits with EXIT_CONFIG, which
     the launcher never restarts."""
+
+
+class OutputError(RuntimeError):
+    """An output the node cannot write (a full disk, a read-only folder): exits with EXIT_OUTPUT,
+    which the launcher never restarts; a restart would only fail the same way, leaving another file."""
 
 
 class DeviceLostError(RuntimeError):
@@ -442,10 +448,11 @@ def run_node(description: str, config_type: type[C], body: Callable[[Node, C], N
     names), raising ConfigError; the launcher runs the same before it starts anything.
 
     Returns the process exit code: 0 when the body finished or the launcher ordered the stop,
-    EXIT_CONFIG for bad config or input (one line on stderr naming the culprit), 1 for a lost
-    device or anything unexpected (a traceback follows), EXIT_SIGNALLED for a stop by a signal the
-    launcher did not order. Only an exit 0 leaves quietly (a STOPPING heartbeat); every other exit
-    says FAILED, so the watchdog treats the node as down at once.
+    EXIT_CONFIG for bad config or input (one line on stderr naming the culprit), EXIT_OUTPUT for an
+    output it cannot write (one line too), 1 for a lost device or anything unexpected (a traceback
+    follows), EXIT_SIGNALLED for a stop by a signal the launcher did not order. Only an exit 0 leaves
+    quietly (a STOPPING heartbeat); every other exit says FAILED, so the watchdog treats the node as
+    down at once.
     """
     args = node_argument_parser(description).parse_args(argv)
     configure_logging(args.name)
@@ -473,6 +480,9 @@ def run_node(description: str, config_type: type[C], body: Callable[[Node, C], N
     except (FatalInputError, ConfigError, SecurityError) as exc:  # SecurityError: plain tcp or a missing key refused
         log.error("%s", exc)
         code = EXIT_CONFIG
+    except OutputError as exc:
+        log.error("%s", exc)
+        code = EXIT_OUTPUT
     except DeviceLostError as exc:
         log.error("%s", exc)
     finally:

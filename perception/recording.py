@@ -20,10 +20,13 @@ draws each frame's boxes over that frame. Reading gives the topics (`messages`) 
 
 Crash safety: every completed chunk (`chunk_size`) is handed to the OS at once, so a recorder
 killed mid-run leaves every completed chunk on disk; RecordingReader reads such a file up to its last
-complete record and says it was truncated. Damage is not truncation: a chunk whose CRC does not
-match, a record that does not parse before the end of the file (or anywhere in a file the writer
-finished), a message that does not decode, or a file that is not MCAP at all is a RecordingError,
-one line naming the file and where.
+complete record and says it was truncated. A full disk is no crash: the writer leaves
+`min_free_bytes` free (with less left it finishes the file and raises RecordingWriteError), and a
+write the disk refuses all the same (someone else filled it, a file-size limit, an I/O error) is
+cut off, the file ended after its last complete chunk, and RecordingWriteError raised. Damage is
+not truncation: a chunk whose CRC does not match, a record that does not parse before the end of
+the file (or anywhere in a file the writer finished), a message that does not decode, or a file
+that is not MCAP at all is a RecordingError, one line naming the file and where.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Sequence
@@ -56,6 +62,30 @@ class RecordingError(RuntimeError):
     """A recording cannot be read or written; the message names the file and the problem."""
 
 
+class RecordingWriteError(RecordingError):
+    """The disk or folder cannot take (more of) a recording: not writable, out of space, a file-size
+    limit, an I/O error. What was written before is in the file, readable; a retry would fail alike."""
+
+
+MB = 1 << 20
+
+
+def check_room(folder: Path, min_free_bytes: int) -> None:
+    """Raise RecordingWriteError (one line) unless a recording can start in `folder`: it exists,
+    this process can create files in it, and it has at least `min_free_bytes` free."""
+    if not folder.is_dir():
+        raise RecordingWriteError(f"{folder}: no such folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # the real test: permissions, a read-only mount, ACLs
+            pass
+    except OSError as exc:
+        raise RecordingWriteError(f"{folder}: cannot write there ({exc.strerror})") from None
+    free = shutil.disk_usage(folder).free
+    if free < min_free_bytes:
+        raise RecordingWriteError(f"{folder}: {free / MB:.1f} MB free, less than the {min_free_bytes / MB:.1f} MB "
+                                  f"a recording leaves free (min_free_mb)")
+
+
 def _require_mcap() -> None:
     """MCAP is the recording extra, not the vehicle runtime: say how to get it instead of a bare ImportError."""
     try:
@@ -79,14 +109,49 @@ _IMAGE_SCHEMAS = {
 # -- writing --------------------------------------------------------------------------------
 
 
+class _FileSink:
+    """The file as mcap writes to it: each write goes to the OS whole, at once (mcap builds records
+    in memory; a buffer here would hold bytes back, and after a failed write hold them for later).
+    `end`: where the last complete write ended, a record boundary where a failed one is cut off."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.end = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        view = memoryview(data)
+        done = 0
+        while done < len(view):  # a short write is followed by the error that caused it, or by the rest
+            done += os.write(self.fd, view[done:])
+        self.end += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.end
+
+    def end_here(self, ending: bytes) -> None:
+        """Cut off whatever a failed write left after `end` and append `ending`; if that does not
+        fit either, the file ends at `end`, which reads as cut short."""
+        os.ftruncate(self.fd, self.end)
+        os.lseek(self.fd, self.end, os.SEEK_SET)
+        try:
+            self.write(ending)
+        except OSError:
+            os.ftruncate(self.fd, self.end)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 class RecordingWriter:
     """Writes topics and frames; the view channels follow from what is written (see the module doc).
 
     `class_names` label the annotations (the detector's class list, index = class id); without
-    them a label shows the class id."""
+    them a label shows the class id. `min_free_bytes`: the room a recording leaves on its disk
+    (checked before it starts and after every frame); 0: none."""
 
     def __init__(self, path: Path, image_format: Literal["jpeg", "raw"] = "jpeg", jpeg_quality: int = 90,
-                 chunk_size: int = 1 << 20, class_names: Sequence[str] = ()) -> None:
+                 chunk_size: int = 1 << 20, class_names: Sequence[str] = (), min_free_bytes: int = 0) -> None:
         _require_mcap()
         try:  # the SDK's message classes, for the protobuf view channels; only writing needs them
             fg = foxglove_messages()
@@ -98,23 +163,51 @@ class RecordingWriter:
         self.image_format = image_format
         self.jpeg_quality = jpeg_quality
         self.class_names = list(class_names)
+        self.min_free_bytes = min_free_bytes
         self.counts: dict[str, int] = {}  # messages written per channel
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # mcap writes a chunk to the stream only when the chunk is complete; flushing after every
-        # write (see _add) hands each completed chunk to the OS at once, so a killed recorder
-        # loses at most the chunk in progress.
-        self._file = open(self.path, "wb")
-        self._writer = Writer(self._file, chunk_size=chunk_size, compression=CompressionType.NONE)
-        self._writer.start(profile="", library="perception")
-        self._channels: dict[str, int] = {}
-        for t in TOPICS:
-            self._register_json(t.name, schema_name(t.message_type), json_schema(t.message_type))
-        image_schema = "foxglove.CompressedImage" if image_format == "jpeg" else "foxglove.RawImage"
-        self._register_json(IMAGE_CHANNEL, image_schema, _IMAGE_SCHEMAS[image_schema])
-        self._register_protobuf(ANNOTATIONS_CHANNEL, fg.ImageAnnotations)
-        self._register_json(LATENCY_CHANNEL, LATENCY_SCHEMA["title"], LATENCY_SCHEMA)
-        self._register_protobuf(LOG_CHANNEL, fg.Log)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecordingWriteError(f"{self.path.parent}: cannot create the folder ({exc.strerror})") from None
+        check_room(self.path.parent, min_free_bytes)
+        try:
+            self._sink = _FileSink(self.path)
+        except OSError as exc:
+            raise RecordingWriteError(f"recording {self.path}: cannot write ({exc.strerror})") from None
+        self._closed = False
+        # mcap hands a chunk to the sink only when the chunk is complete, and the sink to the OS at
+        # once, so a killed recorder loses at most the chunk in progress.
+        try:
+            with self._writing():
+                self._writer = Writer(self._sink, chunk_size=chunk_size, compression=CompressionType.NONE)
+                self._writer.start(profile="", library="perception")
+                self._channels: dict[str, int] = {}
+                for t in TOPICS:
+                    self._register_json(t.name, schema_name(t.message_type), json_schema(t.message_type))
+                image_schema = "foxglove.CompressedImage" if image_format == "jpeg" else "foxglove.RawImage"
+                self._register_json(IMAGE_CHANNEL, image_schema, _IMAGE_SCHEMAS[image_schema])
+                self._register_protobuf(ANNOTATIONS_CHANNEL, fg.ImageAnnotations)
+                self._register_json(LATENCY_CHANNEL, LATENCY_SCHEMA["title"], LATENCY_SCHEMA)
+                self._register_protobuf(LOG_CHANNEL, fg.Log)
+        except RecordingWriteError:
+            self.path.unlink(missing_ok=True)  # nothing in it yet: no empty file left to pass for a drive
+            raise
         self._events = EventLog()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around every use of the mcap writer: a write the disk refuses ends the file at the last
+        complete record (the writer's own ending, without the summary) and is a RecordingWriteError."""
+        if self._closed:
+            raise RecordingWriteError(f"recording {self.path}: already ended")
+        try:
+            yield
+        except OSError as exc:
+            self._closed = True
+            self._sink.end_here(_ending())
+            self._sink.close()
+            raise RecordingWriteError(f"recording {self.path}: cannot write ({exc.strerror}); ended after its "
+                                      f"last complete chunk") from None
 
     def _register_json(self, channel: str, name: str, schema: dict) -> None:
         schema_id = self._writer.register_schema(name, "jsonschema", json.dumps(schema).encode())
@@ -126,8 +219,9 @@ class RecordingWriter:
         self._channels[channel] = self._writer.register_channel(channel, schema.encoding, schema_id)
 
     def _add(self, channel: str, data: bytes, log_time_ns: int, message: Message) -> None:
-        self._writer.add_message(self._channels[channel], log_time=log_time_ns, data=data,
-                                 publish_time=message.capture_ns, sequence=message.frame_id & 0xFFFFFFFF)
+        with self._writing():
+            self._writer.add_message(self._channels[channel], log_time=log_time_ns, data=data,
+                                     publish_time=message.capture_ns, sequence=message.frame_id & 0xFFFFFFFF)
         self.counts[channel] = self.counts.get(channel, 0) + 1
 
     def write(self, topic: Topic, message: Message, log_time_ns: int) -> None:
@@ -138,7 +232,6 @@ class RecordingWriter:
         self._add(topic.name, encode(message), log_time_ns, message)
         for channel, data in self._views(topic, message, log_time_ns):
             self._add(channel, data, log_time_ns, message)
-        self._file.flush()
 
     def _views(self, topic: Topic, message: Message, log_time_ns: int) -> Iterator[tuple[str, bytes]]:
         if topic == DETECTIONS:
@@ -179,20 +272,38 @@ class RecordingWriter:
     def _write_image(self, header: FrameHeader, image: dict, log_time_ns: int) -> None:
         self._add(FRAMES.name, encode(header), log_time_ns, header)
         self._add(IMAGE_CHANNEL, compact_json(image), log_time_ns, header)
-        self._file.flush()
+        if self.min_free_bytes:
+            free = shutil.disk_usage(self.path.parent).free
+            if free < self.min_free_bytes:  # the chunk in progress and the summary still fit in the rest
+                self.close()
+                raise RecordingWriteError(f"recording {self.path}: out of space, {free / MB:.1f} MB left on "
+                                          f"{self.path.parent} (it keeps {self.min_free_bytes / MB:.1f} MB free); "
+                                          f"ended after frame {header.frame_id}")
 
     def close(self) -> None:
-        if self._file.closed:
+        if self._closed:
             return
-        self._writer.finish()
-        self._file.flush()
-        self._file.close()
+        with self._writing():
+            self._writer.finish()
+        self._closed = True
+        self._sink.close()
 
     def __enter__(self) -> "RecordingWriter":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ending() -> bytes:
+    """mcap's Writer.finish less the (optional) summary: data end, a footer naming no summary, the magic."""
+    from mcap.data_stream import RecordBuilder
+    from mcap.records import DataEnd, Footer
+
+    builder = RecordBuilder()
+    DataEnd(data_section_crc=0).write(builder)
+    Footer(summary_start=0, summary_offset_start=0, summary_crc=0).write(builder)
+    return builder.end() + MAGIC
 
 
 def _stamp(media_ns: int) -> dict:

@@ -11,9 +11,10 @@ recording) as processes under the launcher, as launch/replay.yaml defines it. `-
 replays deterministically: the capture node sends the next frame only after a decision about the
 previous one, and the detector ignores wall-clock deadlines, so the same recording and config give
 the same decisions and exits run after run; `--compare` checks that against a saved reference,
-like openpilot's process replay. `record` opens its source before starting anything (a bad one is
-one line, exit 2) and never leaves an empty file or reports a failed run as recorded. `--foxglove`
-adds the live view (nodes/viewer.py, docs/LIVE_VIEW.md) to a replay or a bench.
+like openpilot's process replay. `record` opens its source and checks its output folder (writable,
+`min_free_mb` free) before starting anything (a bad one is one line, exit 2), ends the run when the
+recorder cannot go on (out of space), and never leaves an empty file or reports a failed run as
+recorded. `--foxglove` adds the live view (nodes/viewer.py, docs/LIVE_VIEW.md) to a replay or a bench.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing as mp
+import shutil
 import sys
 import threading
 import time
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from perception.config import ConfigError, from_mapping, parse_override
 from perception.launch import LaunchFile, LaunchNode, Launcher, load_launch_file, resolve_node_config
+from perception.node import EXIT_OUTPUT
 from perception.topics import FRAMES, HEARTBEAT, MONITORED
 from perception.report import Collected, Collector, build_report, format_report, write_outputs
 from perception.visualization import add_foxglove_argument, with_viewer
@@ -51,7 +54,7 @@ class RunResult:
     collected: Collected
     exit_code: int
     seconds: float
-    failed: list[str] = field(default_factory=list)  # "NAME exited with code N" for every node that failed for good
+    failed: dict[str, int] = field(default_factory=dict)  # name -> exit code of every node that failed for good
 
 
 def pipeline_launch(source: dict, *, rate: object = "source", speed: float = 1.0, deterministic: bool = False,
@@ -89,7 +92,9 @@ def pipeline_launch(source: dict, *, rate: object = "source", speed: float = 1.0
         sources = None if pipeline else {FRAMES.name: ["capture"], HEARTBEAT.name: ["capture"]}
         params = {"output": str(Path(record_to).resolve()), **({"sources": sources} if sources else {}),
                   **(recorder_params or {})}
-        nodes.append(LaunchNode(name="recorder", node="recorder", config=RECORDER_CONFIG, params=params))
+        # A recorder that cannot go on (out of space) ends the run: the rest would be lost anyway.
+        nodes.append(LaunchNode(name="recorder", node="recorder", config=RECORDER_CONFIG, params=params,
+                                shutdown_on_exit=True))
     return dataclasses.replace(launch, nodes=nodes, status_period_s=3600.0, drain_s=2.0, budget_ms=budget_ms)
 
 
@@ -125,7 +130,7 @@ def run_pipeline(spec: LaunchFile, name: str, expected_decisions: int | None, co
         if progress_thread.is_alive():  # its last line goes out before the report, not through it
             progress_thread.join(1.0)
         collected = collector.close() if collector else Collected()
-    failed = [f"{m.spec.name} exited with code {m.exit_code}" for m in launcher.nodes if m.state == "failed"]
+    failed = {m.spec.name: m.exit_code for m in launcher.nodes if m.state == "failed"}
     return RunResult(collected, code, time.monotonic() - started, failed)
 
 
@@ -311,7 +316,7 @@ def probe_source(spec: dict) -> None:
 
 
 def record_main(argv: list[str] | None = None) -> int:
-    from perception.recording import RecordingError
+    from perception.recording import MB, RecordingError, check_room
     from perception.sources import SourceError
 
     parser = argparse.ArgumentParser(prog="perception record", description="record a drive (every topic) to MCAP")
@@ -323,24 +328,31 @@ def record_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames-only", action="store_true", help="record the camera alone, without the pipeline")
     parser.add_argument("--image-format", choices=["jpeg", "raw"], default=None, help="default: configs/recorder.yaml")
     parser.add_argument("--jpeg-quality", type=int, default=None, help="1-100; default: configs/recorder.yaml")
+    parser.add_argument("--min-free-mb", type=float, default=None,
+                        help="space to leave free on the output's disk: no start with less, the end when less is "
+                             "left; default: configs/recorder.yaml")
     args = parser.parse_args(argv)
     if args.frames is not None and args.frames < 1:
         parser.error(f"--frames must be at least 1, got {args.frames}")
-    recorder_params = {key: value for key, value in
-                       (("image_format", args.image_format), ("jpeg_quality", args.jpeg_quality)) if value is not None}
+    recorder_params = {key: value for key, value in (("image_format", args.image_format), ("jpeg_quality", args.jpeg_quality),
+                                                     ("min_free_mb", args.min_free_mb)) if value is not None}
     spec_source = {"kind": "camera", "camera_index": args.camera} if args.camera is not None else source_spec(args.source)
     # The recorder never overwrites a file (it would write NAME-1.mcap beside it), so an existing
     # output would leave this command reporting on the wrong file.
     if args.output.exists():
         print(f"record: {args.output} exists; remove it or choose another name", file=sys.stderr)
         return EXIT_BAD_INPUT
-    try:
-        probe_source(spec_source)
-    except SourceError as exc:
-        print(f"record: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     spec = pipeline_launch(spec_source, record_to=args.output, pipeline=not args.frames_only, max_frames=args.frames,
                            recorder_params=recorder_params)
+    recorder = next(n for n in spec.nodes if n.name == "recorder")
+    min_free = int(resolve_node_config(recorder, str(PIPELINE_LAUNCH))[1].min_free_mb * MB)
+    folder = args.output.resolve().parent
+    try:
+        probe_source(spec_source)
+        check_room(folder, min_free)
+    except (SourceError, RecordingError) as exc:
+        print(f"record: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     result = run_pipeline(spec, f"record {args.output}", args.frames, collect=not args.frames_only, progress=False)
     try:
         frames = count_recorded_frames(args.output) if args.output.exists() else 0
@@ -352,13 +364,24 @@ def record_main(argv: list[str] | None = None) -> int:
         # An empty file is not a drive: leave nothing that `perception replay` would take for one.
         args.output.unlink(missing_ok=True)
     if result.exit_code != 0 or frames == 0:
-        why = ", ".join(result.failed) or (f"the launcher exited with code {result.exit_code}" if result.exit_code
-                                           else f"no frame of {what} reached the recorder")
+        reasons = [_output_failure(args.output, min_free) if name == "recorder" and code == EXIT_OUTPUT
+                   else f"{name} exited with code {code}" for name, code in result.failed.items()]
+        why = ", ".join(reasons) or (f"the launcher exited with code {result.exit_code}" if result.exit_code
+                                     else f"no frame of {what} reached the recorder")
         kept = f"the {frames} frames recorded before it are in {args.output}" if frames else "nothing was recorded"
         print(f"record: failed: {why} (see the log above); {kept}", file=sys.stderr)
         return result.exit_code or 1
     print(f"recorded {frames} frames of {what} to {args.output} in {result.seconds:.1f} s")
     return 0
+
+
+def _output_failure(output: Path, min_free: int) -> str:
+    """Why the recorder could not go on (it exited with EXIT_OUTPUT), as the disk tells it now: it
+    stops when less than `min_free` is left, and a write the disk refused leaves about nothing."""
+    folder = output.resolve().parent
+    if shutil.disk_usage(folder).free < max(min_free, 1):
+        return f"out of space on {folder}"
+    return f"the recorder could not write {output}"
 
 
 def bench_main(argv: list[str] | None = None) -> int:

@@ -82,7 +82,11 @@ class Reservation:
 
 
 class FrameRingWriter:
-    """Owns the segment: creates it (replacing a stale one of the same name) and unlinks it."""
+    """Owns the segment: creates it (replacing a stale one of the same name) and unlinks it.
+
+    Each slot holds `shape`'s bytes; a smaller frame of another shape fits too (its header names
+    the shape, and readers view that many bytes), so a camera switching to a smaller mode keeps
+    its ring. A larger one does not fit: the sender makes a new ring for it (perception.transport)."""
 
     def __init__(self, name: str, shape: tuple[int, ...], slots: int = 8) -> None:
         if slots < 2:
@@ -106,19 +110,27 @@ class FrameRingWriter:
         header = np.ndarray((4,), dtype=np.uint64, buffer=buf, offset=0)
         header[:] = (RING_MAGIC, slots, self.slot_capacity, 0)
         self._seq_words = [np.ndarray((1,), np.uint64, buf, HEADER_BYTES + i * self._stride) for i in range(slots)]
-        self._arrays = [
-            np.ndarray(self.shape, np.uint8, buf, HEADER_BYTES + i * self._stride + SLOT_HEADER_BYTES)
-            for i in range(slots)
-        ]
+        self._arrays = [self._slot_array(i, self.shape) for i in range(slots)]  # the common case, built once
         self._next_seq = 1
         self._open_reservation: Reservation | None = None
 
-    def reserve(self) -> Reservation:
-        """The next slot, marked as being written; readers of its old frame will see it overwritten."""
+    def _slot_array(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+        return np.ndarray(shape, np.uint8, self._shm.buf, HEADER_BYTES + slot * self._stride + SLOT_HEADER_BYTES)
+
+    def fits(self, shape: tuple[int, ...]) -> bool:
+        return int(np.prod(shape)) <= self.slot_capacity
+
+    def reserve(self, shape: tuple[int, ...] | None = None) -> Reservation:
+        """The next slot, as an array of `shape` (default: the ring's), marked as being written;
+        readers of its old frame will see it overwritten."""
+        shape = self.shape if shape is None else tuple(int(s) for s in shape)
+        if not self.fits(shape):
+            raise RingError(f"ring {self.name}: a {shape} frame does not fit its slots of {self.slot_capacity} bytes")
         seq = self._next_seq
         slot = seq % self.slots
         self._seq_words[slot][0] = 0
-        self._open_reservation = Reservation(slot, seq, self._arrays[slot])
+        array = self._arrays[slot] if shape == self.shape else self._slot_array(slot, shape)
+        self._open_reservation = Reservation(slot, seq, array)
         return self._open_reservation
 
     def commit(self, reservation: Reservation) -> None:
@@ -130,11 +142,9 @@ class FrameRingWriter:
 
     def write(self, frame: np.ndarray) -> Reservation:
         """Copy a frame into the next slot and commit it."""
-        if frame.shape != self.shape or frame.dtype != np.uint8:
-            raise RingError(
-                f"ring {self.name}: frame {frame.shape} {frame.dtype} does not match the ring's {self.shape} uint8"
-            )
-        reservation = self.reserve()
+        if frame.dtype != np.uint8:
+            raise RingError(f"ring {self.name}: frame {frame.shape} {frame.dtype} is not uint8")
+        reservation = self.reserve(frame.shape)
         np.copyto(reservation.array, frame)
         self.commit(reservation)
         return reservation
@@ -217,6 +227,8 @@ class _AttachedRing:
                 raise RingError(f"slot {slot} / {nbytes} bytes is outside this ring ({self.slots} slots of {self.capacity})")
             array = np.ndarray(shape, np.uint8, self.shm.buf, HEADER_BYTES + slot * self.stride + SLOT_HEADER_BYTES)
             array.flags.writeable = False
+            if len(self._arrays) >= 4 * self.slots:  # frames of ever new sizes (an image folder): stay bounded
+                self._arrays.clear()
             self._arrays[(slot, shape)] = array
         return array
 

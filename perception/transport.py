@@ -238,25 +238,38 @@ class Subscriber(Generic[M]):
 
 
 class FrameSender:
-    """Publishes frames: pixels into a shared-memory ring (default) or inline as a zero-copy part."""
+    """Publishes frames: pixels into a shared-memory ring (default) or inline as a zero-copy part.
+
+    Frames may change size mid-stream (a camera switching mode, an image folder of mixed sizes).
+    A smaller frame goes into the ring's slots as they are; a larger one gets a new ring sized for
+    it, under a new name (`NAME-2`, ...) that readers attach when a header names it. The ring before
+    it stays until the next such change, so a reader still behind reads its last frames there."""
 
     def __init__(self, publisher: Publisher, run_id: str, node: str, transport: FrameTransport, slots: int = 8) -> None:
         self.publisher = publisher
         self.transport = transport
         self.slots = slots
         self._ring_name = ring_name(run_id, node)
+        self._rings_made = 0
         self.ring: FrameRingWriter | None = None
+        self._previous: FrameRingWriter | None = None
 
     def prepare(self, shape: tuple[int, ...]) -> None:
-        """Create the ring for frames of `shape` now, so its one-time cost is not part of a frame's latency."""
-        if self.transport == FrameTransport.SHM and self.ring is None:
-            self.ring = FrameRingWriter(self._ring_name, tuple(shape), self.slots)
+        """Make the ring hold frames of `shape` now, so its one-time cost is not part of a frame's latency."""
+        if self.transport != FrameTransport.SHM or (self.ring is not None and self.ring.fits(shape)):
+            return
+        self._rings_made += 1
+        name = self._ring_name if self._rings_made == 1 else f"{self._ring_name}-{self._rings_made}"
+        ring = FrameRingWriter(name, tuple(shape), self.slots)
+        if self._previous is not None:
+            self._previous.close()
+        self._previous, self.ring = self.ring, ring
 
     def reserve(self, shape: tuple[int, ...] | None):
-        """A slot to decode the next frame into, when the ring exists and the transport is SHM."""
-        if self.ring is None or self.transport != FrameTransport.SHM or shape != self.ring.shape:
+        """A slot to decode the next frame into, when the ring exists and holds `shape` and the transport is SHM."""
+        if self.ring is None or self.transport != FrameTransport.SHM or shape is None or not self.ring.fits(shape):
             return None
-        return self.ring.reserve()
+        return self.ring.reserve(shape)
 
     def send(self, frame: np.ndarray, *, frame_id: int, capture_ns: int, media_ns: int,
              stamps: tuple[Stamp, ...] = (), reservation=None, stage: str = "publish") -> FrameHeader:
@@ -285,9 +298,10 @@ class FrameSender:
         return header
 
     def close(self) -> None:
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
+        for ring in (self.ring, self._previous):
+            if ring is not None:
+                ring.close()
+        self.ring = self._previous = None
 
 
 class FrameReceiver:

@@ -116,3 +116,39 @@ def write_two_hosts(tmp_path: Path, ports: list[int], transport: str = "inline",
                                            ("watchdog", "compute")], ports))
     )
     return launch
+
+
+_SMALL_FILESYSTEM = ('mount -t tmpfs -o "$1" tmpfs "$2" || exit 125; mounted=$2 after=$3; shift 3; '
+                     '"$@"; code=$?; cp -a "$mounted/." "$after/"; exit $code')
+
+
+def run_on_small_filesystem(args: list[str], folder: Path, size_mb: float, read_only: bool = False,
+                            timeout_s: float = 120, **kwargs) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run `python ARGS` with a filesystem of `size_mb` (a tmpfs, `read_only` or not) at `folder`,
+    made here, so that a full or read-only disk is real, not simulated. It is mounted in a mount
+    namespace of the command's own (`unshare`, as root or where unprivileged user namespaces are
+    allowed), so nothing is mounted on this machine; what it holds at the end is copied to a
+    folder beside it, whose path is returned with the result. Skips the test where that cannot be."""
+    import pytest
+
+    folder.mkdir()
+    after = folder.with_name(folder.name + "-after")
+    after.mkdir()
+    options = f"size={int(size_mb * 1024)}k" + (",ro" if read_only else "")
+    command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", _SMALL_FILESYSTEM, "sh", options,
+               str(folder), str(after), sys.executable, *args]
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                   start_new_session=True, **kwargs)
+    except FileNotFoundError:
+        pytest.skip("a small filesystem of its own needs unshare (util-linux)")
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the command's children too, which hold its pipes
+        process.communicate()
+        raise
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    if result.returncode == 125 or result.stderr.startswith("unshare:"):
+        pytest.skip(f"no mount namespace of its own here (unprivileged user namespaces off?): {result.stderr.strip()}")
+    return result, after

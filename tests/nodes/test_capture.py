@@ -44,15 +44,40 @@ def test_bad_config_type_exits_with_one_line_naming_key(tmp_path, run_dir):
     assert len(error_lines(result.stderr)) == 1 and "source.fps: expected a number" in result.stderr
 
 
-def test_frames_of_the_wrong_shape_are_dropped_and_counted(tmp_path, run_dir):
+def test_frames_that_change_size_reach_a_consumer_at_their_new_size(tmp_path, run_dir):
+    """A camera switching mode, an image folder of mixed sizes: every frame goes out at its own
+    size (a larger one on a new ring) and arrives intact; they used to be dropped as `bad_shape`."""
+    from perception.sources import write_frame_index
+
+    sizes = [(48, 64), (48, 64), (96, 128), (48, 64), (120, 160), (32, 64)]
     images = tmp_path / "images"
     images.mkdir()
-    for i, size in enumerate([(40, 60), (40, 60), (50, 50), (40, 60)]):
-        cv2.imwrite(str(images / f"{i}.png"), np.zeros((*size, 3), np.uint8))
-    result = run_capture(tmp_path, "source: {kind: images, path: images}\nrate: max\n")
-    assert result.returncode == 0, result.stderr
-    assert "does not match the stream's (40, 60, 3); dropped" in result.stderr
-    assert "source ended after 3 frames" in result.stderr
+    for i, size in enumerate(sizes):
+        image = np.full((*size, 3), 90, np.uint8)
+        write_frame_index(image, i)
+        cv2.imwrite(str(images / f"{i}.png"), image)
+    record = tmp_path / "frames.jsonl"
+    (tmp_path / "monitor.yaml").write_text(f"record: {record.name}\n")
+    # Looping, so that the capture node (and its rings) is still there when the consumer reads the last one.
+    (tmp_path / "capture.yaml").write_text("source: {kind: images, path: images, loop: true}\nrate: 20\n"
+                                           "wait_for_subscribers: 1\n")
+    nodes = [subprocess.Popen([sys.executable, "-m", f"nodes.{name}", "--name", name, "--config",
+                               str(tmp_path / f"{name}.yaml")], cwd=REPO, stderr=subprocess.PIPE, text=True)
+             for name in ("monitor", "capture")]
+    try:
+        lines = wait_for(lambda: record.exists() and len(record.read_text().splitlines()) >= 6 and record.read_text(), 20)
+        records = [json.loads(line) for line in lines.splitlines()][:6]
+    finally:
+        for node in nodes:
+            stop_process(node)
+    stderr = nodes[1].stderr.read()
+    assert nodes[1].returncode == 0, stderr
+    assert "frames change size at frame 3: 64x48 -> 128x96" in stderr
+    assert "frames change size at frame 6: 160x120 -> 64x32" in stderr
+    assert [(r["frame_id"], r["pixel_index"], r["intact"]) for r in records] == [(i + 1, i, True) for i in range(6)]
+    assert [tuple(r["shape"][:2]) for r in records] == sizes
+    rings = [r["ring"] for r in records]  # a larger frame gets a new ring; smaller ones fit the one there is
+    assert rings[:2] == [rings[0]] * 2 and rings[2:4] == [f"{rings[0]}-2"] * 2 and rings[4:] == [f"{rings[0]}-3"] * 2
 
 
 def test_inline_frames_over_tcp_reach_a_consumer_intact(tmp_path, run_dir):

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import REPO, wait_for
+from helpers import REPO, run_python, wait_for
 from perception.messages import WIRE_VERSION, FrameHeader, FrameTransport, encode
 from perception.recording import RecordingError, RecordingReader, RecordingWriter
 from perception.sources import read_frame_index, write_frame_index
@@ -103,6 +103,44 @@ def test_not_a_recording_and_missing_file_are_one_line_errors(tmp_path):
         RecordingReader(bogus)
     with pytest.raises(RecordingError, match="nope.mcap: file not found"):
         RecordingReader(tmp_path / "nope.mcap")
+
+
+WRITE_UNTIL_REFUSED = """
+import resource, sys
+import numpy as np
+from perception.messages import FrameHeader, FrameTransport
+from perception.recording import RecordingWriteError, RecordingWriter
+
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+writer = RecordingWriter(sys.argv[1], image_format="raw", chunk_size=20_000)
+for i in range(1, 1000):
+    header = FrameHeader(frame_id=i, capture_ns=i, media_ns=i, width=128, height=96, channels=3,
+                         transport=FrameTransport.INLINE)
+    try:
+        writer.write_frame(header, np.full((96, 128, 3), i % 256, np.uint8), log_time_ns=i)
+    except RecordingWriteError as exc:
+        print(i, exc)
+        break
+writer.close()  # as the recorder does on its way out: nothing more to do
+"""
+
+
+def test_a_write_the_disk_refuses_ends_the_file_readable_up_to_its_last_complete_chunk(tmp_path):
+    """A full disk mid-chunk: the partial chunk is cut off and the file ended after the chunk before
+    it, so every frame written until then reads, and nothing is left to write later. Here the disk's
+    refusal is a file-size limit (RLIMIT_FSIZE: EFBIG), which needs no privileges; ENOSPC takes the
+    same path (tests/perception/test_recording_cli.py, on a small filesystem)."""
+    path, limit = tmp_path / "drive.mcap", 600_000
+    result = run_python(["-c", WRITE_UNTIL_REFUSED, str(path), str(limit)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    refused_at, message = result.stdout.split(" ", 1)
+    assert message.strip() == f"recording {path}: cannot write (File too large); ended after its last complete chunk"
+    assert path.stat().st_size <= limit and path.read_bytes().endswith(b"\x89MCAP0\r\n")  # finished, not cut short
+    reader = RecordingReader(path)
+    frames = list(reader.frames())
+    assert not reader.truncated and 5 <= len(frames) < int(refused_at)
+    assert [h.frame_id for h, _ in frames] == list(range(1, len(frames) + 1))
+    assert all(np.array_equal(p, np.full((96, 128, 3), h.frame_id % 256, np.uint8)) for h, p in frames)
 
 
 BUNDLED = REPO / "recordings" / "udacity_dashcam.mcap"

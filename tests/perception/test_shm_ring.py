@@ -105,10 +105,26 @@ def test_a_stale_segment_of_the_same_name_is_reclaimed(ring_name):
         assert fresh.shape == (8, 8, 3)
 
 
-def test_wrong_frame_shape_and_missing_ring_are_named(ring_name):
+def test_a_smaller_frame_of_another_shape_uses_the_same_slots(ring_name):
+    """A camera switching to a smaller mode keeps its ring: each frame is read in its own shape."""
+    with FrameRingWriter(ring_name, SHAPE, slots=4) as writer:
+        reader = FrameRingReader()
+        small = np.random.default_rng(2).integers(0, 255, (20, 30, 3), np.uint8)
+        written = [(writer.write(frame(1)), frame(1)), (writer.write(small), small)]
+        reservation = writer.reserve((10, 40, 3))  # decoded in place, in the smaller shape
+        reservation.array[:] = 9
+        writer.commit(reservation)
+        written.append((reservation, np.full((10, 40, 3), 9, np.uint8)))
+        for r, image in written:
+            view = reader.view(ring_name, r.slot, r.seq, image.shape)
+            assert np.array_equal(view.array, image) and view.still_valid()
+        reader.close()
+
+
+def test_a_frame_larger_than_the_slots_and_a_missing_ring_are_named(ring_name):
     with FrameRingWriter(ring_name, SHAPE, slots=2) as writer:
-        with pytest.raises(RingError, match=r"does not match the ring's \(48, 64, 3\)"):
-            writer.write(np.zeros((10, 10, 3), np.uint8))
+        with pytest.raises(RingError, match=r"a \(60, 64, 3\) frame does not fit its slots of 9216 bytes"):
+            writer.write(np.zeros((60, 64, 3), np.uint8))
     with pytest.raises(RingError, match="does not exist"):
         FrameRingReader().view("perception-no-such-ring", 0, 1, SHAPE)
 

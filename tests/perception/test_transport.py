@@ -105,13 +105,44 @@ def test_capture_decodes_straight_into_the_reserved_slot(context, run_dir):
     sender = FrameSender(publisher, run_dir.name, "cam", FrameTransport.SHM, slots=4)
     origin = {"frame_id": 1, "capture_ns": 1, "media_ns": 0}
     first = np.zeros((8, 8, 3), np.uint8)
-    sender.send(first, **origin)
-    reservation = sender.reserve((8, 8, 3))
-    reservation.array[:] = 7  # what a source's read(out=...) does
-    sent = sender.send(reservation.array, **origin, reservation=reservation)
-    assert (sent.slot, sent.seq) == (reservation.slot, reservation.seq)
-    assert sender.reserve((4, 4, 3)) is None  # different shape: no in-place decode
-    sender.close(); publisher.close()
+    try:
+        sender.send(first, **origin)
+        reservation = sender.reserve((8, 8, 3))
+        reservation.array[:] = 7  # what a source's read(out=...) does
+        sent = sender.send(reservation.array, **origin, reservation=reservation)
+        assert (sent.slot, sent.seq) == (reservation.slot, reservation.seq)
+        assert sender.reserve((4, 4, 3)) is not None  # smaller: decoded in place too
+        assert sender.reserve((16, 8, 3)) is None  # larger than the slots: no in-place decode
+    finally:
+        sender.close(); publisher.close()
+
+
+def test_frames_that_change_size_reach_a_reader_behind_them_intact(context, run_dir):
+    """A camera switching mode: smaller frames use the ring's slots, a larger one gets a new ring
+    (NAME-2, ...), and the ring before it stays, so a queue-mode reader (the recorder) that is
+    behind still reads the frames sent before the change; the one before that goes."""
+    from perception.shm_ring import segments_with_prefix
+
+    publisher, subscriber = connected_pair(context, run_dir, latest=False, topic=FRAMES)
+    sender = FrameSender(publisher, run_dir.name, "cam", FrameTransport.SHM, slots=4)
+    receiver = FrameReceiver()
+    shapes = [(48, 64, 3), (48, 64, 3), (96, 128, 3), (48, 64, 3), (96, 128, 3), (24, 32, 3)]
+    images = [np.random.default_rng(i).integers(0, 255, shape, np.uint8) for i, shape in enumerate(shapes)]
+    try:
+        sent = [sender.send(image, frame_id=i + 1, capture_ns=100 + i, media_ns=0) for i, image in enumerate(images)]
+        first = sent[0].ring
+        assert [h.ring for h in sent] == [first] * 2 + [f"{first}-2"] * 4
+        assert [h.shape for h in sent] == shapes
+        got = receive_until(subscriber, len(images))  # all of them sent before the reader looks
+        assert [r.message.frame_id for r in got] == [1, 2, 3, 4, 5, 6]
+        for received, image in zip(got, images):
+            view = receiver.view(received)
+            assert np.array_equal(view.array, image) and view.still_valid()
+        sender.send(np.zeros((200, 200, 3), np.uint8), frame_id=7, capture_ns=107, media_ns=0)
+        assert segments_with_prefix(first) == [f"{first}-2", f"{first}-3"]  # the first ring is gone
+    finally:  # sockets left open would hang the context's term()
+        receiver.close(); sender.close(); publisher.close(); subscriber.close()
+    assert segments_with_prefix(first) == []
 
 
 def test_a_stamp_from_the_future_is_dropped_counted_and_not_taken_as_the_latest(context, run_dir):
