@@ -83,6 +83,9 @@ class VideoFileSource(FrameSource):
         ok, first = self._capture.read()
         if not ok or first is None:
             raise SourceError(f"video {self.path}: no frame could be decoded (corrupt or unsupported file)")
+        if max(first.shape[:2]) > MAX_IMAGE_SIDE:
+            raise SourceError(f"video {self.path}: frames of {first.shape[1]}x{first.shape[0]} exceed the largest side "
+                              f"a frame may have, {MAX_IMAGE_SIDE}")
         self._pending: np.ndarray | None = first
         fps = self._capture.get(cv2.CAP_PROP_FPS)
         self.fps = fps if fps and 0 < fps < 1000 else None
@@ -184,9 +187,10 @@ class ImageFolderSource(FrameSource):
             path = self.files[self._position]
             self._position += 1
             frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if frame is None:
+            if frame is None or max(frame.shape[:2]) > MAX_IMAGE_SIDE:
                 self.bad_frames += 1
-                log.warning("image %s: cannot decode, skipped", path)
+                why = "cannot decode" if frame is None else f"{frame.shape[1]}x{frame.shape[0]} exceeds {MAX_IMAGE_SIDE} px"
+                log.warning("image %s: %s, skipped", path, why)
                 continue
             media_ns = int(round(self._emitted * 1e9 / self.fps)) if self.fps else 0
             self._emitted += 1

@@ -106,3 +106,20 @@ def test_source_config_requires_a_path_for_files():
     with pytest.raises(ValueError, match="needs a path"):
         SourceConfig(kind="video")
     assert isinstance(open_source(SourceConfig(kind="synthetic", width=32, height=24)), SyntheticSource)
+
+
+def test_a_frame_larger_than_any_frame_may_be_is_named_not_a_traceback(tmp_path):
+    """Issue 16 item 9: a frame side over 16,384 ended in a traceback when its header was built."""
+    from helpers import make_video
+
+    wide = np.zeros((2, 16400, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "00.png"), np.full((20, 30, 3), 50, np.uint8))
+    cv2.imwrite(str(tmp_path / "01.png"), wide)
+    with ImageFolderSource(tmp_path, fps=10, loop=False) as source:
+        sizes = []
+        while (item := source.read()) is not None:
+            sizes.append(item[0].shape)
+    assert sizes == [(20, 30, 3)] and source.bad_frames == 1
+    video = make_video(tmp_path / "wide.avi", frames=2, size=(16400, 16))
+    with pytest.raises(SourceError, match=r"wide.avi: frames of 16400x16 exceed the largest side a frame may have, 16384"):
+        VideoFileSource(video)
