@@ -24,6 +24,7 @@ class DecisionConfig:
     classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # names of the detector's class ids
     rules: DecisionRules = field(default_factory=DecisionRules)
     budget_ms: BudgetMs = 100.0  # detections older than this are dropped: the watchdog has already braked
+    deterministic: bool = False  # deterministic replay (lockstep): nothing is ever stale, nothing is dropped
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -43,7 +44,7 @@ def decide(node: Node, config: DecisionConfig) -> None:
     while node.ok():
         if detections in node.poll(0.1):
             for received in detections.receive():
-                if now_ns() - received.message.capture_ns > config.budget_ms * 1e6:
+                if not config.deterministic and now_ns() - received.message.capture_ns > config.budget_ms * 1e6:
                     node.count("detections.stale")
                     continue
                 decision = maker.decide(received.message, now_ns())

@@ -11,9 +11,12 @@ caps the depth.
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Annotated
+
+import cv2
 
 from perception.config import ConfigError, Range, check_ranges
 from perception.detection.builder import DetectorSettings, build_detector, check_settings
@@ -59,6 +62,9 @@ def check(config: DetectorConfig) -> None:
 
 
 def open_detector(config: DetectorConfig) -> FrameDetector:
+    # OpenCV's own thread pool (resize, optical flow) would compete with ONNX Runtime's threads for the
+    # same cores on every frame: the node's OpenCV work runs on its thread alone (docs/BENCHMARKS.md).
+    cv2.setNumThreads(int(os.environ.get("PERCEPTION_OPENCV_THREADS", "1")))
     try:
         detector = build_detector(config)
     except (ConfigError, EngineUnavailable, ValueError) as exc:

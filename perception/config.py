@@ -42,6 +42,8 @@ class Range:
 
     def problem(self, value: float) -> str | None:
         """Why `value` is outside the range, or None."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number {self}, got {value!r}"
         too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
         return f"must be {self}, got {value!r}" if too_low or too_high else None
@@ -279,15 +281,25 @@ def check_ranges(instance: Any) -> None:
 
 def _problem(hint: Any, value: Any) -> str | None:
     """What is wrong with `value` under the Range / Length constraints of `hint` (through unions, by
-    the option the value is of)."""
+    the option the value is of, and into the items of lists, tuples and mappings)."""
     origin = get_origin(hint)
     if origin is Annotated:
         base, *constraints = get_args(hint)
-        if _is_of(base, value):
-            return next((p for c in constraints if isinstance(c, (Range, Length)) and (p := c.problem(value))), None)
-        return None
+        if not _is_of(base, value):
+            return None
+        own = next((p for c in constraints if isinstance(c, (Range, Length)) and (p := c.problem(value))), None)
+        return own or _problem(base, value)
     if origin in (Union, types.UnionType):
         return next((p for option in get_args(hint) if _is_of(option, value) and (p := _problem(option, value))), None)
+    if origin in (list, tuple) and isinstance(value, (list, tuple)):
+        args = [a for a in get_args(hint) if a is not Ellipsis]
+        items = args * len(value) if len(args) == 1 else args
+        return next((f"[{i}] {p}" for i, (a, v) in enumerate(zip(items, value)) if (p := _problem(a, v))), None)
+    if origin is dict and isinstance(value, dict):
+        value_hint = get_args(hint)[1] if get_args(hint) else Any
+        return next((f"[{k!r}] {p}" for k, v in value.items() if (p := _problem(value_hint, v))), None)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
     return None
 
 

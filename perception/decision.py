@@ -25,12 +25,14 @@ import numpy as np
 
 from perception.config import ConfigError, Fraction, Length, Range, ScoreThreshold, check_ranges
 
+from perception.detection.manifest import WEIGHTS_DIR
 from perception.messages import Action, Decision, Detections, Reason, Stamp, Target
 
 DEFAULT_ROI = [(0.46, 0.58), (0.54, 0.58), (0.80, 1.0), (0.20, 1.0)]  # the ego lane of a forward camera
 HeightShare = Annotated[float, Range(0, 1, low_open=True)]  # a box's height over the image's: above 1 none is
 Seconds = Annotated[float, Range(0, 3600, low_open=True)]
 MIN_ROI_AREA = 1e-4  # of the image: an ego path smaller than 1% x 1% of the view cannot hold a box's contact
+DEFAULT_CLASSES_FILE = WEIGHTS_DIR / "coco_classes.txt"  # the bundled model's class names
 EDGE_EPS = 1e-6  # normalised coordinates this close to the path's boundary are on it (float32 boxes: ~1e-7)
 DEFAULT_CLASSES = ["person", "bicycle", "car", "motorbike", "bus", "truck", "dog", "horse", "cow"]
 
@@ -64,6 +66,18 @@ class DecisionRules:
             raise ValueError("need brake_ttc_s <= slow_ttc_s")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes lists a class twice: {self.classes}")
+
+
+def load_rules(path: Path) -> tuple[DecisionRules, Path]:
+    """The rules and class-names file of a decision node's config file (its other keys are the node's)."""
+    from perception.config import from_mapping, load_yaml
+
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    rules = from_mapping(DecisionRules, data.get("rules") or {}, source=f"{path}: rules", base_dir=Path(path).parent)
+    classes = data.get("classes_file")
+    return rules, (Path(path).parent / classes).resolve() if classes else DEFAULT_CLASSES_FILE
 
 
 def decision_maker(rules: DecisionRules, classes_file: Path, name: str = "decision") -> "DecisionMaker":
@@ -110,10 +124,10 @@ def fraction_in_polygon(x1: float, x2: float, y: float, polygon: np.ndarray, sam
 
 def share_in_path(box: tuple[float, float, float, float], image_width: int, image_height: int, roi: np.ndarray) -> float:
     """Fraction of a box's ground contact (its bottom edge) inside the ego path `roi`. A box reaching
-    below the path's lowest row stands nearer than the path's end: it is judged on that row."""
-    x1, y1, x2, y2 = box
-    top, bottom, roi_bottom = y1 / image_height, y2 / image_height, float(roi[:, 1].max())
-    contact = min(bottom, roi_bottom) if top <= roi_bottom else bottom
+    below the path's lowest row (a path drawn short of the frame's bottom) stands nearer than the
+    path's end: it is judged on that row, and so is one wholly below it."""
+    x1, _, x2, y2 = box
+    contact = min(y2 / image_height, float(roi[:, 1].max()))
     return fraction_in_polygon(x1 / image_width, x2 / image_width, contact, roi)
 
 
@@ -174,7 +188,8 @@ class DecisionMaker:
         self._calm_frames = 0
 
     def decide(self, detections: Detections, at_ns: int) -> Decision:
-        proposal = self._assess(detections)
+        d = detections
+        proposal = self.assess(d.boxes, d.scores, d.class_ids, d.track_ids, d.image_width, d.image_height, d.media_ns)
         action, reason, target, detail = self._with_hysteresis(proposal)
         return Decision(
             frame_id=detections.frame_id, capture_ns=detections.capture_ns,
@@ -182,17 +197,20 @@ class DecisionMaker:
             decided_by=self.node_name, detail=detail, target=target,
         )
 
-    def _assess(self, d: Detections) -> tuple[Action, Reason, Target | None, str]:
-        keep = (d.scores >= self.rules.min_score) & np.isin(d.class_ids, self._relevant)
-        boxes, scores, class_ids = d.boxes[keep], d.scores[keep], d.class_ids[keep]
-        # The source's own timeline, not the capture clock: a replay then decides exactly as the drive did.
-        histories = self._histories.update(d.track_ids[keep], boxes, d.media_ns)
+    def assess(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, track_ids: np.ndarray,
+               image_width: int, image_height: int, t_ns: int) -> tuple[Action, Reason, Target | None, str]:
+        """One frame's verdict before hysteresis: the most urgent relevant object in the path (its
+        target; None when nothing relevant is in it). Feeds the tracks' height histories; `t_ns` is
+        the source's timeline, not the capture clock, so a replay decides exactly as the drive did."""
+        keep = (scores >= self.rules.min_score) & np.isin(class_ids, self._relevant)
+        boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
+        histories = self._histories.update(track_ids[keep], boxes, t_ns)
         worst: tuple[int, float, float, Target, str] | None = None  # (action, -ttc, height, target, detail)
         for box, score, class_id, history in zip(boxes, scores, class_ids, histories):
             x1, y1, x2, y2 = (float(v) for v in box)
-            if share_in_path((x1, y1, x2, y2), d.image_width, d.image_height, self._roi) < self.rules.min_in_path:
+            if share_in_path((x1, y1, x2, y2), image_width, image_height, self._roi) < self.rules.min_in_path:
                 continue
-            top, bottom = y1 / d.image_height, y2 / d.image_height
+            top, bottom = y1 / image_height, y2 / image_height
             height = bottom - top
             ttc = history.ttc_s(self.rules.min_growth)
             action, why = self._urgency(height, ttc, cut_off=bottom >= 1.0 - self.rules.edge_margin)

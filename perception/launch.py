@@ -195,6 +195,32 @@ def referenced_nodes(config: Any, names: set[str]) -> set[str]:
     return found
 
 
+# Config keys that name the nodes a node reads from or waits for (a name, or a list of names; an
+# endpoint URL is taken as it is).
+READ_FROM_KEYS = ("frames_from", "detections_from", "decisions_from", "control_from", "lockstep_from", "wait_for_nodes",
+                  "monitored")
+
+
+def check_references(spec: "LaunchFile", typed: dict[str, Any], source: str) -> None:
+    """Every node a config reads from or waits for is a node of the launch: a typo in the watchdog's
+    frames_from would leave it watching nothing (one line, before anything starts)."""
+    names = {n.name for n in spec.nodes}
+
+    def walk(config: Any, prefix: str, node: str) -> None:
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.", node)
+            elif f.name in READ_FROM_KEYS and value is not None:
+                for ref in [value] if isinstance(value, str) else value:
+                    if "://" not in ref and ref not in names:
+                        raise ConfigError(f"{source}: nodes[{node}] {prefix}{f.name}: {ref!r} is no node of this launch "
+                                          f"(its nodes: {', '.join(sorted(names))})")
+
+    for name, config in typed.items():
+        walk(config, "", name)
+
+
 def _tcp(address: str, port: int) -> str:
     return f"tcp://[{address}]:{port}" if ":" in address else f"tcp://{address}:{port}"
 
@@ -340,11 +366,14 @@ def resolve_node_config(spec: LaunchNode, source: str, budget_ms: float | None =
     data = load_yaml(spec.config) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{spec.config}: top level must be a mapping")
-    if budget_ms is not None:
-        for key in budget_keys(config_type):
-            set_key(data, key, budget_ms, f"{source}: budget_ms")
+    budgets = budget_keys(config_type)
     for key, value in spec.params.items():
+        if budget_ms is not None and key in budgets:  # one budget for the whole launch: no node may loosen it
+            raise ConfigError(f"{source}: nodes[{spec.name}].params: {key}: the launch file's budget_ms sets it for every node")
         set_key(data, key, value, f"{source}: nodes[{spec.name}].params")
+    if budget_ms is not None:
+        for key in budgets:
+            set_key(data, key, budget_ms, f"{source}: budget_ms")
     where = f"{spec.config} (node {spec.name})"
     typed = from_mapping(config_type, data, source=where, base_dir=spec.config.parent)
     check_node_config(module, typed, where)
@@ -450,12 +479,14 @@ class Launcher:
     def _validate_and_prepare(self) -> None:
         # Every node's config, this host's or not: who reads whom decides the layout (place_nodes).
         resolved = [(spec, *resolve_node_config(spec, str(self.launch_path), self.spec.budget_ms)) for spec in self.spec.nodes]
+        check_references(self.spec, {s.name: typed for s, _, typed in resolved}, str(self.launch_path))
         self._check_host()
         spec_with_keys = dataclasses.replace(self.spec, keys=self.keys)
         placements = place_nodes(spec_with_keys, {s.name: typed for s, _, typed in resolved}, self.run_dir,
                                  str(self.launch_path))
         mine = [(s, d, t) for s, d, t in resolved if self.host is None or s.host == self.host]
-        texts = {s.name: node_config_text(d, t, s.config.parent, f"{s.config} (node {s.name})") for s, d, t in mine}
+        # Read back as the node will: from the run directory (a relative path left in would now mean another file).
+        texts = {s.name: node_config_text(d, t, self.run_dir, f"{s.config} (node {s.name})") for s, d, t in mine}
         self._load_keys(placements, [s.name for s, _, _ in mine])
         remove_stale_run_dirs(self.run_dir.parent)
         self.run_dir.mkdir(mode=0o700)

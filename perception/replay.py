@@ -83,8 +83,7 @@ def pipeline_launch(source: dict, *, rate: object = "source", speed: float = 1.0
     extra_params = {
         "watchdog": slow_source_limits(expected_hz),
         "detector": {"deterministic": deterministic, **(detector_params or {})},
-        # Lockstep: nothing is ever stale. Given after budget_ms, which the launch file applies to every node.
-        "decision": {**({"budget_ms": 1e9} if deterministic else {}), **(decision_params or {})},
+        "decision": {"deterministic": deterministic, **(decision_params or {})},
     }
     nodes = [dataclasses.replace(capture_node, params=capture, restart="never")]
     nodes += [dataclasses.replace(n, params={**n.params, **extra_params.get(n.name, {})}) for n in downstream]

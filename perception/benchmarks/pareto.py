@@ -24,8 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from perception import REPO
-from perception.config import ConfigError, load_config, parse_override
-from perception.detection.builder import DetectorSettings, build_detector, build_network
+from perception.config import parse_override
+from perception.detection.builder import DetectorSettings, build_detector, build_network, load_settings
 from perception.detection.manifest import load_manifest
 from perception.evaluation import DEV_ANNOTATIONS, DEV_MOT, DEV_VIDEO
 from perception.evaluation.detector_eval import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, load_annotations
@@ -40,10 +40,7 @@ INTERVALS = (1, 2, 3, 4, 6)
 
 def detector_settings(overrides: list[str] = ()) -> DetectorSettings:
     """The shipped detector config (configs/detector.yaml) with `KEY=VALUE` overrides, as settings."""
-    from nodes.detector import DetectorConfig
-
-    config = load_config(DETECTOR_CONFIG, DetectorConfig, overrides)
-    return DetectorSettings(**{name: getattr(config, name) for name in DetectorSettings.__dataclass_fields__})
+    return load_settings(DETECTOR_CONFIG, overrides)
 
 
 def fixed_rows(base: DetectorSettings, pixels: tuple[int, ...], exits: tuple[int, ...],
@@ -128,17 +125,16 @@ def drive_agreement(recording: Path, base: DetectorSettings) -> dict:
     """`base`'s policy against fixed full depth on every frame of a recorded drive, as a deterministic
     replay runs them (the drive's timeline, no deadline): per frame, AP50 of its detections with full
     depth's as the ground truth, and the decision node's decisions on both (configs/decision.yaml)."""
-    from nodes.decision import DecisionConfig
-    from perception.decision import decision_maker
+    from perception.decision import decision_maker, load_rules
     from perception.detection.outputs import detections_message
     from perception.evaluation.coco_ap import Detection, GroundTruth, evaluate
     from perception.recording import RecordingReader
 
-    decision = load_config(REPO / "configs" / "decision.yaml", DecisionConfig)
+    rules, classes_file = load_rules(REPO / "configs" / "decision.yaml")
     network = build_network(base, warm_up=())
     runs = {}
     for label, settings in (("full", replace(base, policy=replace(base.policy, kind="fixed", exit=-1))), ("policy", base)):
-        detector, maker, frames = build_detector(settings, network=network), decision_maker(decision.rules, decision.classes_file), []
+        detector, maker, frames = build_detector(settings, network=network), decision_maker(rules, classes_file), []
         for header, pixels in RecordingReader(recording).frames():
             outcome = detector.process(pixels, header.media_ns)
             message = detections_message(outcome, frame_id=header.frame_id, capture_ns=0, media_ns=header.media_ns,

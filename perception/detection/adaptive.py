@@ -5,7 +5,8 @@ Rules, in order (the first that applies decides):
 2. Risk (perception.detection.risk): a track in the ego path that is closing or within braking
    distance: full size, as deep as the deadline allows.
 3. Time: `max_gap_ms` of the source's timeline since the network last ran, so one config means the
-   same at 7, 10 and 30 fps.
+   same at 7, 10 and 30 fps; and never more than `max_propagated` frames in a row, whatever the
+   timestamps say (a source whose media time stands still).
 4. A track entering the view: at the frame's border and seen by the network fewer than
    `entering_hits` times (flow carries only its visible part; one leaving is lost by flow, rule 6).
 5. Change outside the tracks (perception.tracking.change): something the tracks do not explain moved
@@ -13,11 +14,13 @@ Rules, in order (the first that applies decides):
 6. Flow failure: a tracked box whose points were lost, or whose flow disagrees forward-backward.
 Otherwise the frame is propagated (the last boxes moved by optical flow, perception.tracking.flow).
 
-A network frame runs at the smallest of `sizes` (fractions of the detector's pixel budget) at which
-every track that matters stays at least `min_object_px` tall in the network's input, and at full size
-at least every `full_size_every_ms` (a scout for new and far objects) and whenever rules 1, 2 or 5
-fired. Under a deadline it is too late for, it takes a smaller size before a shallower exit (the
-smaller input at full depth lies above the shallow exit on every measured frontier: docs/BENCHMARKS.md).
+A network frame runs at the smallest of `sizes` (shares of the detector's pixel budget, the first
+the full size) at which every track stays at least `min_object_px` tall in the network's input while
+nothing relevant stands in the ego path, and at full size at least every `full_size_every_ms` (a scout
+for new and far objects). Frames of rules 1, 2 and 5 run at full size, as deep as the deadline allows;
+any other frame under a deadline too close for full size at full depth takes a smaller size before a
+shallower exit (the smaller input at full depth lies above the shallow exit on every measured
+frontier: docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ class AdaptiveConfig:
     """The `policy.adaptive` section."""
 
     sizes: Annotated[list[SizeShare], Length(1, 8)] = field(default_factory=lambda: [1.0, 0.5])
-    max_gap_ms: Annotated[float, Range(0, 10_000)] = 100.0
-    full_size_every_ms: Annotated[float, Range(0, 60_000)] = 1000.0
+    max_gap_ms: Annotated[float, Range(0, 1000)] = 100.0
+    max_propagated: Annotated[int, Range(0, 30)] = 5
+    full_size_every_ms: Annotated[float, Range(0, 10_000)] = 1000.0
     min_object_px: Annotated[float, Range(1, 4096)] = 16.0
     max_change: Fraction = 0.02  # share of the frame changed outside the tracks
     max_fb_error_px: Annotated[float, Range(0, 1000, low_open=True)] = 2.0
@@ -71,12 +75,9 @@ class AdaptivePolicy(Policy):
         s = self.settings
         if frame.frames_since_network is None:
             return self._network(frame, "first frame", full=True)
-        if self.risk is not None:
-            for track in frame.tracks:
-                why = self.risk.why(track, frame.width, frame.height)
-                if why:
-                    return self._network(frame, f"risk: track {track.track_id} {why}", full=True)
-        if frame.ms_since_network >= s.max_gap_ms:
+        if frame.risk.why:
+            return self._network(frame, f"risk: {frame.risk.why}", full=True)
+        if frame.ms_since_network >= s.max_gap_ms or frame.frames_since_network >= s.max_propagated:
             return self._network(frame, "time")
         for track in frame.tracks:
             if track.hits < s.entering_hits and self._at_border(track.box, frame.width, frame.height):
@@ -97,12 +98,15 @@ class AdaptivePolicy(Policy):
         return x1 < mx or y1 < my or x2 > width - mx or y2 > height - my
 
     def _network(self, frame: FrameContext, why: str, full: bool = False) -> Plan:
-        """The network at the size the frame needs (the full size when `full` or a scout is due),
-        made smaller if the deadline cannot take it at full depth."""
+        """The network at the size the frame needs: full size when `full` (as deep as the deadline
+        allows), else the smallest that keeps the tracks tall enough, or full size when a scout is due,
+        made smaller still if the deadline cannot take it at full depth."""
         s = self.settings
         shares = list(s.sizes)
+        if full:
+            return Plan(why, pixels=self._budget(shares[0]))
         scout_due = frame.ms_since_full_size is None or frame.ms_since_full_size >= s.full_size_every_ms
-        if full or scout_due:
+        if scout_due:
             share = shares[0]
         else:
             share = next((sh for sh in reversed(shares) if self._keeps_objects(frame, self._budget(sh))), shares[0])
@@ -120,11 +124,12 @@ class AdaptivePolicy(Policy):
         return Plan(why if share == shares[0] else f"{why}, {share:g} size", pixels=self._budget(share))
 
     def _keeps_objects(self, frame: FrameContext, pixels: int) -> bool:
-        """Every track that matters stays at least min_object_px tall at this input budget."""
+        """Every track stays at least min_object_px tall at this input budget, and nothing relevant
+        stands in the ego path (the decision node judges its box and growth: full size for it)."""
+        if frame.risk.in_path:
+            return False
         if not frame.tracks:
             return True
         box, _ = frame.network.input_size(frame.width, frame.height, pixels)
         scale = min(box[0] / frame.width, box[1] / frame.height)
-        heights = [float(t.box[3] - t.box[1]) for t in frame.tracks
-                   if self.risk is None or t.class_id in self.risk.class_ids]
-        return not heights or min(heights) * scale >= self.settings.min_object_px
+        return min(float(t.box[3] - t.box[1]) for t in frame.tracks) * scale >= self.settings.min_object_px

@@ -3,13 +3,16 @@ node, the benchmarks, the single-process baseline and the evaluation alike."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 
-from perception.config import ConfigError, Range, ScoreThreshold, check_ranges
+from perception.config import (
+    ConfigError, Range, ScoreThreshold, apply_override, check_ranges, from_mapping, load_yaml, parse_override,
+)
 from perception.detection.frames import FrameDetector
 from perception.detection.manifest import WEIGHTS_DIR, Manifest, load_manifest
 from perception.detection.network import StagedNetwork
@@ -38,6 +41,23 @@ class DetectorSettings:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+
+
+def load_settings(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> DetectorSettings:
+    """The detector settings of a detector node's config file, with `KEY=VALUE` overrides: what the
+    tools (evaluate, pareto, bench-detector) run. The file's other keys (node, frames_from, budgets)
+    are the node's and are checked when it starts; an override must name a setting."""
+    data = load_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    names = [f.name for f in dataclasses.fields(DetectorSettings)]
+    for override in overrides:
+        key = parse_override(override, "--detector")[0].split(".")[0]
+        if key not in names:
+            raise ConfigError(f"--detector {override}: {key} is not a detector setting (the settings: {', '.join(names)})")
+        apply_override(data, override, "--detector")
+    return from_mapping(DetectorSettings, {k: v for k, v in data.items() if k in names}, source=str(path),
+                        base_dir=Path(path).parent)
 
 
 def check_settings(settings: DetectorSettings) -> Manifest:
@@ -73,10 +93,10 @@ def build_detector(settings: DetectorSettings, score_threshold: float | None = N
     model and engine, to share (a sweep over policies); else one is built."""
     network = network or build_network(settings, score_threshold, nms_threshold, warm_up=())
     risk = RiskRules.of(settings.risk, network.manifest.class_names())
-    policy = make_policy(settings.policy, risk, network.pixels)
+    policy = make_policy(settings.policy, network.pixels)
     warm(network, policy.budgets())
     return FrameDetector(network, policy, settings.tracker, settings.flow, network.score_threshold,
-                         settings.policy.margin_ms)
+                         settings.policy.margin_ms, risk)
 
 
 def warm(network: StagedNetwork, budgets) -> None:  # noqa: ANN001 - an iterable of pixel budgets

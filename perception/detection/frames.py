@@ -23,6 +23,7 @@ import numpy as np
 from perception.detection.network import StagedNetwork
 from perception.detection.outputs import Outcome, Output
 from perception.detection.planning import FrameContext, Plan, Policy, run_to_exit
+from perception.detection.risk import NO_RISK, RiskRules
 from perception.latency import now_ns
 from perception.messages import LEVEL_PROPAGATE
 from perception.tracking.change import change_outside, tiny
@@ -34,9 +35,12 @@ T = TypeVar("T")
 
 class FrameDetector:
     def __init__(self, network: StagedNetwork, policy: Policy, tracker: TrackerConfig, flow: FlowConfig,
-                 score_threshold: float, margin_ms: float = 2.0) -> None:
+                 score_threshold: float, margin_ms: float = 2.0, risk: RiskRules | None = None) -> None:
+        """`risk`: the decision node's rules, assessed on every frame's output for the next frame's plan."""
         self.network = network
         self.policy = policy
+        self.risk_rules = risk
+        self._risk = NO_RISK
         self.tracker_config = tracker
         self.tracker = Tracker(tracker)
         self.flow = BoxFlow(flow)
@@ -53,6 +57,8 @@ class FrameDetector:
         self._network_at: tuple[int, int] | None = None  # (frame number, t_ns) of the last network frame
         self._full_size_at: int | None = None  # t_ns of the last network frame at the full pixel budget
         self._frame_number = 0
+        self._t_ns: int | None = None  # the last frame's place on the source's timeline
+        self._full_pixels = max(policy.budgets())  # the policy's full size
 
     @property
     def exit_count(self) -> int:
@@ -65,7 +71,9 @@ class FrameDetector:
         self._frame_number += 1
         if self._shape is not None and self._shape != frame.shape:
             self.reset("frame size")
-        self._shape = frame.shape
+        elif self._t_ns is not None and t_ns < self._t_ns:
+            self.reset("time backwards")  # a source started again (a restarted capture): its past is not this one's
+        self._shape, self._t_ns = frame.shape, t_ns
         current = None
         if self.policy.propagates:
             current = self.flow.prepare(frame)
@@ -83,6 +91,8 @@ class FrameDetector:
             outcome = self._network(frame, plan, t_ns, deadline_ns, max_exit)
         outcome.flow_ns = spent[0]
         self.levels[outcome.level] += 1
+        if self.risk_rules is not None:
+            self._risk = self.risk_rules.assess(outcome.output, frame.shape[1], frame.shape[0], t_ns)
         return outcome
 
     def reset(self, reason: str) -> None:
@@ -91,6 +101,9 @@ class FrameDetector:
         self.resets[reason] += 1
         self._previous = None
         self._tiny = {}
+        self._risk = NO_RISK
+        if self.risk_rules is not None:
+            self.risk_rules.reset()
         self._last = Output.empty()
         self._network_at = self._full_size_at = None
 
@@ -114,7 +127,8 @@ class FrameDetector:
         return FrameContext(
             t_ns=t_ns, width=width, height=height, deadline_ns=deadline_ns,
             max_exit=self.exit_count - 1 if max_exit is None else max_exit, network=self.network,
-            tracks=[t for t in self.tracker.tracks if t.frames_since_update == 0], carried_track_ids=last.track_ids,
+            tracks=[t for t in self.tracker.tracks if t.frames_since_update == 0], risk=self._risk,
+            carried_track_ids=last.track_ids,
             frames_since_network=None if network_at is None else self._frame_number - network_at[0] - 1,
             ms_since_network=None if network_at is None else (t_ns - network_at[1]) / 1e6,
             ms_since_full_size=None if self._full_size_at is None else (t_ns - self._full_size_at) / 1e6,
@@ -139,7 +153,7 @@ class FrameDetector:
         # scores, and flowing hundreds of boxes nobody keeps costs more than the network saves).
         self._last = output.select((output.scores >= self.tracker_config.low_score) | (output.track_ids > 0))
         self._network_at = (self._frame_number, t_ns)
-        if plan.pixels is None or plan.pixels >= self.policy.pixels:
+        if plan.pixels is None or plan.pixels >= self._full_pixels:
             self._full_size_at = t_ns
         self.sizes[f"{inference.size[0]}x{inference.size[1]}"] += 1
         return Outcome(level, inference.size, plan.why, output.select(output.scores >= self.score_threshold), inference, 0)
@@ -165,6 +179,8 @@ class FrameDetector:
                     boxes[index] = np.concatenate((centre - half, centre + half))
                 else:
                     boxes[index] = box
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, shape[1])  # as the network's boxes are: within the frame
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, shape[0])
         self._last = Output(boxes, last.scores, last.class_ids, last.track_ids, last.velocities)
         output = self._last.select(self._last.scores >= self.score_threshold)
         return Outcome(LEVEL_PROPAGATE, None, plan.why, output, None, 0)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 import numpy as np
 
 from perception.detection.network import FrameInference, StagedNetwork
-from perception.detection.risk import RiskRules
+from perception.detection.risk import Risk
 from perception.latency import now_ns
 from perception.tracking.flow import FlowResult
 from perception.tracking.tracker import Track
@@ -47,7 +47,8 @@ class FrameContext:
     deadline_ns: int | None  # None: no deadline (deterministic replay, evaluation)
     max_exit: int  # the watchdog's depth ceiling
     network: StagedNetwork  # input sizes and cost estimates
-    tracks: list[Track]  # the tracks seen or carried on the last frame (none lost)
+    tracks: list[Track]  # the tracks seen on the last network frame (none lost)
+    risk: Risk  # the last frame's output under the decision node's rules (perception.detection.risk)
     carried_track_ids: np.ndarray  # track id of each box moved() carries (0: untracked)
     frames_since_network: int | None  # None: no network frame yet (the first frame, or after a reset)
     ms_since_network: float | None
@@ -63,10 +64,9 @@ class Policy(ABC):
     kind: ClassVar[str]
     propagates: ClassVar[bool] = False
 
-    def __init__(self, config: PolicyConfig, risk: RiskRules | None, pixels: int) -> None:
+    def __init__(self, config: PolicyConfig, pixels: int) -> None:
         """`pixels`: the detector's input budget, the full size."""
         self.config = config
-        self.risk = risk
         self.pixels = pixels
 
     @abstractmethod

@@ -18,7 +18,6 @@ from typing import Annotated
 from perception.config import Range, check_ranges
 from perception.detection.adaptive import AdaptiveConfig, AdaptivePolicy
 from perception.detection.planning import REGISTRY, FrameContext, Plan, Policy, register
-from perception.detection.risk import RiskRules
 
 
 @dataclass(frozen=True)
@@ -27,7 +26,7 @@ class PolicyConfig:
 
     kind: str = "deadline"
     exit: Annotated[int, Range(-1, 63)] = -1  # fixed, interval: the exit (-1: the deepest)
-    interval: Annotated[int, Range(1, 1000)] = 2  # interval: the network every this many frames
+    interval: Annotated[int, Range(1, 30)] = 2  # interval: the network every this many frames
     margin_ms: Annotated[float, Range(0, 1000)] = 2.0  # deadline, adaptive: slack kept before the deadline
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
 
@@ -68,8 +67,8 @@ class DeadlinePolicy(Policy):
 register(AdaptivePolicy)
 
 
-def make_policy(config: PolicyConfig, risk: RiskRules | None, pixels: int) -> Policy:
-    return REGISTRY[config.kind](config, risk, pixels)
+def make_policy(config: PolicyConfig, pixels: int) -> Policy:
+    return REGISTRY[config.kind](config, pixels)
 
 
 __all__ = ["PolicyConfig", "make_policy", "REGISTRY"]

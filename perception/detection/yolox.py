@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ def _scaled(frame_width: int, frame_height: int, width: int, height: int) -> tup
     return scale, max(1, int(frame_width * scale)), max(1, int(frame_height * scale))
 
 
+@functools.lru_cache(maxsize=256)  # pure, and asked several times a frame for the same few sizes
 def budget_input(frame_width: int, frame_height: int, pixels: int, multiple: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """(fit box, input size) of a frame under a pixel budget: the box is the largest scale at which the
     frame fits an input whose sides are multiples of `multiple` and whose area is at most `pixels`;

@@ -27,7 +27,7 @@ from perception.replay import count_recorded_frames, decision_rows, pipeline_lau
 from perception.report import Collector, CollectorError, build_report
 
 LOG_TAIL_LINES = 15
-BUDGET_MS = 100.0  # `perception replay`'s default; lockstep replays never miss it (decision budget_ms 1e9)
+BUDGET_MS = 100.0  # `perception replay`'s default; lockstep replays never miss it (the decision node is deterministic)
 
 
 def replay_drive(drive: str, threads: int, log_path: str) -> dict:

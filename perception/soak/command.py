@@ -79,6 +79,7 @@ class Options:
     limits: Limits
     targets: tuple[str, ...] | None = None  # nodes process faults may hit; None: every restartable one
     sample_s: float = 10.0
+    budget_ms: float | None = None  # the budget to hold the pipeline to; None: the launch's (else its watchdog's)
 
     @property
     def warmup_s(self) -> float:
@@ -129,7 +130,7 @@ def prepare(spec: LaunchFile, source: str, faults: set[str]) -> tuple[LaunchFile
                     rogue_topics += [topic] if topic not in rogue_topics else []
         nodes.append(dataclasses.replace(node, params=params, max_restarts=max(node.max_restarts, SOAK_MAX_RESTARTS)))
     bounds = {n.name: (n.hang_timeout_s or 0.0) + MAX_RESTART_DELAY_S + n.startup_timeout_s for n in spec.nodes}
-    # The launch's budget is what it promises (a watchdog given a looser one by its params is caught).
+    # What the launch promises: its budget (its nodes' params may not loosen it), else its watchdog's.
     budget_ms = spec.budget_ms if spec.budget_ms is not None else watchdog.rules.budget_ms
     roles = Roles(watchdogs[0].name, captures, deciders, budget_ms, watchdog.rules.heartbeat_timeout_ms, bounds)
     return dataclasses.replace(spec, nodes=nodes, status_period_s=max(spec.status_period_s, 60.0)), roles, rogue_topics
@@ -339,7 +340,8 @@ def run_soak(path: Path, options: Options) -> tuple[dict, int]:
     if strays:
         raise ConfigError(f"--targets: {', '.join(strays)}: not nodes of {path} ({', '.join(n.name for n in spec.nodes)})")
     launcher = Launcher(spec, str(path))  # every config validated, the run directory made: nothing runs yet
-    checker = InvariantChecker(int(roles.budget_ms * 1e6), int(options.allowance_ms * 1e6), roles.watchdog,
+    budget_ms = options.budget_ms if options.budget_ms is not None else roles.budget_ms
+    checker = InvariantChecker(int(budget_ms * 1e6), int(options.allowance_ms * 1e6), roles.watchdog,
                                int(roles.silence_ms * 1e6), {n: int(s * S) for n, s in roles.bounds_s.items()})
     observer = Observer(checker, launcher.run_dir, roles.captures, roles.deciders, [n.spec.name for n in launcher.nodes])
     context = zmq.Context()
@@ -370,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     duration_s = args.seconds if args.seconds is not None else args.minutes * 60.0
     targets = tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None
     options = Options(duration_s, faults, args.every, args.seed, args.failsafe_delay_ms,
-                      Limits(args.max_rss_growth_mb, args.max_fd_growth, 0), targets)
+                      Limits(args.max_rss_growth_mb, args.max_fd_growth, 0), targets, budget_ms=args.budget_ms)
     if args.every <= 0 or args.failsafe_delay_ms < 0:
         raise ConfigError("--every must be positive and --failsafe-delay-ms not negative")
     if duration_s < options.warmup_s + options.cooldown_s + args.every:
@@ -396,6 +398,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--targets", default=None, metavar="A,B",
                         help="nodes that kill, stop and term may hit (default: every node the launcher restarts)")
     parser.add_argument("--json", type=Path, default=None, metavar="REPORT")
+    parser.add_argument("--budget-ms", type=float, default=None,
+                        help="hold every frame to this capture-to-decision budget (default: the launch's, else its watchdog's)")
     parser.add_argument("--failsafe-delay-ms", type=float, default=50.0,
                         help="how late after a frame's deadline its fail-safe may be stamped")
     parser.add_argument("--max-rss-growth-mb", type=float, default=100.0,

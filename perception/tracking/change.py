@@ -44,8 +44,9 @@ def change_outside(previous: np.ndarray, current: np.ndarray, boxes: np.ndarray,
     scale_x, scale_y = width / frame_shape[1], height / frame_shape[0]
     for x1, y1, x2, y2 in np.asarray(boxes, np.float64).reshape(-1, 4):
         grow_x, grow_y = (x2 - x1) * BOX_MARGIN, (y2 - y1) * BOX_MARGIN
-        outside[max(0, int((y1 - grow_y) * scale_y)):int(np.ceil((y2 + grow_y) * scale_y)) + 1,
-                max(0, int((x1 - grow_x) * scale_x)):int(np.ceil((x2 + grow_x) * scale_x)) + 1] = False
+        rows = max(0, int((y1 - grow_y) * scale_y)), max(0, int(np.ceil((y2 + grow_y) * scale_y)) + 1)
+        columns = max(0, int((x1 - grow_x) * scale_x)), max(0, int(np.ceil((x2 + grow_x) * scale_x)) + 1)
+        outside[rows[0]:rows[1], columns[0]:columns[1]] = False  # never a negative end: numpy would count from the far side
     share = _changed_share(cv2.absdiff(previous, current) > threshold, outside)
     if share <= enough:
         return share

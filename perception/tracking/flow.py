@@ -30,6 +30,7 @@ the ground truth of 0.88 / 0.83 / 0.81 / 0.78 one to four frames ahead (holding 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -46,7 +47,7 @@ class FlowConfig:
     """How boxes are moved by flow. Plain types, so it can be a YAML section."""
 
     scale: Annotated[float, Range(0.05, 1)] = 0.5  # flow runs on the grey image resized by this (speed); boxes stay in full-res pixels
-    max_width: Annotated[int, Range(32, 16384)] = 384  # ... and at most this wide: a camera's resolution costs no more flow
+    max_width: Annotated[int, Range(32, 16384)] = 384  # ... and at most this wide (by a whole factor: 1280 px -> 320)
     grid: Annotated[int, Range(1, 10)] = 3  # grid x grid points per box
     inset: Annotated[float, Range(0, 0.5, high_open=True)] = 0.2  # points span the box shrunk by this fraction of its width/height on each side
     window: Annotated[int, Range(3, 99)] = 9  # LK window side, pixels at the flow scale (odd); LK's cost grows with its area
@@ -161,10 +162,12 @@ class BoxFlow:
         gray = to_gray(frame_bgr)
         height, width = gray.shape
         small = gray
-        scale = min(self.config.scale, self.config.max_width / width)
-        if scale < 1.0:
-            size = (max(2, round(width * scale)), max(2, round(height * scale)))
-            small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)  # area: no aliasing of fine texture
+        # By a whole factor: area averaging is then OpenCV's fast path (0.5 ms for 1280x720 by 4, where
+        # 1280 -> 384 took 2 ms), and area averaging does not alias fine texture into false motion.
+        factor = math.ceil(1.0 / min(self.config.scale, self.config.max_width / width) - 1e-9)
+        if factor > 1:
+            size = (max(2, round(width / factor)), max(2, round(height / factor)))
+            small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         return FlowFrame(gray=np.ascontiguousarray(small), shape=(height, width))
 
     def propagate(self, previous: FlowFrame, current: FlowFrame, boxes: np.ndarray) -> FlowResult:

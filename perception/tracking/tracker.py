@@ -100,10 +100,10 @@ class Track:
     """A snapshot handed out by the tracker (a copy: changing it changes nothing in the tracker)."""
 
     track_id: int  # >= 1, never reused within a Tracker's life (reset() does not reuse ids either)
-    box: np.ndarray  # xyxy float32 pixels: this frame's measurement (detection or flow box) if any, else the prediction
+    box: np.ndarray  # xyxy float32 pixels: this frame's detection if it was matched, else the prediction
     score: float  # score of the last detection matched to it
     class_id: int
-    age_frames: int  # frames (update and propagate) since birth: 0 on the frame it was born
+    age_frames: int  # frames the tracker saw (network frames) since its birth: 0 on the frame it was born
     hits: int  # detections matched so far, the one it was born from included
     frames_since_update: int  # network frames (update calls) since it was last matched: 0 when matched this frame
     velocity: np.ndarray  # (vx, vy) float64 of the box centre, px/s, from the Kalman state
@@ -301,8 +301,7 @@ class Tracker:
     stream: the caller should reset() (with its own reason); if it does not, the tracker resets
     itself with reason "image_size". Timestamps must not go backwards; if they do, the tracker
     resets itself with reason "time_backwards". Counters: `resets` (per reason) and `dropped`
-    ("invalid_box": NaN, infinite or empty detections or flow boxes; "unknown_track": flow boxes
-    for a track that is not active).
+    ("invalid_box": NaN, infinite or empty detections).
     """
 
     def __init__(self, config: TrackerConfig) -> None:

@@ -87,7 +87,7 @@ def test_the_detector_body_runs_in_process_on_fed_frames_and_obeys_the_depth_cei
 
     image = cv2.imread(str(REPO / "tests/data/udacity_test1.jpg"))
     config = from_mapping(DetectorConfig, {"policy": {"kind": "fixed"}, "engine": {"threads": 1}, "control_from": "watchdog",
-                                           "stale_ms": 60_000, "budget_ms": 60_000, "reserve_ms": 10})
+                                           "stale_ms": 10_000, "budget_ms": 10_000, "reserve_ms": 10})
 
     def frame(i: int) -> FrameHeader:
         t = now_ns()
@@ -123,8 +123,8 @@ def test_a_frame_of_the_wrong_shape_is_dropped_and_counted_in_process():
     from perception.messages import FrameHeader, FrameTransport
     from perception.testing import TestingNode
 
-    config = from_mapping(DetectorConfig, {"policy": {"kind": "fixed"}, "engine": {"threads": 1}, "stale_ms": 60_000,
-                                           "budget_ms": 60_000, "reserve_ms": 10})
+    config = from_mapping(DetectorConfig, {"policy": {"kind": "fixed"}, "engine": {"threads": 1}, "stale_ms": 10_000,
+                                           "budget_ms": 10_000, "reserve_ms": 10})
     node = TestingNode("detector")
     gray = FrameHeader(frame_id=1, capture_ns=now_ns(), media_ns=0, width=64, height=48, channels=1,
                        transport=FrameTransport.INLINE)
@@ -142,6 +142,4 @@ def test_the_shipped_detector_and_decision_configs_mean_the_same_ego_path():
     from perception.config import load_config
 
     risk = load_config(REPO / "configs/detector.yaml", DetectorConfig).risk
-    rules = load_config(REPO / "configs/decision.yaml", DecisionConfig).rules
-    assert risk.ego_path and risk.roi == rules.roi and risk.classes == rules.classes
-    assert (risk.min_in_path, risk.near_height, risk.closing_ttc_s) == (rules.min_in_path, rules.slow_height, rules.slow_ttc_s)
+    assert risk.ego_path and risk.rules == load_config(REPO / "configs/decision.yaml", DecisionConfig).rules

@@ -96,6 +96,7 @@ class Observer:
         return dict(beats[-1].counters) if beats else {}
 
 
+ROGUE = "ipc://{run_dir}/rogue.pub"  # the tests' rogue publisher: read by the nodes, bound by the test
 HANG_TIMEOUT_S = 2.0  # the launcher's, per node: a longer stall is a hang, killed and restarted
 
 
@@ -106,11 +107,11 @@ def write_pipeline(tmp_path: Path, rate: float = 10.0, detector_model: Path | No
     )
     (tmp_path / "detector.yaml").write_text(
         f"node: {{heartbeat_period_ms: 50}}\nmodel: {detector_model or REPO / 'perception/weights/yolox_nano_exits.json'}\n"
-        "engine: {threads: 1}\npolicy: {kind: fixed, exit: 0}\nframes_from: [capture, rogue]\ncontrol_from: watchdog\n"
+        "engine: {threads: 1}\npolicy: {kind: fixed, exit: 0}\nframes_from: [capture, '" + ROGUE + "']\ncontrol_from: watchdog\n"
     )
-    (tmp_path / "decision.yaml").write_text("node: {heartbeat_period_ms: 50}\ndetections_from: [detector, rogue]\n")
+    (tmp_path / "decision.yaml").write_text("node: {heartbeat_period_ms: 50}\ndetections_from: [detector, '" + ROGUE + "']\n")
     (tmp_path / "watchdog.yaml").write_text(
-        "node: {heartbeat_period_ms: 50}\ndecisions_from: [decision, rogue]\n"
+        "node: {heartbeat_period_ms: 50}\ndecisions_from: [decision, '" + ROGUE + "']\n"
         "rules: {monitored: [capture, detector, decision], heartbeat_timeout_ms: 300, startup_grace_ms: 15000}\n"
     )
     launch = tmp_path / "pipeline.yaml"

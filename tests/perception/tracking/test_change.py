@@ -34,3 +34,12 @@ def test_a_camera_that_pans_is_not_all_change():
     raw = float((cv2.absdiff(tiny(frame), tiny(panned)) > 25).mean())
     compensated = change_outside(tiny(frame), tiny(panned), np.zeros((0, 4)), frame.shape)
     assert raw > 0.2 and compensated < 0.02
+
+
+def test_a_tracked_box_beyond_the_frame_masks_nothing_it_does_not_cover():
+    """Flow carries boxes past the frame's edge; a negative slice end used to mask most of the frame."""
+    frame = texture()
+    appeared = frame.copy()
+    appeared[100:200, 100:200] = 255
+    left_of_frame = np.array([[-60, 80, -20, 220]], np.float64)
+    assert change_outside(tiny(frame), tiny(appeared), left_of_frame, frame.shape) > 0.02

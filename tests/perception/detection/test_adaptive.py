@@ -1,0 +1,84 @@
+"""The adaptive policy's plans, on frames described by hand (perception.detection.planning.FrameContext)
+over a scripted network whose costs are known: no timing, no video."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from perception.detection.adaptive import AdaptiveConfig
+from perception.detection.planning import FrameContext
+from perception.detection.policies import PolicyConfig, make_policy
+from perception.detection.risk import NO_RISK, Risk
+from perception.latency import now_ns
+from perception.tracking.flow import FlowResult
+from perception.tracking.tracker import Track
+from scripted_network import MS, make_network
+
+FULL = 416 * 416
+
+
+def policy(**settings):
+    return make_policy(PolicyConfig(kind="adaptive", adaptive=replace(AdaptiveConfig(), **settings)), FULL)
+
+
+def person(height: float, track_id: int = 1, hits: int = 10) -> Track:
+    return Track(track_id=track_id, box=np.array([300, 100, 340, 100 + height], np.float32), score=0.9, class_id=0,
+                 age_frames=10, hits=hits, frames_since_update=0, velocity=np.zeros(2), height_rate=0.0, confirmed=True)
+
+
+def frame(network, *, since_ms: float | None = 40.0, since_full_ms: float | None = 40.0, tracks=(), risk=NO_RISK,
+          deadline_ns: int | None = None, change: float = 0.0, flow_ok: bool = True) -> FrameContext:
+    boxes = np.array([t.box for t in tracks], np.float32).reshape(-1, 4)
+    moved = FlowResult(boxes=boxes, ok=np.full(len(boxes), flow_ok), fb_error=np.zeros(len(boxes), np.float32),
+                       good_fraction=np.ones(len(boxes), np.float32), scale=np.ones(len(boxes), np.float32))
+    return FrameContext(t_ns=10**9, width=640, height=480, deadline_ns=deadline_ns, max_exit=1, network=network,
+                        tracks=list(tracks), risk=risk, carried_track_ids=np.array([t.track_id for t in tracks], np.uint32),
+                        frames_since_network=None if since_ms is None else 1, ms_since_network=since_ms,
+                        ms_since_full_size=since_full_ms, moved=lambda: moved, change=lambda enough: change)
+
+
+@pytest.fixture
+def network():
+    return make_network(fit_aspect=True)[0]
+
+
+def test_a_quiet_frame_is_propagated_and_time_change_or_lost_flow_run_the_network(network):
+    adaptive = policy(max_gap_ms=100)
+    tall = [person(200)]
+    assert adaptive.plan(frame(network, tracks=tall)).propagate
+    assert adaptive.plan(frame(network, since_ms=120, tracks=tall)).why.startswith("time")
+    assert adaptive.plan(frame(network, tracks=tall, change=0.05)).why == "change"
+    assert adaptive.plan(frame(network, tracks=tall, flow_ok=False)).why.startswith("flow lost")
+    assert adaptive.plan(frame(network, since_ms=None)).why == "first frame"
+
+
+def test_risk_runs_full_size_as_deep_as_the_deadline_allows_even_when_full_size_is_late(network):
+    plan = policy().plan(frame(network, risk=Risk("car in path, closing", True), deadline_ns=now_ns() + 5 * MS))
+    assert plan.why.startswith("risk:") and plan.pixels == FULL and plan.exit_index is None
+
+
+def test_a_network_frame_runs_at_the_smallest_size_that_keeps_every_track_tall_enough(network):
+    adaptive = policy(sizes=[1.0, 0.5, 0.25], min_object_px=16, max_gap_ms=0)
+    # 640x480 at a quarter of 416x416's pixels: scale 0.35, a 60 px person 21 px tall; at half 0.5, 30 px
+    assert adaptive.plan(frame(network, tracks=[person(60)])).pixels == FULL // 4
+    assert adaptive.plan(frame(network, tracks=[person(40)])).pixels == FULL // 2
+    assert adaptive.plan(frame(network, tracks=[person(20)])).pixels == FULL
+    # a scout at full size at least every full_size_every_ms, and none below full size with anything in the path
+    assert adaptive.plan(frame(network, tracks=[person(60)], since_full_ms=2000)).pixels == FULL
+    assert adaptive.plan(frame(network, tracks=[person(60)], risk=Risk(None, True))).pixels == FULL
+
+
+def test_under_a_deadline_too_close_for_full_size_a_smaller_size_before_a_shallower_exit(network):
+    adaptive = policy(sizes=[1.0, 0.5], max_gap_ms=0)
+    # full depth costs about 13 ms at full size and 6.5 at half: a deadline 10 ms away takes half size
+    plan = adaptive.plan(frame(network, tracks=[person(20)], deadline_ns=now_ns() + 10 * MS))
+    assert plan.pixels == FULL // 2 and plan.exit_index is None
+    assert adaptive.plan(frame(network, tracks=[person(20)], deadline_ns=now_ns() + 60 * MS)).pixels == FULL
+
+
+def test_the_full_size_is_the_largest_share_whatever_it_is(network):
+    adaptive = policy(sizes=[0.8, 0.4], max_gap_ms=0, min_object_px=1)
+    assert adaptive.budgets() == (int(FULL * 0.8), int(FULL * 0.4))
+    assert adaptive.plan(frame(network, tracks=[person(200)])).pixels == int(FULL * 0.4)
+    assert adaptive.plan(frame(network, since_ms=None)).pixels == int(FULL * 0.8)
