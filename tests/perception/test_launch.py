@@ -171,7 +171,7 @@ def test_a_replay_whose_source_is_missing_ends_with_one_clear_error(tmp_path):
 
 
 def test_a_node_gets_the_realtime_priority_and_nice_its_launch_file_asks_for(tmp_path):
-    (tmp_path / "monitor.yaml").write_text("frames_from: nobody\n")
+    (tmp_path / "monitor.yaml").write_text("frames_from: 'ipc://{run_dir}/nobody.pub'\n")
     launch = tmp_path / "rt.yaml"
     launch.write_text(
         "status_period_s: 60\nnodes:\n"
@@ -205,7 +205,7 @@ def test_a_node_gets_the_realtime_priority_and_nice_its_launch_file_asks_for(tmp
 
 def test_an_out_of_range_realtime_priority_is_a_config_error(tmp_path):
     launch = tmp_path / "bad.yaml"
-    (tmp_path / "monitor.yaml").write_text("frames_from: nobody\n")
+    (tmp_path / "monitor.yaml").write_text("frames_from: 'ipc://{run_dir}/nobody.pub'\n")
     launch.write_text("nodes:\n  - {name: w, node: monitor, config: monitor.yaml, realtime_priority: 120}\n")
     result = run_python(["-m", "perception.cli", "launch", str(launch)])
     assert result.returncode != 0
@@ -223,7 +223,7 @@ def test_a_module_in_nodes_that_is_not_a_node_is_named_not_a_traceback(tmp_path)
 
 
 def test_a_hung_node_is_killed_and_restarted_and_a_short_stall_is_not(tmp_path):
-    (tmp_path / "monitor.yaml").write_text("node: {heartbeat_period_ms: 50}\nframes_from: nobody\n")
+    (tmp_path / "monitor.yaml").write_text("node: {heartbeat_period_ms: 50}\nframes_from: 'ipc://{run_dir}/nobody.pub'\n")
     launch = tmp_path / "hang.yaml"
     launch.write_text("status_period_s: 60\nnodes:\n"
                       "  - {name: watcher, node: monitor, config: monitor.yaml, hang_timeout_s: 1.0, restart_delay_s: 0.1}\n")
@@ -267,7 +267,7 @@ def test_run_directories_are_private_and_a_killed_launchers_leftovers_are_cleane
     alive = Path(tempfile.gettempdir()) / "perception-alive0test"
     alive.mkdir(exist_ok=True)
     (alive / OWNER_FILE).write_text(f"{os.getpid()} {process_start_time(os.getpid())}")  # this process: running
-    (tmp_path / "monitor.yaml").write_text("frames_from: nobody\n")
+    (tmp_path / "monitor.yaml").write_text("frames_from: 'ipc://{run_dir}/nobody.pub'\n")
     try:
         launcher = Launcher(LaunchFile(nodes=[LaunchNode(name="m", node="monitor", config=tmp_path / "monitor.yaml")]), "test")
         assert not stale.exists() and segments_with_prefix("perception-stale0test-") == []
@@ -281,7 +281,7 @@ def test_run_directories_are_private_and_a_killed_launchers_leftovers_are_cleane
 
 
 def test_a_second_node_with_the_same_name_in_one_run_fails_with_one_line(run_dir, tmp_path):
-    (tmp_path / "monitor.yaml").write_text("frames_from: nobody\n")
+    (tmp_path / "monitor.yaml").write_text("frames_from: 'ipc://{run_dir}/nobody.pub'\n")
     command = [sys.executable, "-m", "nodes.monitor", "--name", "twin", "--config", str(tmp_path / "monitor.yaml")]
     first = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
@@ -469,7 +469,7 @@ def test_the_restart_delay_doubles_in_a_row_and_starts_again_after_a_node_ran_st
     from perception.latency import now_ns
     from perception.messages import Heartbeat, NodeState
 
-    (tmp_path / "monitor.yaml").write_text("frames_from: nobody\n")
+    (tmp_path / "monitor.yaml").write_text("frames_from: 'ipc://{run_dir}/nobody.pub'\n")
     launch = tmp_path / "one.yaml"
     launch.write_text("nodes:\n  - {name: monitor, node: monitor, config: monitor.yaml, restart_delay_s: 0.1, "
                       "max_restarts: 3}\n")

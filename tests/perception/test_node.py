@@ -10,7 +10,7 @@ from perception.topics import HEARTBEAT
 
 
 def test_wait_for_nodes_returns_when_each_named_node_runs_and_names_the_silent_ones(tmp_path, run_dir):
-    (tmp_path / "monitor.yaml").write_text("frames_from: nobody\n")
+    (tmp_path / "monitor.yaml").write_text("frames_from: 'ipc://{run_dir}/nobody.pub'\n")
     monitor = subprocess.Popen([sys.executable, "-m", "nodes.monitor", "--name", "monitor", "--config",
                                 str(tmp_path / "monitor.yaml")], cwd=REPO, stderr=subprocess.DEVNULL)
     try:
@@ -32,7 +32,7 @@ def test_only_an_ordered_stop_is_quiet_any_other_signal_is_a_failure(tmp_path, r
     from perception.messages import NodeState
     from perception.transport import Subscriber, resolve_endpoint
 
-    (tmp_path / "monitor.yaml").write_text("node: {heartbeat_period_ms: 20}\nframes_from: nobody\n")
+    (tmp_path / "monitor.yaml").write_text("node: {heartbeat_period_ms: 20}\nframes_from: 'ipc://{run_dir}/nobody.pub'\n")
     command = [sys.executable, "-m", "nodes.monitor", "--name", "monitor", "--config", str(tmp_path / "monitor.yaml")]
     context = zmq.Context()
     beats = Subscriber(context, resolve_endpoint("monitor", run_dir), HEARTBEAT, latest=False)

@@ -92,7 +92,7 @@ def test_a_secret_key_others_can_read_is_refused(keys):
 def test_a_curve_node_serves_only_listed_clients(tmp_path, run_dir, keys, stranger):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     (tmp_path / "watcher.yaml").write_text(
-        f"node: {{heartbeat_period_ms: 50, publish: '{endpoint}', keys: {keys}, key: camera}}\nframes_from: nobody\n")
+        f"node: {{heartbeat_period_ms: 50, publish: '{endpoint}', keys: {keys}, key: camera}}\nframes_from: 'ipc://{{run_dir}}/nobody.pub'\n")
     node = subprocess.Popen([sys.executable, "-m", "nodes.monitor", "--name", "watcher", "--config",
                              str(tmp_path / "watcher.yaml")], cwd=REPO, stderr=subprocess.PIPE, text=True)
     context = zmq.Context()
@@ -160,7 +160,7 @@ def test_a_rogue_publisher_at_a_known_endpoint_cannot_inject(run_dir, keys, stra
 def test_plain_tcp_is_refused_with_one_line_unless_insecure(tmp_path, run_dir):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     config = tmp_path / "watcher.yaml"
-    config.write_text(f"node: {{heartbeat_period_ms: 50, publish: '{endpoint}'}}\nframes_from: nobody\n")
+    config.write_text(f"node: {{heartbeat_period_ms: 50, publish: '{endpoint}'}}\nframes_from: 'ipc://{{run_dir}}/nobody.pub'\n")
     result = run_python(["-m", "nodes.monitor", "--name", "watcher", "--config", str(config)])
     assert result.returncode == 78 and "Traceback" not in result.stderr
     lines = error_lines(result.stderr)
@@ -174,7 +174,7 @@ def test_plain_tcp_is_refused_with_one_line_unless_insecure(tmp_path, run_dir):
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and f"node reader: {endpoint} without its publisher's CURVE key" in lines[0]
 
-    config.write_text(f"node: {{heartbeat_period_ms: 50, publish: '{endpoint}', insecure: true}}\nframes_from: nobody\n")
+    config.write_text(f"node: {{heartbeat_period_ms: 50, publish: '{endpoint}', insecure: true}}\nframes_from: 'ipc://{{run_dir}}/nobody.pub'\n")
     node = subprocess.Popen([sys.executable, "-m", "nodes.monitor", "--name", "watcher", "--config", str(config)],
                             cwd=REPO, stderr=subprocess.PIPE, text=True)
     context = zmq.Context()
@@ -190,7 +190,7 @@ def test_plain_tcp_is_refused_with_one_line_unless_insecure(tmp_path, run_dir):
 
 def test_a_launch_with_plain_tcp_refuses_to_start_naming_the_node(tmp_path):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    (tmp_path / "monitor.yaml").write_text(f"node: {{publish: '{endpoint}'}}\nframes_from: nobody\n")
+    (tmp_path / "monitor.yaml").write_text(f"node: {{publish: '{endpoint}'}}\nframes_from: 'ipc://{{run_dir}}/nobody.pub'\n")
     launch = tmp_path / "plain.yaml"
     launch.write_text("nodes:\n  - {name: watcher, node: monitor, config: monitor.yaml}\n")
     result = run_python(["-m", "perception.cli", "launch", str(launch)])
