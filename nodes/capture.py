@@ -17,8 +17,9 @@ from perception.latency import now_ns
 from perception.messages import FrameTransport, Stamp
 from perception.node import DeviceLostError, FatalInputError, Node, NodeSettings, run_node
 from perception.sources import DeviceError, SourceConfig, SourceError, open_source
+from perception.graph import Port
 from perception.timing import Pacer
-from perception.topics import DECISIONS, FRAMES
+from perception.topics import DECISIONS, FRAMES, HEARTBEAT
 
 log = logging.getLogger("capture")
 
@@ -30,13 +31,11 @@ class CaptureConfig:
     # source: the recorded timeline (a camera: as it delivers); max: as fast as frames come; or frames per second
     rate: Literal["source", "max"] | Annotated[float, Range(0, 1000, low_open=True)] = "source"
     speed: Annotated[float, Range(0.001, 1000)] = 1.0  # rate source: play the recorded timeline this many times faster
-    lockstep_from: list[str] | None = None  # deterministic replay: send frame N+1 after a decision about N
     lockstep_timeout_s: Annotated[float, Range(0.01, 3600)] = 10.0
     transport: Literal["shm", "inline"] = "shm"  # inline: pixels inside the message (for tcp://)
     ring_slots: Annotated[int, Range(2, 256)] = 8
     max_frames: PositiveInt | None = None
     wait_for_subscribers: Annotated[int, Range(0, 1000)] = 0  # replay: hold the first frame until this many consumers listen
-    wait_for_nodes: list[str] | None = None  # and until these nodes run their loops (models loaded, warm)
     wait_timeout_s: Annotated[float, Range(0, 3600)] = 10.0
 
     def __post_init__(self) -> None:
@@ -44,6 +43,11 @@ class CaptureConfig:
 
 
 CONFIG = CaptureConfig
+INPUTS = {
+    "lockstep": Port(DECISIONS, required=False),  # deterministic replay: frame N+1 after a decision about N
+    "ready": Port(HEARTBEAT, required=False),  # the first frame once these nodes run their loops (models loaded, warm)
+}
+OUTPUTS = (FRAMES,)
 
 
 def capture(node: Node, config: CaptureConfig) -> None:
@@ -55,15 +59,14 @@ def capture(node: Node, config: CaptureConfig) -> None:
         pacer = Pacer(config.rate, config.speed, source.paced_by_device)
         log.info("%s, publishing %s, %s", source.description, config.transport, pacer.describe())
         sender = node.frame_sender(FrameTransport[config.transport.upper()], config.ring_slots)
-        decisions = (node.subscribe(config.lockstep_from, DECISIONS, latest=False)
-                     if config.lockstep_from else None)
+        decisions = node.subscribe("lockstep", DECISIONS, latest=False, optional=True)
         if config.wait_for_subscribers and not node.wait_for_subscribers(
             FRAMES, config.wait_for_subscribers, config.wait_timeout_s
         ):
             log.warning("only %d of %d subscribers after %.1f s; starting anyway",
                         node.publisher.subscriber_count(FRAMES), config.wait_for_subscribers, config.wait_timeout_s)
-        if config.wait_for_nodes:
-            silent = node.wait_for_nodes(config.wait_for_nodes, config.wait_timeout_s)
+        if node.input_edges("ready"):
+            silent = node.wait_for_nodes("ready", config.wait_timeout_s)
             if silent:
                 log.warning("%s not running after %.1f s; starting anyway", ", ".join(silent), config.wait_timeout_s)
         shape = None

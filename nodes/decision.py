@@ -10,8 +10,10 @@ from pathlib import Path
 from perception.config import check_ranges
 from perception.decision import DecisionRules, decision_maker
 from perception.detection.manifest import WEIGHTS_DIR
-from perception.latency import BudgetMs, now_ns
-from perception.node import Node, NodeSettings, run_node
+from perception.latency import now_ns
+from perception.interface import NodeInterface
+from perception.node import NodeSettings, run_node
+from perception.graph import Port
 from perception.topics import DECISIONS, DETECTIONS
 
 log = logging.getLogger("decision")
@@ -20,10 +22,8 @@ log = logging.getLogger("decision")
 @dataclass(frozen=True)
 class DecisionConfig:
     node: NodeSettings = field(default_factory=NodeSettings)
-    detections_from: str | list[str] = "detector"
     classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # names of the detector's class ids
     rules: DecisionRules = field(default_factory=DecisionRules)
-    budget_ms: BudgetMs = 100.0  # detections older than this are dropped: the watchdog has already braked
     deterministic: bool = False  # deterministic replay (lockstep): nothing is ever stale, nothing is dropped
 
     def __post_init__(self) -> None:
@@ -31,20 +31,22 @@ class DecisionConfig:
 
 
 CONFIG = DecisionConfig
+INPUTS = {"detections": Port(DETECTIONS)}
+OUTPUTS = (DECISIONS,)
 
 
 def check(config: DecisionConfig) -> None:
     decision_maker(config.rules, config.classes_file)
 
 
-def decide(node: Node, config: DecisionConfig) -> None:
+def decide(node: NodeInterface, config: DecisionConfig) -> None:
     maker = decision_maker(config.rules, config.classes_file, node.name)
-    detections = node.subscribe(config.detections_from, DETECTIONS, latest=False)
+    detections = node.subscribe("detections", DETECTIONS, latest=False)
     actions: Counter = Counter()
     while node.ok():
         if detections in node.poll(0.1):
             for received in detections.receive():
-                if not config.deterministic and now_ns() - received.message.capture_ns > config.budget_ms * 1e6:
+                if not config.deterministic and now_ns() - received.message.capture_ns > config.node.budget_ms * 1e6:
                     node.count("detections.stale")
                     continue
                 decision = maker.decide(received.message, now_ns())

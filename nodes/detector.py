@@ -25,7 +25,9 @@ from perception.detection.outputs import detections_message
 from perception.engines import EngineUnavailable
 from perception.latency import BudgetMs, now_ns, percentiles_ms, since_capture_ns
 from perception.messages import LEVEL_PROPAGATE, Control, Detections, FrameHeader, NodeState
-from perception.node import FatalInputError, Node, NodeSettings, run_node
+from perception.interface import NodeInterface
+from perception.node import FatalInputError, NodeSettings, run_node
+from perception.graph import Port
 from perception.topics import CONTROL, DETECTIONS, FRAMES
 from perception.shm_ring import FrameOverwritten, RingError
 from perception.timing import Periodic
@@ -36,9 +38,6 @@ log = logging.getLogger("detector")
 @dataclass(frozen=True)
 class DetectorConfig(DetectorSettings):
     node: NodeSettings = field(default_factory=NodeSettings)
-    frames_from: str | list[str] = "capture"  # node name(s) or endpoint URL(s)
-    control_from: str | None = None  # the watchdog's node name, to accept depth ceilings from it
-    budget_ms: BudgetMs = 100.0  # capture to published decision
     reserve_ms: BudgetMs = 15.0  # of the budget, kept for the decision node and the hops after detection
     stale_ms: BudgetMs = 50.0  # a frame older than this when picked up is dropped
     report_period_s: Annotated[float, Range(0.1, 3600)] = 5.0
@@ -48,11 +47,13 @@ class DetectorConfig(DetectorSettings):
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        if not self.reserve_ms < self.budget_ms:
-            raise ValueError(f"need reserve_ms < budget_ms, got {self.reserve_ms} and {self.budget_ms}")
+        if not self.reserve_ms < self.node.budget_ms:
+            raise ValueError(f"need reserve_ms < the launch's budget_ms, got {self.reserve_ms} and {self.node.budget_ms}")
 
 
 CONFIG = DetectorConfig
+INPUTS = {"frames": Port(FRAMES), "control": Port(CONTROL, required=False)}  # control: the watchdog's depth ceilings
+OUTPUTS = (DETECTIONS,)
 
 
 def check(config: DetectorConfig) -> None:
@@ -95,10 +96,10 @@ class DepthCeiling:
         self.max_exit = ceiling
 
 
-def detect(node: Node, config: DetectorConfig) -> None:
+def detect(node: NodeInterface, config: DetectorConfig) -> None:
     detector = open_detector(config)
-    frames = node.subscribe(config.frames_from, FRAMES, latest=True)
-    control = node.subscribe(config.control_from, CONTROL, latest=False) if config.control_from else None
+    frames = node.subscribe("frames", FRAMES, latest=True)
+    control = node.subscribe("control", CONTROL, latest=False, optional=True)
     receiver = node.frame_receiver()
     ceiling = DepthCeiling(detector.exit_count)
     latencies: deque[int] = deque(maxlen=500)
@@ -127,14 +128,14 @@ def detect(node: Node, config: DetectorConfig) -> None:
         detector.network.close()
 
 
-def process_frame(node: Node, config: DetectorConfig, detector: FrameDetector, receiver, received,
+def process_frame(node: NodeInterface, config: DetectorConfig, detector: FrameDetector, receiver, received,
                   max_exit: int) -> Detections | None:
     header: FrameHeader = received.message
     picked_ns = now_ns()
     if not config.deterministic and picked_ns - header.capture_ns > config.stale_ms * 1e6:
         node.count("frames.stale")
         return None
-    deadline_ns = header.capture_ns + int((config.budget_ms - config.reserve_ms) * 1e6)
+    deadline_ns = header.capture_ns + int((config.node.budget_ms - config.reserve_ms) * 1e6)
     try:
         view = receiver.view(received)
         # The source's timeline drives the tracker (and so velocities): a replay tracks as the drive did.
@@ -160,7 +161,7 @@ def process_frame(node: Node, config: DetectorConfig, detector: FrameDetector, r
                               stamps=header.stamps, received_ns=picked_ns, done_ns=now_ns())
 
 
-def report(node: Node, frames, latencies: deque, exits: Counter) -> None:
+def report(node: NodeInterface, frames, latencies: deque, exits: Counter) -> None:
     stats = percentiles_ms(latencies)
     if stats:
         log.info("capture->detections ms p50 %.1f p99 %.1f max %.1f | exits %s",

@@ -17,6 +17,7 @@ from perception.config import Range, check_ranges
 from perception.latency import now_ns, percentiles_ms, since_capture_ns, stage_durations_ns
 from perception.messages import FrameHeader
 from perception.node import Node, NodeSettings, run_node
+from perception.graph import Port
 from perception.topics import FRAMES
 from perception.shm_ring import FrameOverwritten, RingError
 from perception.sources import read_frame_index
@@ -28,7 +29,6 @@ log = logging.getLogger("monitor")
 @dataclass(frozen=True)
 class MonitorConfig:
     node: NodeSettings = field(default_factory=NodeSettings)
-    frames_from: str = "capture"  # node name or endpoint URL
     latest: bool = False  # true: only ever look at the newest frame, as a detector would
     record: Path | None = None  # JSON lines, one per frame
     report_period_s: Annotated[float, Range(0.1, 3600)] = 5.0
@@ -39,10 +39,12 @@ class MonitorConfig:
 
 
 CONFIG = MonitorConfig
+INPUTS = {"frames": Port(FRAMES)}
+OUTPUTS = ()
 
 
 def monitor(node: Node, config: MonitorConfig) -> None:
-    frames = node.subscribe(config.frames_from, FRAMES, latest=config.latest)
+    frames = node.subscribe("frames", FRAMES, latest=config.latest)
     receiver = node.frame_receiver()
     latencies: deque[int] = deque(maxlen=config.window)
     record = open(config.record, "a", buffering=1) if config.record else None

@@ -21,24 +21,20 @@ from typing import Annotated, Literal
 from perception.config import Range, check_ranges
 from perception.detection.manifest import WEIGHTS_DIR, read_class_names
 from perception.latency import now_ns
-from perception.node import FatalInputError, Node, NodeSettings, OutputError, run_node
+from perception.interface import NodeInterface
+from perception.node import FatalInputError, NodeSettings, OutputError, run_node
 from perception.recording import MB, RecordingWriteError, RecordingWriter
 from perception.shm_ring import FrameOverwritten, RingError
-from perception.topics import FRAMES, TOPICS, topic
+from perception.graph import ANY_INPUTS
+from perception.topics import FRAMES
 
 log = logging.getLogger("recorder")
-
-
-def default_sources() -> dict[str, list[str]]:
-    """Every topic of the graph, from every node that publishes it (perception.topics)."""
-    return {t.name: list(t.publishers) for t in TOPICS}
 
 
 @dataclass(frozen=True)
 class RecorderConfig:
     output: Path
     node: NodeSettings = field(default_factory=NodeSettings)
-    sources: dict[str, list[str]] = field(default_factory=default_sources)  # topic name -> publishers
     image_format: Literal["jpeg", "raw"] = "jpeg"
     jpeg_quality: Annotated[int, Range(1, 100)] = 90
     chunk_size_kb: Annotated[int, Range(1, 1 << 20)] = 1024  # a killed recorder loses at most the chunk in progress
@@ -47,14 +43,11 @@ class RecorderConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        for name in self.sources:
-            try:
-                topic(name)
-            except ValueError as exc:
-                raise ValueError(f"sources: {exc}") from None
 
 
 CONFIG = RecorderConfig
+INPUTS = ANY_INPUTS  # whatever its launch entry connects (`perception record`: every output of the launch)
+OUTPUTS = ()
 
 
 def free_path(path: Path) -> Path:
@@ -67,7 +60,7 @@ def free_path(path: Path) -> Path:
     return candidate
 
 
-def record(node: Node, config: RecorderConfig) -> None:
+def record(node: NodeInterface, config: RecorderConfig) -> None:
     try:
         class_names = read_class_names(config.classes_file)
     except OSError as exc:
@@ -80,7 +73,7 @@ def record(node: Node, config: RecorderConfig) -> None:
                                  class_names, int(config.min_free_mb * MB))
     except RecordingWriteError as exc:
         raise OutputError(str(exc)) from None
-    subscribers = [node.subscribe(refs, topic(name), latest=False) for name, refs in config.sources.items() if refs]
+    subscribers = [node.subscribe(name, edges[0].topic, latest=False) for name, edges in node.settings.edges.items()]
     receiver = node.frame_receiver()
     log.info("recording %s to %s", ", ".join(s.topic.name for s in subscribers), output)
     try:
@@ -103,7 +96,7 @@ def record(node: Node, config: RecorderConfig) -> None:
         log.info("wrote %s: %s", output, " ".join(f"{k} {v}" for k, v in sorted(writer.counts.items())))
 
 
-def write_frame(node: Node, writer: RecordingWriter, receiver, received) -> None:
+def write_frame(node: NodeInterface, writer: RecordingWriter, receiver, received) -> None:
     header = received.message
     try:
         view = receiver.view(received)

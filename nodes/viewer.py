@@ -28,15 +28,15 @@ from perception.config import Fraction, Range, check_ranges
 from perception.detection.manifest import WEIGHTS_DIR, read_class_names
 from perception.latency import now_ns
 from perception.log_rate import limit_log_rate
-from perception.messages import json_schema, schema_name
+from perception.codec import json_schema, schema_name
 from perception.node import FatalInputError, Node, NodeSettings, run_node
 from perception.shm_ring import FrameOverwritten, RingError
 from perception.timing import Periodic
-from perception.topics import BY_NAME, CONTROL, DECISIONS, DETECTIONS, FRAMES, TOPICS, WATCHDOG_STATUS, Topic
+from perception.graph import ANY_INPUTS
+from perception.topics import DETECTIONS, FRAMES, TOPICS, Topic
 from perception.transport import FrameReceiver, Received, Subscriber
 from perception.visualization import (ANNOTATIONS_CHANNEL, DEFAULT_PORT, IMAGE_CHANNEL, LATENCY_CHANNEL,
-                                      LATENCY_SCHEMA, LOG_CHANNEL, EventLog, compressed_image, image_annotations,
-                                      latency_record)
+                                      LATENCY_SCHEMA, LOG_CHANNEL, PipelineView, compressed_image)
 
 log = logging.getLogger("viewer")
 
@@ -51,16 +51,14 @@ class ViewerConfig:
     jpeg_quality: Annotated[int, Range(1, 100)] = 75
     classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # names of the detector's class ids
     min_score: Fraction = 0.0  # boxes scoring lower are not drawn
-    sources: dict[str, list[str]] = field(default_factory=dict)  # topic -> publishers, where not the table's
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        unknown = set(self.sources) - set(BY_NAME)
-        if unknown:
-            raise ValueError(f"sources: unknown topics {sorted(unknown)} (known: {', '.join(BY_NAME)})")
 
 
 CONFIG = ViewerConfig
+INPUTS = ANY_INPUTS  # whatever its launch entry connects (`--foxglove`: every output of the launch)
+OUTPUTS = ()
 
 
 def _foxglove():  # noqa: ANN202 - the foxglove module
@@ -92,7 +90,8 @@ class Streams:
                                                                               LATENCY_SCHEMA),
                                         message_encoding="json", context=context)
         self.log = foxglove.channels.LogChannel(LOG_CHANNEL, context=context)
-        self.events = EventLog()
+        self.view = PipelineView(class_names, config.min_score)  # the same views the recording writes
+        self.views = {ANNOTATIONS_CHANNEL: self.annotations, LATENCY_CHANNEL: self.latency, LOG_CHANNEL: self.log}
         self.image_due = Periodic(1.0 / config.image_rate_hz, first_now=True)
 
     def scale(self, width: int) -> float:
@@ -103,18 +102,13 @@ class Streams:
         if channel.has_sinks():  # the wire bytes as they are: nothing re-encoded
             channel.log(bytes(received.parts[1].buffer))
         message = received.message
-        if topic is DETECTIONS:
-            if self.annotations.has_sinks():
-                self.annotations.log(image_annotations(message, self.class_names, self.config.min_score,
-                                                       self.scale(message.image_width)))
-        elif topic is DECISIONS:
-            if self.latency.has_sinks():
-                self.latency.log(json.dumps(latency_record(message, received_ns)).encode())
-            self._event(self.events.from_decision(message, time.time_ns()))
-        elif topic is CONTROL:
-            self._event(self.events.from_control(message, time.time_ns()))
-        elif topic is WATCHDOG_STATUS:
-            self._event(self.events.from_status(message, time.time_ns()))
+        if topic is DETECTIONS and not self.annotations.has_sinks():
+            return  # boxes nobody watches: not drawn (every other message feeds the event log's state)
+        scale = self.scale(message.image_width) if topic is DETECTIONS else 1.0
+        # A person reads the log against the wall clock, hence time.time_ns() for its entries.
+        for channel, view in self.view.derive(topic, message, received_ns, time.time_ns(), scale):
+            if self.views[channel].has_sinks():
+                self.views[channel].log(json.dumps(view).encode() if isinstance(view, dict) else view)
 
     def frame(self, node: Node, receiver: FrameReceiver, received: Received) -> None:
         """The newest frame as a small JPEG, if a client watches and one is due."""
@@ -128,12 +122,6 @@ class Streams:
             return
         self.image.log(compressed_image(header.media_ns, jpeg))
         node.count("image.sent")
-
-    def _event(self, entry) -> None:  # noqa: ANN001 - a foxglove Log or None
-        # EventLog is fed every message (it keeps the last state and depth); a person reads its
-        # entries against the wall clock, hence time.time_ns() for their stamps.
-        if entry is not None:
-            self.log.log(entry)
 
 
 def encode_jpeg(receiver: FrameReceiver, received: Received, scale: float, quality: int) -> bytes:
@@ -182,8 +170,8 @@ def view(node: Node, config: ViewerConfig) -> None:
     server = start_server(foxglove, context, config)
     try:
         inputs: dict[Subscriber, Topic] = {
-            node.subscribe(config.sources.get(topic.name, list(topic.publishers)), topic, latest=topic is FRAMES): topic
-            for topic in TOPICS}
+            node.subscribe(name, edges[0].topic, latest=edges[0].topic is FRAMES): edges[0].topic
+            for name, edges in node.settings.edges.items()}
         receiver = node.frame_receiver()
         log.info("live view on ws://%s:%d (Foxglove: Open connection, Foxglove WebSocket)", config.host, server.port)
         while node.ok():

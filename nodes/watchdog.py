@@ -14,8 +14,11 @@ from typing import Annotated
 from perception.config import Range, check_ranges
 
 from perception.latency import now_ns
-from perception.node import Node, NodeSettings, run_node
+from perception.interface import NodeInterface
+from perception.node import NodeSettings, run_node
 from perception.timing import Periodic
+from perception.config import ConfigError
+from perception.graph import Port
 from perception.topics import CONTROL, DECISIONS, DETECTIONS, FRAMES, HEARTBEAT, WATCHDOG_STATUS
 from perception.watchdog import Outputs, WatchdogCore, WatchdogRules
 
@@ -26,9 +29,6 @@ log = logging.getLogger("watchdog")
 class WatchdogConfig:
     node: NodeSettings = field(default_factory=NodeSettings)
     rules: WatchdogRules = field(default_factory=WatchdogRules)
-    frames_from: str | list[str] = "capture"  # node name(s) or endpoint URL(s)
-    detections_from: str | list[str] = "detector"  # for the topic monitor only
-    decisions_from: str | list[str] = "decision"
     status_period_ms: Annotated[float, Range(1, 60_000)] = 100.0
     control_period_ms: Annotated[float, Range(1, 60_000)] = 1000.0  # re-send the ceiling so a restarted detector learns it
 
@@ -37,18 +37,28 @@ class WatchdogConfig:
 
 
 CONFIG = WatchdogConfig
+INPUTS = {
+    "frames": Port(FRAMES),  # each gets its deadline
+    "detections": Port(DETECTIONS, required=False),  # for the topic monitor only
+    "decisions": Port(DECISIONS),  # each answers its frame
+    "heartbeats": Port(HEARTBEAT),  # the nodes it watches: any silent past heartbeat_timeout_ms is down
+}
+OUTPUTS = (DECISIONS, WATCHDOG_STATUS, CONTROL)  # fail-safes; its state; depth ceilings for the readers of `control`
 
 
-def watch(node: Node, config: WatchdogConfig) -> None:
-    sources = {FRAMES: config.frames_from, DETECTIONS: config.detections_from, DECISIONS: config.decisions_from}
-    # Node names only: an endpoint URL names no node whose heartbeat could say it is stopping.
-    publishers = {topic: names for topic, refs in sources.items()
-                  if (names := [r for r in ([refs] if isinstance(refs, str) else refs) if "://" not in r])}
-    core = WatchdogCore(config.rules, node.name, now_ns(), publishers)
-    frames = node.subscribe(config.frames_from, FRAMES, latest=False)
-    detections = node.subscribe(config.detections_from, DETECTIONS, latest=False)
-    decisions = node.subscribe(config.decisions_from, DECISIONS, latest=False)
-    heartbeats = node.subscribe(config.rules.monitored, HEARTBEAT, latest=False)
+def watch(node: NodeInterface, config: WatchdogConfig) -> None:
+    publishers = {FRAMES: node.input_publishers("frames"), DETECTIONS: node.input_publishers("detections"),
+                  DECISIONS: node.input_publishers("decisions")}
+    targets = node.settings.readers.get(CONTROL.output, [])
+    if len(targets) > 1:
+        raise ConfigError(f"node {node.name}: its control is read by {', '.join(targets)}: one depth ceiling "
+                          f"is for one detector (give each detector its own watchdog)")
+    core = WatchdogCore(config.rules, node.name, now_ns(), node.input_publishers("heartbeats"), publishers,
+                        targets[0] if targets else None, config.node.budget_ms)
+    frames = node.subscribe("frames", FRAMES, latest=False)
+    detections = node.subscribe("detections", DETECTIONS, latest=False, optional=True)
+    decisions = node.subscribe("decisions", DECISIONS, latest=False)
+    heartbeats = node.subscribe("heartbeats", HEARTBEAT, latest=False)
     status_due, control_due = Periodic(config.status_period_ms / 1e3, True), Periodic(config.control_period_ms / 1e3, True)
     node.mark_frame_done(0, 0)
     while node.ok():
@@ -79,7 +89,7 @@ def watch(node: Node, config: WatchdogConfig) -> None:
     log.info("%s", " ".join(f"{k} {v}" for k, v in core.status().counters.items()))
 
 
-def publish(node: Node, out: Outputs) -> None:
+def publish(node: NodeInterface, out: Outputs) -> None:
     for decision in out.decisions:
         node.publish(DECISIONS, decision)
         log.warning("fail-safe BRAKE for frame %d: %s: %s", decision.frame_id, decision.reason.name, decision.detail)

@@ -10,7 +10,7 @@ from typing import Sequence
 
 
 def _launch(args: argparse.Namespace) -> int:
-    from perception.launch import launch_main
+    from perception.launch.command import launch_main
 
     return launch_main(args.launch_file, args.duration, args.status_file, args.foxglove, args.host, args.keys)
 
@@ -96,9 +96,9 @@ DELEGATED = {
     "train-exits": ("perception.training.distill", "main", "train the early-exit heads by distillation (needs .[train])"),
     "export": ("perception.training.export", "main", "export stages and exits to ONNX with their manifest (needs .[train])"),
     "build-engine": ("perception.engines.tensorrt.build", "build_main", "build TensorRT engines for a manifest"),
-    "record": ("perception.replay", "record_main", "record a drive (every topic, frames included) to MCAP"),
+    "record": ("perception.record", "record_main", "record a drive (every topic, frames included) to MCAP"),
     "replay": ("perception.replay", "replay_main", "replay a recording through the pipeline; --compare a reference"),
-    "bench": ("perception.replay", "bench_main", "latency test harness: per-stage and end-to-end latency report"),
+    "bench": ("perception.bench", "bench_main", "latency test harness: per-stage and end-to-end latency report"),
     "pareto": ("perception.benchmarks.pareto", "main",
                "accuracy against detector time: pixel budgets x exits x keyframe intervals, and the adaptive policy"),
     "soak": ("perception.soak.command", "main",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -20,10 +19,14 @@ import zmq
 
 from perception.clock import ClockConfig, ClockSync
 from perception.config import ConfigError, Range, check_ranges, from_mapping, load_config
-from perception.latency import now_ns
+from perception.graph import parse_inputs
+from perception.interface import NodeBase
+from perception.latency import BudgetMs, now_ns
 from perception.messages import FrameTransport, Heartbeat, Message, NodeState
+from perception.rundir import RunDirError, claim_name, private_run_dir, stop_order_path
+from perception.connector import Connector, Peer
 from perception.security import (
-    LOCAL_KEY, CurveClient, CurveServer, Identity, SecurityError, is_network, load_identity, require_secure,
+    LOCAL_KEY, CurveServer, Identity, SecurityError, is_network, load_identity, require_secure,
 )
 from perception.shm_ring import run_ring_prefix
 from perception.topics import HEARTBEAT, Topic
@@ -40,52 +43,9 @@ RUN_DIR_ENV = "PERCEPTION_RUN_DIR"
 RUN_ID_ENV = "PERCEPTION_RUN_ID"
 FAREWELL_WAIT_NS = 300_000_000  # a failing node repeats its last heartbeat this long, and lets it go out
 FAREWELL_REPEAT_S = 0.05
-STOP_ORDER_SUFFIX = ".stop"  # {run_dir}/{name}.stop: the launcher ordered this node to stop
 # JSON of `node:` settings the launcher gives a node (publish, keys, key, insecure, peers); what the
 # node's own config sets wins (with_launch_network).
 NETWORK_ENV = "PERCEPTION_NETWORK"
-
-
-class RunDirError(RuntimeError):
-    """The run directory is not private to this user, or a node's name is already taken in it."""
-
-
-def stop_order_path(run_dir: Path, name: str) -> Path:
-    return Path(run_dir) / f"{name}{STOP_ORDER_SUFFIX}"
-
-
-def private_run_dir(path: Path) -> Path:
-    """Create `path` as a directory only this user can enter (0700), or check an existing one.
-
-    Its ipc sockets are the pipeline's inputs: another local user who could reach them could publish
-    forged frames or decisions. An existing directory owned by someone else is refused; one of ours
-    that others may enter is tightened."""
-    path = Path(path)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.stat()
-    if info.st_uid != os.geteuid():
-        raise RunDirError(f"run directory {path} belongs to uid {info.st_uid}, not this user ({os.geteuid()})")
-    if info.st_mode & 0o077:
-        log.warning("run directory %s was open to others (mode %o); made private (0700)", path, info.st_mode & 0o777)
-        path.chmod(0o700)
-    return path
-
-
-def claim_name(run_dir: Path, name: str) -> int:
-    """Hold `{run_dir}/{name}.lock` for this process's lifetime (the kernel lets go when it dies, even
-    by SIGKILL). A second node of the same name in the same run would otherwise silently take over
-    the first one's ipc endpoint."""
-    path = Path(run_dir) / f"{name}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 16, 0).decode(errors="replace").strip() or "another process"
-        os.close(fd)
-        raise RunDirError(f"node name {name!r} is already running in {run_dir} (pid {holder})") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
 
 
 class FatalInputError(RuntimeError):
@@ -104,14 +64,6 @@ class DeviceLostError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Peer:
-    """Where another node publishes when it is not at its ipc path in this run directory."""
-
-    endpoint: str  # e.g. tcp://10.0.0.2:7100
-    key: str | None = None  # CURVE key name of its host (keys/public/<key>.key); None: a plain endpoint
-
-
-@dataclass(frozen=True)
 class NodeSettings:
     """The `node:` section of every node config."""
 
@@ -123,7 +75,14 @@ class NodeSettings:
     keys: Path | None = None
     key: str | None = None
     insecure: bool = False
-    # Node name -> where it publishes, for nodes on other hosts (`frames_from: capture` then connects there).
+    # The capture-to-decision budget of every frame: the launch file's `budget_ms`, the same for every node.
+    budget_ms: BudgetMs = 100.0
+    # Its edges, from the launch file (perception.graph): input name -> the `node/output`s it reads.
+    inputs: dict[str, list[str]] = field(default_factory=dict)
+    # Who acts on its outputs, from the launch file: output name -> node names, recorders and live
+    # views left out (the watchdog's depth ceiling goes to the reader of its `control`).
+    readers: dict[str, list[str]] = field(default_factory=dict)
+    # Node name -> where it publishes, when not at its ipc path in the run directory (another host).
     peers: dict[str, Peer] = field(default_factory=dict)
     # Host name -> its clock server, for the other hosts of a split launch (perception.clock), and how
     # their stamps are converted into this host's clock.
@@ -132,6 +91,7 @@ class NodeSettings:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        object.__setattr__(self, "edges", parse_inputs(self.inputs))  # ValueError naming a malformed edge
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be debug, info, warning or error, got {self.log_level!r}")
 
@@ -169,7 +129,7 @@ class RunContext:
 
 
 @dataclass
-class Node:
+class Node(NodeBase):
     name: str
     settings: NodeSettings
     run: RunContext
@@ -186,6 +146,8 @@ class Node:
             # This host's CURVE key pair; loaded up front so a missing or exposed key is one line at start.
             self.identity: Identity | None = (load_identity(self.settings.keys, self.settings.key or LOCAL_KEY)
                                               if self.settings.keys is not None else None)
+            self.connector = Connector(f"node {self.name}", self.run.run_dir, self.settings.peers, self.identity,
+                                       self.settings.insecure)
             self._curve_server = self._serve_curve()
             self.publisher = Publisher(self.context, self.endpoint, curve=self._curve_server)
         except (RuntimeError, SecurityError):
@@ -194,8 +156,8 @@ class Node:
             raise
         try:
             # The other hosts' clocks, when the launch has hosts: their messages are converted on receipt.
-            servers = {host: self.resolve(peer.endpoint)[0] for host, peer in self.settings.clocks.items()}
-            self.clocks = ClockSync(self.context, servers, self.settings.clock, curve=self.curve_client(
+            servers = {host: self.connector.resolve(peer.endpoint)[0] for host, peer in self.settings.clocks.items()}
+            self.clocks = ClockSync(self.context, servers, self.settings.clock, curve=self.connector.curve_client(
                 [(servers[host], peer.key) for host, peer in self.settings.clocks.items()]))
         except ValueError:  # a clock endpoint without its key (SecurityError), a bad host name
             self.publisher.close()
@@ -209,7 +171,6 @@ class Node:
         self.signalled = False
         self._heartbeat_seq = 0
         self._next_heartbeat_ns = 0
-        self._last_frame = (0, 0)
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
 
@@ -274,38 +235,17 @@ class Node:
             self._curve_server.stop()
             self._curve_server = None
 
-    def resolve(self, ref: str) -> tuple[str, str | None]:
-        """A node name or endpoint URL -> (endpoint, CURVE key name of its host or None). A name in
-        `node.peers` (the launcher fills them in for nodes on other hosts) goes where it says; any
-        other name to its ipc path in the run directory."""
-        peer = self.settings.peers.get(ref)
-        if peer is not None:
-            return resolve_endpoint(peer.endpoint, self.run.run_dir), peer.key
-        endpoint = resolve_endpoint(ref, self.run.run_dir)
-        keys = {resolve_endpoint(p.endpoint, self.run.run_dir): p.key for p in self.settings.peers.values()}
-        return endpoint, keys.get(endpoint)
-
-    def curve_client(self, endpoints: Sequence[tuple[str, str | None]]) -> CurveClient | None:
-        """CURVE for connecting to (endpoint, key name) pairs; refuses a network endpoint without a
-        key unless `insecure`, and a keyed one when this node has no keys folder."""
-        server_keys: dict[str, bytes] = {}
-        for endpoint, key in endpoints:
-            if key is None and is_network(endpoint) and not self.settings.insecure:
-                raise SecurityError(f"node {self.name}: {endpoint} without its publisher's CURVE key: name that "
-                                    f"node in node.peers with its key, or set insecure: true")
-            if key is not None:
-                if self.identity is None:
-                    raise SecurityError(f"node {self.name}: {endpoint} is a CURVE publisher (key {key!r}) but this "
-                                        f"node has no keys folder (node.keys)")
-                server_keys[endpoint] = self.identity.server_key(key)
-        return CurveClient(self.identity, server_keys) if server_keys else None
-
-    def subscribe(self, source: str | Sequence[str], topic: Topic, latest: bool) -> Subscriber:
-        """Subscribe to `topic` of one or more publishers, each a node name or endpoint URL."""
-        refs = [source] if isinstance(source, str) else list(source)
-        resolved = [self.resolve(ref) for ref in refs]
-        subscriber = Subscriber(self.context, [endpoint for endpoint, _ in resolved], topic, latest,
-                                curve=self.curve_client(resolved))
+    def subscribe(self, name: str, topic: Topic, latest: bool, optional: bool = False) -> Subscriber | None:
+        """Subscribe to input `name` (its edges: `node.inputs`, from the launch file), which must carry
+        `topic`. An input the launch does not connect: None if `optional`, else ConfigError."""
+        edges = self.input_edges(name, optional)
+        if not edges:
+            return None
+        wrong = [str(e) for e in edges if e.topic is not topic]
+        if wrong:
+            raise ConfigError(f"node {self.name}: input {name} takes {topic.name}, not {', '.join(wrong)}")
+        endpoints, curve = self.connector.connect([edge.node for edge in edges])
+        subscriber = Subscriber(self.context, endpoints, topic, latest, curve=curve)
         subscriber.clocks = self.clocks
         self._subscribers.append(subscriber)
         self._poller.register(subscriber.socket, zmq.POLLIN)
@@ -365,11 +305,12 @@ class Node:
             self.sleep_until(min(deadline, now_ns() + 5_000_000))
         return self.ok()
 
-    def wait_for_nodes(self, names: Sequence[str], timeout_s: float) -> list[str]:
-        """Block (heartbeating) until each named node has sent a heartbeat, which it does only from
-        its loop, after loading models and warming up. Returns the names still silent at the timeout."""
-        waiting = set(names)
-        heartbeats = self.subscribe(list(names), HEARTBEAT, latest=False)
+    def wait_for_nodes(self, name: str, timeout_s: float) -> list[str]:
+        """Block (heartbeating) until each node of heartbeat input `name` has sent a heartbeat, which
+        it does only from its loop, after loading models and warming up. Returns the names still
+        silent at the timeout."""
+        waiting = set(self.input_publishers(name))
+        heartbeats = self.subscribe(name, HEARTBEAT, latest=False)
         deadline = now_ns() + int(timeout_s * 1e9)
         try:
             while self.ok() and waiting and now_ns() < deadline:
@@ -383,14 +324,6 @@ class Node:
         self._poller.unregister(subscriber.socket)
         self._subscribers.remove(subscriber)
         subscriber.close()
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
-
-    def mark_frame_done(self, frame_id: int, capture_ns: int) -> None:
-        self._last_frame = (frame_id, capture_ns)
-        if self.state == NodeState.STARTING:
-            self.state = NodeState.OK
 
     def heartbeat(self, force: bool = False) -> None:
         """Publish a heartbeat if one is due. Heartbeats come from the node's own loop, never from a
@@ -410,7 +343,7 @@ class Node:
         for host, estimate in self.clocks.estimates.items():
             counters[f"clock.{host}.offset_us"] = estimate.offset_ns // 1000
             counters[f"clock.{host}.uncertainty_us"] = estimate.uncertainty_ns // 1000
-        frame_id, capture_ns = self._last_frame
+        frame_id, capture_ns = self.last_frame
         self._heartbeat_seq += 1
         self.publisher.publish(
             HEARTBEAT,

@@ -19,10 +19,12 @@ import numpy as np
 import zmq
 
 from perception.clock import ClockSync
+from perception.connector import Connector
+from perception.graph import Graph
 from perception.latency import now_ns, percentiles_ms, stage_durations_ns
 from perception.messages import Decision, Detections, WatchdogStatus
 from perception.topics import DECISIONS, DETECTIONS, HEARTBEAT, WATCHDOG_STATUS
-from perception.transport import Subscriber, resolve_endpoint
+from perception.transport import Subscriber
 
 REPORT_SCHEMA_VERSION = 1
 QUANTILES = (50, 90, 99, 99.9)
@@ -44,17 +46,18 @@ class CollectorError(RuntimeError):
 class Collector:
     """Subscribes to a running pipeline's outputs from a background thread."""
 
-    def __init__(self, run_dir: Path, endpoints: dict[str, str] | None = None,
-                 clock_servers: dict[str, str] | None = None) -> None:
-        """`endpoints`: node name -> endpoint for nodes not in `run_dir` (on other hosts);
-        `clock_servers`: host -> clock server, to convert those hosts' stamps (perception.clock)."""
+    def __init__(self, graph: Graph, connector: Connector, clock_servers: dict[str, str] | None = None) -> None:
+        """Reads what the launch's `graph` publishes on the topics it reports, where `connector` says
+        its nodes are; `clock_servers`: host -> clock server, to convert other hosts' stamps
+        (perception.clock)."""
         self.data = Collected()
         self._context = zmq.Context()
         self._clocks = ClockSync(self._context, clock_servers or {})
-        where = endpoints or {}
-        self._subs = [Subscriber(self._context, [where.get(name) or resolve_endpoint(name, run_dir)
-                                                 for name in topic.publishers], topic, latest=False)
-                      for topic in (DECISIONS, DETECTIONS, WATCHDOG_STATUS, HEARTBEAT)]
+        self._subs = []
+        for topic in (DECISIONS, DETECTIONS, WATCHDOG_STATUS, HEARTBEAT):
+            if graph.publishers(topic):
+                endpoints, curve = connector.connect([edge.node for edge in graph.publishers(topic)])
+                self._subs.append(Subscriber(self._context, endpoints, topic, latest=False, curve=curve))
         for subscriber in self._subs:
             subscriber.clocks = self._clocks
         self._stop = threading.Event()

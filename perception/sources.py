@@ -229,7 +229,8 @@ class RecordingSource(FrameSource):
     """Frames of an MCAP recording (perception.recording), with their recorded media time."""
 
     def __init__(self, path: Path, loop: bool) -> None:
-        from perception.recording import RecordingError, RecordingReader
+        from perception.recording import RecordingError
+        from perception.recording_reader import RecordingReader
 
         try:
             self._reader = RecordingReader(path)

@@ -1,7 +1,7 @@
 """Run a node body in-process, feeding its inputs and collecting its outputs, as dora-rs's testing
 node does (apis/python/node/dora/testing.py): no sockets, no processes, the same code path.
 
-    node = TestingNode("decision")
+    node = TestingNode("decision", inputs={"detections": ["detector/detections"]})
     node.feed(DETECTIONS, detections)          # any message; encoded, then decoded as on the wire
     decide(node, config)                        # the body runs until its inputs are used up
     node.published(DECISIONS)                   # what it would have sent
@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Sequence
 
 import numpy as np
 
 from perception.latency import now_ns
-from perception.messages import Message, NodeState, encode
+from perception.interface import NodeBase
+from perception.messages import Message, NodeState
+from perception.codec import encode
+from perception.node import NodeSettings
 from perception.topics import Topic
 from perception.transport import FrameReceiver, Subscriber
 
@@ -51,16 +53,21 @@ class FedInput(Subscriber):
 
 
 @dataclass
-class TestingNode:
-    """The part of the Node interface (perception.node.Node) that the detector, decision and
-    watchdog bodies use, for a body run in-process. The body's loop ends once every fed input is
-    used up and `linger_s` more has passed (time a watchdog needs for a deadline to fall due)."""
+class TestingNode(NodeBase):
+    """The node interface (perception.interface) for a body run in-process. The body's loop ends
+    once every fed input is used up and `linger_s` more has passed (time a watchdog needs for a
+    deadline to fall due)."""
 
     __test__ = False  # not a pytest test class
     name: str = "node"
     linger_s: float = 0.0
+    # Its edges and readers as a launch file gives them (NodeSettings.inputs, .readers): bodies that
+    # ask who publishes an input (the watchdog) or who reads an output read them here.
+    inputs: dict[str, list[str]] = field(default_factory=dict)
+    readers: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.settings = NodeSettings(inputs=self.inputs, readers=self.readers)
         self.counters: dict[str, int] = {}
         self.state = NodeState.STARTING
         self.sent: list[tuple[Topic, Message]] = []
@@ -88,10 +95,12 @@ class TestingNode:
         return [message for t, message in self.sent if t == topic]
 
     # -- the Node interface ---------------------------------------------------------------
-    def subscribe(self, source: str | Sequence[str], topic: Topic, latest: bool) -> FedInput:
+    def subscribe(self, name: str, topic: Topic, latest: bool, optional: bool = False) -> FedInput:
+        """Input `name` is whatever the test feeds on `topic`, connected or not."""
         fed = self.expect(topic, latest)
         fed.latest = latest
         return fed
+
 
     def publish(self, topic: Topic, message: Message) -> None:
         if not isinstance(message, topic.message_type):
@@ -115,13 +124,9 @@ class TestingNode:
     def ok(self) -> bool:
         return not self._stop
 
-    def count(self, name: str, n: int = 1) -> None:
-        self.counters[name] = self.counters.get(name, 0) + n
-
     def mark_frame_done(self, frame_id: int, capture_ns: int) -> None:
+        super().mark_frame_done(frame_id, capture_ns)
         self.frames_done.append((frame_id, capture_ns))
-        if self.state == NodeState.STARTING:
-            self.state = NodeState.OK
 
     def frame_receiver(self) -> FrameReceiver:
         return FrameReceiver()

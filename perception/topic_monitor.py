@@ -88,16 +88,16 @@ class _TopicTrack:
 
 
 class TopicMonitor:
-    def __init__(self, topics: dict[Topic, TopicLimits], start_ns: int, grace_ms: float, window_s: float = 1.0,
-                 publishers: dict[Topic, list[str]] | None = None) -> None:
-        """A topic is not expected while the topic it is computed from (`Topic.upstream`, when
-        monitored too) is not flowing, or once all its `publishers` (node names; default the topic
-        table's) said they are stopping."""
+    def __init__(self, topics: dict[Topic, TopicLimits], publishers: dict[Topic, list[str]], start_ns: int,
+                 grace_ms: float, window_s: float = 1.0) -> None:
+        """Watches each of `topics` that has `publishers` (node names: those a watchdog reads it
+        from). A topic is not expected while the topic it is computed from (`Topic.upstream`, when
+        monitored too) is not flowing, or once all its publishers said they are stopping."""
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         self._tracks = {topic: _TopicTrack(topic, limits, int(window_s * 1e9),
-                                           set((publishers or {}).get(topic) or topic.publishers))
-                        for topic, limits in topics.items()}
+                                           set(publishers[topic]))
+                        for topic, limits in topics.items() if publishers.get(topic)}
         for track in self._tracks.values():
             track.upstream = self._tracks.get(track.topic.upstream) if track.topic.upstream else None
         self._grace_end_ns = start_ns + int(grace_ms * 1e6)

@@ -1,8 +1,9 @@
-"""The graph, defined once: every topic, its message type, who publishes it, and how often.
+"""Every topic: its message type, how often it comes and the limits it is monitored by.
 
-Like openpilot's cereal/services.py: the recorder, the latency collector, the watchdog's topic
-monitor, replay, the live view and the launch checks all read this table, and no topic string
-appears anywhere else. A topic's name is its ZeroMQ topic and its channel in a recording.
+Like openpilot's cereal/services.py, this table holds types, rates and limits only; who publishes
+and who reads what is the launch file's graph (perception.graph). A node output is a topic: the
+output a launch file names (`capture/frames`) is the topic whose `output` it is, and a topic's
+`name` is its ZeroMQ topic and its channel in a recording.
 
 Rates are what the shipped launch files produce (launch/*.yaml: a 25-30 Hz source); a launch
 whose source is slower sets the watchdog's `topics` overrides (nodes/watchdog.py). Per topic, the
@@ -24,8 +25,8 @@ from perception.messages import Control, Decision, Detections, FrameHeader, Hear
 @dataclass(frozen=True, eq=False)  # each topic exists once, in this table: identity is equality, and hashing is cheap
 class Topic:
     name: str  # ZeroMQ topic and recording channel
+    output: str  # the output name a launch file gives it: `inputs: {frames: capture/frames}`
     message_type: type[Message]
-    publishers: tuple[str, ...]  # nodes publishing it in the shipped launch files
     rate_hz: float | None  # nominal rate; None: on events only
     warn_rate_hz: float | None = None  # topic monitor thresholds; None: not monitored
     error_rate_hz: float | None = None
@@ -34,8 +35,8 @@ class Topic:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not self.name.startswith("/") or not self.publishers:
-            raise ValueError(f"topic {self.name!r}: a name starts with '/', and someone publishes it")
+        if not self.name.startswith("/") or not self.output.isidentifier():
+            raise ValueError(f"topic {self.name!r}: a name starts with '/', an output name is an identifier")
         monitored = (self.warn_rate_hz, self.error_rate_hz, self.timeout_s)
         if any(v is None for v in monitored) and any(v is not None for v in monitored):
             raise ValueError(f"topic {self.name}: warn_rate_hz, error_rate_hz and timeout_s go together")
@@ -52,21 +53,21 @@ class Topic:
         return self.timeout_s is not None
 
 
-PIPELINE_NODES = ("capture", "detector", "decision", "watchdog")
-
-FRAMES = Topic("/frames", FrameHeader, ("capture",), 25.0, warn_rate_hz=8.0, error_rate_hz=4.0, timeout_s=0.5,
+FRAMES = Topic("/frames", "frames", FrameHeader, 25.0, warn_rate_hz=8.0, error_rate_hz=4.0, timeout_s=0.5,
                description="a frame's header; its pixels are in the shared-memory ring or the next part")
-DETECTIONS = Topic("/detections", Detections, ("detector",), 25.0, warn_rate_hz=8.0, error_rate_hz=4.0,
+DETECTIONS = Topic("/detections", "detections", Detections, 25.0, warn_rate_hz=8.0, error_rate_hz=4.0,
                    timeout_s=0.5, upstream=FRAMES, description="boxes, scores, classes and tracks of one frame")
-DECISIONS = Topic("/decisions", Decision, ("decision", "watchdog"), 25.0, warn_rate_hz=8.0, error_rate_hz=4.0,
+DECISIONS = Topic("/decisions", "decisions", Decision, 25.0, warn_rate_hz=8.0, error_rate_hz=4.0,
                   timeout_s=0.5, upstream=DETECTIONS, description="PROCEED / SLOW / BRAKE with its reason; the watchdog's fail-safes")
-WATCHDOG_STATUS = Topic("/watchdog/status", WatchdogStatus, ("watchdog",), 10.0,
+WATCHDOG_STATUS = Topic("/watchdog/status", "status", WatchdogStatus, 10.0,
                         description="system state, depth ceiling, nodes and topics down")
-CONTROL = Topic("/watchdog/control", Control, ("watchdog",), 1.0, description="the detector's depth ceiling")
-HEARTBEAT = Topic("/heartbeat", Heartbeat, PIPELINE_NODES, 20.0, description="every node's liveness and counters")
+CONTROL = Topic("/watchdog/control", "control", Control, 1.0, description="the detector's depth ceiling")
+HEARTBEAT = Topic("/heartbeat", "heartbeat", Heartbeat, 20.0,
+                  description="every node's liveness and counters: an output of every node, declared or not")
 
 TOPICS: tuple[Topic, ...] = (FRAMES, DETECTIONS, DECISIONS, WATCHDOG_STATUS, CONTROL, HEARTBEAT)
 BY_NAME: dict[str, Topic] = {t.name: t for t in TOPICS}
+BY_OUTPUT: dict[str, Topic] = {t.output: t for t in TOPICS}
 MONITORED: tuple[Topic, ...] = tuple(t for t in TOPICS if t.monitored)
 
 
@@ -76,3 +77,11 @@ def topic(name: str) -> Topic:
         return BY_NAME[name]
     except KeyError:
         raise ValueError(f"unknown topic {name!r} (known: {', '.join(BY_NAME)})") from None
+
+
+def topic_of_output(output: str) -> Topic:
+    """The topic a node output called `output` carries; ValueError naming the known outputs otherwise."""
+    try:
+        return BY_OUTPUT[output]
+    except KeyError:
+        raise ValueError(f"unknown output {output!r} (outputs: {', '.join(BY_OUTPUT)})") from None

@@ -22,7 +22,8 @@ import zmq
 
 from perception.latency import now_ns
 from perception.clock import ClockSync
-from perception.messages import THIS_HOST, FrameHeader, FrameTransport, Message, MessageError, Stamp, decode, encode
+from perception.messages import THIS_HOST, FrameHeader, FrameTransport, Message, MessageError, Stamp
+from perception.codec import decode, encode
 from perception.reconnect import Connections
 from perception.security import CurveClient, CurveServer
 from perception.shm_ring import FrameOverwritten, FrameRingReader, FrameRingWriter, FrameView, RingError, ring_name

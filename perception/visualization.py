@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from perception.latency import stage_durations_ns
 from perception.messages import LEVEL_PROPAGATE, Control, Decision, Detections, SystemState, WatchdogStatus
+from perception.topics import CONTROL, DECISIONS, DETECTIONS, WATCHDOG_STATUS, Topic
 
 if TYPE_CHECKING:
     from perception.launch import LaunchFile
@@ -135,6 +136,37 @@ class EventLog:
                       name=name)
 
 
+class PipelineView:
+    """What Foxglove shows of the pipeline beyond its topics, derived once for both sinks of it: the
+    recording (perception.recording, MCAP) and the live view (nodes/viewer.py, WebSocket). For each
+    message received on a topic, `derive` gives (channel, view): the boxes of a Detections on
+    /camera/annotations (scaled to the image the sink shows), the latency of a Decision on /latency
+    (JSON), and the events a person must notice on /log; the sink writes or serves them."""
+
+    def __init__(self, class_names: Sequence[str], min_score: float = 0.0) -> None:
+        self.class_names = class_names
+        self.min_score = min_score
+        self.events = EventLog()
+
+    def derive(self, topic: Topic, message, received_ns: int, log_ns: int,  # noqa: ANN001 - a Message
+               scale: float = 1.0):  # noqa: ANN201 - an iterator of (channel, foxglove message or JSON dict)
+        """`received_ns`: when the message arrived (a latency ends there); `log_ns`: the stamp of the
+        sink's /log entries."""
+        if topic is DETECTIONS:
+            yield ANNOTATIONS_CHANNEL, image_annotations(message, self.class_names, self.min_score, scale)
+            return
+        entry = None
+        if topic is DECISIONS:
+            yield LATENCY_CHANNEL, latency_record(message, received_ns)
+            entry = self.events.from_decision(message, log_ns)
+        elif topic is CONTROL:
+            entry = self.events.from_control(message, log_ns)
+        elif topic is WATCHDOG_STATUS:
+            entry = self.events.from_status(message, log_ns)
+        if entry is not None:
+            yield LOG_CHANNEL, entry
+
+
 # -- the live view in a launch ---------------------------------------------------------------
 
 DEFAULT_PORT = 8765  # Foxglove's default for a WebSocket connection
@@ -172,12 +204,13 @@ def with_viewer(spec: "LaunchFile", port: int, source: str) -> "LaunchFile":
     already called 'viewer' or configs/viewer.yaml is wrong. `source` names the spec in errors."""
     from perception import REPO
     from perception.config import ConfigError
+    from perception.graph import every_output
     from perception.launch import LaunchNode, resolve_node_config
 
     if any(n.name == VIEWER_NODE for n in spec.nodes):
         raise ConfigError(f"{source}: already has a node called {VIEWER_NODE!r}; --foxglove would add a second")
     viewer = LaunchNode(name=VIEWER_NODE, node="viewer", config=REPO / "configs" / "viewer.yaml",
-                        params={"port": port}, restart="on-failure", nice=VIEWER_NICE)
+                        inputs=every_output(spec.nodes), params={"port": port}, restart="on-failure", nice=VIEWER_NICE)
     config = resolve_node_config(viewer, source)[1]
     check_port_free(config.host, config.port)
     return dataclasses.replace(spec, nodes=[*spec.nodes, viewer])

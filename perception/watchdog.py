@@ -48,8 +48,7 @@ from typing import Annotated
 
 import numpy as np
 
-from perception.config import Fraction, Length, Range, check_ranges
-from perception.latency import BudgetMs
+from perception.config import Fraction, Range, check_ranges
 from perception.messages import (
     Action, Control, Decision, FrameHeader, Heartbeat, NodeState, Reason, Stamp, SystemState, TopicState, WatchdogStatus,
 )
@@ -62,12 +61,9 @@ RECENT_FRAMES = 1024  # frames a decision may name: far more than fit in any bud
 
 @dataclass(frozen=True)
 class WatchdogRules:
-    budget_ms: BudgetMs = 100.0
-    monitored: Annotated[list[str], Length(1)] = field(default_factory=lambda: ["capture", "detector", "decision"])
     heartbeat_timeout_ms: Annotated[float, Range(10, 10_000)] = 300.0
     startup_grace_ms: Annotated[float, Range(0, 600_000)] = 5000.0  # nodes get this long to send a first heartbeat
     failsafe_repeat_ms: Annotated[float, Range(1, 10_000)] = 100.0
-    control_target: str = "detector"
     max_depth: Annotated[int, Range(0, 63)] = 1  # the detector's deepest exit index
     degrade_fraction: Fraction = 0.8
     relax_fraction: Fraction = 0.5
@@ -110,13 +106,18 @@ class _Seen:
 
 
 class WatchdogCore:
-    def __init__(self, rules: WatchdogRules, name: str, start_ns: int,
-                 publishers: dict[Topic, list[str]] | None = None) -> None:
-        """`publishers`: the nodes this watchdog reads each monitored topic from, when they are not
-        the topic table's (a launch that names its nodes otherwise)."""
+    def __init__(self, rules: WatchdogRules, name: str, start_ns: int, monitored: list[str],
+                 publishers: dict[Topic, list[str]], control_target: str | None = None, budget_ms: float = 100.0) -> None:
+        """`monitored`: the nodes whose heartbeats it watches; `publishers`: the nodes it reads each
+        monitored topic from; `control_target`: the node its depth ceilings go to (the launch
+        file's graph says all three); `budget_ms`: every frame's, the launch file's."""
+        if not monitored:
+            raise ValueError("a watchdog must watch at least one node's heartbeat")
         self.rules = rules
         self.name = name
-        self.budget_ns = int(rules.budget_ms * MS)
+        self.control_target = control_target or "*"
+        self.budget_ms = budget_ms
+        self.budget_ns = int(budget_ms * MS)
         self.depth_limit = rules.max_depth
         self.counters: dict[str, int] = {k: 0 for k in (
             "frames", "decisions", "deadline_misses", "late_decisions", "failsafes", "node_down_events",
@@ -130,14 +131,14 @@ class WatchdogCore:
         self._since_change = 0
         self._calm = 0
         self._last_seen = {node: start_ns + int(rules.startup_grace_ms * MS) - int(rules.heartbeat_timeout_ms * MS)
-                           for node in rules.monitored}
+                           for node in monitored}
         self._down: set[str] = set()
         self._departed: set[str] = set()
         self._failed: set[str] = set()
         self._last_repeat_ns = 0
         self._last_frame = (0, 0)
         limits = {t: rules.topics.get(t.name) or TopicLimits.of(t) for t in MONITORED if t.name in rules.monitored_topics}
-        self.topic_monitor = TopicMonitor(limits, start_ns, rules.startup_grace_ms, rules.topic_window_s, publishers)
+        self.topic_monitor = TopicMonitor(limits, publishers, start_ns, rules.startup_grace_ms, rules.topic_window_s)
         self._topic_states: dict[str, tuple[TopicState, float]] = {}  # name -> (state, rate), as of the last tick
         self._topics_down: set[str] = set()
 
@@ -188,7 +189,7 @@ class WatchdogCore:
                 self._departed.add(beat.node)
             elif beat.state == NodeState.FAILED:
                 self._failed.add(beat.node)
-            if beat.node == self.rules.control_target:
+            if beat.node == self.control_target:
                 # Frames the detector dropped unprocessed: too old when picked up, or a newer one was waiting.
                 self.counters["stale_dropped"] = beat.counters.get("frames.stale", 0) + beat.counters.get("frames.superseded", 0)
         return Outputs()
@@ -205,7 +206,7 @@ class WatchdogCore:
             self.counters["deadline_misses"] += 1
             self._misses_in_window.append(True)
             out.decisions.append(self._failsafe(missed.frame_id, missed.capture_ns, Reason.DEADLINE_MISS,
-                                                f"no decision within {self.rules.budget_ms:g} ms of capture", now_ns))
+                                                f"no decision within {self.budget_ms:g} ms of capture", now_ns))
             self.failsafe_delay_ns.append(now_ns - missed.deadline_ns)
         out.controls += self._degrade_on_miss(out)
         self._check_liveness(now_ns, out)
@@ -247,7 +248,7 @@ class WatchdogCore:
         missed = any(self._misses_in_window)
         if (missed or p95 > self.rules.degrade_fraction * self.budget_ns) and self.depth_limit > 0:
             self._calm = 0
-            reason = f"p95 {p95 / MS:.0f} ms of {self.rules.budget_ms:g} ms budget" + (", deadline missed" if missed else "")
+            reason = f"p95 {p95 / MS:.0f} ms of {self.budget_ms:g} ms budget" + (", deadline missed" if missed else "")
             return Outputs(controls=[self._set_depth(self.depth_limit - 1, reason, decision.frame_id, decision.capture_ns)])
         if not missed and p95 < self.rules.relax_fraction * self.budget_ns:
             self._calm += 1
@@ -263,13 +264,13 @@ class WatchdogCore:
         self.counters["degrade_steps" if depth < self.depth_limit else "relax_steps"] += 1
         self.depth_limit = depth
         self._since_change = 0
-        return Control(frame_id=frame_id, capture_ns=capture_ns, target=self.rules.control_target, max_depth=depth,
+        return Control(frame_id=frame_id, capture_ns=capture_ns, target=self.control_target, max_depth=depth,
                        reason=reason)
 
     def control_now(self) -> Control:
         """The current ceiling, re-sent periodically so a restarted detector learns it."""
         frame_id, capture_ns = self._last_frame
-        return Control(frame_id=frame_id, capture_ns=capture_ns, target=self.rules.control_target,
+        return Control(frame_id=frame_id, capture_ns=capture_ns, target=self.control_target,
                        max_depth=self.depth_limit, reason="current ceiling")
 
     # -- outputs --------------------------------------------------------------------------

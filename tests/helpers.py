@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from perception.node import stop_order_path
+from perception.rundir import stop_order_path
 from perception.sources import write_frame_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def run_python(args: list[str], timeout_s: float = 30, **kwargs) -> subprocess.C
 
 
 def order_stop(process: subprocess.Popen) -> None:
-    """Leave the stop order the launcher leaves before it signals a node (perception.node.stop_order_path),
+    """Leave the stop order the launcher leaves before it signals a node (perception.rundir.stop_order_path),
     so the node leaves quietly (exit 0, STOPPING) instead of as failed. Works for a node started with
     `--name N` under $PERCEPTION_RUN_DIR, as the run_dir fixture sets it."""
     args = [str(a) for a in process.args]
@@ -81,6 +81,17 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 5, ordered: bool 
             process.wait()
 
 
+# The shipped launches' graph (launch/replay.yaml), as inline YAML for the entries of a test's launch file.
+EDGES = {
+    "capture": "outputs: [frames]",
+    "detector": "inputs: {frames: capture/frames, control: watchdog/control}, outputs: [detections]",
+    "decision": "inputs: {detections: detector/detections}, outputs: [decisions]",
+    "watchdog": "inputs: {frames: capture/frames, detections: detector/detections, decisions: decision/decisions, "
+                "heartbeats: [capture/heartbeat, detector/heartbeat, decision/heartbeat]}, outputs: [decisions, status, control]",
+}
+READY = "inputs: {ready: [detector/heartbeat, decision/heartbeat, watchdog/heartbeat]}, "  # capture waits for them
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now (the OS picks it)."""
     with socket.socket() as probe:
@@ -95,23 +106,24 @@ def write_two_hosts(tmp_path: Path, ports: list[int], transport: str = "inline",
     camera_clock, compute_clock = clock_ports or (free_port(), free_port())
     (tmp_path / "capture.yaml").write_text(
         "node: {heartbeat_period_ms: 50}\nsource: {kind: synthetic, width: 320, height: 240, fps: %g}\n" % rate
-        + f"rate: {rate}\ntransport: {transport}\nwait_for_subscribers: 2\nwait_for_nodes: [detector, decision, watchdog]\n"
+        + f"rate: {rate}\ntransport: {transport}\nwait_for_subscribers: 2\n"
     )
     (tmp_path / "detector.yaml").write_text(
         f"node: {{heartbeat_period_ms: 50}}\nmodel: {REPO / 'perception/weights/yolox_nano_exits.json'}\n"
-        "engine: {threads: 1}\npolicy: {kind: fixed, exit: 0}\nframes_from: capture\ncontrol_from: watchdog\n"
+        "engine: {threads: 1}\npolicy: {kind: fixed, exit: 0}\n"
     )
-    (tmp_path / "decision.yaml").write_text("node: {heartbeat_period_ms: 50}\ndetections_from: detector\n")
+    (tmp_path / "decision.yaml").write_text("node: {heartbeat_period_ms: 50}\n")
     (tmp_path / "watchdog.yaml").write_text(
         "node: {heartbeat_period_ms: 50}\n"
-        "rules: {monitored: [capture, detector, decision], heartbeat_timeout_ms: 300, startup_grace_ms: 2000}\n"
+        "rules: {heartbeat_timeout_ms: 300, startup_grace_ms: 2000}\n"
     )
     launch = tmp_path / "split.yaml"
     launch.write_text(
         f"status_period_s: 60\nbudget_ms: 100\nkeys: keys\n"
         f"hosts: {{camera: {{address: 127.0.0.1, clock_port: {camera_clock}}}, "
         f"compute: {{address: 127.0.0.1, clock_port: {compute_clock}}}}}\nnodes:\n"
-        + "".join(f"  - {{name: {n}, node: {n}, config: {n}.yaml, host: {h}, port: {port}, restart_delay_s: 0.2}}\n"
+        + "".join(f"  - {{name: {n}, node: {n}, config: {n}.yaml, host: {h}, port: {port}, restart_delay_s: 0.2, "
+                  f"{READY if n == 'capture' else ''}{EDGES[n]}}}\n"
                   for (n, h), port in zip([("capture", "camera"), ("detector", "compute"), ("decision", "compute"),
                                            ("watchdog", "compute")], ports))
     )

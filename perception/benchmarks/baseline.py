@@ -73,7 +73,7 @@ def run_baseline(spec: LaunchFile, launch_path: str, title: str = "") -> dict:
             collected, behind_ns, slips = _loop(source, pacer, network, maker, capture.max_frames)
     finally:
         network.close()
-    report = build_report(collected, spec.budget_ms or 100.0, frames_sent=len(collected.decisions), title=title)
+    report = build_report(collected, spec.budget_ms, frames_sent=len(collected.decisions), title=title)
     # What the loop would give if it could skip to the newest frame: the same minus the backlog
     # (not a real figure of this loop, but it separates slower work from falling behind).
     without_backlog = [end - next(s.t_ns for s in d.stamps if s.stage == "backlog") for end, d in collected.decisions]

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from perception.messages import (
-    Action, Control, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, Message, NodeState, Reason, Stamp,
-    SystemState, Target, TopicHealth, TopicState, WatchdogStatus, decode, encode,
+    Action, Control, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, Message, NodeState, Reason, Stamp, SystemState, Target, TopicHealth, TopicState, WatchdogStatus,
 )
+from perception.codec import decode, encode
 from perception.topics import MONITORED
 
 T = 10**15  # a monotonic clock some days after boot, in ns

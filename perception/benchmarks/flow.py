@@ -39,7 +39,7 @@ from perception.evaluation import DEV_MOT, DEV_VIDEO
 from perception.evaluation.detector_eval import read_frames as video_frames
 from perception.evaluation.mot import load_mot_csv
 from perception.tracking.flow import BoxFlow, FlowConfig, FlowFrame, frame_change
-from perception.tracking.tracker import iou_matrix
+from perception.tracking.association import iou_matrix
 
 DASHCAM = REPO / "recordings" / "udacity_dashcam.mp4"
 DEV_FRAMES = 400  # the tuning frames; never read ground truth past them

@@ -72,7 +72,7 @@ def run_case(case: str, shape: tuple[int, int, int], frames: int, workdir: Path)
     reader = spawn.Process(target=_reader, args=(endpoint, case, frames, result_path, ready))
     reader.start()
     ready.wait(20)
-    while publisher.subscriber_count("frames") < 1:
+    while publisher.subscriber_count(FRAMES) < 1:
         time.sleep(0.01)
     source = np.random.default_rng(0).integers(0, 255, shape, np.uint8)
     period = 1.0 / SEND_HZ
@@ -85,7 +85,7 @@ def run_case(case: str, shape: tuple[int, int, int], frames: int, workdir: Path)
         origin = {"frame_id": i + 1, "capture_ns": start, "media_ns": 0, "stamps": (Stamp("capture", start),)}
         if case in ("zmq-copy", "zmq-floor"):
             pixels = source.tobytes() if case == "zmq-copy" else b"\0"
-            publisher.socket.send_multipart([b"frames", now_ns().to_bytes(8, "little"), pixels])
+            publisher.socket.send_multipart([FRAMES.name.encode(), now_ns().to_bytes(8, "little"), pixels])
         elif case == "shm" and sender.ring is not None:
             reservation = sender.reserve(shape)
             reservation.array[0, 0, 0] = i % 256  # the frame is already decoded in place
@@ -100,6 +100,9 @@ def run_case(case: str, shape: tuple[int, int, int], frames: int, workdir: Path)
     publisher.close()
     context.term()
     stats = percentiles_ms(latencies[10:])  # the first frames include the reader's first ring attach
+    if not stats:
+        raise RuntimeError(f"bench-handoff: {case} at {shape[1]}x{shape[0]}: the reader got {latencies.size} of {frames} "
+                           f"frames, none past the first 10 (--frames must be over 10)")
     return {"case": case, "resolution": f"{shape[1]}x{shape[0]}", "frames": int(max(latencies.size - 10, 0)),
             "handoff_us": {k: round(v * 1000, 1) for k, v in stats.items() if k != "count"},
             "writer_us_p50": round(float(np.median(writer_ns)) / 1000, 1)}

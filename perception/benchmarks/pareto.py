@@ -128,7 +128,7 @@ def drive_agreement(recording: Path, base: DetectorSettings) -> dict:
     from perception.decision import decision_maker, load_rules
     from perception.detection.outputs import detections_message
     from perception.evaluation.coco_ap import Detection, GroundTruth, evaluate
-    from perception.recording import RecordingReader
+    from perception.recording_reader import RecordingReader
 
     rules, classes_file = load_rules(REPO / "configs" / "decision.yaml")
     network = build_network(base, warm_up=())

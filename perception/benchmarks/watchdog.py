@@ -43,9 +43,12 @@ def main(frames: int = 300, rate: float = 30.0, load: int = 0, json_path: Path |
     with tempfile.TemporaryDirectory(prefix="wd-", dir="/tmp") as tmp:
         run_dir = Path(tmp)
         config = run_dir / "watchdog.yaml"
-        # Frames only, no detector: no node liveness and no topic rates to watch, or the silent
-        # detections topic would add its own fail-safes to the deadline ones measured here.
-        config.write_text(f"rules: {{budget_ms: {BUDGET_MS}, monitored: [], monitored_topics: []}}\nstatus_period_ms: 100\n")
+        # Frames only, no detector and no decisions: every frame misses its deadline. No topic rates
+        # to watch, and the one node watched gets a grace longer than the run, or the silent topics
+        # and node would add their own fail-safes to the deadline ones measured here.
+        config.write_text(
+            f"node: {{budget_ms: {BUDGET_MS}, inputs: {{frames: [capture/frames], decisions: [decision/decisions], "
+            "heartbeats: [decision/heartbeat]}}\nrules: {monitored_topics: [], startup_grace_ms: 600000}\nstatus_period_ms: 100\n")
         stop = mp.Event()
         burners = [mp.Process(target=burn_cpu, args=(stop,), daemon=True) for _ in range(load)]
         for burner in burners:

@@ -29,7 +29,8 @@ from scipy.optimize import linear_sum_assignment
 
 from perception.config import ConfigError
 from perception.evaluation import DEV_MOT, DEV_VIDEO
-from perception.tracking.tracker import Tracker, TrackerConfig, iou_matrix
+from perception.tracking.association import iou_matrix
+from perception.tracking.tracker import Tracker, TrackerConfig
 
 MATCH_IOU = 0.5
 

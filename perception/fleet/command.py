@@ -161,7 +161,7 @@ def _load_annotations(paths: set[Path]) -> dict:
     from perception.detection.manifest import load_manifest
     from perception.evaluation.detector_eval import load_annotations
     from perception.launch import load_launch_file, resolve_node_config
-    from perception.replay import PIPELINE_LAUNCH
+    from perception.pipeline import PIPELINE_LAUNCH
 
     # Categories are matched by name to the classes of the model the replays run.
     detector = next(n for n in load_launch_file(PIPELINE_LAUNCH).nodes if n.name == "detector")
@@ -190,7 +190,7 @@ def run_drives(ray, drives: list[Drive], cpus_per_drive: int, timeout_s: float, 
     died or that ran past `timeout_s` becomes a failed result with its reason."""
     from tqdm import tqdm
 
-    from perception.replay import _Lines  # the replay's progress stream for logs that are not a terminal
+    from perception.pipeline import _Lines  # the replay's progress stream for logs that are not a terminal
 
     remote = ray.remote(replay_drive).options(num_cpus=cpus_per_drive, max_retries=0)
     logs = Path(tempfile.mkdtemp(prefix="fleet-replay-"))
@@ -248,7 +248,7 @@ def _first_line(exc: BaseException) -> str:
 def _remove_left_runs() -> None:
     """A cancelled drive's launcher was killed before it could remove its run directory and shared
     memory; any launch removes such leftovers of dead launchers, so do it now rather than at the next."""
-    from perception.launch import remove_stale_run_dirs
+    from perception.rundir import remove_stale_run_dirs
 
     remove_stale_run_dirs(Path(tempfile.gettempdir()))
 

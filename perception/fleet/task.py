@@ -23,8 +23,9 @@ from typing import Iterator
 
 from perception.launch import Launcher
 from perception.recording import RecordingError
-from perception.replay import count_recorded_frames, decision_rows, pipeline_launch
-from perception.report import Collector, CollectorError, build_report
+from perception.pipeline import count_recorded_frames, pipeline_launch, run_pipeline
+from perception.replay import decision_rows
+from perception.report import CollectorError, build_report
 
 LOG_TAIL_LINES = 15
 BUDGET_MS = 100.0  # `perception replay`'s default; lockstep replays never miss it (the decision node is deterministic)
@@ -68,18 +69,14 @@ def _replay(drive: Path, threads: int) -> dict:
         return {"reason": "no frames in this recording", "frames": 0}
     spec = pipeline_launch({"kind": "recording", "path": str(drive.resolve())}, rate="max", deterministic=True,
                            budget_ms=BUDGET_MS, detector_params={"engine.threads": threads})
-    # run_pipeline's steps, with the Launcher kept: its run id and directory go into the report.
-    launcher = Launcher(spec, f"fleet replay of {drive}")
+    launcher = Launcher(spec, f"fleet replay of {drive}")  # made first: its run id and directory go into the report
     outcome: dict = {"frames": frames, "run_id": launcher.run_id, "run_dir": str(launcher.run_dir)}
-    collector = Collector(launcher.run_dir)
     try:
-        code = launcher.run()
-    finally:
-        try:
-            collected = collector.close()
-        except CollectorError as exc:
-            return {**outcome, "reason": str(exc)}
-    failed = [f"{m.spec.name} exited with code {m.exit_code}" for m in launcher.nodes if m.state == "failed"]
+        result = run_pipeline(launcher, launcher.launch_path, frames, progress=False)
+    except CollectorError as exc:
+        return {**outcome, "reason": str(exc)}
+    collected, code = result.collected, result.exit_code
+    failed = [f"{name} exited with code {exit_code}" for name, exit_code in result.failed.items()]
     report = build_report(collected, BUDGET_MS, title=f"fleet replay {drive.name} (deterministic, max speed)")
     rows = decision_rows(collected)
     outcome.update(report=report, rows=rows)

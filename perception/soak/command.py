@@ -6,8 +6,8 @@
 
 The launch runs under the real launcher in this process, as `perception launch` runs it, changed
 on purpose in four ways: every capture's source loops (`source.loop`, no `max_frames`); with
-garbage or forged faults, every node input that takes a list of publishers (`frames_from`,
-`detections_from`, `decisions_from`) also reads the soak's rogue publisher (perception.soak.faults);
+garbage or forged faults, every node input taking frames, detections or decisions also reads the
+soak's rogue publisher (perception.soak.faults), an external publisher of the launch;
 every node may be restarted as often as the soak kills it (`max_restarts`; the restart delays
 are the launch file's); the status table comes once a minute.
 
@@ -37,9 +37,10 @@ import zmq
 
 from perception.config import ConfigError
 from perception.latency import now_ns
-from perception.launch import MAX_RESTART_DELAY_S, LaunchFile, Launcher, load_launch_file, resolve_node_config
+from perception.graph import parse_inputs
+from perception.launch import MAX_RESTART_DELAY_S, LaunchFile, Launcher, build_graph, load_launch_file, resolve_node_config
 from perception.soak.faults import (
-    DEFAULT_FAULTS, FAULT_KINDS, MESSAGE_FAULTS, PROCESS_FAULTS, ROGUE_ENDPOINT, Fault, Load, ProcessFaults, Rogue,
+    DEFAULT_FAULTS, FAULT_KINDS, MESSAGE_FAULTS, PROCESS_FAULTS, ROGUE, Fault, Load, ProcessFaults, Rogue,
 )
 from perception.soak.invariants import InvariantChecker, Violation
 from perception.soak.observer import Observer
@@ -50,7 +51,7 @@ from perception.topics import DECISIONS, DETECTIONS, FRAMES, Topic
 log = logging.getLogger("soak")
 
 S = 1_000_000_000
-ROGUE_INPUTS = {"frames_from": FRAMES, "detections_from": DETECTIONS, "decisions_from": DECISIONS}
+ROGUE_TOPICS = (FRAMES, DETECTIONS, DECISIONS)  # every input taking one of these also reads the rogue
 SOAK_MAX_RESTARTS = 1_000_000
 STARTUP_LIMIT_S = 180.0  # from launch to every node heartbeating and frames flowing
 TICK_S = 0.05
@@ -79,7 +80,7 @@ class Options:
     limits: Limits
     targets: tuple[str, ...] | None = None  # nodes process faults may hit; None: every restartable one
     sample_s: float = 10.0
-    budget_ms: float | None = None  # the budget to hold the pipeline to; None: the launch's (else its watchdog's)
+    budget_ms: float | None = None  # the budget to hold the pipeline to; None: the launch's
 
     @property
     def warmup_s(self) -> float:
@@ -88,15 +89,6 @@ class Options:
     @property
     def cooldown_s(self) -> float:
         return min(60.0, max(15.0, 0.1 * self.duration_s))
-
-
-def _refs(value: str | list[str] | None) -> list[str]:
-    return [] if value is None else [value] if isinstance(value, str) else list(value)
-
-
-def _takes_list(config_type: type, name: str) -> bool:
-    hint = typing.get_type_hints(config_type).get(name)
-    return any(typing.get_origin(arg) is list for arg in typing.get_args(hint))
 
 
 def prepare(spec: LaunchFile, source: str, faults: set[str]) -> tuple[LaunchFile, Roles, list[Topic]]:
@@ -109,31 +101,31 @@ def prepare(spec: LaunchFile, source: str, faults: set[str]) -> tuple[LaunchFile
     if len(watchdogs) != 1:
         raise ConfigError(f"{source}: a soak judges a pipeline by its watchdog: needs exactly one node with "
                           f"node: watchdog, found {len(watchdogs)}")
-    typed = {n.name: resolve_node_config(n, source, spec.budget_ms)[1] for n in spec.nodes}
-    names = {n.name for n in spec.nodes}
-    watchdog = typed[watchdogs[0].name]
-    captures = [r for r in _refs(watchdog.frames_from) if r in names]
-    deciders = [r for r in _refs(watchdog.decisions_from) if r in names]
-    if not captures or not deciders:
-        raise ConfigError(f"{source}: the watchdog reads frames from {_refs(watchdog.frames_from)} and decisions from "
-                          f"{_refs(watchdog.decisions_from)}: a soak needs both to be nodes of the launch")
+    graph = build_graph(spec, source)
+    watchdog = resolve_node_config(watchdogs[0], source, spec.budget_ms, graph)[1]
+    watched = graph.nodes[watchdogs[0].name].inputs
+    captures = [e.node for e in watched.get("frames", ()) if e.node in graph.nodes]
+    deciders = [e.node for e in watched.get("decisions", ()) if e.node in graph.nodes]
     rogue_topics: list[Topic] = []
     nodes = []
     for node in spec.nodes:
-        params = dict(node.params)
+        params, inputs = dict(node.params), dict(node.inputs)
         if node.node == "capture":
             params.update({"source.loop": True, "max_frames": None})
-        if faults & MESSAGE_FAULTS:
-            for name, topic in ROGUE_INPUTS.items():
-                if _takes_list(type(typed[node.name]), name):
-                    params[name] = [*_refs(getattr(typed[node.name], name)), ROGUE_ENDPOINT]
-                    rogue_topics += [topic] if topic not in rogue_topics else []
-        nodes.append(dataclasses.replace(node, params=params, max_restarts=max(node.max_restarts, SOAK_MAX_RESTARTS)))
+        for name, edges in parse_inputs(node.inputs).items():
+            topic = edges[0].topic
+            if faults & MESSAGE_FAULTS and topic in ROGUE_TOPICS:
+                inputs[name] = [*map(str, edges), f"{ROGUE}/{topic.output}"]
+                rogue_topics += [topic] if topic not in rogue_topics else []
+        nodes.append(dataclasses.replace(node, inputs=inputs, params=params,
+                                         max_restarts=max(node.max_restarts, SOAK_MAX_RESTARTS)))
     bounds = {n.name: (n.hang_timeout_s or 0.0) + MAX_RESTART_DELAY_S + n.startup_timeout_s for n in spec.nodes}
     # What the launch promises: its budget (its nodes' params may not loosen it), else its watchdog's.
-    budget_ms = spec.budget_ms if spec.budget_ms is not None else watchdog.rules.budget_ms
+    budget_ms = spec.budget_ms
     roles = Roles(watchdogs[0].name, captures, deciders, budget_ms, watchdog.rules.heartbeat_timeout_ms, bounds)
-    return dataclasses.replace(spec, nodes=nodes, status_period_s=max(spec.status_period_s, 60.0)), roles, rogue_topics
+    external = {**spec.external, ROGUE: [t.output for t in ROGUE_TOPICS]}
+    return (dataclasses.replace(spec, nodes=nodes, external=external, status_period_s=max(spec.status_period_s, 60.0)),
+            roles, rogue_topics)
 
 
 class Soak:

@@ -34,8 +34,9 @@ import zmq
 
 from perception.benchmarks.watchdog import burn_cpu
 from perception.messages import (
-    Action, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, Message, NodeState, Reason, Stamp, encode,
+    Action, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, Message, NodeState, Reason, Stamp,
 )
+from perception.codec import encode
 from perception.topics import DECISIONS, DETECTIONS, FRAMES, Topic
 from perception.transport import Publisher, resolve_endpoint
 
@@ -43,7 +44,7 @@ FAULT_KINDS = ("kill", "stop", "term", "garbage", "forged", "load")
 DEFAULT_FAULTS = ("kill", "stop", "term", "garbage", "forged")
 PROCESS_FAULTS = frozenset({"kill", "stop", "term"})
 MESSAGE_FAULTS = frozenset({"garbage", "forged"})
-ROGUE_ENDPOINT = "ipc://{run_dir}/soak-rogue.pub"  # a URL, not a node name: the watchdog expects no heartbeat from it
+ROGUE = "soak-rogue"  # an external publisher of the soak's launch (LaunchFile.external), at ipc://{run_dir}/soak-rogue.pub
 FOREIGN_FRAME_IDS = 1_000_000_000  # ids of forged frames and decisions: far above any real frame's
 MS = 1_000_000
 
@@ -157,7 +158,7 @@ class Rogue:
     """A publisher of garbage and forged messages on the topics the soak let it reach."""
 
     def __init__(self, context: zmq.Context, run_dir: Path, topics: list[Topic], rng: random.Random) -> None:
-        self.publisher = Publisher(context, resolve_endpoint(ROGUE_ENDPOINT, run_dir))
+        self.publisher = Publisher(context, resolve_endpoint(ROGUE, run_dir))
         self.topics = topics
         self.rng = rng
         self.sent: dict[str, int] = {}  # variant -> messages

@@ -57,7 +57,7 @@ def test_frames_that_change_size_reach_a_consumer_at_their_new_size(tmp_path, ru
         write_frame_index(image, i)
         cv2.imwrite(str(images / f"{i}.png"), image)
     record = tmp_path / "frames.jsonl"
-    (tmp_path / "monitor.yaml").write_text(f"record: {record.name}\n")
+    (tmp_path / "monitor.yaml").write_text(f"node: {{inputs: {{frames: [capture/frames]}}}}\nrecord: {record.name}\n")
     # Looping, so that the capture node (and its rings) is still there when the consumer reads the last one.
     (tmp_path / "capture.yaml").write_text("source: {kind: images, path: images, loop: true}\nrate: 20\n"
                                            "wait_for_subscribers: 1\n")
@@ -84,7 +84,9 @@ def test_inline_frames_over_tcp_reach_a_consumer_intact(tmp_path, run_dir):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     record = tmp_path / "frames.jsonl"
     # Plain tcp on loopback: the CURVE set-up is tested in tests/perception/test_security.py.
-    (tmp_path / "monitor.yaml").write_text(f"node: {{insecure: true}}\nframes_from: '{endpoint}'\nrecord: {record.name}\n")
+    (tmp_path / "monitor.yaml").write_text(
+        f"node: {{insecure: true, inputs: {{frames: [capture/frames]}}, peers: {{capture: {{endpoint: '{endpoint}'}}}}}}\n"
+        f"record: {record.name}\n")
     (tmp_path / "capture.yaml").write_text(
         f"node: {{publish: '{endpoint}', insecure: true}}\nsource: {{kind: synthetic, width: 320, height: 240, count: 40}}\n"
         "rate: 100\ntransport: inline\nwait_for_subscribers: 1\n"

@@ -22,8 +22,8 @@ def start(name, args):
 
 def test_detects_people_in_real_video_with_latency_stamps(tmp_path, run_dir):
     (tmp_path / "detector.yaml").write_text(
-        f"model: {REPO}/perception/weights/yolox_nano.json\nengine: {{threads: 1}}\npolicy: {{kind: fixed}}\n"
-        "stale_ms: 1000\nbudget_ms: 2000\nreserve_ms: 10\n"
+        f"node: {{budget_ms: 2000, inputs: {{frames: [capture/frames]}}}}\nmodel: {REPO}/perception/weights/yolox_nano.json\n"
+        "engine: {threads: 1}\npolicy: {kind: fixed}\nstale_ms: 1000\nreserve_ms: 10\n"
     )
     (tmp_path / "capture.yaml").write_text(
         f"source: {{kind: video, path: {REPO}/recordings/pets09_vtest_eval.avi}}\nrate: 5\nmax_frames: 12\n"
@@ -86,8 +86,8 @@ def test_the_detector_body_runs_in_process_on_fed_frames_and_obeys_the_depth_cei
     from perception.testing import TestingNode
 
     image = cv2.imread(str(REPO / "tests/data/udacity_test1.jpg"))
-    config = from_mapping(DetectorConfig, {"policy": {"kind": "fixed"}, "engine": {"threads": 1}, "control_from": "watchdog",
-                                           "stale_ms": 10_000, "budget_ms": 10_000, "reserve_ms": 10})
+    config = from_mapping(DetectorConfig, {"policy": {"kind": "fixed"}, "engine": {"threads": 1},
+                                           "stale_ms": 10_000, "node": {"budget_ms": 10_000}, "reserve_ms": 10})
 
     def frame(i: int) -> FrameHeader:
         t = now_ns()
@@ -124,7 +124,7 @@ def test_a_frame_of_the_wrong_shape_is_dropped_and_counted_in_process():
     from perception.testing import TestingNode
 
     config = from_mapping(DetectorConfig, {"policy": {"kind": "fixed"}, "engine": {"threads": 1}, "stale_ms": 10_000,
-                                           "budget_ms": 10_000, "reserve_ms": 10})
+                                           "node": {"budget_ms": 10_000}, "reserve_ms": 10})
     node = TestingNode("detector")
     gray = FrameHeader(frame_id=1, capture_ns=now_ns(), media_ns=0, width=64, height=48, channels=1,
                        transport=FrameTransport.INLINE)

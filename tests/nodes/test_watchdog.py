@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 import zmq
 
-from helpers import REPO, wait_for
+from helpers import EDGES, REPO, wait_for
 from perception.latency import now_ns
 from perception.messages import (
-    Action, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, Reason, Stamp, WatchdogStatus, encode,
+    Action, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, Reason, Stamp, WatchdogStatus,
 )
+from perception.codec import encode
 from samples import forged
 from perception.transport import Publisher, Subscriber, resolve_endpoint
 from perception.topics import DECISIONS, DETECTIONS, FRAMES, HEARTBEAT, WATCHDOG_STATUS
@@ -96,7 +97,8 @@ class Observer:
         return dict(beats[-1].counters) if beats else {}
 
 
-ROGUE = "ipc://{run_dir}/rogue.pub"  # the tests' rogue publisher: read by the nodes, bound by the test
+# The tests' rogue publisher: an external publisher of the launch, read by the nodes, bound by the test.
+ROGUE = "external: {rogue: [frames, detections, decisions]}\n"
 HANG_TIMEOUT_S = 2.0  # the launcher's, per node: a longer stall is a hang, killed and restarted
 
 
@@ -107,18 +109,24 @@ def write_pipeline(tmp_path: Path, rate: float = 10.0, detector_model: Path | No
     )
     (tmp_path / "detector.yaml").write_text(
         f"node: {{heartbeat_period_ms: 50}}\nmodel: {detector_model or REPO / 'perception/weights/yolox_nano_exits.json'}\n"
-        "engine: {threads: 1}\npolicy: {kind: fixed, exit: 0}\nframes_from: [capture, '" + ROGUE + "']\ncontrol_from: watchdog\n"
+        "engine: {threads: 1}\npolicy: {kind: fixed, exit: 0}\n"
     )
-    (tmp_path / "decision.yaml").write_text("node: {heartbeat_period_ms: 50}\ndetections_from: [detector, '" + ROGUE + "']\n")
+    (tmp_path / "decision.yaml").write_text("node: {heartbeat_period_ms: 50}\n")
     (tmp_path / "watchdog.yaml").write_text(
-        "node: {heartbeat_period_ms: 50}\ndecisions_from: [decision, '" + ROGUE + "']\n"
-        "rules: {monitored: [capture, detector, decision], heartbeat_timeout_ms: 300, startup_grace_ms: 15000}\n"
+        "node: {heartbeat_period_ms: 50}\nrules: {heartbeat_timeout_ms: 300, startup_grace_ms: 15000}\n"
     )
+    # The detector, decision and watchdog read the rogue too, beside their rightful publishers.
+    edges = {**EDGES,
+             "detector": EDGES["detector"].replace("frames: capture/frames", "frames: [capture/frames, rogue/frames]"),
+             "decision": EDGES["decision"].replace("detections: detector/detections",
+                                                   "detections: [detector/detections, rogue/detections]"),
+             "watchdog": EDGES["watchdog"].replace("decisions: decision/decisions",
+                                                   "decisions: [decision/decisions, rogue/decisions]")}
     launch = tmp_path / "pipeline.yaml"
     launch.write_text(
-        f"status_period_s: 60\nbudget_ms: {BUDGET_MS}\nnodes:\n"
+        f"status_period_s: 60\nbudget_ms: {BUDGET_MS}\n{ROGUE}nodes:\n"
         + "".join(f"  - {{name: {n}, node: {n}, config: {n}.yaml, restart: on-failure, restart_delay_s: 0.2, "
-                  f"hang_timeout_s: {HANG_TIMEOUT_S}}}\n"
+                  f"hang_timeout_s: {HANG_TIMEOUT_S}, {edges[n]}}}\n"
                   for n in ("capture", "detector", "decision", "watchdog"))
     )
     return launch
@@ -424,7 +432,8 @@ def test_the_watchdog_body_in_process_brakes_for_an_unanswered_frame_and_ignores
     from perception.testing import TestingNode
 
     config = from_mapping(WatchdogConfig, {"rules": {"startup_grace_ms": 60_000}})
-    node = TestingNode("watchdog", linger_s=0.3)  # longer than the 100 ms budget
+    graph = {"frames": ["capture/frames"], "decisions": ["decision/decisions"], "heartbeats": ["detector/heartbeat"]}
+    node = TestingNode("watchdog", linger_s=0.3, inputs=graph)  # longer than the 100 ms budget
     captured = now_ns()
     node.feed(FRAMES, FrameHeader(frame_id=5, capture_ns=captured, media_ns=0, width=8, height=8, channels=3,
                                     transport=FrameTransport.INLINE))

@@ -113,7 +113,8 @@ def test_a_camera_host_whose_clock_runs_50_ms_ahead_gives_the_deadlines_and_late
     decision's capture time is the frame's true capture time within 1 ms, so end-to-end latency is
     what one host would measure, and no deadline is missed."""
     from helpers import write_two_hosts
-    from perception.messages import FrameHeader, decode
+    from perception.messages import FrameHeader
+    from perception.codec import decode
     from perception.security import CurveClient, create_keys, load_identity, read_public_key
     from perception.topics import FRAMES, WATCHDOG_STATUS
 

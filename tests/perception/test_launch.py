@@ -15,6 +15,8 @@ import pytest
 from helpers import REPO, free_port, make_video, pid_alive, run_python, stop_process, wait_for, write_two_hosts
 from perception.shm_ring import segments_with_prefix
 
+NOBODY = "external: {nobody: [frames]}\n"  # a publisher nobody starts: a monitor reading it idles
+
 
 def write_launch(tmp_path: Path, video: Path, record: Path) -> Path:
     (tmp_path / "capture.yaml").write_text(
@@ -27,8 +29,8 @@ def write_launch(tmp_path: Path, video: Path, record: Path) -> Path:
     launch.write_text(
         "status_period_s: 60\n"
         "nodes:\n"
-        "  - {name: capture, node: capture, config: capture.yaml, restart: on-failure, restart_delay_s: 0.1}\n"
-        "  - {name: monitor, node: monitor, config: monitor.yaml, restart: on-failure}\n"
+        "  - {name: capture, node: capture, config: capture.yaml, restart: on-failure, restart_delay_s: 0.1, outputs: [frames]}\n"
+        "  - {name: monitor, node: monitor, config: monitor.yaml, restart: on-failure, inputs: {frames: capture/frames}}\n"
     )
     return launch
 
@@ -160,8 +162,8 @@ def test_a_replay_whose_source_is_missing_ends_with_one_clear_error(tmp_path):
     launch.write_text(
         f"nodes:\n"
         f"  - name: capture\n    node: capture\n    config: {REPO}/configs/capture_replay.yaml\n"
-        f"    params: {{source.path: {tmp_path}/gone.mp4}}\n    shutdown_on_exit: true\n"
-        f"  - {{name: monitor, node: monitor, config: {REPO}/configs/monitor.yaml}}\n"
+        f"    params: {{source.path: {tmp_path}/gone.mp4}}\n    shutdown_on_exit: true\n    outputs: [frames]\n"
+        f"  - {{name: monitor, node: monitor, config: {REPO}/configs/monitor.yaml, inputs: {{frames: capture/frames}}}}\n"
     )
     result = run_python(["-m", "perception.cli", "launch", str(launch)], timeout_s=30)
     assert result.returncode == 1
@@ -171,12 +173,12 @@ def test_a_replay_whose_source_is_missing_ends_with_one_clear_error(tmp_path):
 
 
 def test_a_node_gets_the_realtime_priority_and_nice_its_launch_file_asks_for(tmp_path):
-    (tmp_path / "monitor.yaml").write_text("frames_from: 'ipc://{run_dir}/nobody.pub'\n")
+    (tmp_path / "monitor.yaml").write_text("node: {}\n")
     launch = tmp_path / "rt.yaml"
     launch.write_text(
-        "status_period_s: 60\nnodes:\n"
-        "  - {name: watcher, node: monitor, config: monitor.yaml, realtime_priority: 10}\n"
-        "  - {name: background, node: monitor, config: monitor.yaml, nice: 5}\n"
+        f"status_period_s: 60\n{NOBODY}nodes:\n"
+        "  - {name: watcher, node: monitor, config: monitor.yaml, realtime_priority: 10, inputs: {frames: nobody/frames}}\n"
+        "  - {name: background, node: monitor, config: monitor.yaml, nice: 5, inputs: {frames: nobody/frames}}\n"
     )
     status_file = tmp_path / "status.json"
     process = subprocess.Popen([sys.executable, "-m", "perception.cli", "launch", str(launch), "--status-file",
@@ -205,8 +207,9 @@ def test_a_node_gets_the_realtime_priority_and_nice_its_launch_file_asks_for(tmp
 
 def test_an_out_of_range_realtime_priority_is_a_config_error(tmp_path):
     launch = tmp_path / "bad.yaml"
-    (tmp_path / "monitor.yaml").write_text("frames_from: 'ipc://{run_dir}/nobody.pub'\n")
-    launch.write_text("nodes:\n  - {name: w, node: monitor, config: monitor.yaml, realtime_priority: 120}\n")
+    (tmp_path / "monitor.yaml").write_text("node: {}\n")
+    launch.write_text(f"{NOBODY}nodes:\n  - {{name: w, node: monitor, config: monitor.yaml, realtime_priority: 120, "
+                      "inputs: {frames: nobody/frames}}\n")
     result = run_python(["-m", "perception.cli", "launch", str(launch)])
     assert result.returncode != 0
     assert "realtime_priority: must be in [1, 99], got 120" in result.stderr and "Traceback" not in result.stderr
@@ -223,10 +226,11 @@ def test_a_module_in_nodes_that_is_not_a_node_is_named_not_a_traceback(tmp_path)
 
 
 def test_a_hung_node_is_killed_and_restarted_and_a_short_stall_is_not(tmp_path):
-    (tmp_path / "monitor.yaml").write_text("node: {heartbeat_period_ms: 50}\nframes_from: 'ipc://{run_dir}/nobody.pub'\n")
+    (tmp_path / "monitor.yaml").write_text("node: {heartbeat_period_ms: 50}\n")
     launch = tmp_path / "hang.yaml"
-    launch.write_text("status_period_s: 60\nnodes:\n"
-                      "  - {name: watcher, node: monitor, config: monitor.yaml, hang_timeout_s: 1.0, restart_delay_s: 0.1}\n")
+    launch.write_text(f"status_period_s: 60\n{NOBODY}nodes:\n"
+                      "  - {name: watcher, node: monitor, config: monitor.yaml, hang_timeout_s: 1.0, restart_delay_s: 0.1, "
+                      "inputs: {frames: nobody/frames}}\n")
     status_file = tmp_path / "status.json"
     process = subprocess.Popen([sys.executable, "-m", "perception.cli", "launch", str(launch), "--status-file",
                                 str(status_file)], cwd=REPO, stderr=subprocess.PIPE, text=True)
@@ -255,7 +259,8 @@ def test_run_directories_are_private_and_a_killed_launchers_leftovers_are_cleane
     import tempfile
     from multiprocessing import shared_memory
 
-    from perception.launch import OWNER_FILE, Launcher, LaunchFile, LaunchNode, process_start_time
+    from perception.launch import Launcher, LaunchFile, LaunchNode
+    from perception.rundir import OWNER_FILE, process_start_time
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid whose process is gone
@@ -267,9 +272,10 @@ def test_run_directories_are_private_and_a_killed_launchers_leftovers_are_cleane
     alive = Path(tempfile.gettempdir()) / "perception-alive0test"
     alive.mkdir(exist_ok=True)
     (alive / OWNER_FILE).write_text(f"{os.getpid()} {process_start_time(os.getpid())}")  # this process: running
-    (tmp_path / "monitor.yaml").write_text("frames_from: 'ipc://{run_dir}/nobody.pub'\n")
+    (tmp_path / "monitor.yaml").write_text("node: {}\n")
     try:
-        launcher = Launcher(LaunchFile(nodes=[LaunchNode(name="m", node="monitor", config=tmp_path / "monitor.yaml")]), "test")
+        monitor = LaunchNode(name="m", node="monitor", config=tmp_path / "monitor.yaml", inputs={"frames": "nobody/frames"})
+        launcher = Launcher(LaunchFile(nodes=[monitor], external={"nobody": ["frames"]}), "test")
         assert not stale.exists() and segments_with_prefix("perception-stale0test-") == []
         assert alive.exists()
         assert stat.S_IMODE(launcher.run_dir.stat().st_mode) == 0o700
@@ -281,7 +287,7 @@ def test_run_directories_are_private_and_a_killed_launchers_leftovers_are_cleane
 
 
 def test_a_second_node_with_the_same_name_in_one_run_fails_with_one_line(run_dir, tmp_path):
-    (tmp_path / "monitor.yaml").write_text("frames_from: 'ipc://{run_dir}/nobody.pub'\n")
+    (tmp_path / "monitor.yaml").write_text("node: {inputs: {frames: [nobody/frames]}}\n")
     command = [sys.executable, "-m", "nodes.monitor", "--name", "twin", "--config", str(tmp_path / "monitor.yaml")]
     first = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
@@ -303,11 +309,12 @@ def stat_mode(path: Path) -> int:
 
 # -- a launch split over hosts ---------------------------------------------------------------------
 def test_the_two_hosts_example_lays_out_endpoints_from_the_file_alone(tmp_path):
-    from perception.launch import load_launch_file, network_settings, place_nodes, resolve_node_config
+    from perception.launch import build_graph, load_launch_file, network_settings, place_nodes, resolve_node_config
 
     spec = load_launch_file(REPO / "launch" / "two_hosts.yaml")
-    typed = {n.name: resolve_node_config(n, "two_hosts.yaml", spec.budget_ms)[1] for n in spec.nodes}
-    placements = place_nodes(spec, typed, tmp_path, "two_hosts.yaml")
+    graph = build_graph(spec, "two_hosts.yaml")
+    typed = {n.name: resolve_node_config(n, "two_hosts.yaml", spec.budget_ms, graph)[1] for n in spec.nodes}
+    placements = place_nodes(spec, graph, typed, tmp_path, "two_hosts.yaml")
     # Capture is read from compute (frames, heartbeats); compute's nodes from camera (capture waits for them).
     assert {n: (p.host, p.bind, p.key) for n, p in placements.items()} == {
         "capture": ("camera", "tcp://127.0.0.1:7100", "camera"),
@@ -317,9 +324,9 @@ def test_the_two_hosts_example_lays_out_endpoints_from_the_file_alone(tmp_path):
     }
     told = network_settings(spec, placements, "watchdog", tmp_path / "keys")
     assert told["publish"] == "tcp://127.0.0.1:7103" and told["key"] == "compute" and not told["insecure"]
-    # The watchdog's rules.monitored names resolve to where those nodes publish, capture on the other host.
+    # The nodes of the watchdog's heartbeats input resolve to where they publish, capture on the other host.
     assert told["peers"]["capture"] == {"endpoint": "tcp://127.0.0.1:7100", "key": "camera"}
-    assert set(told["peers"]) >= set(typed["watchdog"].rules.monitored)
+    assert set(told["peers"]) >= {edge.node for edge in typed["watchdog"].node.edges["heartbeats"]}
 
 
 def test_a_launch_split_over_hosts_refuses_a_bad_layout_with_one_line(tmp_path):
@@ -469,10 +476,10 @@ def test_the_restart_delay_doubles_in_a_row_and_starts_again_after_a_node_ran_st
     from perception.latency import now_ns
     from perception.messages import Heartbeat, NodeState
 
-    (tmp_path / "monitor.yaml").write_text("frames_from: 'ipc://{run_dir}/nobody.pub'\n")
+    (tmp_path / "monitor.yaml").write_text("node: {}\n")
     launch = tmp_path / "one.yaml"
-    launch.write_text("nodes:\n  - {name: monitor, node: monitor, config: monitor.yaml, restart_delay_s: 0.1, "
-                      "max_restarts: 3}\n")
+    launch.write_text(f"{NOBODY}nodes:\n  - {{name: monitor, node: monitor, config: monitor.yaml, restart_delay_s: 0.1, "
+                      "max_restarts: 3, inputs: {frames: nobody/frames}}\n")
     launcher = Launcher(load_launch_file(launch), str(launch))
     managed = launcher.nodes[0]
     beat = Heartbeat(frame_id=0, capture_ns=0, node="monitor", pid=1, seq=1, sent_ns=1, state=NodeState.OK)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from helpers import REPO, pid_alive, run_python, wait_for
+from helpers import EDGES, REPO, pid_alive, run_python, wait_for
 from perception.config import ConfigError, load_config
 from perception.launch import Launcher, load_launch_file, node_config_text, node_module, resolve_node_config
 from perception.messages import Action, Reason
@@ -28,7 +28,7 @@ def write_pipeline(tmp_path: Path, watchdog_restart: str = "on-failure", extra: 
         "node: {heartbeat_period_ms: 50}\nsource: {kind: synthetic, width: 320, height: 240, fps: 10}\nrate: 10\n")
     (tmp_path / "detector.yaml").write_text(
         f"node: {{heartbeat_period_ms: 50}}\nmodel: {REPO / 'perception/weights/yolox_nano_exits.json'}\n"
-        "engine: {threads: 1}\npolicy: {kind: fixed, exit: 0}\ncontrol_from: watchdog\n")
+        "engine: {threads: 1}\npolicy: {kind: fixed, exit: 0}\n")
     (tmp_path / "decision.yaml").write_text("node: {heartbeat_period_ms: 50}\n")
     (tmp_path / "watchdog.yaml").write_text(
         "node: {heartbeat_period_ms: 50}\nrules: {startup_grace_ms: 15000, topics: "
@@ -38,7 +38,7 @@ def write_pipeline(tmp_path: Path, watchdog_restart: str = "on-failure", extra: 
     launch.write_text(
         f"status_period_s: 60\nbudget_ms: 100\n{extra}nodes:\n"
         + "".join(f"  - {{name: {n}, node: {n}, config: {n}.yaml, restart_delay_s: 0.2, "
-                  f"restart: {watchdog_restart if n == 'watchdog' else 'on-failure'}}}\n"
+                  f"restart: {watchdog_restart if n == 'watchdog' else 'on-failure'}, {EDGES[n]}}}\n"
                   for n in ("capture", "detector", "decision", "watchdog")))
     return launch
 
@@ -102,21 +102,33 @@ def test_a_refused_watchdog_config_is_one_line_and_exit_78_with_no_node_started(
     assert "started" not in result.stderr and time.monotonic() - started < 30
 
 
-def test_no_node_may_loosen_the_launchs_budget_and_a_budget_is_at_most_10_s(tmp_path):
-    """Found in review: the watchdog's params could give it 1e9 ms while the launch promised 100."""
-    launch = with_params(write_pipeline(tmp_path), "watchdog", "{rules.budget_ms: 1000}")
-    with pytest.raises(ConfigError, match=r"nodes\[watchdog\]\.params: rules\.budget_ms: the launch file's budget_ms sets it"):
+def test_the_budget_is_the_launch_files_alone_and_at_most_10_s(tmp_path):
+    """Found in review: the watchdog's params could give it 1e9 ms while the launch promised 100. The
+    budget is now one launch parameter, handed to every node: no node config or params may set it."""
+    launch = with_params(write_pipeline(tmp_path), "watchdog", "{node.budget_ms: 1000}")
+    with pytest.raises(ConfigError, match=r"nodes\[watchdog\]: node\.budget_ms comes from the launch file's budget_ms"):
         Launcher(load_launch_file(launch), str(launch))
+    launch = write_pipeline(tmp_path)
+    (tmp_path / "decision.yaml").write_text("node: {heartbeat_period_ms: 50, budget_ms: 5000}\n")
+    with pytest.raises(ConfigError, match=r"nodes\[decision\]: node\.budget_ms comes from the launch file's budget_ms"):
+        Launcher(load_launch_file(launch), str(launch))
+    (tmp_path / "decision.yaml").write_text("node: {heartbeat_period_ms: 50}\n")
+    spec = load_launch_file(launch)
+    assert {n.name: resolve_node_config(n, "x", spec.budget_ms)[1].node.budget_ms for n in spec.nodes} == \
+        {"capture": 100.0, "detector": 100.0, "decision": 100.0, "watchdog": 100.0}
     launch.write_text(launch.read_text().replace("budget_ms: 100", "budget_ms: 100000"))
     with pytest.raises(ConfigError, match=r"budget_ms: must be in \[1, 10000\]"):
         load_launch_file(launch)
 
 
 def test_a_node_reading_from_a_node_the_launch_does_not_have_is_refused(tmp_path):
-    """A typo in the watchdog's frames_from left it watching nothing (found in review)."""
-    launch = with_params(write_pipeline(tmp_path), "watchdog", "{frames_from: captrue}")
-    with pytest.raises(ConfigError, match=r"nodes\[watchdog\] frames_from: 'captrue' is no node of this launch"):
+    """A typo in the watchdog's frames input once left it watching nothing (found in review)."""
+    launch = write_pipeline(tmp_path)
+    launch.write_text(launch.read_text().replace("inputs: {frames: capture/frames, detections", "inputs: {frames: captrue/frames, detections"))
+    with pytest.raises(ConfigError) as error:
         Launcher(load_launch_file(launch), str(launch))
+    assert str(error.value) == (f"{launch}: nodes[watchdog].inputs.frames: captrue/frames: 'captrue' is no node of this "
+                                f"launch (its nodes: capture, decision, detector, watchdog)")
 
 
 def test_a_launch_that_decides_without_a_watchdog_is_refused(tmp_path):
@@ -132,7 +144,7 @@ def test_every_node_reads_back_exactly_the_config_the_launcher_validated(launch_
     launcher = Launcher(spec, launch_file)
     try:
         for managed in launcher.nodes:
-            validated = resolve_node_config(managed.spec, launch_file, spec.budget_ms)[1]
+            validated = resolve_node_config(managed.spec, launch_file, spec.budget_ms, launcher.graph)[1]
             assert load_config(managed.config_path, node_module(managed.spec, launch_file).CONFIG) == validated
     finally:
         shutil.rmtree(launcher.run_dir)
@@ -141,10 +153,10 @@ def test_every_node_reads_back_exactly_the_config_the_launcher_validated(launch_
 def test_a_config_that_would_not_read_back_as_validated_stops_the_launch():
     from nodes.decision import DecisionConfig
 
-    typed = DecisionConfig(budget_ms=50.0)
-    assert "budget_ms: 50.0" in node_config_text({"budget_ms": 50.0}, typed, REPO, "decision.yaml")
+    typed = DecisionConfig(deterministic=True)
+    assert "deterministic: true" in node_config_text({"deterministic": True}, typed, REPO, "decision.yaml")
     with pytest.raises(ConfigError, match="would not read back as validated"):
-        node_config_text({"budget_ms": 60.0}, typed, REPO, "decision.yaml")
+        node_config_text({"deterministic": False}, typed, REPO, "decision.yaml")
 
 
 class DecisionLog:

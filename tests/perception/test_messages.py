@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from samples import all_messages, forged
 
 from perception.messages import (
-    Action, Control, Decision, Detections, FrameHeader, FrameTransport, MessageError, MESSAGE_TYPES, WIRE_VERSION, Reason, Stamp, Target, decode, encode, json_schema,
+    Action, Control, Decision, Detections, FrameHeader, FrameTransport, MessageError, MESSAGE_TYPES, WIRE_VERSION, Reason, Stamp, Target,
 )
+from perception.codec import decode, encode, json_schema
 
 @pytest.mark.parametrize("message", all_messages(), ids=lambda m: type(m).__name__)
 def test_every_message_round_trips(message):

@@ -1,4 +1,5 @@
-"""What every node shares: waiting for the rest of the pipeline before the first frame."""
+"""What every node shares: inputs resolved from the launch file's edges, waiting for the rest of the
+pipeline before the first frame."""
 
 import subprocess
 import sys
@@ -9,15 +10,16 @@ from perception.node import Node, NodeSettings, RunContext
 from perception.topics import HEARTBEAT
 
 
-def test_wait_for_nodes_returns_when_each_named_node_runs_and_names_the_silent_ones(tmp_path, run_dir):
-    (tmp_path / "monitor.yaml").write_text("frames_from: 'ipc://{run_dir}/nobody.pub'\n")
+def test_wait_for_nodes_returns_when_each_node_of_an_input_runs_and_names_the_silent_ones(tmp_path, run_dir):
+    (tmp_path / "monitor.yaml").write_text("node: {inputs: {frames: [nobody/frames]}}\n")
     monitor = subprocess.Popen([sys.executable, "-m", "nodes.monitor", "--name", "monitor", "--config",
                                 str(tmp_path / "monitor.yaml")], cwd=REPO, stderr=subprocess.DEVNULL)
     try:
-        with Node("capture", NodeSettings(), RunContext.from_env()) as node:
-            assert node.wait_for_nodes(["monitor"], timeout_s=60) == []
+        inputs = {"ready": ["monitor/heartbeat"], "both": ["ghost/heartbeat", "monitor/heartbeat"]}
+        with Node("capture", NodeSettings(inputs=inputs), RunContext.from_env()) as node:
+            assert node.wait_for_nodes("ready", timeout_s=60) == []
             started = time.monotonic()
-            assert node.wait_for_nodes(["ghost", "monitor"], timeout_s=0.5) == ["ghost"]
+            assert node.wait_for_nodes("both", timeout_s=0.5) == ["ghost"]
             assert time.monotonic() - started < 5  # the timeout holds; it does not wait forever
             assert node._subscribers == []  # the heartbeat subscriptions made for waiting are closed
     finally:
@@ -32,7 +34,7 @@ def test_only_an_ordered_stop_is_quiet_any_other_signal_is_a_failure(tmp_path, r
     from perception.messages import NodeState
     from perception.transport import Subscriber, resolve_endpoint
 
-    (tmp_path / "monitor.yaml").write_text("node: {heartbeat_period_ms: 20}\nframes_from: 'ipc://{run_dir}/nobody.pub'\n")
+    (tmp_path / "monitor.yaml").write_text("node: {heartbeat_period_ms: 20, inputs: {frames: [nobody/frames]}}\n")
     command = [sys.executable, "-m", "nodes.monitor", "--name", "monitor", "--config", str(tmp_path / "monitor.yaml")]
     context = zmq.Context()
     beats = Subscriber(context, resolve_endpoint("monitor", run_dir), HEARTBEAT, latest=False)
@@ -65,3 +67,33 @@ def test_sleep_until_survives_being_descheduled_past_its_next_heartbeat(run_dir,
         monkeypatch.setattr(node_module, "now_ns", lambda: next(readings, None) or time.monotonic_ns())
         node.sleep_until(due + 20_000_000)
         assert time.monotonic_ns() >= due + 20_000_000
+
+
+def test_an_input_is_resolved_from_its_edges_and_a_missing_or_mistyped_one_is_one_line(run_dir):
+    import pytest
+
+    from perception.config import ConfigError
+    from perception.topics import DECISIONS, FRAMES
+
+    inputs = {"frames": ["capture/frames", "spare/frames"], "decisions": ["decision/decisions"]}
+    with Node("detector", NodeSettings(inputs=inputs), RunContext.from_env()) as node:
+        frames = node.subscribe("frames", FRAMES, latest=True)
+        assert frames.endpoints == [f"ipc://{run_dir}/capture.pub", f"ipc://{run_dir}/spare.pub"]
+        assert node.input_publishers("frames") == ["capture", "spare"]
+        assert node.subscribe("control", DECISIONS, latest=False, optional=True) is None
+        with pytest.raises(ConfigError, match=r"^node detector: input 'control' is not connected \(inputs: control: node/output\)$"):
+            node.subscribe("control", DECISIONS, latest=False)
+        with pytest.raises(ConfigError, match=r"^node detector: input decisions takes /frames, not decision/decisions$"):
+            node.subscribe("decisions", FRAMES, latest=False)
+
+
+def test_a_malformed_edge_in_a_node_config_is_refused_naming_it():
+    import pytest
+
+    from perception.config import ConfigError, from_mapping
+
+    for inputs, message in (({"frames": ["capture"]}, "'capture' is not node/output"),
+                            ({"frames": ["capture/pixels"]}, "unknown output 'pixels'"),
+                            ({"frames": ["capture/frames", "detector/detections"]}, "carry different topics")):
+        with pytest.raises(ConfigError, match=message):
+            from_mapping(NodeSettings, {"inputs": inputs}, "monitor.yaml")

@@ -1,38 +1,51 @@
-"""The recorder node's body, in-process (perception.testing): its sources come from the topic table,
-and what it receives is written with the views Foxglove draws."""
+"""The recorder node's body, in-process (perception.testing): it records what its launch entry
+connects (`perception record`: every output of the launch), written with the views Foxglove draws."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
 from nodes.recorder import RecorderConfig, record
+from perception import REPO
 from perception.config import ConfigError, from_mapping
+from perception.graph import every_output
+from perception.launch import build_graph, load_launch_file
+from perception.pipeline import pipeline_launch
 from perception.latency import now_ns
 from perception.messages import Action, Decision, Reason
 from perception.node import FatalInputError
-from perception.recording import RecordingReader
+from perception.recording_reader import RecordingReader
 from perception.testing import TestingNode
-from perception.topics import CONTROL, DECISIONS, DETECTIONS, HEARTBEAT, PIPELINE_NODES, TOPICS, WATCHDOG_STATUS
+from perception.topics import CONTROL, DECISIONS, DETECTIONS, WATCHDOG_STATUS
 from samples import all_messages
 
 
-def test_by_default_every_topic_of_the_table_is_recorded_from_every_publisher():
-    sources = from_mapping(RecorderConfig, {"output": "drive.mcap"}).sources
-    assert sources == {t.name: list(t.publishers) for t in TOPICS}
-    assert sources[HEARTBEAT.name] == list(PIPELINE_NODES) and sources[DECISIONS.name] == ["decision", "watchdog"]
+def test_perception_record_connects_every_output_of_the_launch_from_every_publisher():
+    spec = pipeline_launch({"kind": "video", "path": "clip.mp4"}, record_to=Path("drive.mcap"))
+    recorder = next(n for n in spec.nodes if n.name == "recorder")
+    assert recorder.inputs == {
+        "frames": ["capture/frames"], "detections": ["detector/detections"],
+        "decisions": ["decision/decisions", "watchdog/decisions"], "status": ["watchdog/status"],
+        "control": ["watchdog/control"],
+        "heartbeat": ["capture/heartbeat", "detector/heartbeat", "decision/heartbeat", "watchdog/heartbeat"]}
+    frames_only = pipeline_launch({"kind": "video", "path": "clip.mp4"}, record_to=Path("drive.mcap"), pipeline=False)
+    assert frames_only.nodes[-1].inputs == {"frames": ["capture/frames"], "heartbeat": ["capture/heartbeat"]}
 
 
-def test_an_unknown_topic_is_one_line_naming_the_known_ones():
+def test_a_recorder_reading_an_output_nobody_declares_is_one_line_before_start(tmp_path):
+    spec = pipeline_launch({"kind": "video", "path": "clip.mp4"}, record_to=tmp_path / "drive.mcap")
+    recorder = dataclasses.replace(spec.nodes[-1], inputs={"status": "decision/status"})
     with pytest.raises(ConfigError) as error:
-        from_mapping(RecorderConfig, {"output": "drive.mcap", "sources": {"/watchdog": ["watchdog"]}}, "recorder.yaml")
-    assert "\n" not in str(error.value)
-    assert "sources: unknown topic '/watchdog' (known: /frames, /detections, /decisions, /watchdog/status, " \
-           "/watchdog/control, /heartbeat)" in str(error.value)
+        build_graph(dataclasses.replace(spec, nodes=[*spec.nodes[:-1], recorder]), "record")
+    assert str(error.value) == ("record: nodes[recorder].inputs.status: decision/status: decision does not declare "
+                                "output 'status' (its outputs: decisions)")
 
 
 def test_what_arrives_is_recorded_with_annotations_and_latency_up_to_its_receipt(tmp_path):
     output = tmp_path / "drive.mcap"
-    node = TestingNode("recorder")
+    node = TestingNode("recorder", inputs=every_output(load_launch_file(REPO / "launch/replay.yaml").nodes))
     samples = all_messages()
     captured = now_ns() - 30_000_000  # a decision made 30 ms after its frame's capture
     decision = Decision(frame_id=7, capture_ns=captured, action=Action.SLOW, reason=Reason.OBJECT_IN_PATH,

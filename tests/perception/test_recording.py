@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from helpers import REPO, run_python, wait_for
-from perception.messages import WIRE_VERSION, FrameHeader, FrameTransport, encode
-from perception.recording import RecordingError, RecordingReader, RecordingWriter
+from perception.messages import WIRE_VERSION, FrameHeader, FrameTransport
+from perception.codec import encode
+from perception.recording import RecordingError, RecordingWriter
+from perception.recording_reader import RecordingReader
 from perception.sources import read_frame_index, write_frame_index
 from perception.topics import DECISIONS, FRAMES, TOPICS
 from samples import all_messages
@@ -300,7 +302,7 @@ def run_recording(tmp_path, frames: int, width: int, height: int, rate: float, k
     script = tmp_path / "run.py"
     script.write_text(
         "import sys\nfrom perception.launch import Launcher\n"
-        "from perception.replay import pipeline_launch\n"
+        "from perception.pipeline import pipeline_launch\n"
         f"spec = pipeline_launch({{'kind': 'synthetic', 'width': {width}, 'height': {height}, 'fps': {rate}, "
         f"'count': {frames}}}, rate={rate}, record_to='{output}', pipeline=False)\n"
         f"sys.exit(Launcher(spec, 'test', status_file=__import__('pathlib').Path('{tmp_path}/status.json')).run())\n"
@@ -383,7 +385,7 @@ def test_the_bundled_drive_reads_with_the_standard_mcap_reader_as_foxglove_expec
     assert {topic: (encoding, schema.name, schema.encoding) for topic, (encoding, schema) in channels.items()} \
         == TOPIC_SCHEMAS
     for topic in TOPICS:  # each topic's schema is the one its codec derives, as the wire has it
-        from perception.messages import json_schema
+        from perception.codec import json_schema
 
         assert json.loads(channels[topic.name][1].data) == json_schema(topic.message_type)
     images = [json.loads(m.data) for topic, _, m in records if topic == "/camera/image"]
@@ -394,7 +396,8 @@ def test_the_bundled_drive_reads_with_the_standard_mcap_reader_as_foxglove_expec
 
 def test_the_bundled_drive_draws_each_frames_boxes_with_class_score_and_track_over_that_frame():
     from perception.detection.manifest import WEIGHTS_DIR, read_class_names
-    from perception.messages import Detections, decode
+    from perception.messages import Detections
+    from perception.codec import decode
 
     channels, records = mcap_messages(BUNDLED)
     annotation_class = protobuf_class(channels["/camera/annotations"][1])
@@ -466,7 +469,8 @@ def test_a_drive_recorded_through_the_pipeline_draws_its_detections(tmp_path):
     """The real recorder node, fed by the real pipeline: every detections message becomes an
     annotation Foxglove draws, every decision a /latency record."""
     from helpers import run_python
-    from perception.messages import Detections, decode
+    from perception.messages import Detections
+    from perception.codec import decode
 
     output = tmp_path / "drive.mcap"
     result = run_python(["-m", "perception.cli", "record", str(output), "--source",

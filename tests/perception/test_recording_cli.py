@@ -12,7 +12,8 @@ import pytest
 
 from helpers import make_video, run_on_small_filesystem, run_python
 from perception.messages import FrameHeader, FrameTransport
-from perception.recording import RecordingReader, RecordingWriter
+from perception.recording import RecordingWriter
+from perception.recording_reader import RecordingReader
 from perception.sources import write_frame_index
 
 

@@ -174,7 +174,7 @@ def test_a_slowed_replay_loosens_the_watchdogs_topic_rates_and_a_real_time_one_k
     """A replay at x0.1 sends 2.5 frames a second: under the table's 4 Hz it would fail safe on every
     frame for a rate nobody promised. Real time keeps the table's thresholds."""
     from perception.launch import resolve_node_config
-    from perception.replay import pipeline_launch
+    from perception.pipeline import pipeline_launch
     from perception.topics import FRAMES
 
     def watchdog_limits(**kwargs):

@@ -1,6 +1,9 @@
 import pytest
 
 from perception.messages import Action, Decision, Detections, Reason, Stamp, WatchdogStatus, SystemState
+from perception import REPO
+from perception.connector import Connector
+from perception.launch import build_graph, load_launch_file
 from perception.report import Collected, Collector, CollectorError, build_report, format_report, write_outputs
 
 MS = 1_000_000
@@ -51,6 +54,7 @@ def test_a_collector_that_died_mid_run_fails_loudly_instead_of_reporting_short(r
         raise OSError("socket gone")
 
     monkeypatch.setattr(Collector, "_collect", broken)
-    collector = Collector(run_dir)
+    collector = Collector(build_graph(load_launch_file(REPO / "launch/replay.yaml"), "replay.yaml"),
+                          Connector("collector", run_dir))
     with pytest.raises(CollectorError, match="stopped collecting mid-run: OSError: socket gone"):
         collector.close()

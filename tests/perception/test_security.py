@@ -18,7 +18,8 @@ import zmq
 
 from helpers import REPO, free_port, run_python, stop_process, wait_for
 from perception.messages import Heartbeat, NodeState
-from perception.node import Node, NodeSettings, Peer, RunContext
+from perception.connector import Peer
+from perception.node import Node, NodeSettings, RunContext
 from perception.security import (
     CurveClient, CurveServer, SecurityError, create_keys, load_identity, read_public_key,
 )
@@ -92,7 +93,7 @@ def test_a_secret_key_others_can_read_is_refused(keys):
 def test_a_curve_node_serves_only_listed_clients(tmp_path, run_dir, keys, stranger):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     (tmp_path / "watcher.yaml").write_text(
-        f"node: {{heartbeat_period_ms: 50, publish: '{endpoint}', keys: {keys}, key: camera}}\nframes_from: 'ipc://{{run_dir}}/nobody.pub'\n")
+        f"node: {{heartbeat_period_ms: 50, publish: '{endpoint}', keys: {keys}, key: camera, inputs: {{frames: [nobody/frames]}}}}\n")
     node = subprocess.Popen([sys.executable, "-m", "nodes.monitor", "--name", "watcher", "--config",
                              str(tmp_path / "watcher.yaml")], cwd=REPO, stderr=subprocess.PIPE, text=True)
     context = zmq.Context()
@@ -128,11 +129,12 @@ def test_a_rogue_publisher_at_a_known_endpoint_cannot_inject(run_dir, keys, stra
     rogue = Publisher(contexts[0], rogue_endpoint, curve=rogue_curve)
     real = Publisher(contexts[1], real_endpoint, curve=real_curve)
     settings = NodeSettings(keys=keys, key="compute", peers={"capture": Peer(rogue_endpoint, "camera"),
-                                                            "camera_twin": Peer(real_endpoint, "camera")})
+                                                            "camera_twin": Peer(real_endpoint, "camera")},
+                            inputs={"rogue": ["capture/heartbeat"], "real": ["camera_twin/heartbeat"]})
     node = Node("listener", settings, RunContext(run_dir, run_dir.name))
     try:
-        from_rogue = node.subscribe("capture", HEARTBEAT, latest=False)
-        from_real = node.subscribe("camera_twin", HEARTBEAT, latest=False)
+        from_rogue = node.subscribe("rogue", HEARTBEAT, latest=False)
+        from_real = node.subscribe("real", HEARTBEAT, latest=False)
         deadline = time.monotonic() + 20
         seq = 0
         while not from_real.receive() and time.monotonic() < deadline:
@@ -160,7 +162,7 @@ def test_a_rogue_publisher_at_a_known_endpoint_cannot_inject(run_dir, keys, stra
 def test_plain_tcp_is_refused_with_one_line_unless_insecure(tmp_path, run_dir):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     config = tmp_path / "watcher.yaml"
-    config.write_text(f"node: {{heartbeat_period_ms: 50, publish: '{endpoint}'}}\nframes_from: 'ipc://{{run_dir}}/nobody.pub'\n")
+    config.write_text(f"node: {{heartbeat_period_ms: 50, publish: '{endpoint}', inputs: {{frames: [nobody/frames]}}}}\n")
     result = run_python(["-m", "nodes.monitor", "--name", "watcher", "--config", str(config)])
     assert result.returncode == 78 and "Traceback" not in result.stderr
     lines = error_lines(result.stderr)
@@ -168,13 +170,13 @@ def test_plain_tcp_is_refused_with_one_line_unless_insecure(tmp_path, run_dir):
     assert "set insecure: true" in lines[0]
 
     # A subscription to plain tcp is refused the same way: it would take forged messages.
-    (tmp_path / "reader.yaml").write_text(f"frames_from: '{endpoint}'\n")
+    (tmp_path / "reader.yaml").write_text(f"node: {{inputs: {{frames: [camera/frames]}}, peers: {{camera: {{endpoint: '{endpoint}'}}}}}}\n")
     result = run_python(["-m", "nodes.monitor", "--name", "reader", "--config", str(tmp_path / "reader.yaml")])
     assert result.returncode == 78 and "Traceback" not in result.stderr
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and f"node reader: {endpoint} without its publisher's CURVE key" in lines[0]
 
-    config.write_text(f"node: {{heartbeat_period_ms: 50, publish: '{endpoint}', insecure: true}}\nframes_from: 'ipc://{{run_dir}}/nobody.pub'\n")
+    config.write_text(f"node: {{heartbeat_period_ms: 50, publish: '{endpoint}', insecure: true, inputs: {{frames: [nobody/frames]}}}}\n")
     node = subprocess.Popen([sys.executable, "-m", "nodes.monitor", "--name", "watcher", "--config", str(config)],
                             cwd=REPO, stderr=subprocess.PIPE, text=True)
     context = zmq.Context()
@@ -190,14 +192,15 @@ def test_plain_tcp_is_refused_with_one_line_unless_insecure(tmp_path, run_dir):
 
 def test_a_launch_with_plain_tcp_refuses_to_start_naming_the_node(tmp_path):
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    (tmp_path / "monitor.yaml").write_text(f"node: {{publish: '{endpoint}'}}\nframes_from: 'ipc://{{run_dir}}/nobody.pub'\n")
+    (tmp_path / "monitor.yaml").write_text(f"node: {{publish: '{endpoint}'}}\n")
     launch = tmp_path / "plain.yaml"
-    launch.write_text("nodes:\n  - {name: watcher, node: monitor, config: monitor.yaml}\n")
+    entry = "  - {name: watcher, node: monitor, config: monitor.yaml, inputs: {frames: nobody/frames}}\n"
+    launch.write_text("external: {nobody: [frames]}\nnodes:\n" + entry)
     result = run_python(["-m", "perception.cli", "launch", str(launch)])
     assert result.returncode == 78, result.stderr
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and f"node watcher: {endpoint} without CURVE keys" in errors[0]
     assert "started" not in result.stderr
-    launch.write_text("insecure: true\nnodes:\n  - {name: watcher, node: monitor, config: monitor.yaml}\n")
+    launch.write_text("insecure: true\nexternal: {nobody: [frames]}\nnodes:\n" + entry)
     result = run_python(["-m", "perception.cli", "launch", str(launch), "--duration", "1"], timeout_s=30)
     assert result.returncode == 0 and "started watcher" in result.stderr, result.stderr

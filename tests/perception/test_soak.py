@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import EDGES, READY, REPO
 from perception.config import ConfigError
 from perception.launch import load_launch_file
 from perception.messages import Action, Decision, FrameHeader, FrameTransport, Heartbeat, NodeState, Reason, Stamp
-from perception.soak.command import ROGUE_ENDPOINT, SOAK_MAX_RESTARTS, prepare
+from perception.soak.command import SOAK_MAX_RESTARTS, prepare
+from perception.soak.faults import ROGUE
 from perception.soak.faults import DEFAULT_FAULTS
 from perception.soak.invariants import InvariantChecker
 from perception.soak.resources import Limits, Sample, judge_growth
@@ -175,19 +176,21 @@ def test_resource_growth_beyond_its_limits_is_named():
     assert [p.split(" grew")[0] for p in problems] == ["node memory", "open file descriptors", "shared-memory segments"]
 
 
-def test_the_soak_loops_the_source_adds_the_rogue_to_list_inputs_and_lets_nodes_restart():
+def test_the_soak_loops_the_source_adds_the_rogue_to_message_inputs_and_lets_nodes_restart():
     spec, roles, topics = prepare(load_launch_file(REPO / "launch/replay.yaml"), "replay.yaml", set(DEFAULT_FAULTS))
     nodes = {n.name: n for n in spec.nodes}
     assert nodes["capture"].params["source.loop"] is True and nodes["capture"].params["max_frames"] is None
-    assert nodes["detector"].params["frames_from"] == ["capture", ROGUE_ENDPOINT]
-    assert "control_from" not in nodes["detector"].params  # takes one publisher, not a list
-    assert nodes["decision"].params["detections_from"] == ["detector", ROGUE_ENDPOINT]
-    assert nodes["watchdog"].params["decisions_from"] == ["decision", ROGUE_ENDPOINT]
+    assert nodes["detector"].inputs == {"frames": ["capture/frames", f"{ROGUE}/frames"], "control": "watchdog/control"}
+    assert nodes["decision"].inputs == {"detections": ["detector/detections", f"{ROGUE}/detections"]}
+    assert nodes["watchdog"].inputs["decisions"] == ["decision/decisions", f"{ROGUE}/decisions"]
+    assert nodes["watchdog"].inputs["heartbeats"] == ["capture/heartbeat", "detector/heartbeat", "decision/heartbeat"]
+    assert spec.external == {ROGUE: ["frames", "detections", "decisions"]}
     assert all(n.max_restarts == SOAK_MAX_RESTARTS for n in spec.nodes)
     assert (roles.watchdog, roles.captures, roles.deciders, roles.budget_ms) == ("watchdog", ["capture"], ["decision"], 100.0)
     assert {t.name for t in topics} == {"/frames", "/detections", "/decisions"}
-    _, _, none = prepare(load_launch_file(REPO / "launch/replay.yaml"), "replay.yaml", {"kill"})
+    unchanged, _, none = prepare(load_launch_file(REPO / "launch/replay.yaml"), "replay.yaml", {"kill"})
     assert none == []  # no message faults: the launch's inputs are left as they are
+    assert [n.inputs for n in unchanged.nodes] == [n.inputs for n in load_launch_file(REPO / "launch/replay.yaml").nodes]
 
 
 def test_a_launch_the_soak_cannot_judge_is_one_line(tmp_path):
@@ -231,19 +234,18 @@ def test_a_one_minute_soak_of_the_shipped_pipeline_with_faults_has_no_violation(
 
 @pytest.mark.timeout(240)
 def test_a_watchdog_looser_than_the_budget_the_soak_holds_it_to_is_caught(tmp_path):
-    """The vehicle needs 100 ms; the launch's watchdog was configured for 3 s, so a stalled node's frames
-    go unanswered past 100 ms: the soak must say so and fail. (A launch's own budget_ms cannot be
-    loosened by a node's params any more: that is refused before start.)"""
+    """The vehicle needs 100 ms; the launch was configured for 3 s, so a stalled node's frames go
+    unanswered past 100 ms: the soak must say so and fail."""
     (tmp_path / "capture.yaml").write_text("source: {kind: synthetic, width: 320, height: 240, fps: 10}\nrate: 10\n"
-                                           "wait_for_subscribers: 2\nwait_for_nodes: [detector, decision, watchdog]\n")
+                                           "wait_for_subscribers: 2\n")
     (tmp_path / "detector.yaml").write_text(f"model: {REPO / 'perception/weights/yolox_nano_exits.json'}\n"
                                             "engine: {threads: 1}\npolicy: {kind: fixed, exit: 0}\n")
     (tmp_path / "decision.yaml").write_text("{}\n")
     (tmp_path / "watchdog.yaml").write_text(  # no TOPIC_DOWN brakes to cover for it
-        "rules: {monitored_topics: [], budget_ms: 3000, heartbeat_timeout_ms: 3000}\n")
-    (tmp_path / "decision.yaml").write_text("budget_ms: 3000\n")
+        "rules: {monitored_topics: [], heartbeat_timeout_ms: 3000}\n")
     launch = tmp_path / "loose.yaml"
-    launch.write_text("nodes:\n" + "".join(f"  - {{name: {n}, node: {n}, config: {n}.yaml, restart_delay_s: 0.2}}\n"
+    launch.write_text("budget_ms: 3000\nnodes:\n" + "".join(f"  - {{name: {n}, node: {n}, config: {n}.yaml, restart_delay_s: 0.2, "
+                                            f"{READY if n == 'capture' else ''}{EDGES[n]}}}\n"
                                             for n in ("capture", "detector", "decision", "watchdog")))
     result, report = run_soak([str(launch), "--budget-ms", "100", "--seconds", "30", "--faults", "stop", "--every", "2", "--seed", "1",
                                "--targets", "detector,decision"], tmp_path / "soak.json", 200)

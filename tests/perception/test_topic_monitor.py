@@ -11,10 +11,11 @@ from perception.watchdog import WatchdogCore, WatchdogRules
 MS = 1_000_000
 T0 = 1_000 * MS
 LIMITS = TopicLimits(warn_rate_hz=10.0, error_rate_hz=4.0, timeout_s=0.5)
+PUBLISHERS = {FRAMES: ["capture"], DETECTIONS: ["detector"], DECISIONS: ["decision"]}  # as launch/replay.yaml's watchdog reads them
 
 
 def monitor(grace_ms: float = 1000.0) -> TopicMonitor:
-    return TopicMonitor({t: LIMITS for t in (FRAMES, DETECTIONS, DECISIONS)}, T0, grace_ms)
+    return TopicMonitor({t: LIMITS for t in (FRAMES, DETECTIONS, DECISIONS)}, PUBLISHERS, T0, grace_ms)
 
 
 def feed(m: TopicMonitor, topic, hz: float, start_ns: int, end_ns: int) -> None:
@@ -89,8 +90,8 @@ def test_limits_are_validated():
 
 def test_the_watchdog_brakes_when_the_detector_heartbeats_but_publishes_nothing():
     """Heartbeats alone cannot see this: every node is alive, yet no detections come."""
-    w = WatchdogCore(WatchdogRules(monitored=["capture", "detector"], startup_grace_ms=0,
-                                   topics={DETECTIONS.name: LIMITS}), "watchdog", T0)
+    w = WatchdogCore(WatchdogRules(startup_grace_ms=0, topics={DETECTIONS.name: LIMITS}), "watchdog", T0,
+                     ["capture", "detector"], PUBLISHERS)
     t = T0
     for i in range(1, 40):  # 25 Hz frames for 1.5 s; detections stop after 0.5 s
         t = T0 + i * 40 * MS
@@ -112,7 +113,7 @@ def test_the_watchdog_brakes_when_the_detector_heartbeats_but_publishes_nothing(
 def test_a_renamed_capture_node_that_stops_leaves_its_topic_idle_not_down():
     """A launch that calls its capture node `camera_front`: the watchdog is told who publishes the
     frames it reads, so the end of a replay is not taken for a dead camera."""
-    m = TopicMonitor({FRAMES: LIMITS}, T0, 1000.0, publishers={FRAMES: ["camera_front"]})
+    m = TopicMonitor({FRAMES: LIMITS}, {FRAMES: ["camera_front"]}, T0, 1000.0)
     feed(m, FRAMES, 25, T0, T0 + 1000 * MS)
     assert states(m, T0 + 3000 * MS, departed={"capture"})[FRAMES.name] == TopicState.TIMEOUT
     assert states(m, T0 + 3000 * MS, departed={"camera_front"})[FRAMES.name] == TopicState.IDLE

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import zmq
 
-from perception.messages import Control, FrameTransport, Heartbeat, NodeState, Stamp, encode
+from perception.messages import Control, FrameTransport, Heartbeat, NodeState, Stamp
+from perception.codec import encode
 from perception.transport import FrameReceiver, FrameSender, Publisher, RingError, Subscriber, resolve_endpoint
 from perception.topics import CONTROL, FRAMES, HEARTBEAT
 

@@ -3,10 +3,12 @@
 import pytest
 
 from perception.messages import Action, Decision, FrameHeader, FrameTransport, Heartbeat, NodeState, Reason, SystemState
+from perception.topics import DECISIONS, DETECTIONS, FRAMES
 from perception.watchdog import WatchdogCore, WatchdogRules
 
 MS = 1_000_000
 T0 = 1_000 * MS
+PUBLISHERS = {FRAMES: ["capture"], DETECTIONS: ["detector"], DECISIONS: ["decision"]}  # whom it reads each topic from
 
 
 def frame(i: int, capture_ns: int) -> FrameHeader:
@@ -24,8 +26,8 @@ def beat(node: str, state=NodeState.OK) -> Heartbeat:
 
 def core(**rules) -> WatchdogCore:
     # Topic rates are tested in test_topic_monitor.py and below; these tests feed no topic traffic.
-    rules = {"monitored": ["detector"], "startup_grace_ms": 0, "heartbeat_timeout_ms": 300, "monitored_topics": [], **rules}
-    watchdog = WatchdogCore(WatchdogRules(**rules), "watchdog", T0)
+    rules = {"startup_grace_ms": 0, "heartbeat_timeout_ms": 300, "monitored_topics": [], **rules}
+    watchdog = WatchdogCore(WatchdogRules(**rules), "watchdog", T0, ["detector"], PUBLISHERS, "detector")
     watchdog.on_heartbeat(beat("detector"), T0)
     return watchdog
 
@@ -102,7 +104,7 @@ def test_a_silent_node_means_brake_now_and_repeatedly_until_it_is_back():
 
 
 def test_nodes_get_a_startup_grace_period():
-    w = WatchdogCore(WatchdogRules(monitored=["detector"], startup_grace_ms=2000, monitored_topics=[]), "watchdog", T0)
+    w = WatchdogCore(WatchdogRules(startup_grace_ms=2000, monitored_topics=[]), "watchdog", T0, ["detector"], PUBLISHERS)
     assert w.tick(T0 + 1900 * MS).decisions == []
     assert w.tick(T0 + 2001 * MS).decisions[0].reason == Reason.NODE_DOWN
 
@@ -114,7 +116,7 @@ def test_a_node_that_said_it_is_stopping_is_not_waited_for():
 
 
 def test_a_node_that_failed_is_down_at_once_even_in_its_startup_grace_until_it_is_back():
-    w = WatchdogCore(WatchdogRules(monitored=["detector"], startup_grace_ms=10_000, monitored_topics=[]), "watchdog", T0)
+    w = WatchdogCore(WatchdogRules(startup_grace_ms=10_000, monitored_topics=[]), "watchdog", T0, ["detector"], PUBLISHERS)
     w.on_heartbeat(beat("detector", NodeState.FAILED), T0 + 10 * MS)  # e.g. a corrupt model file
     out = w.tick(T0 + 11 * MS)
     assert [d.reason for d in out.decisions] == [Reason.NODE_DOWN] and "detector failed" in out.decisions[0].detail

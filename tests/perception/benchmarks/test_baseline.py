@@ -4,7 +4,7 @@ inside it, frames never processed before they are due, and a backlog that shows 
 import pytest
 
 from perception.benchmarks.baseline import ratios, run_baseline
-from perception.replay import PIPELINE_LAUNCH, pipeline_launch
+from perception.pipeline import PIPELINE_LAUNCH, pipeline_launch
 
 FRAMES = 10
 

@@ -1,0 +1,164 @@
+"""Reading a recorded drive (perception.recording has the format): in file order, its topics
+decoded by the one codec and its frames with their pixels; a file cut short by a crash up to its
+last complete record (`truncated`), damage of any kind as one RecordingError naming file and place."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from perception.codec import decode
+from perception.messages import WIRE_VERSION, FrameHeader, Message
+from perception.recording import MAGIC, RecordingError, _require_mcap
+from perception.topics import BY_NAME, FRAMES, Topic
+from perception.visualization import IMAGE_CHANNEL
+
+log = logging.getLogger("perception.recording")
+
+
+class RecordingReader:
+    """Reads a recording in file order; tolerates a file cut short by a crash (see `truncated`), not a damaged one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise RecordingError(f"recording {self.path}: file not found")
+        with open(self.path, "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
+                raise RecordingError(f"recording {self.path}: not an MCAP file")
+        self.truncated = False
+
+    def records(self) -> Iterator[tuple[str, int, bytes]]:
+        """(channel topic, log_time_ns, data) in file order, up to the last complete record.
+
+        Chunk CRCs are checked, so damaged data is an error (RecordingError naming the byte offset)
+        rather than garbage handed on; only a file that ends mid-record without the closing magic a
+        finished recording has counts as cut short (`truncated`, a warning)."""
+        _require_mcap()
+        from mcap.records import Channel, Footer, Header, Message as McapMessage, Schema
+        from mcap.stream_reader import StreamReader
+
+        size = self.path.stat().st_size
+        channels: dict[int, str] = {}
+        schemas: dict[int, Schema] = {}
+        with open(self.path, "rb") as f:
+            iterator = iter(StreamReader(f, skip_magic=False, validate_crcs=True).records)
+            first = True
+            while True:
+                # A failure comes from reading the next top-level record (a chunk is checked whole
+                # before its records are yielded), which starts where the stream stands now.
+                offset = f.tell()
+                try:
+                    record = next(iterator)
+                except StopIteration:
+                    return
+                except Exception as exc:  # the mcap library raises struct, unicode, CRC and its own errors
+                    if first:
+                        raise RecordingError(f"recording {self.path}: no complete MCAP header record after the "
+                                             f"magic (corrupt or cut short: {_describe(exc)})") from None
+                    if f.tell() < size or self._finished(size):  # bad data before the end of the file
+                        raise RecordingError(f"recording {self.path}: corrupt record at byte {offset} of {size} "
+                                             f"({_describe(exc)})") from None
+                    self.truncated = True
+                    log.warning("recording %s ends mid-record at byte %d (cut short?): read up to the last complete "
+                                "chunk", self.path, offset)
+                    return
+                if first and not isinstance(record, Header):
+                    raise RecordingError(f"recording {self.path}: corrupt: its first record is a "
+                                         f"{type(record).__name__}, not the MCAP header")
+                first = False
+                if isinstance(record, Footer):
+                    return  # a complete file: the writer finished it
+                if isinstance(record, Schema):
+                    schemas[record.id] = record
+                elif isinstance(record, Channel):
+                    channels[record.id] = record.topic
+                    self._check_format(record.topic, schemas.get(record.schema_id))
+                elif isinstance(record, McapMessage):
+                    yield channels.get(record.channel_id, "?"), record.log_time, record.data
+
+    def _check_format(self, channel: str, schema) -> None:  # noqa: ANN001 - an mcap Schema record or None
+        """A topic channel of ours must speak this build's wire format: a drive recorded before it
+        is one line here, before any frame is played, rather than a failure at its first message."""
+        if channel not in BY_NAME or schema is None or not schema.name.startswith("perception."):
+            return  # a channel of no schema (tests, other tools) is judged by its messages
+        try:
+            version = json.loads(schema.data)["properties"]["wire"]["const"]
+        except (ValueError, KeyError, TypeError):
+            version = None
+        if version != WIRE_VERSION:
+            found = f"in wire format {version}" if version is not None else "in an older message format"
+            raise RecordingError(f"recording {self.path}: {channel} was recorded {found}; this build reads wire "
+                                 f"format {WIRE_VERSION} (re-record the drive)")
+
+    def _finished(self, size: int) -> bool:
+        """Whether the file ends with the closing magic: a recorder killed mid-run never writes it."""
+        with open(self.path, "rb") as f:
+            f.seek(max(size - len(MAGIC), 0))
+            return f.read() == MAGIC
+
+    def messages(self, topics: Iterable[Topic] | None = None) -> Iterator[tuple[Topic, int, Message]]:
+        """(topic, log_time_ns, message) of the topic channels (all, or those of `topics`), in file
+        order, decoded by the wire's codec; the view channels are skipped."""
+        wanted = None if topics is None else {t.name for t in topics}
+        for channel, log_time, data in self.records():
+            topic = BY_NAME.get(channel)
+            if topic is not None and (wanted is None or channel in wanted):
+                with self._decoding(f"{channel} message at log time {log_time}"):
+                    message = decode(data, expect=topic.message_type)
+                yield topic, log_time, message
+
+    def frames(self) -> Iterator[tuple[FrameHeader, np.ndarray]]:
+        """Frame headers with their decoded pixels, in recorded order."""
+        header: FrameHeader | None = None
+        for channel, log_time, data in self.records():
+            if channel == FRAMES.name:
+                with self._decoding(f"frame header at log time {log_time}"):
+                    header = decode(data, expect=FrameHeader)
+            elif channel == IMAGE_CHANNEL and header is not None:
+                with self._decoding(f"image of frame {header.frame_id}"):
+                    pixels = _decode_image(json.loads(data))
+                yield header, pixels
+                header = None
+
+    @contextmanager
+    def _decoding(self, what: str) -> Iterator[None]:
+        """Turn whatever a damaged message makes JSON, base64 or the decoders raise into one line
+        naming the file and the message."""
+        try:
+            yield
+        except (ValueError, KeyError, TypeError, RecordingError) as exc:  # binascii.Error is a ValueError
+            raise RecordingError(f"recording {self.path}: bad {what} ({_describe(exc)})") from None
+
+
+def _decode_image(image: dict) -> np.ndarray:
+    """The pixels of a foxglove.CompressedImage (JPEG) or foxglove.RawImage (bgr8) message."""
+    if not isinstance(image, dict):
+        raise TypeError(f"expected a JSON object, got {type(image).__name__}")
+    raw = base64.b64decode(image["data"], validate=True)
+    if image.get("format") == "jpeg":
+        pixels = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+        if pixels is None:
+            raise ValueError("not a decodable JPEG")
+        return pixels
+    expected = image["height"] * image["step"]
+    if len(raw) != expected:
+        raise ValueError(f"{len(raw)} bytes of pixels, expected {expected}")
+    return np.frombuffer(raw, np.uint8).reshape(image["height"], image["width"], -1).copy()
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as a short phrase for a one-line error."""
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}"
+    if isinstance(exc, RecordingError):
+        return str(exc)
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
