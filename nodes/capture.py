@@ -1,4 +1,4 @@
-"""Capture node: reads a video file, camera, image folder or synthetic pattern and publishes frames.
+"""Capture node: reads a video file, camera, stream, image folder, recording or synthetic pattern and publishes frames.
 
 Pixels go into a shared-memory ring (decoded in place when the source allows); only a header
 crosses ZeroMQ. Paced at the source's frame rate, a fixed rate, or as fast as possible. Frames
@@ -16,7 +16,8 @@ from perception.config import PositiveInt, Range, check_ranges
 from perception.latency import now_ns
 from perception.messages import FrameTransport, Stamp
 from perception.node import DeviceLostError, FatalInputError, Node, NodeSettings, run_node
-from perception.sources import DeviceError, SourceConfig, SourceError, open_source
+from perception.live_sources import DeviceError
+from perception.sources import SourceConfig, SourceError, open_source
 from perception.graph import Port
 from perception.timing import Pacer
 from perception.topics import DECISIONS, FRAMES, HEARTBEAT

@@ -11,17 +11,27 @@ import sys
 from pathlib import Path
 
 from perception.config import from_mapping
+from perception.live_sources import is_stream_url, shown
 from perception.launch import resolve_node_config
 from perception.node import EXIT_OUTPUT
 from perception.pipeline import PIPELINE_LAUNCH, count_recorded_frames, pipeline_launch, run_pipeline
 from perception.replay import EXIT_BAD_INPUT
 
 
-def source_spec(path: Path) -> dict:
-    """The capture source for `perception record --source PATH`: an image folder, an MCAP recording or a video."""
+def source_spec(source: str) -> dict:
+    """The capture source for `perception record --source SOURCE`: a stream URL, an image folder, an
+    MCAP recording or a video."""
+    if is_stream_url(source):
+        return {"kind": "stream", "url": source}
+    path = Path(source)
     if path.is_dir():
         return {"kind": "images", "path": str(path.resolve()), "fps": 10.0}
     return {"kind": "recording" if path.suffix == ".mcap" else "video", "path": str(path.resolve())}
+
+
+def camera_spec(camera: str) -> dict:
+    """`--camera 0` (an OpenCV index) or `--camera /dev/video0` (a V4L2 device)."""
+    return {"kind": "camera", "camera_index": int(camera)} if camera.isdigit() else {"kind": "camera", "device": camera}
 
 
 def probe_source(spec: dict) -> None:
@@ -40,8 +50,8 @@ def record_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perception record", description="record a drive (every topic) to MCAP")
     parser.add_argument("output", type=Path)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--source", type=Path, help="a video file, image folder or recording")
-    source.add_argument("--camera", type=int, help="an OpenCV camera index")
+    source.add_argument("--source", help="a video file, image folder, recording or stream URL (rtsp://, http://, udp://, ...)")
+    source.add_argument("--camera", help="a camera: its OpenCV index (0) or V4L2 device path (/dev/video0)")
     parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     parser.add_argument("--frames-only", action="store_true", help="record the camera alone, without the pipeline")
     parser.add_argument("--image-format", choices=["jpeg", "raw"], default=None, help="default: configs/recorder.yaml")
@@ -54,7 +64,7 @@ def record_main(argv: list[str] | None = None) -> int:
         parser.error(f"--frames must be at least 1, got {args.frames}")
     recorder_params = {key: value for key, value in (("image_format", args.image_format), ("jpeg_quality", args.jpeg_quality),
                                                      ("min_free_mb", args.min_free_mb)) if value is not None}
-    spec_source = {"kind": "camera", "camera_index": args.camera} if args.camera is not None else source_spec(args.source)
+    spec_source = camera_spec(args.camera) if args.camera is not None else source_spec(args.source)
     # The recorder never overwrites a file (it would write NAME-1.mcap beside it), so an existing
     # output would leave this command reporting on the wrong file.
     if args.output.exists():
@@ -77,7 +87,7 @@ def record_main(argv: list[str] | None = None) -> int:
     except RecordingError as exc:  # written but unreadable: kept for a look, never called a drive
         print(f"record: failed: {exc}", file=sys.stderr)
         return 1
-    what = f"{args.source}" if args.source else f"camera {args.camera}"
+    what = shown(args.source) if args.source else f"camera {args.camera}"
     if frames == 0:
         # An empty file is not a drive: leave nothing that `perception replay` would take for one.
         args.output.unlink(missing_ok=True)

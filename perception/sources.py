@@ -1,4 +1,5 @@
-"""Frame sources for the capture node: video file, camera, image folder, synthetic pattern.
+"""Frame sources for the capture node: video file, image folder, recording, synthetic pattern, and the
+live ones of perception.live_sources (camera, network stream, GStreamer pipeline).
 
 A source yields (frame, media_ns): an HxWx3 BGR uint8 image and its position in the source's
 own timeline. A source that cannot start raises SourceError with one line naming the culprit;
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 
 from perception.config import NonNegativeInt, PositiveInt, Range, check_ranges
+from perception.live_sources import SourceError, is_stream_url, open_camera, open_gstreamer, open_stream
 from perception.messages import MAX_IMAGE_SIDE
 
 ImageSide = Annotated[int, Range(1, MAX_IMAGE_SIDE)]
@@ -27,19 +29,15 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class SourceError(RuntimeError):
-    """A source cannot be opened or read at all."""
-
-
-class DeviceError(SourceError):
-    """A camera cannot be opened or read now; unlike a missing or corrupt file, it may come back."""
-
-
 @dataclass(frozen=True)
 class SourceConfig:
-    kind: Literal["video", "camera", "images", "synthetic", "recording"]
+    kind: Literal["video", "camera", "images", "synthetic", "recording", "stream", "gstreamer"]
     path: Path | None = None  # video file, image folder or MCAP recording
     camera_index: NonNegativeInt = 0
+    device: Path | None = None  # camera: a V4L2 device path (/dev/videoN), instead of camera_index
+    url: str | None = None  # stream: rtsp://, http(s)://, udp://, tcp://, rtmp://, srt:// (OpenCV's FFmpeg)
+    pipeline: str | None = None  # gstreamer: a pipeline ending in appsink, where OpenCV has GStreamer
+    timeout_s: Annotated[float, Range(0.1, 600)] = 10.0  # stream: opening, and each frame, give up after this long
     width: ImageSide | None = None  # requested camera size / synthetic size
     height: ImageSide | None = None
     fps: FrameRate | None = None  # images and synthetic: frame rate of the timeline; camera: requested
@@ -50,6 +48,10 @@ class SourceConfig:
         check_ranges(self)
         if self.kind in ("video", "images", "recording") and self.path is None:
             raise ValueError(f"source kind {self.kind!r} needs a path")
+        if self.kind == "stream" and not (self.url and is_stream_url(self.url)):
+            raise ValueError("source kind 'stream' needs a url: rtsp://, http(s)://, udp://, tcp://, rtmp:// or srt://")
+        if self.kind == "gstreamer" and not self.pipeline:
+            raise ValueError("source kind 'gstreamer' needs a pipeline")
 
 
 class FrameSource:
@@ -126,36 +128,6 @@ class VideoFileSource(FrameSource):
                 return frame, self._media_ns()
             self._index += 1
         return frame, self._media_ns()
-
-    def close(self) -> None:
-        self._capture.release()
-
-
-class CameraSource(FrameSource):
-    def __init__(self, index: int, width: int | None, height: int | None, fps: float | None) -> None:
-        self._capture = cv2.VideoCapture(index)
-        if not self._capture.isOpened():
-            raise DeviceError(f"camera {index}: cannot open (no such device, or it is busy)")
-        if width:
-            self._capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
-        if height:
-            self._capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
-        if fps:
-            self._capture.set(cv2.CAP_PROP_FPS, fps)
-        reported = self._capture.get(cv2.CAP_PROP_FPS)
-        self.fps = reported if reported and reported > 0 else fps
-        self.paced_by_device = True
-        self.index = index
-        self._start_ns: int | None = None
-        self.description = f"camera {index}"
-
-    def read(self, out: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
-        ok, frame = self._capture.read(out) if out is not None else self._capture.read()
-        if not ok or frame is None:
-            self.bad_frames += 1
-            raise DeviceError(f"camera {self.index}: read failed (unplugged?)")
-        position_ms = self._capture.get(cv2.CAP_PROP_POS_MSEC)
-        return frame, int(position_ms * 1e6)
 
     def close(self) -> None:
         self._capture.release()
@@ -284,11 +256,15 @@ def read_frame_index(frame: np.ndarray) -> int:
     return index
 
 
-def open_source(config: SourceConfig) -> FrameSource:
+def open_source(config: SourceConfig) -> FrameSource:  # a live source is a FrameSource in all but name
     if config.kind == "video":
         return VideoFileSource(config.path, config.loop)  # type: ignore[arg-type]
     if config.kind == "camera":
-        return CameraSource(config.camera_index, config.width, config.height, config.fps)
+        return open_camera(config.camera_index, config.device, config.width, config.height, config.fps)
+    if config.kind == "stream":
+        return open_stream(config.url, config.timeout_s)  # type: ignore[arg-type]
+    if config.kind == "gstreamer":
+        return open_gstreamer(config.pipeline)  # type: ignore[arg-type]
     if config.kind == "images":
         return ImageFolderSource(config.path, config.fps, config.loop)  # type: ignore[arg-type]
     if config.kind == "recording":

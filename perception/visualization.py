@@ -200,8 +200,10 @@ def check_port_free(host: str, port: int) -> None:
 
 def with_viewer(spec: "LaunchFile", port: int, source: str) -> "LaunchFile":
     """`spec` plus the live-view node (nodes/viewer.py, configs/viewer.yaml) serving on `port`, at low
-    priority and never ending the launch. ConfigError (one line) if the port is taken, a node is
-    already called 'viewer' or configs/viewer.yaml is wrong. `source` names the spec in errors."""
+    priority and never ending the launch; a node that waits for others before it starts (a replay's
+    capture, its `ready` input) waits for the view too, so a replay's first frame is shown.
+    ConfigError (one line) if the port is taken, a node is already called 'viewer' or
+    configs/viewer.yaml is wrong. `source` names the spec in errors."""
     from perception import REPO
     from perception.config import ConfigError
     from perception.graph import every_output
@@ -213,4 +215,10 @@ def with_viewer(spec: "LaunchFile", port: int, source: str) -> "LaunchFile":
                         inputs=every_output(spec.nodes), params={"port": port}, restart="on-failure", nice=VIEWER_NICE)
     config = resolve_node_config(viewer, source)[1]
     check_port_free(config.host, config.port)
-    return dataclasses.replace(spec, nodes=[*spec.nodes, viewer])
+    nodes = [dataclasses.replace(n, inputs={**n.inputs, "ready": _and_viewer(n.inputs["ready"])}) if "ready" in n.inputs
+             else n for n in spec.nodes]
+    return dataclasses.replace(spec, nodes=[*nodes, viewer])
+
+
+def _and_viewer(ready: str | list[str]) -> list[str]:
+    return [*([ready] if isinstance(ready, str) else ready), f"{VIEWER_NODE}/heartbeat"]

@@ -103,12 +103,15 @@ def stop_group(process: subprocess.Popen) -> None:
             process.wait(timeout=5)
 
 
+@pytest.mark.timeout(240)  # a replay started on a loaded machine, then 6 s of frames
 def test_a_websocket_client_sees_boxes_images_and_decisions_of_a_replay(tmp_path):
     port = free_port()
     log_path = tmp_path / "replay.log"  # a file, not a pipe: a pipe nobody reads while we watch could fill
     with open(log_path, "w") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "perception.cli", "replay", str(DRIVE), "--foxglove", str(port)], cwd=REPO,
+            # At a quarter of recorded time (6 s of frames, from when the view serves): a client on a
+            # loaded machine still subscribes before the drive has played.
+            [sys.executable, "-m", "perception.cli", "replay", str(DRIVE), "--speed", "0.25", "--foxglove", str(port)], cwd=REPO,
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         topics = [ANNOTATIONS_CHANNEL, DECISIONS.name, IMAGE_CHANNEL]
