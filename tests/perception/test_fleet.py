@@ -74,7 +74,7 @@ def private_tmp():
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def fleet_replay(args: list, tmp: Path, timeout_s: float = 360) -> tuple[dict, subprocess.CompletedProcess]:
+def fleet_replay(args: list, tmp: Path, timeout_s: float = 600) -> tuple[dict, subprocess.CompletedProcess]:
     result = subprocess.run([sys.executable, "-c", SUBREAPER, *map(str, args)], capture_output=True, text=True,
                             timeout=timeout_s, cwd=REPO, env={**os.environ, "TMPDIR": str(tmp)})
     assert result.stdout.strip(), result.stderr[-3000:]
@@ -106,7 +106,7 @@ def tiny_annotations(offset: int = 0) -> dict:
     return {"images": images, "annotations": annotations, "categories": [{"id": 3, "name": "car"}]}
 
 
-@pytest.mark.timeout(400)  # four drives on Ray: over two minutes on a 2-core machine with two busy processes
+@pytest.mark.timeout(660)  # four drives on Ray: over six minutes on a 2-core machine with two busy processes
 def test_copies_decide_identically_and_a_bad_drive_fails_alone(tmp_path, private_tmp):
     drives = tmp_path / "drives"
     for copy in ("a", "b"):
