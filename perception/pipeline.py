@@ -25,6 +25,8 @@ PIPELINE_LAUNCH = REPO / "launch" / "replay.yaml"
 RECORDER_CONFIG = REPO / "configs" / "recorder.yaml"
 BUNDLED_DRIVE = REPO / "recordings" / "udacity_dashcam.mcap"
 PROGRESS_LOG_INTERVAL_S = 5.0  # progress lines in a log that is not a terminal
+DETERMINISTIC_STARTUP_S = 180.0  # a deterministic replay's nodes: time to their first heartbeat...
+DETERMINISTIC_HANG_S = 30.0  # ...and the longest silence before the launcher calls one hung
 
 
 @dataclass
@@ -44,7 +46,10 @@ def pipeline_launch(source: dict, *, rate: object = "source", speed: float = 1.0
     Differences from `perception launch launch/replay.yaml`, all on purpose: the capture node is never
     restarted (a restarted capture would play the source again from its first frame, under the same
     frame ids, and a replay would compare or record that twice); no status table (the harness shows
-    its own progress and report); a longer drain, so the last decisions of a loaded run still count."""
+    its own progress and report); a longer drain, so the last decisions of a loaded run still count;
+    and a deterministic run, which is not real time, gives its nodes DETERMINISTIC_STARTUP_S to start
+    and DETERMINISTIC_HANG_S before a stale heartbeat counts as a hang (many drives at once on a
+    loaded machine stall nodes for seconds: killing them would end the run, not catch a hang)."""
     launch = load_launch_file(PIPELINE_LAUNCH)
     capture_node = next(n for n in launch.nodes if n.name == "capture")
     downstream = [n for n in launch.nodes if n.name != "capture"] if pipeline else []
@@ -66,6 +71,9 @@ def pipeline_launch(source: dict, *, rate: object = "source", speed: float = 1.0
     }
     nodes = [dataclasses.replace(capture_node, inputs=capture_inputs, params=capture, restart="never")]
     nodes += [dataclasses.replace(n, params={**n.params, **extra_params.get(n.name, {})}) for n in downstream]
+    if deterministic:
+        nodes = [dataclasses.replace(n, startup_timeout_s=max(n.startup_timeout_s, DETERMINISTIC_STARTUP_S),
+                                     hang_timeout_s=max(n.hang_timeout_s or 0.0, DETERMINISTIC_HANG_S)) for n in nodes]
     if record_to:
         params = {"output": str(Path(record_to).resolve()), **(recorder_params or {})}
         # A recorder that cannot go on (out of space) ends the run: the rest would be lost anyway.
