@@ -237,7 +237,10 @@ def test_malformed_messages_are_dropped_counted_exactly_and_lose_nothing_else(pi
     ended = now_ns()
     assert wait_for(lambda: observer.last_counters("decision").get("detections.malformed") == 3, timeout_s=10)
     assert wait_for(lambda: observer.last_counters("watchdog").get("decisions.malformed") == 3, timeout_s=10)
-    assert observer.last_counters("detector").get("frames.malformed", 0) >= 1  # latest-only: older ones superseded
+    # The detector reads only the newest frame: a bad one is counted malformed when it was the newest
+    # at a read, else superseded unread with the frames before it (which a loaded machine makes likely).
+    detector = lambda: observer.last_counters("detector")  # noqa: E731 - re-read at each try
+    assert wait_for(lambda: detector().get("frames.malformed", 0) + detector().get("frames.superseded", 0) >= 1, 10)
     assert observer.unanswered(observer.frames_between(started, ended - 300 * MS)) == []
     # Nobody went down over them (a deadline missed because other work shares the cores is not theirs).
     assert observer.decisions_by("watchdog", started, Reason.NODE_DOWN) == []
