@@ -11,7 +11,8 @@ from pathlib import Path
 
 from perception.config import parse_override
 from perception.pipeline import BUNDLED_DRIVE, PIPELINE_LAUNCH, count_recorded_frames, pipeline_launch, run_pipeline
-from perception.replay import EXIT_BAD_INPUT, _with_live_view
+from perception.pipeline import with_live_view
+from perception.replay import EXIT_BAD_INPUT
 from perception.visualization import add_foxglove_argument
 from perception.report import build_report, format_report, write_outputs
 
@@ -60,7 +61,7 @@ def bench_main(argv: list[str] | None = None) -> int:
         title = f"bench {recording.name}" + (f" at {rate:g} Hz" if args.rate else " at recorded rate")
     title += f", load {args.load}" + "".join(f", {k} {v}" for k, v in detector.items())
     spec = pipeline_launch(source, rate=rate, budget_ms=args.budget_ms, detector_params=detector, max_frames=frames)
-    spec = _with_live_view(spec, args.foxglove, "bench")
+    spec = with_live_view(spec, args.foxglove, "bench")
     if spec is None:
         return EXIT_BAD_INPUT
     stop = mp.Event()

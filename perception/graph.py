@@ -147,9 +147,12 @@ class Graph:
 
     def publishers(self, topic: Topic) -> list[Edge]:
         """Every output of the launch carrying `topic` (every node's heartbeat), in launch order."""
-        return [Edge(n.name, topic.output) for n in self.nodes.values()
-                if topic is HEARTBEAT or topic.output in n.outputs]
+        return [Edge(n.name, topic.output) for n in self.nodes.values() if carries(n, topic)]
 
+
+def carries(node, topic: Topic) -> bool:
+    """Whether launch entry or graph node `node` publishes `topic` (every node publishes its heartbeat)."""
+    return topic is HEARTBEAT or topic.output in node.outputs
 
 
 def every_output(nodes: Sequence) -> dict[str, list[str]]:
@@ -157,7 +160,7 @@ def every_output(nodes: Sequence) -> dict[str, list[str]]:
     input per topic, named after its output: what a recorder or a live view added to a launch reads."""
     inputs = {}
     for topic in TOPICS:
-        edges = [f"{n.name}/{topic.output}" for n in nodes if topic is HEARTBEAT or topic.output in n.outputs]
+        edges = [f"{n.name}/{topic.output}" for n in nodes if carries(n, topic)]
         if edges:
             inputs[topic.output] = edges
     return inputs

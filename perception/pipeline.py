@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perception import REPO
+from perception.config import ConfigError
 from perception.connector import Connector
 from perception.graph import every_output
 from perception.launch import LaunchFile, LaunchNode, Launcher, load_launch_file, resolve_node_config
 from perception.report import Collected, Collector
 from perception.topics import FRAMES, MONITORED
+from perception.visualization import with_viewer
 
 # The pipeline is defined once, in this launch file; replay, bench and record adjust its capture
 # source and add a recorder, they do not list the nodes again.
@@ -127,14 +129,14 @@ def _progress(collector: Collector, total: int | None, stop: threading.Event) ->
     from tqdm import tqdm
 
     tty = sys.stderr.isatty()
-    with tqdm(total=total or None, desc="decided", unit="frame", file=sys.stderr if tty else _Lines(sys.stderr),
+    with tqdm(total=total or None, desc="decided", unit="frame", file=sys.stderr if tty else LogLines(sys.stderr),
               mininterval=0.25 if tty else PROGRESS_LOG_INTERVAL_S, ascii=not tty, dynamic_ncols=tty) as bar:
         while not stop.wait(0.25):
             bar.update(collector.decision_count() - bar.n)
         bar.n = collector.decision_count()  # shown once more as the bar closes
 
 
-class _Lines:
+class LogLines:
     """A stream for tqdm where each redraw becomes a line of its own: in a log file, tqdm's '\r'
     redraws would run together on one line, with the pipeline's log lines appended to them."""
 
@@ -157,3 +159,14 @@ def count_recorded_frames(path: Path) -> int:
     from perception.recording_reader import RecordingReader
 
     return sum(1 for channel, _, _ in RecordingReader(path).records() if channel == FRAMES.name)
+
+
+def with_live_view(spec: LaunchFile, port: int | None, command: str) -> LaunchFile | None:
+    """`spec`, plus the live-view node when `--foxglove` was given; None (after one line) when it cannot serve."""
+    if port is None:
+        return spec
+    try:
+        return with_viewer(spec, port, str(PIPELINE_LAUNCH))
+    except ConfigError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return None

@@ -85,7 +85,7 @@ def check_room(folder: Path, min_free_bytes: int) -> None:
                                   f"a recording leaves free (min_free_mb)")
 
 
-def _require_mcap() -> None:
+def require_mcap() -> None:
     """MCAP is the recording extra, not the vehicle runtime: say how to get it instead of a bare ImportError."""
     try:
         import mcap  # noqa: F401
@@ -151,7 +151,7 @@ class RecordingWriter:
 
     def __init__(self, path: Path, image_format: Literal["jpeg", "raw"] = "jpeg", jpeg_quality: int = 90,
                  chunk_size: int = 1 << 20, class_names: Sequence[str] = (), min_free_bytes: int = 0) -> None:
-        _require_mcap()
+        require_mcap()
         try:  # the SDK's message classes, for the protobuf view channels; only writing needs them
             fg = foxglove_messages()
         except RuntimeError as exc:

@@ -16,7 +16,7 @@ import numpy as np
 
 from perception.codec import decode
 from perception.messages import WIRE_VERSION, FrameHeader, Message
-from perception.recording import MAGIC, RecordingError, _require_mcap
+from perception.recording import MAGIC, RecordingError, require_mcap
 from perception.topics import BY_NAME, FRAMES, Topic
 from perception.visualization import IMAGE_CHANNEL
 
@@ -41,7 +41,7 @@ class RecordingReader:
         Chunk CRCs are checked, so damaged data is an error (RecordingError naming the byte offset)
         rather than garbage handed on; only a file that ends mid-record without the closing magic a
         finished recording has counts as cut short (`truncated`, a warning)."""
-        _require_mcap()
+        require_mcap()
         from mcap.records import Channel, Footer, Header, Message as McapMessage, Schema
         from mcap.stream_reader import StreamReader
 

@@ -25,11 +25,10 @@ import sys
 from pathlib import Path
 
 from perception.config import ConfigError, parse_override
-from perception.launch import LaunchFile
 from perception.node_replay import by_frame, replay_node
-from perception.pipeline import PIPELINE_LAUNCH, count_recorded_frames, pipeline_launch, run_pipeline
+from perception.pipeline import count_recorded_frames, pipeline_launch, run_pipeline, with_live_view
 from perception.report import Collected, build_report, format_report, write_outputs
-from perception.visualization import add_foxglove_argument, with_viewer
+from perception.visualization import add_foxglove_argument
 
 EXIT_DIFFERENT = 1
 EXIT_BAD_INPUT = 2
@@ -126,7 +125,7 @@ def replay_main(argv: list[str] | None = None) -> int:
     spec = pipeline_launch({"kind": "recording", "path": str(args.recording.resolve())}, rate="max" if deterministic else "source",
                            speed=speed, deterministic=deterministic, budget_ms=args.budget_ms, decision_params=decision,
                            detector_params=detector)
-    spec = _with_live_view(spec, args.foxglove, "replay")
+    spec = with_live_view(spec, args.foxglove, "replay")
     if spec is None:
         return EXIT_BAD_INPUT
     result = run_pipeline(spec, f"replay of {args.recording}", frames)
@@ -164,14 +163,3 @@ def _replay_node(recording: Path, name: str, overrides: dict) -> int:
     print(f"node replay of {name} on {recording}: {result.compared} recorded outputs compared{skipped}; "
           f"{len(result.differences)} difference(s)")
     return EXIT_DIFFERENT if result.differences else 0
-
-
-def _with_live_view(spec: LaunchFile, port: int | None, command: str) -> LaunchFile | None:
-    """`spec`, plus the live-view node when `--foxglove` was given; None (after one line) when it cannot serve."""
-    if port is None:
-        return spec
-    try:
-        return with_viewer(spec, port, str(PIPELINE_LAUNCH))
-    except ConfigError as exc:
-        print(f"{command}: {exc}", file=sys.stderr)
-        return None

@@ -116,3 +116,14 @@ def test_no_file_of_the_library_is_over_450_lines():
     long = {str(p.relative_to(REPO)): n for p in (REPO / "perception").rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 450}
     assert long == {}
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name starting with `_` is its module's own: a second user makes it public (named, documented)."""
+    found = []
+    for name, path in module_names().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in PACKAGES:
+                found += [f"{name} imports {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, "\n".join(found)
