@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from perception.config import Range, check_ranges
-from perception.detection.manifest import WEIGHTS_DIR, read_class_names
+from perception.detection.classes import WEIGHTS_DIR, read_class_names
 from perception.latency import now_ns
 from perception.interface import NodeInterface
 from perception.node import FatalInputError, NodeSettings, OutputError, run_node

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from perception.config import Fraction, Range, check_ranges
-from perception.detection.manifest import WEIGHTS_DIR, read_class_names
+from perception.detection.classes import WEIGHTS_DIR, read_class_names
 from perception.latency import now_ns
 from perception.log_rate import limit_log_rate
 from perception.codec import json_schema, schema_name

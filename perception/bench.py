@@ -9,7 +9,8 @@ import multiprocessing as mp
 import sys
 from pathlib import Path
 
-from perception.config import parse_override
+from perception.config import command_line_overrides
+from perception.detection.builder import DetectorSettings
 from perception.pipeline import BUNDLED_DRIVE, PIPELINE_LAUNCH, count_recorded_frames, pipeline_launch, run_pipeline
 from perception.pipeline import with_live_view
 from perception.replay import EXIT_BAD_INPUT
@@ -43,7 +44,7 @@ def bench_main(argv: list[str] | None = None) -> int:
     from perception.benchmarks.watchdog import burn_cpu
 
     detector = {"policy.kind": args.policy} if args.policy else {}
-    detector.update(parse_override(item, "--detector") for item in args.detector)
+    detector.update(command_line_overrides(args.detector, "--detector", DetectorSettings))
     if args.synthetic:
         try:
             width, height = (int(v) for v in args.synthetic.lower().split("x"))

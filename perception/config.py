@@ -130,6 +130,31 @@ def parse_override(override: str, source: Path | str = "--set") -> tuple[str, An
         raise ConfigError(f"{source}: override {override!r}: value is not valid YAML") from None
 
 
+def command_line_overrides(items: list[str], flag: str, config_type: type) -> dict[str, Any]:
+    """`KEY=VALUE` items of a command-line `flag` as {dotted key: value}; a relative path given for
+    a Path setting of `config_type` is made absolute against the working directory, where the user
+    typed it (a config file's own paths resolve against the file's folder)."""
+    overrides = {}
+    for item in items:
+        key, value = parse_override(item, flag)
+        if isinstance(value, str) and value and _is_path_setting(config_type, key.split(".")):
+            value = str((Path.cwd() / Path(value).expanduser()).resolve())
+        overrides[key] = value
+    return overrides
+
+
+def _is_path_setting(tp: Any, keys: list[str]) -> bool:
+    """Whether dotted key `keys` of dataclass `tp` is a Path (or an optional Path) setting."""
+    while get_origin(tp) is Annotated or get_origin(tp) in (Union, types.UnionType):
+        tp = get_args(tp)[0] if get_origin(tp) is Annotated else next((a for a in get_args(tp) if a is not type(None)), None)
+    if not keys:
+        return tp is Path
+    if not dataclasses.is_dataclass(tp):
+        return False
+    hints = get_type_hints(tp, include_extras=True)
+    return keys[0] in hints and _is_path_setting(hints[keys[0]], keys[1:])
+
+
 def apply_override(data: dict, override: str, source: Path | str = "--set") -> None:
     """Set a dotted key in a nested mapping from 'a.b.c=value'."""
     set_key(data, *parse_override(override, source), source=source)

@@ -24,7 +24,8 @@ import json
 import sys
 from pathlib import Path
 
-from perception.config import ConfigError, parse_override
+from perception.config import ConfigError, command_line_overrides, parse_override
+from perception.detection.builder import DetectorSettings
 from perception.node_replay import by_frame, replay_node
 from perception.pipeline import count_recorded_frames, pipeline_launch, run_pipeline, with_live_view
 from perception.report import Collected, build_report, format_report, write_outputs
@@ -107,8 +108,8 @@ def replay_main(argv: list[str] | None = None) -> int:
     add_foxglove_argument(parser)
     args = parser.parse_args(argv)
     deterministic = args.speed == "max"
-    decision = dict(parse_override(item, "--decision") for item in args.decision)
-    detector = dict(parse_override(item, "--detector") for item in args.detector)
+    decision = dict(parse_override(item, "--decision") for item in args.decision)  # no path among its settings
+    detector = command_line_overrides(args.detector, "--detector", DetectorSettings)
     if args.node is not None:
         return _replay_node(args.recording, args.node, {"decision": decision, "detector": detector}.get(args.node, {}))
     try:

@@ -11,11 +11,12 @@ from typing import Annotated
 import numpy as np
 
 from perception.config import (
-    ConfigError, Range, ScoreThreshold, apply_override, check_ranges, from_mapping, load_yaml, parse_override,
+    ConfigError, Range, ScoreThreshold, check_ranges, command_line_overrides, from_mapping, load_yaml, set_key,
 )
 from perception.detection.frames import FrameDetector
 from perception.detection.manifest import WEIGHTS_DIR, Manifest, load_manifest
 from perception.detection.network import StagedNetwork
+from perception.detection.onnx_model import looks_like_onnx
 from perception.detection.policies import PolicyConfig, make_policy
 from perception.detection.risk import RiskConfig, RiskRules
 from perception.engines import EngineConfig, create_engine
@@ -51,11 +52,11 @@ def load_settings(path: Path, overrides: tuple[str, ...] | list[str] = ()) -> De
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     names = [f.name for f in dataclasses.fields(DetectorSettings)]
-    for override in overrides:
-        key = parse_override(override, "--detector")[0].split(".")[0]
-        if key not in names:
-            raise ConfigError(f"--detector {override}: {key} is not a detector setting (the settings: {', '.join(names)})")
-        apply_override(data, override, "--detector")
+    for key, value in command_line_overrides(list(overrides), "--detector", DetectorSettings).items():
+        if key.split(".")[0] not in names:
+            raise ConfigError(f"--detector {key}={value}: {key.split('.')[0]} is not a detector setting "
+                              f"(the settings: {', '.join(names)})")
+        set_key(data, key, value, "--detector")
     return from_mapping(DetectorSettings, {k: v for k, v in data.items() if k in names}, source=str(path),
                         base_dir=Path(path).parent)
 
@@ -64,10 +65,20 @@ def check_settings(settings: DetectorSettings) -> Manifest:
     """The manifest and its model files exist and the risk rule names classes of the model; ConfigError
     otherwise. Loading the networks is left to build_detector."""
     manifest = load_manifest(settings.model)
+    spec, engine = manifest.input, settings.engine
+    if engine.kind == "tensorrt" and engine.tensorrt.precision == "int8" and (spec.channels, spec.pixel_scale) != ("bgr", 1.0):
+        raise ConfigError(f"{settings.model}: TensorRT int8 calibrates on frames preprocessed as YOLOX's (BGR, 0-255), "
+                          f"not as this model takes them ({spec.channels.upper()}, x{spec.pixel_scale:.4g}); build it in fp16")
+    if engine.kind == "torch" and (manifest.output_layout != "yolox" or looks_like_onnx(Path(settings.model))):
+        raise ConfigError(f"{settings.model}: the torch engine runs the PyTorch rebuild of the bundled YOLOX-nano only; "
+                          "run this model with engine.kind onnxruntime or tensorrt")
     try:
         RiskRules.of(settings.risk, manifest.class_names())
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        names = manifest.class_names()
+        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        raise ConfigError(f"risk.rules: {exc} {settings.model.name} (its classes: {shown}); set risk.rules.classes "
+                          "and the decision node's rules.classes to classes it has") from None
     return manifest
 
 

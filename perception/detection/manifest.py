@@ -4,8 +4,9 @@ A stage is a piece of the trunk: it takes named tensors (the image, or features 
 stages) and produces named feature tensors. An exit is a head attached after a stage: it takes
 named tensors available by then and produces detections in the YOLOX raw layout
 [1, N, 5 + num_classes] (dx, dy, log w, log h, objectness, class scores; objectness and classes
-already sigmoided), anchor points ordered by `strides`, row-major per level. Every exit of a
-manifest produces the same N, so decoding is the same whatever the depth.
+already sigmoided), anchor points ordered by `strides`, row-major per level, or in Ultralytics'
+(`output_layout`). Every exit of a manifest produces the same N, so decoding is the same whatever
+the depth. A plain ONNX detector gets its one-stage manifest inferred (perception.detection.onnx_model).
 
 Running to exit k means running stages 0..after_stage(k) once each, and only the heads of the
 exits actually evaluated: deeper work continues from the kept features, never recomputes them.
@@ -17,15 +18,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
-from perception.config import ConfigError, from_mapping, load_yaml
-
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-
-
-def read_class_names(path: Path) -> list[str]:
-    """Class names, one per line in the detector's class order (blank lines ignored). OSError if unreadable."""
-    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+from perception.config import ConfigError, Range, from_mapping, load_yaml
+from perception.detection.classes import WEIGHTS_DIR, read_class_names
+from perception.detection.onnx_model import looks_like_onnx, manifest_data
 
 
 # The staged graphs' free dimensions are named, so that an engine can pin them (Manifest.dimensions)
@@ -45,6 +42,8 @@ class InputSpec:
     width: int  # graphs of a fixed size (and engines built for one): a frame is scaled to fit width x height
     height: int
     pad_value: float = 114.0
+    channels: Literal["bgr", "rgb"] = "bgr"  # the order the graph takes colours in (YOLOX: BGR, Ultralytics: RGB)
+    pixel_scale: Annotated[float, Range(0, 1, low_open=True)] = 1.0  # 0-255 values times this (1/255: 0-1)
     # The parts' graphs take any input size in multiples of the largest stride (their sizes are named
     # dimensions, see Manifest.dimensions): each frame then runs at the largest scale its aspect allows
     # within a budget of pixels (perception.detection.yolox.budget_input), padded only to the next
@@ -83,6 +82,10 @@ class Manifest:
     stages: list[StageSpec]
     exits: list[ExitSpec]
     classes_file: Path | None = None
+    classes: list[str] = field(default_factory=list)  # the names inline, instead of a classes_file
+    # The exits' raw output: "yolox" as above, or "yolov8" (Ultralytics YOLOv8/YOLO11: [1, 4 + classes, N],
+    # centre x, centre y, width, height in input pixels, then class scores; no objectness).
+    output_layout: Literal["yolox", "yolov8"] = "yolox"
     description: str = ""
     # Filled in by training/benchmarks: per-exit facts (e.g. measured relative cost), informative only.
     notes: dict[str, str] = field(default_factory=dict)
@@ -90,6 +93,8 @@ class Manifest:
     def __post_init__(self) -> None:
         if not self.stages or not self.exits:
             raise ValueError("a manifest needs at least one stage and one exit")
+        if self.classes and (self.classes_file is not None or len(self.classes) != self.num_classes):
+            raise ValueError(f"classes: {len(self.classes)} names for {self.num_classes} classes, or with a classes_file too")
         available = {self.input.name}
         produced_by_stage: list[set[str]] = []
         for stage in self.stages:
@@ -129,6 +134,8 @@ class Manifest:
         return values
 
     def class_names(self) -> list[str]:
+        if self.classes:
+            return list(self.classes)
         if self.classes_file is None:
             return [str(i) for i in range(self.num_classes)]
         names = read_class_names(self.classes_file)
@@ -141,12 +148,16 @@ class Manifest:
 
 
 def load_manifest(path: str | Path) -> Manifest:
-    """Load and check a manifest; relative file names resolve against its folder. Missing files are
-    a one-line ConfigError naming the file."""
+    """Load and check a manifest, or infer one from a plain ONNX detector (perception.detection.onnx_model);
+    a manifest's relative file names resolve against its folder. Missing files are a one-line
+    ConfigError naming the file."""
     path = Path(path)
     if not path.is_file() and not path.is_absolute() and (WEIGHTS_DIR / path).is_file():
         path = WEIGHTS_DIR / path
-    manifest = from_mapping(Manifest, load_yaml(path), source=str(path), base_dir=path.parent)
+    if not path.is_file():
+        raise ConfigError(f"{path}: model not found (a manifest, or a plain ONNX detector)")
+    data = manifest_data(path) if looks_like_onnx(path) else load_yaml(path)
+    manifest = from_mapping(Manifest, data, source=str(path), base_dir=path.parent)
     for file in manifest.files():
         if not file.is_file():
             raise ConfigError(f"{path}: model file {file} does not exist")

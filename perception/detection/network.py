@@ -17,6 +17,7 @@ import numpy as np
 
 from perception.config import ConfigError
 from perception.detection.manifest import Manifest
+from perception.detection.yolov8 import decode_yolov8
 from perception.detection.yolox import Letterbox, budget_input, check_frame, decode, letterbox
 from perception.engines.base import Engine, Session
 from perception.latency import now_ns
@@ -152,7 +153,8 @@ class StagedNetwork:
             if len(self._input_buffers) >= 8:  # frame sizes and budgets in use are few; a stream of new ones is not kept
                 self._input_buffers.clear()
             buffer = self._input_buffers[size] = np.empty((1, 3, size[1], size[0]), np.float32)
-        tensor, letterboxed = letterbox(frame, box[0], box[1], spec.pad_value, out=buffer, input_size=size)
+        tensor, letterboxed = letterbox(frame, box[0], box[1], spec.pad_value, out=buffer, input_size=size,
+                                        rgb=spec.channels == "rgb", pixel_scale=spec.pixel_scale)
         end = now_ns()
         self.estimator.add("preprocess", size, end - start)
         return FrameInference(tensors={spec.name: tensor}, box=letterboxed, timings=[("preprocess", end, end - start)])
@@ -190,7 +192,8 @@ class StagedNetwork:
 
     def decode(self, inference: FrameInference, raw: np.ndarray, score_threshold: float | None = None,
                nms_threshold: float | None = None):
-        return decode(raw, inference.box, tuple(self.manifest.strides),
+        layout = decode_yolov8 if self.manifest.output_layout == "yolov8" else decode
+        return layout(raw, inference.box, tuple(self.manifest.strides),
                       self.score_threshold if score_threshold is None else score_threshold,
                       self.nms_threshold if nms_threshold is None else nms_threshold)
 

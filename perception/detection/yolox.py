@@ -57,11 +57,12 @@ def budget_input(frame_width: int, frame_height: int, pixels: int, multiple: int
 
 
 def letterbox(frame: np.ndarray, width: int, height: int, pad_value: float = 114.0,
-              out: np.ndarray | None = None, input_size: tuple[int, int] | None = None) -> tuple[np.ndarray, Letterbox]:
+              out: np.ndarray | None = None, input_size: tuple[int, int] | None = None,
+              rgb: bool = False, pixel_scale: float = 1.0) -> tuple[np.ndarray, Letterbox]:
     """BGR uint8 HxWx3 -> float32 [1,3,H,W], resized keeping aspect ratio to fit width x height, at the
-    top-left corner, padded with pad_value, 0-255 without normalisation (YOLOX's own preprocessing).
-    The input is width x height, or `input_size` (W, H) when given (see budget_input): the same
-    scale, less padding."""
+    top-left corner, padded with pad_value, 0-255 without normalisation (YOLOX's own preprocessing;
+    `rgb` and `pixel_scale` 1/255 give Ultralytics'). The input is width x height, or `input_size`
+    (W, H) when given (see budget_input): the same scale, less padding."""
     check_frame(frame)
     frame_h, frame_w = frame.shape[:2]
     scale, new_w, new_h = _scaled(frame_w, frame_h, width, height)
@@ -72,7 +73,9 @@ def letterbox(frame: np.ndarray, width: int, height: int, pad_value: float = 114
     canvas[:new_h, :new_w] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     if out is None:
         out = np.empty((1, 3, input_h, input_w), np.float32)
-    out[0] = canvas.transpose(2, 0, 1)
+    out[0] = (canvas[:, :, ::-1] if rgb else canvas).transpose(2, 0, 1)
+    if pixel_scale != 1.0:
+        out *= pixel_scale
     return out, Letterbox(scale, frame_w, frame_h, input_w, input_h)
 
 

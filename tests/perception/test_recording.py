@@ -395,7 +395,7 @@ def test_the_bundled_drive_reads_with_the_standard_mcap_reader_as_foxglove_expec
 
 
 def test_the_bundled_drive_draws_each_frames_boxes_with_class_score_and_track_over_that_frame():
-    from perception.detection.manifest import WEIGHTS_DIR, read_class_names
+    from perception.detection.classes import WEIGHTS_DIR, read_class_names
     from perception.messages import Detections
     from perception.codec import decode
 
