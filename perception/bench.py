@@ -31,11 +31,12 @@ def bench_main(argv: list[str] | None = None) -> int:
 
     parser.add_argument("--policy", choices=sorted(REGISTRY), default=None,
                         help="the detector's policy for this run (default: configs/detector.yaml's)")
-    parser.add_argument("--budget-ms", type=float, default=100.0)
+    parser.add_argument("--budget-ms", type=float, default=100.0,
+                        help="capture-to-decision budget every frame is held to (default 100)")
     parser.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],
                         help="override a detector config key for this run, e.g. engine.threads=1 (repeatable)")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--plots", type=Path)
+    parser.add_argument("--json", type=Path, help="write the latency report (docs/REPORT.md) here")
+    parser.add_argument("--plots", type=Path, help="write latency plots (PNG) into this folder")
     parser.add_argument("--baseline", action="store_true",
                         help="then run the same source in one plain process (read, full YOLOX-nano, decode, decide) "
                              "and print the pipeline's end-to-end p50/p99 as a ratio of it")

@@ -83,7 +83,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         truth = load_mot_csv(mot)
     name = policy.kind + (f" every {policy.interval}" if policy.kind == "interval" else "")
-    report = evaluate_sequence(name, detector, args.video or DEV_VIDEO, annotations, truth)
+    report = evaluate_sequence(name, detector, args.video or DEV_VIDEO, annotations, truth, progress=True)
     result = {**report.as_dict(), "pixels": detector.network.pixels}
     print(json.dumps(result))
     if args.json:
@@ -115,6 +115,17 @@ def _run_delegated(name: str, argv: Sequence[str]) -> int:
     return getattr(importlib.import_module(module), function)(list(argv))
 
 
+def _configured_policy() -> str:
+    """The policy kind configs/detector.yaml sets, for --help (its validation is the detector's)."""
+    from perception import REPO
+    from perception.config import ConfigError, load_yaml
+
+    try:
+        return str((load_yaml(REPO / "configs" / "detector.yaml") or {}).get("policy", {}).get("kind", "deadline"))
+    except (ConfigError, AttributeError):
+        return "unreadable"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from perception.visualization import add_foxglove_argument
 
@@ -122,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    launch = commands.add_parser("launch", help="start and supervise the nodes of a launch file")
-    launch.add_argument("launch_file", type=Path)
+    launch = commands.add_parser("launch", help="start and supervise the nodes of a launch file",
+                                 description="Check every config of a launch file, start its nodes, supervise them (restarts, hangs, a status table) and, when a critical node fails for good, brake and stop (exit 1).")
+    launch.add_argument("launch_file", type=Path, help="e.g. launch/vehicle.yaml")
     launch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     launch.add_argument("--status-file", type=Path, default=None, help="keep a JSON status of all nodes here")
     launch.add_argument("--host", default=None, metavar="NAME",
@@ -133,33 +145,37 @@ def build_parser() -> argparse.ArgumentParser:
     add_foxglove_argument(launch)
     launch.set_defaults(func=_launch)
 
-    keys = commands.add_parser("keys", help="make CURVE key pairs for tcp endpoints, one per host (docs/ARCHITECTURE.md)")
+    keys = commands.add_parser("keys", help="make CURVE key pairs for tcp endpoints, one per host (docs/ARCHITECTURE.md)",
+                               description="Make CURVE key pairs, one per host, for a launch whose nodes talk over tcp.")
     keys.add_argument("keys_dir", type=Path, metavar="DIR", help="keys folder (public/ and secret/ inside, 0700)")
     keys.add_argument("--hosts", default=None, metavar="A,B",
                       help="host names (default: those of --launch, or 'local' for a launch without hosts)")
     keys.add_argument("--launch", type=Path, default=None, metavar="FILE", help="take the host names from this launch file")
     keys.set_defaults(func=_keys)
 
-    handoff = commands.add_parser("bench-handoff", help="frame handoff latency: shared memory vs ZeroMQ copy")
+    handoff = commands.add_parser("bench-handoff", help="frame handoff latency: shared memory vs ZeroMQ copy",
+                                  description="Frame handoff latency between two processes: the shared-memory ring against ZeroMQ copies.")
     handoff.add_argument("--frames", type=int, default=500, help="frames per case")
     handoff.add_argument("--json", type=Path, default=None, help="also write the results here")
     handoff.set_defaults(func=_bench_handoff)
 
-    bench = commands.add_parser("bench-detector", help="AP and latency of every exit and depth policy, Pareto plot")
+    bench = commands.add_parser("bench-detector", help="AP and latency of every exit and depth policy, Pareto plot",
+                                description="AP and latency of every exit and input budget of a model on single frames, with a Pareto plot.")
     bench.add_argument("--model", default="yolox_nano_exits.json", help="manifest (name in perception/weights or path)")
     bench.add_argument("--passes", type=int, default=3, help="timing passes over the 69 evaluation frames")
-    bench.add_argument("--threads", type=int, default=2)
-    bench.add_argument("--json", type=Path, default=None)
+    bench.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    bench.add_argument("--json", type=Path, default=None, help="also write the results here")
     bench.add_argument("--plot", type=Path, default=None, help="Pareto curve PNG")
     bench.set_defaults(func=_bench_detector)
 
-    bench_wd = commands.add_parser("bench-watchdog", help="how late after the deadline the fail-safe BRAKE arrives")
-    bench_wd.add_argument("--frames", type=int, default=300)
+    bench_wd = commands.add_parser("bench-watchdog", help="how late after the deadline the fail-safe BRAKE arrives",
+                                   description="How late after a frame's deadline the watchdog's fail-safe BRAKE arrives, frame after frame.")
+    bench_wd.add_argument("--frames", type=int, default=300, help="frames to hold to the deadline")
     bench_wd.add_argument("--rate", type=float, default=30.0, help="frames per second")
     bench_wd.add_argument("--load", type=int, default=0, help="extra busy-looping processes")
     bench_wd.add_argument("--realtime", type=int, default=None, metavar="PRIORITY",
                           help="run the watchdog at this SCHED_FIFO priority (needs root or CAP_SYS_NICE)")
-    bench_wd.add_argument("--json", type=Path, default=None)
+    bench_wd.add_argument("--json", type=Path, default=None, help="also write the results here")
     bench_wd.set_defaults(func=_bench_watchdog)
 
     from perception.detection.policies import REGISTRY
@@ -170,11 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "over every frame of an annotated clip, in order, and print one JSON line: AP50, AP50:95, "
                     "MOTA/IDF1 with MOT ground truth, the detector's time per frame, levels and input sizes.")
     evaluate.add_argument("--policy", default=None, choices=sorted(REGISTRY),
-                          help="default: the policy of configs/detector.yaml")
+                          help=f"depth policy (default: {_configured_policy()}, configs/detector.yaml's)")
     evaluate.add_argument("--exit", type=int, default=None, help="fixed and interval policies: exit index (-1: deepest)")
     evaluate.add_argument("--pixels", type=int, default=None, help="input pixel budget per frame (default: the model's)")
     evaluate.add_argument("--interval", type=int, default=None, help="the network every N frames, flow in between")
-    evaluate.add_argument("--threads", type=int, default=2)
+    evaluate.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     evaluate.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],
                           help="override a key of configs/detector.yaml, e.g. risk.ego_path=false (repeatable)")
     evaluate.add_argument("--video", type=Path, default=None, help="default: PETS09-S2L1 frames 1-400 (recordings/)")

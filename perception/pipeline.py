@@ -8,7 +8,6 @@ import dataclasses
 import sys
 import threading
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from perception.config import ConfigError
 from perception.connector import Connector
 from perception.graph import every_output
 from perception.launch import LaunchFile, LaunchNode, Launcher, load_launch_file, resolve_node_config
+from perception.progress import progress_bar
 from perception.report import Collected, Collector
 from perception.topics import FRAMES, MONITORED
 from perception.visualization import with_viewer
@@ -26,7 +26,6 @@ from perception.visualization import with_viewer
 PIPELINE_LAUNCH = REPO / "launch" / "replay.yaml"
 RECORDER_CONFIG = REPO / "configs" / "recorder.yaml"
 BUNDLED_DRIVE = REPO / "recordings" / "udacity_dashcam.mcap"
-PROGRESS_LOG_INTERVAL_S = 5.0  # progress lines in a log that is not a terminal
 DETERMINISTIC_STARTUP_S = 180.0  # a deterministic replay's nodes: time to their first heartbeat...
 DETERMINISTIC_HANG_S = 30.0  # ...and the longest silence before the launcher calls one hung
 
@@ -124,41 +123,24 @@ def run_pipeline(spec: LaunchFile | Launcher, name: str, expected_decisions: int
 
 
 def _progress(collector: Collector, total: int | None, stop: threading.Event) -> None:
-    """A progress bar on stderr (tqdm): decisions made so far, of the frames expected. Where stderr
-    is not a terminal (CI logs) it is a line every PROGRESS_LOG_INTERVAL_S instead of a bar redrawn."""
-    from tqdm import tqdm
-
-    tty = sys.stderr.isatty()
-    with tqdm(total=total or None, desc="decided", unit="frame", file=sys.stderr if tty else LogLines(sys.stderr),
-              mininterval=0.25 if tty else PROGRESS_LOG_INTERVAL_S, ascii=not tty, dynamic_ncols=tty) as bar:
+    """Decisions made so far, of the frames expected (perception.progress)."""
+    with progress_bar(total, "decided", "frame") as bar:
         while not stop.wait(0.25):
             bar.update(collector.decision_count() - bar.n)
         bar.n = collector.decision_count()  # shown once more as the bar closes
 
 
-class LogLines:
-    """A stream for tqdm where each redraw becomes a line of its own: in a log file, tqdm's '\r'
-    redraws would run together on one line, with the pipeline's log lines appended to them."""
-
-    def __init__(self, stream: typing.TextIO) -> None:
-        self.stream = stream
-        self._last = ""
-
-    def write(self, text: str) -> None:
-        line = text.replace("\r", "").rstrip()
-        count = line.split(" [", 1)[0]  # the bar and count, without the timing that changes every redraw
-        if line and count != self._last:  # tqdm draws the final count again as it closes
-            self.stream.write(line + "\n")
-            self._last = count
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
 def count_recorded_frames(path: Path) -> int:
+    return recorded_frames(path)[0]
+
+
+def recorded_frames(path: Path) -> tuple[int, bool]:
+    """(frames in the recording at `path`, whether it was cut short: read to its last complete record)."""
     from perception.recording_reader import RecordingReader
 
-    return sum(1 for channel, _, _ in RecordingReader(path).records() if channel == FRAMES.name)
+    reader = RecordingReader(path)
+    frames = sum(1 for channel, _, _ in reader.records() if channel == FRAMES.name)
+    return frames, reader.truncated
 
 
 def with_live_view(spec: LaunchFile, port: int | None, command: str) -> LaunchFile | None:

@@ -48,7 +48,7 @@ def record_main(argv: list[str] | None = None) -> int:
     from perception.sources import SourceError
 
     parser = argparse.ArgumentParser(prog="perception record", description="record a drive (every topic) to MCAP")
-    parser.add_argument("output", type=Path)
+    parser.add_argument("output", type=Path, help="the MCAP file to write")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--source", help="a video file, image folder, recording or stream URL (rtsp://, http://, udp://, ...)")
     source.add_argument("--camera", help="a camera: its OpenCV index (0) or V4L2 device path (/dev/video0)")
@@ -81,7 +81,7 @@ def record_main(argv: list[str] | None = None) -> int:
     except (SourceError, RecordingError) as exc:
         print(f"record: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    result = run_pipeline(spec, f"record {args.output}", args.frames, collect=not args.frames_only, progress=False)
+    result = run_pipeline(spec, f"record {args.output}", args.frames, collect=not args.frames_only)
     try:
         frames = count_recorded_frames(args.output) if args.output.exists() else 0
     except RecordingError as exc:  # written but unreadable: kept for a look, never called a drive

@@ -89,9 +89,10 @@ def load_rows(path: Path) -> list[dict]:
 
 def replay_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perception replay", description="replay a recorded drive through the pipeline")
-    parser.add_argument("recording", type=Path)
+    parser.add_argument("recording", type=Path, help="a drive recorded by perception record (MCAP)")
     parser.add_argument("--speed", default="1.0", help="a factor of recorded time, or 'max' (deterministic)")
-    parser.add_argument("--budget-ms", type=float, default=100.0)
+    parser.add_argument("--budget-ms", type=float, default=100.0,
+                        help="capture-to-decision budget every frame is held to (default 100)")
     parser.add_argument("--decision", metavar="KEY=VALUE", action="append", default=[],
                         help="override a decision config key for this run, e.g. rules.brake_height=0.5 (repeatable)")
     parser.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],

@@ -200,11 +200,22 @@ def write_outputs(report: dict, json_path: Path | None, plots_dir: Path | None) 
     return written
 
 
+def timeline_seconds(report: dict) -> tuple[np.ndarray, list[float]]:
+    """Capture times of the decided frames and of the fail-safes, in seconds from the earliest
+    capture of either: a fail-safe for a frame captured before the first decided one is not drawn
+    before the axis starts."""
+    captures = [row["capture_ns"] for row in report["timeline"]]
+    failsafes = [row["capture_ns"] for row in report.get("failsafes", [])]
+    t0 = min(captures + failsafes)
+    return np.array([(c - t0) / 1e9 for c in captures]), [(c - t0) / 1e9 for c in failsafes]
+
+
 def plot_report(report: dict, directory: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     directory.mkdir(parents=True, exist_ok=True)
     e2e = np.array([row["end_to_end_ns"] for row in report["timeline"]], np.float64) / 1e6
@@ -216,6 +227,7 @@ def plot_report(report: dict, directory: Path) -> list[Path]:
     hist.axvline(budget, color="tab:red", ls="--", label=f"budget {budget:g} ms")
     hist.set_xlabel("capture to decision (ms)")
     hist.set_ylabel("frames")
+    hist.yaxis.set_major_locator(MaxNLocator(integer=True))  # frames come whole
     hist.legend()
     ordered = np.sort(e2e)
     cdf.plot(ordered, np.arange(1, len(ordered) + 1) / len(ordered))
@@ -230,16 +242,15 @@ def plot_report(report: dict, directory: Path) -> list[Path]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(10, 3.5))
-    t0 = report["timeline"][0]["capture_ns"]
-    times = np.array([(row["capture_ns"] - t0) / 1e9 for row in report["timeline"]])
+    times, failsafe_times = timeline_seconds(report)
     ax.plot(times, e2e, ".-", ms=3, lw=0.8, label="capture to decision")
-    failsafe_times = [(row["capture_ns"] - t0) / 1e9 for row in report.get("failsafes", [])]
     if failsafe_times:
         ax.plot(failsafe_times, [budget] * len(failsafe_times), "x", color="tab:red", ms=8, mew=2,
                 label=f"fail-safe BRAKE ({len(failsafe_times)})")
     ax.axhline(budget, color="tab:red", ls="--", label=f"budget {budget:g} ms")
-    ax.set_xlabel("time since first frame (s)")
-    ax.set_ylabel("ms")
+    ax.set_xlabel("time since the first frame's capture (s)")
+    ax.set_ylabel("capture to decision (ms)")
+    ax.set_title(f"{report['title'] or 'end-to-end latency'}: every frame, in capture order")
     ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -223,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: the configured policy (--policy to choose) against full depth on a recorded "
                              "drive, frame by frame: agreement of detections and of the decision node's decisions")
     parser.add_argument("--policy", default=None, help="with --drive: the policy kind (default: configs/detector.yaml's)")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--plot", type=Path)
+    parser.add_argument("--json", type=Path, help="write every configuration's figures here")
+    parser.add_argument("--plot", type=Path, help="the frontier as a PNG")
     args = parser.parse_args(argv)
     if (args.video is None) != (args.annotations is None):
         parser.error("--video and --annotations go together")

@@ -23,6 +23,7 @@ from perception.evaluation.coco_ap import APResult, Detection, evaluate
 from perception.evaluation.detector_eval import Annotations, coco_detections, read_frames
 from perception.latency import now_ns, percentiles_ms
 from perception.messages import level_name
+from perception.progress import progress_bar
 
 MOT_SCORE_THRESHOLD = 0.4  # tracks reported for MOT metrics: as the issue's IoU-matcher baseline
 
@@ -48,19 +49,23 @@ class SequenceReport:
 
 
 def evaluate_sequence(name: str, detector: FrameDetector, video: Path, annotations: Annotations,
-                      mot_truth: dict | None = None, person_class: int = 0, max_frames: int | None = None) -> SequenceReport:
+                      mot_truth: dict | None = None, person_class: int = 0, max_frames: int | None = None,
+                      progress: bool = False) -> SequenceReport:
     """Run every frame of `video` in order through a fresh `detector` (no deadline) and score it.
 
     `detector` should decode at COCO evaluation thresholds (a low score threshold), so that AP sees
     the whole precision-recall curve; tracks for MOT metrics are the outputs with a track id and a
     score of at least MOT_SCORE_THRESHOLD. `max_frames`: only the clip's first frames (and their
-    annotations) count."""
+    annotations) count. `progress`: a progress bar of frames on stderr (perception.progress)."""
     report = SequenceReport(name, APResult(0, 0, 0, {}))
     detections: list[Detection] = []
     hypotheses: dict[int, list[tuple[int, float, float, float, float]]] = {}
+    bar = progress_bar(max_frames or max(annotations.image_for_frame, default=-1) + 1, "evaluated", "frame") if progress else None
     for frame_index, frame, media_ns in read_frames(video):
         if max_frames is not None and frame_index >= max_frames:
             break
+        if bar is not None:
+            bar.update()
         start = now_ns()
         outcome = detector.process(frame, media_ns)
         report.detector_ms.append((now_ns() - start) / 1e6)
@@ -71,6 +76,8 @@ def evaluate_sequence(name: str, detector: FrameDetector, video: Path, annotatio
         keep = (out.track_ids > 0) & (out.class_ids == person_class) & (out.scores >= MOT_SCORE_THRESHOLD)
         hypotheses[frame_index + 1] = [(int(t), float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1]))
                                        for t, b in zip(out.track_ids[keep], out.boxes[keep])]
+    if bar is not None:
+        bar.close()
     scored = {image for frame, image in annotations.image_for_frame.items() if frame < len(report.detector_ms)}
     if max_frames is None and len(scored) < len(annotations.image_for_frame):
         raise ConfigError(f"{video}: has {len(report.detector_ms)} frames, annotations reach frame "

@@ -188,18 +188,14 @@ def run_drives(ray, drives: list[Drive], cpus_per_drive: int, timeout_s: float, 
                slots: int) -> dict[str, dict]:
     """Every drive's task result by label, with a progress bar; a task that raised, whose worker
     died or that ran past `timeout_s` becomes a failed result with its reason."""
-    from tqdm import tqdm
-
-    from perception.pipeline import LogLines  # the replay's progress stream for logs that are not a terminal
+    from perception.progress import progress_bar
 
     remote = ray.remote(replay_drive).options(num_cpus=cpus_per_drive, max_retries=0)
     logs = Path(tempfile.mkdtemp(prefix="fleet-replay-"))
     queue = deque(enumerate(drives, 1))
     running: dict = {}  # ObjectRef -> (drive, deadline)
     results: dict[str, dict] = {}
-    tty = sys.stderr.isatty()
-    with tqdm(total=len(drives), desc="drives", unit="drive", file=sys.stderr if tty else LogLines(sys.stderr),
-              mininterval=0.5 if tty else 5.0, ascii=not tty) as bar:
+    with progress_bar(len(drives), "drives", "drive", terminal_interval_s=0.5) as bar:
         while queue or running:
             while queue and len(running) < slots:
                 index, drive = queue.popleft()

@@ -5,6 +5,7 @@ other; latency pooled over all drives. Table, JSON (docs/FLEET.md) and plots. No
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a drive differs from its reference, copies disagree, or a drive failed
 EXIT_BAD_INPUT = 2
 DIFFERENCE_LINES_KEPT = 20
+
+
+# A drive cut short (a crash while recording) replays to its last complete record: it ran, and says so.
+TRUNCATED_REASON = "cut short: replayed to its last complete record"
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,10 @@ def drive_entry(drive: Drive, result: dict, reference: list[dict] | None, annota
         "actions": report.get("actions", {}), "accuracy": None, "seconds": result.get("seconds"),
         "host": result.get("host"), "run_id": result.get("run_id"), "run_dir": result.get("run_dir"),
         "log": result.get("log"), "log_tail": result.get("log_tail", []),
+        "truncated": bool(result.get("truncated")),
     }
+    if entry["truncated"] and result["status"] != "failed":
+        entry["reason"] = TRUNCATED_REASON
     if result["status"] == "failed":
         return entry
     rows = result["rows"]
@@ -110,6 +118,7 @@ def build_fleet_report(entries: list[dict], rows: dict[str, list[dict]], timelin
                     for status in ("identical", "different", "unchecked", "failed")},
     }
     report["summary"]["drives"] = len(entries)
+    report["summary"]["truncated"] = sum(1 for e in entries if e.get("truncated"))
     report["exit_code"] = exit_code(report)
     return report
 
@@ -147,7 +156,9 @@ def format_table(report: dict) -> str:
         lines.append(f"{len(check['drives'])} copies of {check['sha256'][:12]}: {verdict}")
     s = report["summary"]
     lines.append(f"{s['drives']} drives: {s['identical']} identical to their reference, {s['different']} different, "
-                 f"{s['unchecked']} without a reference, {s['failed']} failed; {report['wall_s']:.1f} s on "
+                 f"{s['unchecked']} without a reference, {s['failed']} failed"
+                 f"{f', {n} cut short (replayed to their last complete record)' if (n := s.get('truncated')) else ''}; "
+                 f"{report['wall_s']:.1f} s on "
                  f"{report['cluster_cpus']:g} CPUs, {report['cpus_per_drive']} per drive")
     return "\n".join(lines)
 
@@ -158,6 +169,16 @@ def write_json(report: dict, path: Path) -> Path:
     return path
 
 
+def drive_labels(drives: list[str]) -> list[str]:
+    """Short names for drives on a plot's axis: each file's name without .mcap, or its path from the
+    drives' common folder where two share a name."""
+    names = [Path(d).name.removesuffix(".mcap") for d in drives]
+    if len(set(names)) == len(names):
+        return names
+    common = Path(os.path.commonpath([str(Path(d).parent) for d in drives]))
+    return [str(Path(d).relative_to(common)).removesuffix(".mcap") for d in drives]
+
+
 def plot_fleet(report: dict, timelines: dict[str, list[int]], directory: Path) -> list[Path]:
     """`fleet_latency.png`: a box per drive that ran (end to end, capture to decision) and one for
     all pooled, beside each drive's wall time."""
@@ -166,22 +187,20 @@ def plot_fleet(report: dict, timelines: dict[str, list[int]], directory: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    numbered = [(n, e) for n, e in enumerate(report["drives"], 1)
-                if e["status"] != "failed" and timelines.get(e["drive"])]
-    if not numbered:
+    ran = [e for e in report["drives"] if e["status"] != "failed" and timelines.get(e["drive"])]
+    if not ran:
         return []
     directory.mkdir(parents=True, exist_ok=True)
-    ran = [e for _, e in numbered]
     samples = [np.asarray(timelines[e["drive"]], np.float64) / 1e6 for e in ran]
-    labels = [str(n) for n, _ in numbered]
+    labels = drive_labels([e["drive"] for e in ran])
     fig, (box, bars) = plt.subplots(1, 2, figsize=(max(8, 0.6 * len(ran) + 5), 4.5), width_ratios=[2, 1])
     box.boxplot(samples + [np.concatenate(samples)], showfliers=True)
-    box.set_xticks(range(1, len(ran) + 2), labels + ["all"])
-    box.set_xlabel("drive (numbered as in the table)")
+    box.set_xticks(range(1, len(ran) + 2), labels + ["all"], rotation=30, ha="right")
+    box.set_xlabel("drive")
     box.set_ylabel("capture to decision (ms)")
     box.grid(alpha=0.3, axis="y")
     bars.bar(range(len(ran)), [e["seconds"] for e in ran], color="tab:blue")
-    bars.set_xticks(range(len(ran)), labels)
+    bars.set_xticks(range(len(ran)), labels, rotation=30, ha="right")
     bars.set_xlabel("drive")
     bars.set_ylabel("replay wall time (s)")
     fig.suptitle(f"fleet replay: {len(ran)} drives, end-to-end latency per drive")

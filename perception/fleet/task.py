@@ -23,7 +23,7 @@ from typing import Iterator
 
 from perception.launch import Launcher
 from perception.recording import RecordingError
-from perception.pipeline import count_recorded_frames, pipeline_launch, run_pipeline
+from perception.pipeline import recorded_frames, pipeline_launch, run_pipeline
 from perception.replay import decision_rows
 from perception.report import CollectorError, build_report
 
@@ -62,15 +62,15 @@ def _replay(drive: Path, threads: int) -> dict:
         # On a cluster every worker host needs the drives at the same path (a shared filesystem).
         return {"reason": f"{drive}: not found on host {socket.gethostname()}"}
     try:
-        frames = count_recorded_frames(drive)
+        frames, truncated = recorded_frames(drive)
     except RecordingError as exc:
         return {"reason": str(exc)}
     if frames == 0:
-        return {"reason": "no frames in this recording", "frames": 0}
+        return {"reason": "no frames in this recording" + (" (cut short)" if truncated else ""), "frames": 0}
     spec = pipeline_launch({"kind": "recording", "path": str(drive.resolve())}, rate="max", deterministic=True,
                            budget_ms=BUDGET_MS, detector_params={"engine.threads": threads})
     launcher = Launcher(spec, f"fleet replay of {drive}")  # made first: its run id and directory go into the report
-    outcome: dict = {"frames": frames, "run_id": launcher.run_id, "run_dir": str(launcher.run_dir)}
+    outcome: dict = {"frames": frames, "truncated": truncated, "run_id": launcher.run_id, "run_dir": str(launcher.run_dir)}
     try:
         result = run_pipeline(launcher, launcher.launch_path, frames, progress=False)
     except CollectorError as exc:

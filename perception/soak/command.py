@@ -380,16 +380,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perception soak", description=__doc__.split("\n\n")[0])
-    parser.add_argument("launch_file", type=Path)
+    parser.add_argument("launch_file", type=Path, help="the launch to soak (e.g. launch/replay.yaml)")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--minutes", type=float, default=1.0, help="how long, from the moment the pipeline is up")
-    length.add_argument("--seconds", type=float, default=None)
+    length.add_argument("--seconds", type=float, default=None, help="how long, in seconds instead")
     parser.add_argument("--faults", default=",".join(DEFAULT_FAULTS), help=f"kinds, from {','.join(FAULT_KINDS)}")
     parser.add_argument("--every", type=float, default=5.0, metavar="S", help="mean seconds between faults")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault schedule: the same seed, the same faults")
     parser.add_argument("--targets", default=None, metavar="A,B",
                         help="nodes that kill, stop and term may hit (default: every node the launcher restarts)")
-    parser.add_argument("--json", type=Path, default=None, metavar="REPORT")
+    parser.add_argument("--json", type=Path, default=None, metavar="REPORT", help="write the soak report here")
     parser.add_argument("--budget-ms", type=float, default=None,
                         help="hold every frame to this capture-to-decision budget (default: the launch's, else its watchdog's)")
     parser.add_argument("--failsafe-delay-ms", type=float, default=50.0,

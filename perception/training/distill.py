@@ -194,10 +194,10 @@ def _format(parts: dict[str, float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perception train-exits", description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=100)  # the shipped weights: ~4-8 min on 2 cores
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=100, help="passes over the distillation frames")  # the shipped weights: ~4-8 min on 2 cores
+    parser.add_argument("--batch-size", type=int, default=16, help="frames per step")
+    parser.add_argument("--lr", type=float, default=3e-3, help="learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="torch seed")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--holdout-every", type=int, default=10,
                         help="hold out every N-th frame to report a validation loss (0: train on all)")

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perception export", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: perception/weights)")
     parser.add_argument("--exits", type=Path, default=None, help="trained exit weights (default: perception/weights/yolox_nano_exits.npz)")
-    parser.add_argument("--opset", type=int, default=13)
+    parser.add_argument("--opset", type=int, default=13, help="ONNX opset of the exported graphs")
     args = parser.parse_args(argv)
 
     try:

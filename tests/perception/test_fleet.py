@@ -20,7 +20,10 @@ import pytest
 from helpers import REPO, run_python
 from perception.evaluation.coco_ap import GroundTruth
 from perception.evaluation.detector_eval import Annotations
-from perception.fleet.report import Drive, accuracy, build_fleet_report, drive_entry
+from perception.fleet.report import (
+    TRUNCATED_REASON, Drive, accuracy, build_fleet_report, drive_entry, drive_labels, format_table,
+)
+from perception.pipeline import recorded_frames
 
 DASHCAM = REPO / "recordings" / "udacity_dashcam.mcap"
 CAR = 2  # COCO class index of "car" in the detector's output
@@ -152,7 +155,7 @@ def test_copies_decide_identically_and_a_bad_drive_fails_alone(tmp_path, private
     assert tiny_entry["accuracy"]["frames_scored"] == TINY_FRAMES
     assert tiny_entry["accuracy"]["AP50"] >= 0.5, tiny_entry["accuracy"]
 
-    assert report["summary"] == {"identical": 2, "different": 0, "unchecked": 1, "failed": 1, "drives": 4}
+    assert report["summary"] == {"identical": 2, "different": 0, "unchecked": 1, "failed": 1, "drives": 4, "truncated": 0}
     assert report["pooled_end_to_end_ms"]["count"] == 2 * 38 + TINY_FRAMES
     assert (report["cluster_cpus"], report["cpus_per_drive"], report["exit_code"]) == (os.cpu_count(), 1, 1)
     assert (tmp_path / "plots" / "fleet_latency.png").stat().st_size > 0
@@ -227,6 +230,31 @@ def test_exit_status_is_0_only_when_every_drive_ran_and_matches_and_copies_agree
     failed = aggregate([("a", "x", ran(same), same), ("b", "x", {"status": "failed", "reason": "timed out"}, same)])
     assert failed["exit_code"] == 1 and failed["summary"]["failed"] == 1
     assert failed["pooled_end_to_end_ms"]["count"] == 2  # the failed drive adds no samples
+
+
+def test_a_drive_cut_short_is_flagged_in_the_entry_the_summary_and_the_table(tmp_path):
+    """A recording a crash cut short replays to its last complete record; the fleet says so rather than
+    reporting it like any other drive (perception replay warns too)."""
+    cut = tmp_path / "cut.mcap"
+    whole = DASHCAM.read_bytes()
+    cut.write_bytes(whole[:len(whole) * 2 // 3])
+    frames, truncated = recorded_frames(cut)
+    assert truncated and 0 < frames < 38
+    assert recorded_frames(DASHCAM) == (38, False)
+
+    same = [row(1), row(2)]
+    report = aggregate([("whole.mcap", "x", ran(same), None), ("cut.mcap", "y", {**ran(same), "truncated": True}, None)])
+    whole_entry, cut_entry = report["drives"]
+    assert (whole_entry["truncated"], whole_entry["reason"]) == (False, None)
+    assert (cut_entry["truncated"], cut_entry["status"], cut_entry["reason"]) == (True, "unchecked", TRUNCATED_REASON)
+    assert report["summary"]["truncated"] == 1 and report["exit_code"] == 0
+    table = format_table(report)
+    assert TRUNCATED_REASON in table and "1 cut short (replayed to their last complete record)" in table
+
+
+def test_fleet_plot_names_drives_by_file_and_by_folder_where_names_repeat():
+    assert drive_labels(["/d/a/x.mcap", "/d/b/y.mcap"]) == ["x", "y"]
+    assert drive_labels(["/d/a/x.mcap", "/d/b/x.mcap"]) == ["a/x", "b/x"]
 
 
 def test_accuracy_matches_frame_id_n_to_frame_index_n_minus_1():

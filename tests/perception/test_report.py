@@ -58,3 +58,14 @@ def test_a_collector_that_died_mid_run_fails_loudly_instead_of_reporting_short(r
                           Connector("collector", run_dir))
     with pytest.raises(CollectorError, match="stopped collecting mid-run: OSError: socket gone"):
         collector.close()
+
+
+def test_the_timeline_starts_at_the_earliest_capture_so_no_fail_safe_is_drawn_before_it():
+    """A fail-safe for a frame captured before the first decided one (its decision never came) was
+    drawn at -0.12 s."""
+    from perception.report import timeline_seconds
+
+    report = {"timeline": [{"capture_ns": 1_120_000_000}, {"capture_ns": 1_153_000_000}],
+              "failsafes": [{"capture_ns": 1_000_000_000}]}
+    frames, failsafes = timeline_seconds(report)
+    assert frames.tolist() == [0.12, 0.153] and failsafes == [0.0]

@@ -20,11 +20,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="perception build-engine",
                                      description="Build (or find cached) TensorRT engines for every part of a manifest.")
     parser.add_argument("manifest", type=Path, help="manifest JSON (e.g. yolox_nano.json)")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=defaults.precision)
+    parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=defaults.precision,
+                        help=f"engine precision (default {defaults.precision}; int8 needs --calibration-video)")
     parser.add_argument("--cache-dir", type=Path, default=None, help=f"default: {DEFAULT_CACHE_DIR}")
     parser.add_argument("--calibration-video", type=Path, default=None, help="int8: real frames to calibrate on")
-    parser.add_argument("--calibration-frames", type=int, default=defaults.calibration_frames)
-    parser.add_argument("--workspace-mb", type=int, default=defaults.workspace_mb)
+    parser.add_argument("--calibration-frames", type=int, default=defaults.calibration_frames,
+                        help="int8: frames of the calibration video to calibrate on")
+    parser.add_argument("--workspace-mb", type=int, default=defaults.workspace_mb,
+                        help="TensorRT's builder workspace, MiB")
     parser.add_argument("--device", type=int, default=defaults.device, help="CUDA device index")
     return parser.parse_args(argv)
 
