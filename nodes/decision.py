@@ -9,7 +9,7 @@ from pathlib import Path
 
 from perception.config import check_ranges
 from perception.decision import DecisionRules, decision_maker
-from perception.detection.manifest import WEIGHTS_DIR
+from perception.detection.classes import detections_class_names
 from perception.latency import now_ns
 from perception.interface import NodeInterface
 from perception.node import NodeSettings, run_node
@@ -22,7 +22,7 @@ log = logging.getLogger("decision")
 @dataclass(frozen=True)
 class DecisionConfig:
     node: NodeSettings = field(default_factory=NodeSettings)
-    classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # names of the detector's class ids
+    classes_file: Path | None = None  # names of the detector's class ids; default: its model's (node.class_names)
     rules: DecisionRules = field(default_factory=DecisionRules)
     deterministic: bool = False  # deterministic replay (lockstep): nothing is ever stale, nothing is dropped
 
@@ -36,11 +36,11 @@ OUTPUTS = (DECISIONS,)
 
 
 def check(config: DecisionConfig) -> None:
-    decision_maker(config.rules, config.classes_file)
+    decision_maker(config.rules, detections_class_names(config.node.class_names, config.classes_file))
 
 
 def decide(node: NodeInterface, config: DecisionConfig) -> None:
-    maker = decision_maker(config.rules, config.classes_file, node.name)
+    maker = decision_maker(config.rules, detections_class_names(config.node.class_names, config.classes_file), node.name)
     detections = node.subscribe("detections", DETECTIONS, latest=False)
     actions: Counter = Counter()
     while node.ok():

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from perception.config import Range, check_ranges
-from perception.detection.classes import WEIGHTS_DIR, read_class_names
+from perception.config import ConfigError, Range, check_ranges
+from perception.detection.classes import detections_class_names
 from perception.latency import now_ns
 from perception.interface import NodeInterface
 from perception.node import FatalInputError, NodeSettings, OutputError, run_node
@@ -39,7 +39,7 @@ class RecorderConfig:
     jpeg_quality: Annotated[int, Range(1, 100)] = 90
     chunk_size_kb: Annotated[int, Range(1, 1 << 20)] = 1024  # a killed recorder loses at most the chunk in progress
     min_free_mb: Annotated[float, Range(0, 1e9)] = 100.0  # left free on the recording's disk: it does not start, and ends, with less
-    classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # the detector's class names: labels of the boxes
+    classes_file: Path | None = None  # the detector's class names, labels of the boxes; default: its model's
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -62,9 +62,9 @@ def free_path(path: Path) -> Path:
 
 def record(node: NodeInterface, config: RecorderConfig) -> None:
     try:
-        class_names = read_class_names(config.classes_file)
-    except OSError as exc:
-        raise FatalInputError(f"{config.classes_file}: cannot read the class names ({exc.strerror})") from None
+        class_names = detections_class_names(config.node.class_names, config.classes_file)
+    except ConfigError as exc:
+        raise FatalInputError(str(exc)) from None
     output = free_path(config.output)
     if output != config.output:
         log.warning("%s exists; recording to %s", config.output, output)

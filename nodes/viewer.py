@@ -24,8 +24,8 @@ from typing import Annotated
 import cv2
 import numpy as np
 
-from perception.config import Fraction, Range, check_ranges
-from perception.detection.classes import WEIGHTS_DIR, read_class_names
+from perception.config import ConfigError, Fraction, Range, check_ranges
+from perception.detection.classes import detections_class_names
 from perception.latency import now_ns
 from perception.log_rate import limit_log_rate
 from perception.codec import json_schema, schema_name
@@ -49,7 +49,7 @@ class ViewerConfig:
     image_max_width: Annotated[int, Range(16, 16384)] = 640  # pixels; larger frames are downscaled before JPEG encoding
     image_rate_hz: Annotated[float, Range(0, 100, low_open=True)] = 10.0  # at most this many images a second; annotations follow every frame
     jpeg_quality: Annotated[int, Range(1, 100)] = 75
-    classes_file: Path = WEIGHTS_DIR / "coco_classes.txt"  # names of the detector's class ids
+    classes_file: Path | None = None  # names of the detector's class ids; default: its model's (node.class_names)
     min_score: Fraction = 0.0  # boxes scoring lower are not drawn
 
     def __post_init__(self) -> None:
@@ -157,9 +157,9 @@ def start_server(foxglove, context, config: ViewerConfig):  # noqa: ANN001, ANN2
 def view(node: Node, config: ViewerConfig) -> None:
     foxglove = _foxglove()
     try:
-        class_names = read_class_names(config.classes_file)
-    except OSError as exc:
-        raise FatalInputError(f"{config.classes_file}: {exc.strerror}") from None
+        class_names = detections_class_names(config.node.class_names, config.classes_file)
+    except ConfigError as exc:
+        raise FatalInputError(str(exc)) from None
     # The SDK logs through Python logging; its routine lines (server started, shutting down) would
     # repeat what this node says. FOXGLOVE_LOG_LEVEL overrides this.
     foxglove.set_log_level("DEBUG" if config.node.log_level.upper() == "DEBUG" else "WARNING")

@@ -25,14 +25,12 @@ import numpy as np
 
 from perception.config import ConfigError, Fraction, Length, Range, ScoreThreshold, check_ranges
 
-from perception.detection.manifest import WEIGHTS_DIR
 from perception.messages import Action, Decision, Detections, Reason, Stamp, Target
 
 DEFAULT_ROI = [(0.46, 0.58), (0.54, 0.58), (0.80, 1.0), (0.20, 1.0)]  # the ego lane of a forward camera
 HeightShare = Annotated[float, Range(0, 1, low_open=True)]  # a box's height over the image's: above 1 none is
 Seconds = Annotated[float, Range(0, 3600, low_open=True)]
 MIN_ROI_AREA = 1e-4  # of the image: an ego path smaller than 1% x 1% of the view cannot hold a box's contact
-DEFAULT_CLASSES_FILE = WEIGHTS_DIR / "coco_classes.txt"  # the bundled model's class names
 EDGE_EPS = 1e-6  # normalised coordinates this close to the path's boundary are on it (float32 boxes: ~1e-7)
 DEFAULT_CLASSES = ["person", "bicycle", "car", "motorbike", "bus", "truck", "dog", "horse", "cow"]
 
@@ -68,8 +66,9 @@ class DecisionRules:
             raise ValueError(f"classes lists a class twice: {self.classes}")
 
 
-def load_rules(path: Path) -> tuple[DecisionRules, Path]:
-    """The rules and class-names file of a decision node's config file (its other keys are the node's)."""
+def load_rules(path: Path) -> tuple[DecisionRules, Path | None]:
+    """The rules and class-names file (None: the detector's own names) of a decision node's config
+    file (its other keys are the node's)."""
     from perception.config import from_mapping, load_yaml
 
     data = load_yaml(path) or {}
@@ -77,19 +76,17 @@ def load_rules(path: Path) -> tuple[DecisionRules, Path]:
         raise ConfigError(f"{path}: top level must be a mapping")
     rules = from_mapping(DecisionRules, data.get("rules") or {}, source=f"{path}: rules", base_dir=Path(path).parent)
     classes = data.get("classes_file")
-    return rules, (Path(path).parent / classes).resolve() if classes else DEFAULT_CLASSES_FILE
+    return rules, (Path(path).parent / classes).resolve() if classes else None
 
 
-def decision_maker(rules: DecisionRules, classes_file: Path, name: str = "decision") -> "DecisionMaker":
-    """The rules over a detector's class names (one per line in `classes_file`); ConfigError, one line,
-    when the file cannot be read or a rule names a class the detector does not have."""
+def decision_maker(rules: DecisionRules, class_names: list[str], name: str = "decision") -> "DecisionMaker":
+    """The rules over a detector's class names; ConfigError, one line, when a rule names a class the
+    detector does not have."""
     try:
-        names = [line.strip() for line in Path(classes_file).read_text().splitlines() if line.strip()]
-        return DecisionMaker(rules, names, name)
-    except OSError as exc:
-        raise ConfigError(f"classes_file: cannot read {classes_file} ({exc.strerror})") from None
+        return DecisionMaker(rules, class_names, name)
     except ValueError as exc:
-        raise ConfigError(f"rules.classes: {exc} ({classes_file})") from None
+        shown = ", ".join(class_names[:12]) + (f" and {len(class_names) - 12} more" if len(class_names) > 12 else "")
+        raise ConfigError(f"rules.classes: {exc} (its classes: {shown})") from None
 
 
 def polygon_area(polygon: np.ndarray) -> float:

@@ -82,6 +82,9 @@ class NodeSettings:
     # Who acts on its outputs, from the launch file: output name -> node names, recorders and live
     # views left out (the watchdog's depth ceiling goes to the reader of its `control`).
     readers: dict[str, list[str]] = field(default_factory=dict)
+    # The class names of the detector whose detections it reads, from the launch file and that
+    # detector's model (the ids in Detections are indices into them); empty without one.
+    class_names: list[str] = field(default_factory=list)
     # Node name -> where it publishes, when not at its ipc path in the run directory (another host).
     peers: dict[str, Peer] = field(default_factory=dict)
     # Host name -> its clock server, for the other hosts of a split launch (perception.clock), and how

@@ -24,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from perception.config import ConfigError, command_line_overrides, parse_override
+from perception.config import ConfigError, command_line_overrides
 from perception.detection.builder import DetectorSettings
 from perception.node_replay import by_frame, replay_node
 from perception.pipeline import count_recorded_frames, pipeline_launch, run_pipeline, with_live_view
@@ -109,7 +109,9 @@ def replay_main(argv: list[str] | None = None) -> int:
     add_foxglove_argument(parser)
     args = parser.parse_args(argv)
     deterministic = args.speed == "max"
-    decision = dict(parse_override(item, "--decision") for item in args.decision)  # no path among its settings
+    from nodes.decision import DecisionConfig  # its settings' types: which are paths (classes_file)
+
+    decision = command_line_overrides(args.decision, "--decision", DecisionConfig)
     detector = command_line_overrides(args.detector, "--detector", DetectorSettings)
     if args.node is not None:
         return _replay_node(args.recording, args.node, {"decision": decision, "detector": detector}.get(args.node, {}))

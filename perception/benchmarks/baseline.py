@@ -32,6 +32,7 @@ import numpy as np
 from perception.config import ConfigError
 from perception.decision import DecisionMaker, decision_maker
 from perception.detection.builder import DetectorSettings, build_network
+from perception.detection.classes import detections_class_names
 from perception.detection.manifest import WEIGHTS_DIR
 from perception.detection.network import StagedNetwork
 from perception.detection.outputs import Outcome, Output, detections_message
@@ -63,7 +64,8 @@ def run_baseline(spec: LaunchFile, launch_path: str, title: str = "") -> dict:
                                              score_threshold=detector_config.score_threshold,
                                              nms_threshold=detector_config.nms_threshold))
     try:
-        maker = decision_maker(decision_config.rules, decision_config.classes_file, "baseline")
+        names = detections_class_names(network.manifest.class_names(), decision_config.classes_file)
+        maker = decision_maker(decision_config.rules, names, "baseline")
         try:
             source = open_source(capture.source)
         except SourceError as exc:

@@ -126,15 +126,17 @@ def drive_agreement(recording: Path, base: DetectorSettings) -> dict:
     replay runs them (the drive's timeline, no deadline): per frame, AP50 of its detections with full
     depth's as the ground truth, and the decision node's decisions on both (configs/decision.yaml)."""
     from perception.decision import decision_maker, load_rules
+    from perception.detection.classes import detections_class_names
     from perception.detection.outputs import detections_message
     from perception.evaluation.coco_ap import Detection, GroundTruth, evaluate
     from perception.recording_reader import RecordingReader
 
     rules, classes_file = load_rules(REPO / "configs" / "decision.yaml")
     network = build_network(base, warm_up=())
+    class_names = detections_class_names(network.manifest.class_names(), classes_file)
     runs = {}
     for label, settings in (("full", replace(base, policy=replace(base.policy, kind="fixed", exit=-1))), ("policy", base)):
-        detector, maker, frames = build_detector(settings, network=network), decision_maker(rules, classes_file), []
+        detector, maker, frames = build_detector(settings, network=network), decision_maker(rules, class_names), []
         for header, pixels in RecordingReader(recording).frames():
             outcome = detector.process(pixels, header.media_ns)
             message = detections_message(outcome, frame_id=header.frame_id, capture_ns=0, media_ns=header.media_ns,

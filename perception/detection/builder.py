@@ -65,10 +65,8 @@ def check_settings(settings: DetectorSettings) -> Manifest:
     """The manifest and its model files exist and the risk rule names classes of the model; ConfigError
     otherwise. Loading the networks is left to build_detector."""
     manifest = load_manifest(settings.model)
-    spec, engine = manifest.input, settings.engine
-    if engine.kind == "tensorrt" and engine.tensorrt.precision == "int8" and (spec.channels, spec.pixel_scale) != ("bgr", 1.0):
-        raise ConfigError(f"{settings.model}: TensorRT int8 calibrates on frames preprocessed as YOLOX's (BGR, 0-255), "
-                          f"not as this model takes them ({spec.channels.upper()}, x{spec.pixel_scale:.4g}); build it in fp16")
+    engine = settings.engine
+    check_int8_calibration(manifest, engine, settings.model)
     if engine.kind == "torch" and (manifest.output_layout != "yolox" or looks_like_onnx(Path(settings.model))):
         raise ConfigError(f"{settings.model}: the torch engine runs the PyTorch rebuild of the bundled YOLOX-nano only; "
                           "run this model with engine.kind onnxruntime or tensorrt")
@@ -80,6 +78,16 @@ def check_settings(settings: DetectorSettings) -> Manifest:
         raise ConfigError(f"risk.rules: {exc} {settings.model.name} (its classes: {shown}); set risk.rules.classes "
                           "and the decision node's rules.classes to classes it has") from None
     return manifest
+
+
+def check_int8_calibration(manifest: Manifest, engine: EngineConfig, model: Path) -> None:
+    """ConfigError when TensorRT would calibrate int8 on frames preprocessed otherwise than the model
+    takes them: the calibration feeds YOLOX's preprocessing (BGR, 0-255)."""
+    spec = manifest.input
+    if (engine.kind in ("tensorrt", "auto") and engine.tensorrt.precision == "int8"
+            and (spec.channels, spec.pixel_scale) != ("bgr", 1.0)):
+        raise ConfigError(f"{model}: TensorRT int8 calibrates on frames preprocessed as YOLOX's (BGR, 0-255), "
+                          f"not as this model takes them ({spec.channels.upper()}, x{spec.pixel_scale:.4g}); build it in fp16")
 
 
 def build_network(settings: DetectorSettings, score_threshold: float | None = None,

@@ -22,6 +22,10 @@ from perception.detection.classes import COCO_CLASSES, read_class_names
 STRIDES = [8, 16, 32]
 FREE_SIZE = 416  # a graph with free height and width: its default pixel budget, 416 x 416
 ONNX_SUFFIX = ".onnx"
+SNIFF_BYTES = 4096
+# Ultralytics' names for the COCO classes where the bundled list (and the default rules) say otherwise.
+COCO_SYNONYMS = {"motorcycle": "motorbike", "airplane": "aeroplane", "couch": "sofa", "potted plant": "pottedplant",
+                 "dining table": "diningtable", "tv": "tvmonitor"}
 
 
 def looks_like_onnx(path: Path) -> bool:
@@ -29,13 +33,14 @@ def looks_like_onnx(path: Path) -> bool:
     if path.suffix.lower() == ONNX_SUFFIX:
         return True
     try:
-        head = path.read_bytes()[:4096]
+        with open(path, "rb") as file:
+            head = file.read(SNIFF_BYTES)
     except OSError:
         return False
     try:
         head.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return exc.start < len(head) - 4  # not merely a character cut at the 4 KiB edge
+    except UnicodeDecodeError as exc:  # not text, unless only a character cut at the sniffed edge
+        return not (len(head) == SNIFF_BYTES and exc.reason == "unexpected end of data")
     return b"\x00" in head
 
 
@@ -64,11 +69,17 @@ def manifest_data(path: Path) -> dict:
     if len(outputs) != 1:
         raise ConfigError(f"{path}: a plain ONNX detector has one output, this graph has {len(outputs)} "
                           f"({', '.join(o.name for o in outputs)}); write a manifest for it")
+    if inputs[0].type != "tensor(float)":
+        raise ConfigError(f"{path}: its input {inputs[0].name} is {inputs[0].type}; a plain ONNX detector takes float32 "
+                          "(export it in fp32; TensorRT can still build it in fp16)")
     metadata = session.get_modelmeta().custom_metadata_map
     if metadata.get("task", "detect") != "detect":
         raise ConfigError(f"{path}: an Ultralytics {metadata['task']} model; only detection models (task detect) run here")
     height, width = inputs[0].shape[2:]
     fixed = isinstance(width, int) and isinstance(height, int)
+    if not fixed and (isinstance(width, int) or isinstance(height, int)):
+        raise ConfigError(f"{path}: its input {inputs[0].shape} fixes one side and frees the other; export it with "
+                          "both fixed or both free")
     if not fixed:
         width = height = FREE_SIZE
     elif width % STRIDES[-1] or height % STRIDES[-1]:
@@ -96,7 +107,7 @@ def _output_layout(path: Path, session, input_name: str, output, width: int, hei
             shape = list(session.run([output.name], {input_name: blank})[0].shape)
         except Exception as exc:  # as above: one line
             raise ConfigError(f"{path}: running it once on a blank {width}x{height} input failed "
-                              f"({str(exc).strip().splitlines()[0][:200]})") from None
+                              f"({'; '.join(line.strip() for line in str(exc).splitlines() if line.strip())[:300]})") from None
     anchors = anchor_count(width, height)
     if len(shape) == 3 and shape[2] == anchors and shape[1] > 4:
         return "yolov8", shape[1] - 4
@@ -113,7 +124,14 @@ def _class_names(path: Path, metadata: dict[str, str], classes: int) -> list[str
             names = ast.literal_eval(metadata["names"])  # Ultralytics: "{0: 'person', 1: 'bicycle', ...}"
         except (ValueError, SyntaxError):
             raise ConfigError(f"{path}: its metadata's class names are not a Python literal") from None
-        names = [names[i] for i in sorted(names)] if isinstance(names, dict) else list(names)
+        if isinstance(names, dict):
+            try:
+                by_index = {int(key): value for key, value in names.items()}
+            except (TypeError, ValueError):
+                raise ConfigError(f"{path}: its metadata's class names are keyed by {sorted(names)[:3]}, not class indices") from None
+            if sorted(by_index) != list(range(len(by_index))):
+                raise ConfigError(f"{path}: its metadata's class names are not indexed 0 to {len(by_index) - 1}")
+            names = [by_index[i] for i in range(len(by_index))]
         source = "its metadata"
     elif path.with_suffix(".names").is_file():
         names, source = read_class_names(path.with_suffix(".names")), str(path.with_suffix(".names"))
@@ -123,4 +141,8 @@ def _class_names(path: Path, metadata: dict[str, str], classes: int) -> list[str
         return [str(i) for i in range(classes)]
     if len(names) != classes:
         raise ConfigError(f"{path}: {len(names)} class names in {source} for the {classes} classes of its output")
-    return [str(n) for n in names]
+    names = [str(n) for n in names]
+    coco = read_class_names(COCO_CLASSES)
+    if [COCO_SYNONYMS.get(n, n) for n in names] == coco:
+        return coco  # COCO under Ultralytics' names: the bundled names, which the default rules use
+    return names

@@ -130,8 +130,9 @@ def nms_per_class(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, 
     """Indices kept by non-maximum suppression within each class, best score first."""
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
-    # Shift each class into its own region of the plane so one NMS pass never mixes classes.
-    shifted = boxes + (class_ids.astype(np.float32) * (boxes.max() + 1.0))[:, None]
+    # Shift each class into its own region of the plane so one NMS pass never mixes classes (by the
+    # boxes' whole extent: unclipped boxes, as Ultralytics' are at NMS, may reach below 0).
+    shifted = boxes + (class_ids.astype(np.float32) * (boxes.max() - boxes.min() + 1.0))[:, None]
     order = scores.argsort()[::-1]
     x1, y1, x2, y2 = shifted.T
     areas = (x2 - x1) * (y2 - y1)

@@ -35,9 +35,15 @@ def load_annotations(path: Path, class_names: list[str]) -> Annotations:
         data = json.loads(Path(path).read_text())
         frame_key = "frame_index_in_vtest_avi" if "frame_index_in_vtest_avi" in data["images"][0] else "frame_index"
         image_for_frame = {int(im[frame_key]): int(im["id"]) for im in data["images"]}
+        missing = [c["name"] for c in data["categories"] if c["name"] not in class_names]
+        if missing:
+            raise ConfigError(f"{path}: annotates {', '.join(map(str, missing))}, which the detector's model has no "
+                              f"class for (its classes: {', '.join(class_names[:12])}{', ...' if len(class_names) > 12 else ''})")
         category_for_class = {class_names.index(c["name"]): int(c["id"]) for c in data["categories"]}
         truths = [GroundTruth(int(a["image_id"]), int(a["category_id"]), tuple(map(float, a["bbox"])), bool(a.get("iscrowd", 0)))
                   for a in data["annotations"]]
+    except ConfigError:
+        raise
     except FileNotFoundError:
         raise ConfigError(f"{path}: annotation file not found") from None
     except (KeyError, IndexError, ValueError, TypeError) as exc:

@@ -31,6 +31,7 @@ from perception.launch.placement import Placement, clock_endpoints, network_sett
 from perception.launch.process import STABLE_AFTER_S, ManagedNode, apply_scheduling
 from perception.launch.spec import (
     MAX_RESTART_DELAY_S, HostSpec, LaunchFile, LaunchNode, build_graph, load_launch_file, node_config_text, node_module,
+    resolve_launch,
     resolve_node_config,
 )
 from perception.launch.supervisor import Launcher
@@ -38,5 +39,5 @@ from perception.launch.supervisor import Launcher
 __all__ = [
     "FAILSAFE_HOLD_S", "MAX_RESTART_DELAY_S", "STABLE_AFTER_S", "HostSpec", "LaunchFile", "LaunchNode", "Launcher",
     "ManagedNode", "Placement", "apply_scheduling", "build_graph", "clock_endpoints", "load_launch_file",
-    "network_settings", "node_config_text", "node_module", "place_nodes", "resolve_node_config",
+    "network_settings", "node_config_text", "node_module", "place_nodes", "resolve_launch", "resolve_node_config",
 ]

@@ -156,9 +156,10 @@ def build_graph(spec: LaunchFile, source: str) -> Graph:
 
 
 def resolve_node_config(spec: LaunchNode, source: str, budget_ms: float = 100.0,
-                        graph: Graph | None = None) -> tuple[dict, Any]:
-    """The node's config with the launch budget (node.budget_ms), params and its edges of `graph`
-    (node.inputs, node.readers) merged, validated as the node itself will (the same from_mapping, then the node's
+                        graph: Graph | None = None, class_names: list[str] | None = None) -> tuple[dict, Any]:
+    """The node's config with the launch budget (node.budget_ms), params, its edges of `graph`
+    (node.inputs, node.readers) and the class names of the detector it reads (node.class_names, see
+    resolve_launch) merged, validated as the node itself will (the same from_mapping, then the node's
     own `check`: class names, model files); returns (plain data, typed config)."""
     module = node_module(spec, source)
     config_type = module.CONFIG
@@ -166,6 +167,7 @@ def resolve_node_config(spec: LaunchNode, source: str, budget_ms: float = 100.0,
     if not isinstance(data, dict):
         raise ConfigError(f"{spec.config}: top level must be a mapping")
     for key, origin in (("inputs", "graph (inputs: / outputs: of its entry)"), ("readers", "graph (inputs: / outputs: of its entry)"),
+                        ("class_names", "graph and the model of the detector it reads"),
                         ("budget_ms", "budget_ms, the one frame budget of every node")):
         if key in (data.get("node") or {}) or f"node.{key}" in spec.params:
             raise ConfigError(f"{source}: nodes[{spec.name}]: node.{key} comes from the launch file's {origin}, "
@@ -176,10 +178,38 @@ def resolve_node_config(spec: LaunchNode, source: str, budget_ms: float = 100.0,
     if graph is not None:
         set_key(data, "node.inputs", graph.inputs_of(spec.name), source)
         set_key(data, "node.readers", {output: graph.readers(spec.name, output, listeners=False) for output in spec.outputs}, source)
+    if class_names:
+        set_key(data, "node.class_names", class_names, source)
     where = f"{spec.config} (node {spec.name})"
     typed = from_mapping(config_type, data, source=where, base_dir=spec.config.parent)
     check_node_config(module, typed, where)
     return _absolutize(typed, data), typed
+
+
+def resolve_launch(spec: LaunchFile, source: str, graph: Graph) -> list[tuple[LaunchNode, dict, Any]]:
+    """Every node's resolved config (resolve_node_config), in launch order. The class ids in Detections
+    mean what the detector's model says: a node reading a detector's detections gets that model's
+    class names (node.class_names), so a decision node, recorder or live view never labels or judges
+    them by another list. The detectors are resolved first; a node reading detectors whose models
+    name different classes is a ConfigError."""
+    from perception.detection.manifest import load_manifest  # the detector's package, only where a launch has one
+    from perception.topics import DETECTIONS
+
+    publishers = {n.name for n in spec.nodes if DETECTIONS.output in graph.nodes[n.name].outputs}
+    resolved = {n.name: resolve_node_config(n, source, spec.budget_ms, graph) for n in spec.nodes if n.name in publishers}
+    names = {name: load_manifest(typed.model).class_names() for name, (_, typed) in resolved.items()
+             if isinstance(getattr(typed, "model", None), Path)}
+    for node in spec.nodes:
+        if node.name in resolved:
+            continue
+        read = sorted({e.node for edges in graph.nodes[node.name].inputs.values() for e in edges
+                       if e.output == DETECTIONS.output and e.node in names})
+        lists = {tuple(names[d]) for d in read}
+        if len(lists) > 1:
+            raise ConfigError(f"{source}: nodes[{node.name}] reads detections of {', '.join(read)}, whose models "
+                              "name different classes: the class ids would mean different things")
+        resolved[node.name] = resolve_node_config(node, source, spec.budget_ms, graph, list(next(iter(lists), ())))
+    return [(node, *resolved[node.name]) for node in spec.nodes]
 
 
 def check_node_config(module: types.ModuleType, typed: Any, where: str) -> None:

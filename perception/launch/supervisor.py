@@ -21,7 +21,7 @@ from perception.latency import now_ns
 from perception.launch.failsafe import hold_fail_safe
 from perception.launch.placement import Placement, clock_endpoints, network_settings, place_nodes
 from perception.launch.process import ManagedNode
-from perception.launch.spec import LaunchFile, build_graph, load_launch_file, node_config_text, resolve_node_config
+from perception.launch.spec import LaunchFile, build_graph, load_launch_file, node_config_text, resolve_launch
 from perception.launch.status import node_rows, print_status, topic_rows, write_status_file
 from perception.messages import Heartbeat, WatchdogStatus
 from perception.rundir import RUN_DIR_PREFIX, create_run_dir, remove_run_dir, stop_order_path, sweep_shared_memory
@@ -67,8 +67,7 @@ class Launcher:
     def _validate_and_prepare(self) -> None:
         # Every node's config, this host's or not: who reads whom decides the layout (place_nodes).
         self.graph = build_graph(self.spec, str(self.launch_path))
-        resolved = [(spec, *resolve_node_config(spec, str(self.launch_path), self.spec.budget_ms, self.graph))
-                    for spec in self.spec.nodes]
+        resolved = resolve_launch(self.spec, str(self.launch_path), self.graph)
         self._check_host()
         spec_with_keys = dataclasses.replace(self.spec, keys=self.keys)
         placements = place_nodes(spec_with_keys, self.graph, {s.name: typed for s, _, typed in resolved}, self.run_dir,

@@ -16,7 +16,8 @@ import zmq
 
 from helpers import EDGES, REPO, pid_alive, run_python, wait_for
 from perception.config import ConfigError, load_config
-from perception.launch import Launcher, load_launch_file, node_config_text, node_module, resolve_node_config
+from perception.detection.classes import WEIGHTS_DIR, detections_class_names, read_class_names
+from perception.launch import Launcher, build_graph, load_launch_file, node_config_text, node_module, resolve_launch, resolve_node_config
 from perception.messages import Action, Reason
 from perception.topics import DECISIONS
 from perception.transport import Subscriber, resolve_endpoint
@@ -143,9 +144,9 @@ def test_every_node_reads_back_exactly_the_config_the_launcher_validated(launch_
     spec = load_launch_file(REPO / launch_file)
     launcher = Launcher(spec, launch_file)
     try:
+        validated = {node.name: typed for node, _, typed in resolve_launch(spec, launch_file, launcher.graph)}
         for managed in launcher.nodes:
-            validated = resolve_node_config(managed.spec, launch_file, spec.budget_ms, launcher.graph)[1]
-            assert load_config(managed.config_path, node_module(managed.spec, launch_file).CONFIG) == validated
+            assert load_config(managed.config_path, node_module(managed.spec, launch_file).CONFIG) == validated[managed.spec.name]
     finally:
         shutil.rmtree(launcher.run_dir)
 
@@ -238,3 +239,38 @@ def test_a_critical_detector_that_cannot_load_its_model_ends_the_bench_at_once(t
     assert result.returncode != 0 and time.monotonic() - started < 60
     assert "critical node detector failed (code 78)" in result.stderr
     assert result.stderr.count("fail-safe BRAKE") < 100
+
+
+def custom_model(tmp_path: Path) -> tuple[Path, list[str]]:
+    """The bundled network under a class list of its own: COCO's with person and car swapped (a model
+    trained on another label order), named by a MODEL.names file beside it."""
+    names = read_class_names(WEIGHTS_DIR / "coco_classes.txt")
+    names[0], names[2] = names[2], names[0]
+    model = tmp_path / "custom.onnx"
+    shutil.copy(WEIGHTS_DIR / "yolox_nano.onnx", model)
+    model.with_suffix(".names").write_text("\n".join(names) + "\n")
+    return model, names
+
+
+def test_every_node_reading_a_detector_labels_and_judges_its_ids_by_that_models_class_names(tmp_path):
+    """The decision node read id 0 as COCO's "person" whatever the model said (found in review)."""
+    model, names = custom_model(tmp_path)
+    launch = with_params(write_pipeline(tmp_path), "detector", f"{{model: {model}}}")
+    spec = load_launch_file(launch)
+    resolved = {node.name: typed for node, _, typed in resolve_launch(spec, str(launch), build_graph(spec, str(launch)))}
+    assert resolved["decision"].node.class_names == names
+    assert resolved["capture"].node.class_names == []  # it reads no detections
+    assert detections_class_names(resolved["decision"].node.class_names, None)[:3] == ["car", "bicycle", "person"]
+
+
+def test_a_classes_file_naming_other_classes_than_the_model_is_refused_before_start(tmp_path):
+    model, _ = custom_model(tmp_path)
+    launch = with_params(write_pipeline(tmp_path), "detector", f"{{model: {model}}}")
+    coco = WEIGHTS_DIR / "coco_classes.txt"
+    with_params(launch, "decision", f"{{classes_file: {coco}}}")
+    with pytest.raises(ConfigError) as error:
+        Launcher(load_launch_file(launch), str(launch))
+    assert str(error.value) == (
+        f"{tmp_path / 'decision.yaml'} (node decision): classes_file: {coco} names 80 classes (person, bicycle, car, "
+        "motorbike, ...), the detector's model 80 classes (car, bicycle, person, motorbike, ...); remove classes_file: "
+        "the launcher takes the names from the model")

@@ -35,6 +35,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build_main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 all parts ready, 1 TensorRT unavailable or a build failed, 2 bad arguments/manifest."""
     from perception.config import ConfigError
+    from perception.detection.builder import check_int8_calibration
     from perception.detection.manifest import load_manifest
 
     args = _parse_args(argv)
@@ -47,6 +48,11 @@ def build_main(argv: list[str] | None = None) -> int:
         print(f"build-engine: {exc}", file=sys.stderr)
         return 2
     config = EngineConfig(kind="tensorrt", tensorrt=settings)
+    try:
+        check_int8_calibration(manifest, config, args.manifest)
+    except ConfigError as exc:
+        print(f"build-engine: {exc}", file=sys.stderr)
+        return 2
     reason = TensorRTEngine.unavailable_reason(config)
     if reason is not None:
         print(f"build-engine: tensorrt unavailable: {reason}", file=sys.stderr)

@@ -134,10 +134,10 @@ def test_replay_with_a_file_that_is_no_model_says_so_before_anything_starts(tmp_
     result = subprocess.run([sys.executable, "-m", "perception.cli", "replay", str(REPO / "recordings/udacity_approach.mcap"),
                              "--detector", f"model={relative}"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
         f"perception replay: {REPO / 'configs/detector.yaml'} (node detector): {garbage}: neither a manifest nor an "
-        "ONNX model onnxruntime can load ([ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from "
-        f"{garbage} failed:Protobuf parsing failed.)"]
+        "ONNX model onnxruntime can load (")
 
 
 def test_ultralytics_boxes_are_suppressed_before_they_are_clipped_to_the_frame_as_ultralytics_does():
@@ -151,3 +151,97 @@ def test_ultralytics_boxes_are_suppressed_before_they_are_clipped_to_the_frame_a
     raw[0, :, 1] = [340, 100, 80, 40, 0.8]  # x 300-380
     boxes, scores, _ = decode_yolov8(raw, Letterbox(1.0, SIDE, SIDE, SIDE, SIDE), (8, 16, 32), 0.3, 0.45)
     assert boxes.tolist() == [[260, 80, 320, 120], [300, 80, 320, 120]] and len(scores) == 2
+
+
+class FreeSize(torch.nn.Module):
+    """The Ultralytics layout on any input size: anchors follow the input, as an export with dynamic=True's do."""
+
+    def forward(self, images):  # noqa: ANN001, ANN201
+        pooled = [torch.nn.functional.avg_pool2d(images[:, :1], s) for s in (8, 16, 32)]
+        anchors = torch.cat([p.flatten(1) for p in pooled], 1)  # [1, N]
+        return torch.cat([anchors.expand(4, -1), anchors.expand(3, -1) * 0], 0).unsqueeze(0)
+
+
+def test_a_graph_of_free_size_is_run_once_to_see_its_layout_and_then_runs_each_frame_at_its_aspect(tmp_path):
+    model = tmp_path / "free.onnx"
+    torch.onnx.export(FreeSize(), (torch.zeros(1, 3, SIDE, SIDE),), str(model), input_names=["images"],
+                      output_names=["output0"], opset_version=17, dynamo=False,
+                      dynamic_axes={"images": {2: "height", 3: "width"}, "output0": {2: "anchors"}})
+    manifest = load_manifest(model)
+    assert (manifest.output_layout, manifest.num_classes, manifest.input.fit_aspect) == ("yolov8", 3, True)
+    assert (manifest.input.width, manifest.input.height) == (416, 416)  # the default pixel budget
+    model.with_suffix(".names").write_text("person\nbicycle\ncar\n")
+    network = _network(model)
+    assert network.begin(np.zeros((720, 1280, 3), np.uint8)).tensors["images"].shape == (1, 3, 288, 512)
+
+
+@pytest.mark.parametrize("names, message", [
+    ({str(i): f"c{i}" for i in range(3)}, None),  # string keys, as JSON writes them: by number, not text
+    ({0: "a", 1: "b", 3: "c"}, "its metadata's class names are not indexed 0 to 2"),
+])
+def test_metadata_class_names_are_taken_by_index(tmp_path, names, message):
+    model = _export(YoloV8Layout(), tmp_path / "m.onnx", {"names": repr(names)})
+    if message is None:
+        assert load_manifest(model).class_names() == ["c0", "c1", "c2"]
+    else:
+        with pytest.raises(ConfigError, match=message):
+            load_manifest(model)
+
+
+def test_ultralytics_coco_names_become_the_bundled_ones_the_default_rules_use(tmp_path):
+    from perception.detection.classes import COCO_CLASSES, read_class_names
+    from perception.detection.onnx_model import COCO_SYNONYMS
+
+    coco = read_class_names(COCO_CLASSES)
+    ultralytics = {i: {v: k for k, v in COCO_SYNONYMS.items()}.get(n, n) for i, n in enumerate(coco)}
+    assert ultralytics[3] == "motorcycle" and ultralytics[62] == "tv"
+
+    class Eighty(YoloV8Layout):
+        def forward(self, images):  # noqa: ANN001, ANN201
+            return torch.zeros(1, 84, ANCHORS) + images.mean()
+
+    model = _export(Eighty(), tmp_path / "yolov8n.onnx", {"names": repr(ultralytics), "task": "detect"})
+    assert load_manifest(model).class_names() == coco
+    check_settings(DetectorSettings(model=model))  # the default risk classes (motorbike, ...) are the model's
+
+
+class HalfFixed(torch.nn.Module):
+    def forward(self, images):  # noqa: ANN001, ANN201
+        return images.mean((2, 3))
+
+
+class ByteInput(torch.nn.Module):
+    def forward(self, images):  # noqa: ANN001, ANN201
+        return YoloV8Layout()(images.float() / 255)
+
+
+def test_an_input_of_another_type_or_one_free_side_is_one_line_before_start(tmp_path):
+    half = tmp_path / "half.onnx"
+    torch.onnx.export(HalfFixed(), (torch.zeros(1, 3, SIDE, SIDE),), str(half), input_names=["images"],
+                      output_names=["out"], opset_version=17, dynamo=False, dynamic_axes={"images": {3: "width"}})
+    with pytest.raises(ConfigError, match=r"half.onnx: its input \[1, 3, 320, 'width'\] fixes one side and frees the other"):
+        load_manifest(half)
+    byte = tmp_path / "byte.onnx"
+    torch.onnx.export(ByteInput(), (torch.zeros(1, 3, SIDE, SIDE, dtype=torch.uint8),), str(byte), input_names=["images"],
+                      output_names=["out"], opset_version=17, dynamo=False)
+    with pytest.raises(ConfigError, match=r"byte.onnx: its input images is tensor\(uint8\); a plain ONNX detector takes float32"):
+        load_manifest(byte)
+
+
+def test_class_wise_nms_keeps_classes_apart_when_unclipped_boxes_reach_below_zero():
+    from perception.detection.yolox import nms_per_class
+
+    boxes = np.array([[-300, -300, -100, -100], [-290, -290, -110, -110], [10, 10, 50, 50]], np.float32)
+    # Class 1's box far off the frame, class 0's two boxes elsewhere: no box may suppress another class's.
+    kept = nms_per_class(boxes, np.array([0.9, 0.8, 0.7], np.float32), np.array([1, 0, 0]), 0.45)
+    assert sorted(kept.tolist()) == [0, 1, 2]
+
+
+def test_a_path_given_on_the_command_line_is_relative_to_where_the_user_stands(tmp_path, monkeypatch):
+    from perception.config import command_line_overrides
+
+    monkeypatch.chdir(tmp_path)
+    assert command_line_overrides(["model=m.onnx", "engine.tensorrt.cache_dir=cache", "engine.tensorrt.calibration_video=null",
+                                   "policy.kind=adaptive", "score_threshold=0.4"], "--detector", DetectorSettings) == {
+        "model": str(tmp_path / "m.onnx"), "engine.tensorrt.cache_dir": str(tmp_path / "cache"),
+        "engine.tensorrt.calibration_video": None, "policy.kind": "adaptive", "score_threshold": 0.4}

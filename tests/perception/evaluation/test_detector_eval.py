@@ -27,3 +27,15 @@ def test_annotation_problems_are_one_line_errors(tmp_path):
     bad.write_text(json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []}))
     with pytest.raises(ConfigError, match="bad.json: not COCO annotations with frame indices"):
         load_annotations(bad, ["person"])
+
+
+def test_annotations_of_a_class_the_model_lacks_name_it(tmp_path):
+    from perception.config import ConfigError
+    from perception.evaluation.detector_eval import load_annotations
+
+    path = tmp_path / "a.json"
+    path.write_text('{"images": [{"id": 1, "frame_index": 0}], "annotations": [], '
+                    '"categories": [{"id": 1, "name": "person"}]}')
+    with pytest.raises(ConfigError) as error:
+        load_annotations(path, ["car", "van"])
+    assert str(error.value) == f"{path}: annotates person, which the detector's model has no class for (its classes: car, van)"
