@@ -16,14 +16,17 @@ from perception.launch import resolve_node_config
 from perception.node import EXIT_OUTPUT
 from perception.pipeline import PIPELINE_LAUNCH, count_recorded_frames, pipeline_launch, run_pipeline
 from perception.replay import EXIT_BAD_INPUT
+from perception.ros2bag import is_ros2_bag
 
 
-def source_spec(source: str) -> dict:
-    """The capture source for `perception record --source SOURCE`: a stream URL, an image folder, an
-    MCAP recording or a video."""
+def source_spec(source: str, topic: str | None = None) -> dict:
+    """The capture source for `perception record --source SOURCE`: a stream URL, a ROS 2 bag directory
+    (its image `topic`), an image folder, an MCAP recording or a video."""
     if is_stream_url(source):
         return {"kind": "stream", "url": source}
     path = Path(source)
+    if is_ros2_bag(path):
+        return {"kind": "ros2", "path": str(path.resolve()), "topic": topic}
     if path.is_dir():
         return {"kind": "images", "path": str(path.resolve()), "fps": 10.0}
     return {"kind": "recording" if path.suffix == ".mcap" else "video", "path": str(path.resolve())}
@@ -52,6 +55,7 @@ def record_main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--source", help="a video file, image folder, recording or stream URL (rtsp://, http://, udp://, ...)")
     source.add_argument("--camera", help="a camera: its OpenCV index (0) or V4L2 device path (/dev/video0)")
+    parser.add_argument("--topic", help="a ROS 2 bag source: its image topic (default: the bag's only one)")
     parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
     parser.add_argument("--frames-only", action="store_true", help="record the camera alone, without the pipeline")
     parser.add_argument("--image-format", choices=["jpeg", "raw"], default=None, help="default: configs/recorder.yaml")
@@ -64,7 +68,7 @@ def record_main(argv: list[str] | None = None) -> int:
         parser.error(f"--frames must be at least 1, got {args.frames}")
     recorder_params = {key: value for key, value in (("image_format", args.image_format), ("jpeg_quality", args.jpeg_quality),
                                                      ("min_free_mb", args.min_free_mb)) if value is not None}
-    spec_source = camera_spec(args.camera) if args.camera is not None else source_spec(args.source)
+    spec_source = camera_spec(args.camera) if args.camera is not None else source_spec(args.source, args.topic)
     # The recorder never overwrites a file (it would write NAME-1.mcap beside it), so an existing
     # output would leave this command reporting on the wrong file.
     if args.output.exists():

@@ -117,6 +117,14 @@ class RecordingReader:
 
     def frames(self) -> Iterator[tuple[FrameHeader, np.ndarray]]:
         """Frame headers with their decoded pixels, in recorded order."""
+        for header, image, raw in self.encoded_frames():
+            with self._decoding(f"image of frame {header.frame_id}"):
+                pixels = _decode_image(image, raw)
+            yield header, pixels
+
+    def encoded_frames(self) -> Iterator[tuple[FrameHeader, dict, bytes]]:
+        """Frame headers with their image message (format, and size for raw ones) and its bytes as
+        recorded (JPEG, or raw bgr8), in recorded order: what a converter copies without re-encoding."""
         header: FrameHeader | None = None
         for channel, log_time, data in self.records():
             if channel == FRAMES.name:
@@ -124,8 +132,11 @@ class RecordingReader:
                     header = decode(data, expect=FrameHeader)
             elif channel == IMAGE_CHANNEL and header is not None:
                 with self._decoding(f"image of frame {header.frame_id}"):
-                    pixels = _decode_image(json.loads(data))
-                yield header, pixels
+                    image = json.loads(data)
+                    if not isinstance(image, dict):
+                        raise TypeError(f"expected a JSON object, got {type(image).__name__}")
+                    raw = base64.b64decode(image["data"], validate=True)
+                yield header, image, raw
                 header = None
 
     @contextmanager
@@ -138,11 +149,8 @@ class RecordingReader:
             raise RecordingError(f"recording {self.path}: bad {what} ({_describe(exc)})") from None
 
 
-def _decode_image(image: dict) -> np.ndarray:
-    """The pixels of a foxglove.CompressedImage (JPEG) or foxglove.RawImage (bgr8) message."""
-    if not isinstance(image, dict):
-        raise TypeError(f"expected a JSON object, got {type(image).__name__}")
-    raw = base64.b64decode(image["data"], validate=True)
+def _decode_image(image: dict, raw: bytes) -> np.ndarray:
+    """The pixels of a foxglove.CompressedImage (JPEG) or foxglove.RawImage (bgr8) message, `raw` its bytes."""
     if image.get("format") == "jpeg":
         pixels = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
         if pixels is None:

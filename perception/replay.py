@@ -87,9 +87,23 @@ def load_rows(path: Path) -> list[dict]:
         raise ConfigError(f"{path}: line {exc.lineno}: not JSON") from None
 
 
+def replay_source(path: Path, topic: str | None) -> tuple[dict, int]:
+    """(capture source, frames in it) of a drive to replay: this project's recording, or a ROS 2 bag."""
+    from perception.ros2bag import choose_topic, image_topics, is_ros2_bag
+
+    if is_ros2_bag(path):
+        topic = choose_topic(path, topic)
+        return {"kind": "ros2", "path": str(path.resolve()), "topic": topic}, image_topics(path)[topic][1]
+    if topic is not None:
+        raise ValueError(f"--topic {topic}: {path} is no ROS 2 bag directory")
+    return {"kind": "recording", "path": str(path.resolve())}, count_recorded_frames(path)
+
+
 def replay_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perception replay", description="replay a recorded drive through the pipeline")
-    parser.add_argument("recording", type=Path, help="a drive recorded by perception record (MCAP)")
+    parser.add_argument("recording", type=Path,
+                        help="a drive recorded by perception record (MCAP), or a ROS 2 bag directory (sqlite3 or MCAP)")
+    parser.add_argument("--topic", help="a ROS 2 bag: its image topic (default: the bag's only one)")
     parser.add_argument("--speed", default="1.0", help="a factor of recorded time, or 'max' (deterministic)")
     parser.add_argument("--budget-ms", type=float, default=100.0,
                         help="capture-to-decision budget every frame is held to (default 100)")
@@ -120,13 +134,13 @@ def replay_main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--speed must be a number or 'max', got {args.speed!r}")
     try:
-        frames = count_recorded_frames(args.recording)
-    except Exception as exc:  # RecordingError and friends: one line naming the file
+        source, frames = replay_source(args.recording, args.topic)
+    except Exception as exc:  # RecordingError, Ros2BagError and friends: one line naming the file
         print(f"replay: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     # Read before the run: a missing or broken reference is an error now, not after a long replay.
     reference = load_rows(args.compare) if args.compare else None
-    spec = pipeline_launch({"kind": "recording", "path": str(args.recording.resolve())}, rate="max" if deterministic else "source",
+    spec = pipeline_launch(source, rate="max" if deterministic else "source",
                            speed=speed, deterministic=deterministic, budget_ms=args.budget_ms, decision_params=decision,
                            detector_params=detector)
     spec = with_live_view(spec, args.foxglove, "replay")

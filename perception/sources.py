@@ -31,8 +31,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tif
 
 @dataclass(frozen=True)
 class SourceConfig:
-    kind: Literal["video", "camera", "images", "synthetic", "recording", "stream", "gstreamer"]
-    path: Path | None = None  # video file, image folder or MCAP recording
+    kind: Literal["video", "camera", "images", "synthetic", "recording", "stream", "gstreamer", "ros2"]
+    path: Path | None = None  # video file, image folder, MCAP recording or ROS 2 bag directory
+    topic: str | None = None  # ros2: the image topic (default: the bag's only one)
     camera_index: NonNegativeInt = 0
     device: Path | None = None  # camera: a V4L2 device path (/dev/videoN), instead of camera_index
     url: str | None = None  # stream: rtsp://, http(s)://, udp://, tcp://, rtmp://, srt:// (OpenCV's FFmpeg)
@@ -46,7 +47,7 @@ class SourceConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        if self.kind in ("video", "images", "recording") and self.path is None:
+        if self.kind in ("video", "images", "recording", "ros2") and self.path is None:
             raise ValueError(f"source kind {self.kind!r} needs a path")
         if self.kind == "stream" and not (self.url and is_stream_url(self.url)):
             raise ValueError("source kind 'stream' needs a url: rtsp://, http(s)://, udp://, tcp://, rtmp:// or srt://")
@@ -238,6 +239,46 @@ class RecordingSource(FrameSource):
         return pixels, self._last_ns
 
 
+class Ros2BagSource(FrameSource):
+    """Frames of a ROS 2 bag's image topic (perception.ros2bag), each at its header stamp. A message
+    that does not decode is counted in bad_frames and skipped."""
+
+    def __init__(self, path: Path, topic: str | None) -> None:
+        from perception.ros2bag import Ros2BagError, choose_topic, image_messages, is_ros2_bag
+
+        if not is_ros2_bag(path):
+            raise SourceError(f"ROS 2 bag {path}: not a bag directory (no metadata.yaml in it)")
+        try:
+            self.topic = choose_topic(path, topic)
+        except Ros2BagError as exc:
+            raise SourceError(str(exc)) from None
+        self.path = Path(path)
+        self._messages = image_messages(self.path, self.topic)
+        self._delivered = 0
+        self.description = f"ROS 2 bag {self.path.name} {self.topic}"
+
+    def read(self, out: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
+        from perception.ros2bag import Ros2BagError, decode_image, stamp_ns
+
+        try:
+            for bag_ns, message, msgtype in self._messages:
+                try:
+                    if isinstance(message, Exception):
+                        raise ValueError(f"a message that does not deserialize ({message})")
+                    frame = decode_image(message, msgtype)
+                except ValueError as exc:
+                    self.bad_frames += 1
+                    log.warning("%s: skipped %s at bag time %d", self.description, exc, bag_ns)
+                    continue
+                self._delivered += 1
+                return frame, stamp_ns(message, bag_ns)
+        except Ros2BagError as exc:
+            raise SourceError(str(exc)) from None
+        if not self._delivered:
+            raise SourceError(f"ROS 2 bag {self.path}: no decodable image on {self.topic}")
+        return None
+
+
 def write_frame_index(frame: np.ndarray, index: int) -> None:
     """Mark bits 0..15 of `index` as black/white 8x8 blocks in the top-left 64x16 pixels.
     Blocks aligned to JPEG's 8x8 grid survive lossy video compression."""
@@ -269,4 +310,6 @@ def open_source(config: SourceConfig) -> FrameSource:  # a live source is a Fram
         return ImageFolderSource(config.path, config.fps, config.loop)  # type: ignore[arg-type]
     if config.kind == "recording":
         return RecordingSource(config.path, config.loop)  # type: ignore[arg-type]
+    if config.kind == "ros2":
+        return Ros2BagSource(config.path, config.topic)  # type: ignore[arg-type]
     return SyntheticSource(config.width or 640, config.height or 480, config.fps or 30.0, config.count, config.loop)
