@@ -23,7 +23,7 @@ from perception.detection.classes import detections_class_names
 from perception.latency import now_ns
 from perception.interface import NodeInterface
 from perception.node import FatalInputError, NodeSettings, OutputError, run_node
-from perception.recording import MB, RecordingWriteError, RecordingWriter
+from perception.recording import MB, Compression, RecordingWriteError, RecordingWriter
 from perception.shm_ring import FrameOverwritten, RingError
 from perception.graph import ANY_INPUTS
 from perception.topics import FRAMES
@@ -38,6 +38,7 @@ class RecorderConfig:
     image_format: Literal["jpeg", "raw"] = "jpeg"
     jpeg_quality: Annotated[int, Range(1, 100)] = 90
     chunk_size_kb: Annotated[int, Range(1, 1 << 20)] = 1024  # a killed recorder loses at most the chunk in progress
+    compression: Compression = "zstd"  # of the MCAP chunks; every MCAP reader (Foxglove's too) reads zstd
     min_free_mb: Annotated[float, Range(0, 1e9)] = 100.0  # left free on the recording's disk: it does not start, and ends, with less
     classes_file: Path | None = None  # the detector's class names, labels of the boxes; default: its model's
 
@@ -70,7 +71,7 @@ def record(node: NodeInterface, config: RecorderConfig) -> None:
         log.warning("%s exists; recording to %s", config.output, output)
     try:
         writer = RecordingWriter(output, config.image_format, config.jpeg_quality, config.chunk_size_kb * 1024,
-                                 class_names, int(config.min_free_mb * MB))
+                                 class_names, int(config.min_free_mb * MB), compression=config.compression)
     except RecordingWriteError as exc:
         raise OutputError(str(exc)) from None
     subscribers = [node.subscribe(name, edges[0].topic, latest=False) for name, edges in node.settings.edges.items()]

@@ -99,6 +99,7 @@ DELEGATED = {
     "record": ("perception.record", "record_main", "record a drive (every topic, frames included) to MCAP"),
     "replay": ("perception.replay", "replay_main", "replay a recording through the pipeline; --compare a reference"),
     "convert": ("perception.convert", "convert_main", "a recorded drive as a ROS 2 bag (images, Detection2DArray, decisions)"),
+    "migrate": ("perception.migrate", "migrate_main", "a drive recorded by an earlier build, in the current recording format"),
     "render": ("perception.render", "render_main", "a recorded drive as a video with boxes, decisions and latency drawn"),
     "bench": ("perception.bench", "bench_main", "latency test harness: per-stage and end-to-end latency report"),
     "pareto": ("perception.benchmarks.pareto", "main",

@@ -240,6 +240,28 @@ def encode(message: Message) -> bytes:
     return compact_json(data)
 
 
+# Wire formats this build can read recordings of, by upgrading them (perception migrate); the wire
+# itself takes the current one only.
+UPGRADABLE_WIRE_VERSIONS = (4,)
+
+
+def upgrade(data: bytes) -> bytes:
+    """A message of an older wire format as the current one: format 4 lacks `clock` (5 added it: the
+    host whose clock its stamps are in), which is this host's, "local", for a recording of one host.
+    Bytes of the current format come back as they are; MessageError for anything else."""
+    try:
+        parsed = json.loads(bytes(data))
+    except (ValueError, RecursionError) as exc:
+        raise MessageError(f"message: not JSON ({str(exc).splitlines()[0][:80]})") from None
+    if not isinstance(parsed, dict) or parsed.get("wire") == WIRE_VERSION:
+        return bytes(data)
+    if parsed.get("wire") not in UPGRADABLE_WIRE_VERSIONS:
+        raise MessageError(f"message: wire version {str(parsed.get('wire'))[:16]}, which no upgrade reads")
+    parsed["wire"] = WIRE_VERSION
+    parsed.setdefault("clock", "local")
+    return compact_json(parsed)
+
+
 def decode(data: bytes | memoryview, expect: type[Message] | None = None) -> Message:
     """Parse wire bytes; raises MessageError naming what is wrong. `expect` pins the type."""
     if len(data) > MAX_MESSAGE_BYTES:

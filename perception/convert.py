@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perception.detection.classes import COCO_CLASSES, read_class_names
+from perception.cli_args import add_classes_argument, output_taken, read_classes
 from perception.recording import RecordingError
 from perception.ros2bag import (
     CAMERA_FRAME, DECISIONS_TOPIC, DETECTIONS_TOPIC, IMAGE_TOPIC, ConvertResult, Ros2BagError, rosbags_modules, typestore,
@@ -105,18 +105,13 @@ def convert_main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", type=Path, help="the ROS 2 bag directory to write (must not exist)")
     parser.add_argument("--to", choices=["ros2"], required=True, help="the format to write")
     parser.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3", help="the bag's storage (default sqlite3)")
-    parser.add_argument("--classes", type=Path, default=COCO_CLASSES,
-                        help="class names, one per line in the detector's order (default: COCO's, the bundled model's)")
+    add_classes_argument(parser)
     args = parser.parse_args(argv)
-    if args.output.exists():
-        print(f"convert: {args.output} exists; remove it or choose another name", file=sys.stderr)
+    names = read_classes(args.classes, "convert")
+    if names is None or output_taken(args.output, "convert"):
         return 2
     try:
-        names = read_class_names(args.classes)
         result = convert_to_ros2(args.recording, args.output, names, args.storage)
-    except OSError as exc:
-        print(f"convert: {getattr(exc, 'filename', None) or args.classes}: {exc.strerror}", file=sys.stderr)
-        return 2
     except (RecordingError, Ros2BagError) as exc:
         print(f"convert: {exc}", file=sys.stderr)
         _remove(args.output)

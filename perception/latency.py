@@ -30,6 +30,16 @@ def _skewed_now_ns() -> int:
 
 now_ns = _skewed_now_ns if _SKEW_NS else time.monotonic_ns
 
+def wall_clock_offset_ns() -> int:
+    """What to add to a time of this host's clock (now_ns) for Unix time in ns, measured now. A
+    recording measures it once and adds it to every stamp, so its log times are wall-clock time and
+    stay as monotonic as the clock they come from (an NTP step mid-drive moves none of them)."""
+    before = now_ns()
+    wall = time.time_ns()
+    after = now_ns()
+    return wall - (before + after) // 2
+
+
 NS_PER_MS = 1_000_000
 # A capture-to-decision budget, or a share of one: from a millisecond to 10 s.
 BudgetMs = Annotated[float, Range(1, 10_000)]

@@ -7,16 +7,21 @@ Channels (one schema each):
     exactly as on the wire (perception.codec.encode), schema `perception.<Type>` (`jsonschema`,
     codec.json_schema), so the wire's codec is the recording's and Foxglove plots every field.
     view channels (perception.visualization), derived from the topics as they are written:
-    /camera/image        json      foxglove.CompressedImage (JPEG) or foxglove.RawImage (bgr8), jsonschema
+    /camera/image        protobuf  foxglove.CompressedImage (the JPEG's bytes) or foxglove.RawImage (bgr8)
     /camera/annotations  protobuf  foxglove.ImageAnnotations, one per Detections: boxes and labels
     /latency             json      perception.Latency, one per Decision, from its receipt (log) time
     /log                 protobuf  foxglove.Log: fail-safes, depth ceiling and system state changes
 
-The image stays JSON (base64) so that replay reads a drive with the mcap package alone, without
-protobuf. A frame's header and image are written back to back with the frame id as the MCAP
-sequence number; image and annotations carry the frame's media time, so Foxglove's image panel
-draws each frame's boxes over that frame. Reading gives the topics (`messages`) and the frames
-(`frames`: /frames with /camera/image); the other view channels are for people, never read back.
+One clock for every channel: log and publish times are wall-clock (Unix) ns, this host's clock
+plus an offset measured once when the recording starts (perception.latency.wall_clock_offset_ns), so
+Foxglove's timeline shows the drive's date and an NTP step mid-drive moves no stamp; the log time
+is when the recorder received the message, the publish time its frame's capture. The messages keep
+their own times (capture_ns on the host's monotonic clock, media_ns the frame's place in its
+source); image and annotations carry the frame's media time, so Foxglove's image panel draws each
+frame's boxes over that frame. Chunks are zstd-compressed (`compression`). A frame's header and
+image are written back to back with the frame id as the MCAP sequence number. Reading gives the
+topics (`messages`) and the frames (`frames`: /frames with /camera/image, protobuf or the JSON of
+recordings made before, perception.recording_reader); the other view channels are for people.
 
 Crash safety: every completed chunk (`chunk_size`) is handed to the OS at once, so a recorder
 killed mid-run leaves every completed chunk on disk; RecordingReader reads such a file up to its last
@@ -31,7 +36,6 @@ that is not MCAP at all is a RecordingError, one line naming the file and where.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -47,9 +51,10 @@ import numpy as np
 from perception.messages import FrameHeader, Message
 from perception.codec import compact_json, encode, json_schema, schema_name
 from perception.topics import FRAMES, TOPICS, Topic
+from perception.latency import wall_clock_offset_ns
 from perception.visualization import (
-    ANNOTATIONS_CHANNEL, CAMERA_FRAME, IMAGE_CHANNEL, LATENCY_CHANNEL, LATENCY_SCHEMA, LOG_CHANNEL, PipelineView,
-    foxglove_messages,
+    ANNOTATIONS_CHANNEL, IMAGE_CHANNEL, LATENCY_CHANNEL, LATENCY_SCHEMA, LOG_CHANNEL, PipelineView, compressed_image,
+    foxglove_messages, raw_image,
 )
 
 log = logging.getLogger(__name__)
@@ -93,16 +98,7 @@ def require_mcap() -> None:
         raise RecordingError("recordings need the mcap package: pip install 'perception[tools]'") from None
 
 
-_TIMESTAMP_SCHEMA = {"type": "object", "properties": {"sec": {"type": "integer"}, "nsec": {"type": "integer"}}}
-_IMAGE_SCHEMAS = {
-    "foxglove.CompressedImage": {"title": "foxglove.CompressedImage", "type": "object", "properties": {
-        "timestamp": _TIMESTAMP_SCHEMA, "frame_id": {"type": "string"},
-        "data": {"type": "string", "contentEncoding": "base64"}, "format": {"type": "string"}}},
-    "foxglove.RawImage": {"title": "foxglove.RawImage", "type": "object", "properties": {
-        "timestamp": _TIMESTAMP_SCHEMA, "frame_id": {"type": "string"}, "width": {"type": "integer"},
-        "height": {"type": "integer"}, "encoding": {"type": "string"}, "step": {"type": "integer"},
-        "data": {"type": "string", "contentEncoding": "base64"}}},
-}
+Compression = Literal["zstd", "lz4", "none"]  # MCAP chunk compression
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -150,7 +146,8 @@ class RecordingWriter:
     (checked before it starts and after every frame); 0: none."""
 
     def __init__(self, path: Path, image_format: Literal["jpeg", "raw"] = "jpeg", jpeg_quality: int = 90,
-                 chunk_size: int = 1 << 20, class_names: Sequence[str] = (), min_free_bytes: int = 0) -> None:
+                 chunk_size: int = 1 << 20, class_names: Sequence[str] = (), min_free_bytes: int = 0,
+                 compression: Compression = "zstd", wall_offset_ns: int | None = None) -> None:
         require_mcap()
         try:  # the SDK's message classes, for the protobuf view channels; only writing needs them
             fg = foxglove_messages()
@@ -164,6 +161,8 @@ class RecordingWriter:
         self.class_names = list(class_names)
         self.min_free_bytes = min_free_bytes
         self.counts: dict[str, int] = {}  # messages written per channel
+        # This host's clock (the messages' and log times given here) -> Unix time, for MCAP's times.
+        self.wall_offset_ns = wall_clock_offset_ns() if wall_offset_ns is None else wall_offset_ns
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -178,13 +177,12 @@ class RecordingWriter:
         # once, so a killed recorder loses at most the chunk in progress.
         try:
             with self._writing():
-                self._writer = Writer(self._sink, chunk_size=chunk_size, compression=CompressionType.NONE)
+                self._writer = Writer(self._sink, chunk_size=chunk_size, compression=CompressionType[compression.upper()])
                 self._writer.start(profile="", library="perception")
                 self._channels: dict[str, int] = {}
                 for t in TOPICS:
                     self._register_json(t.name, schema_name(t.message_type), json_schema(t.message_type))
-                image_schema = "foxglove.CompressedImage" if image_format == "jpeg" else "foxglove.RawImage"
-                self._register_json(IMAGE_CHANNEL, image_schema, _IMAGE_SCHEMAS[image_schema])
+                self._register_protobuf(IMAGE_CHANNEL, fg.CompressedImage if image_format == "jpeg" else fg.RawImage)
                 self._register_protobuf(ANNOTATIONS_CHANNEL, fg.ImageAnnotations)
                 self._register_json(LATENCY_CHANNEL, LATENCY_SCHEMA["title"], LATENCY_SCHEMA)
                 self._register_protobuf(LOG_CHANNEL, fg.Log)
@@ -219,13 +217,15 @@ class RecordingWriter:
 
     def _add(self, channel: str, data: bytes, log_time_ns: int, message: Message) -> None:
         with self._writing():
-            self._writer.add_message(self._channels[channel], log_time=log_time_ns, data=data,
-                                     publish_time=message.capture_ns, sequence=message.frame_id & 0xFFFFFFFF)
+            self._writer.add_message(self._channels[channel], log_time=log_time_ns + self.wall_offset_ns, data=data,
+                                     publish_time=message.capture_ns + self.wall_offset_ns,
+                                     sequence=message.frame_id & 0xFFFFFFFF)
         self.counts[channel] = self.counts.get(channel, 0) + 1
 
     def write(self, topic: Topic, message: Message, log_time_ns: int) -> None:
         """`message` on its topic's channel (the wire bytes), and what Foxglove shows of it on the
-        view channels. `log_time_ns`: when it was received; a decision's /latency ends there."""
+        view channels. `log_time_ns`: when it was received, on this host's clock (now_ns); a
+        decision's /latency ends there."""
         if not isinstance(message, topic.message_type):
             raise TypeError(f"{topic.name} carries {topic.message_type.__name__}, not {type(message).__name__}")
         self._add(topic.name, encode(message), log_time_ns, message)
@@ -233,16 +233,16 @@ class RecordingWriter:
             self._add(channel, data, log_time_ns, message)
 
     def _views(self, topic: Topic, message: Message, log_time_ns: int) -> Iterator[tuple[str, bytes]]:
-        for channel, view in self._view.derive(topic, message, log_time_ns, log_time_ns):
+        for channel, view in self._view.derive(topic, message, log_time_ns, log_time_ns + self.wall_offset_ns):
             yield channel, compact_json(view) if isinstance(view, dict) else view.encode()
 
     def write_frame(self, header: FrameHeader, pixels: np.ndarray, log_time_ns: int) -> None:
         """The header on /frames and the pixels on /camera/image, JPEG-encoded or raw per `image_format`."""
+        if pixels.shape != (header.height, header.width, header.channels):
+            raise RecordingError(f"{self.path}: frame {header.frame_id} is {pixels.shape}, its header says "
+                                 f"{header.height}x{header.width}x{header.channels}")
         if self.image_format == "raw":
-            image = {"timestamp": _stamp(header.media_ns), "frame_id": CAMERA_FRAME, "width": header.width,
-                     "height": header.height, "encoding": "bgr8", "step": header.width * header.channels,
-                     "data": base64.b64encode(np.ascontiguousarray(pixels).tobytes()).decode()}
-            self._write_image(header, image, log_time_ns)
+            self._write_image(header, raw_image(header.media_ns, np.ascontiguousarray(pixels)).encode(), log_time_ns)
             return
         ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if not ok:
@@ -253,13 +253,11 @@ class RecordingWriter:
         """A frame already JPEG-encoded, its bytes kept as they are (re-recording a drive)."""
         if self.image_format != "jpeg":
             raise RecordingError(f"{self.path}: a JPEG frame in a recording of {self.image_format} images")
-        image = {"timestamp": _stamp(header.media_ns), "frame_id": CAMERA_FRAME, "format": "jpeg",
-                 "data": base64.b64encode(jpeg).decode()}
-        self._write_image(header, image, log_time_ns)
+        self._write_image(header, compressed_image(header.media_ns, jpeg).encode(), log_time_ns)
 
-    def _write_image(self, header: FrameHeader, image: dict, log_time_ns: int) -> None:
+    def _write_image(self, header: FrameHeader, image: bytes, log_time_ns: int) -> None:
         self._add(FRAMES.name, encode(header), log_time_ns, header)
-        self._add(IMAGE_CHANNEL, compact_json(image), log_time_ns, header)
+        self._add(IMAGE_CHANNEL, image, log_time_ns, header)
         if self.min_free_bytes:
             free = shutil.disk_usage(self.path.parent).free
             if free < self.min_free_bytes:  # the chunk in progress and the summary still fit in the rest
@@ -293,6 +291,3 @@ def _ending() -> bytes:
     Footer(summary_start=0, summary_offset_start=0, summary_crc=0).write(builder)
     return builder.end() + MAGIC
 
-
-def _stamp(media_ns: int) -> dict:
-    return {"sec": media_ns // 1_000_000_000, "nsec": media_ns % 1_000_000_000}

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from perception.codec import decode
+from perception.codec import UPGRADABLE_WIRE_VERSIONS, decode, upgrade
 from perception.messages import WIRE_VERSION, FrameHeader, Message
 from perception.recording import MAGIC, RecordingError, require_mcap
 from perception.topics import BY_NAME, FRAMES, Topic
@@ -26,14 +26,19 @@ log = logging.getLogger("perception.recording")
 class RecordingReader:
     """Reads a recording in file order; tolerates a file cut short by a crash (see `truncated`), not a damaged one."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, upgrade_older: bool = False) -> None:
+        """`upgrade_older`: read topic channels of an older wire format too, each message upgraded
+        (perception.codec.upgrade), as `perception migrate` does; otherwise they are refused."""
         self.path = Path(path)
+        self.upgrade_older = upgrade_older
         if not self.path.is_file():
             raise RecordingError(f"recording {self.path}: file not found")
         with open(self.path, "rb") as f:
             if f.read(len(MAGIC)) != MAGIC:
                 raise RecordingError(f"recording {self.path}: not an MCAP file")
         self.truncated = False
+        self.channel_schemas: dict = {}  # channel topic -> (message encoding, its mcap Schema record), as read
+        self._image_class: type | None = None  # the protobuf class of /camera/image, once seen
 
     def records(self) -> Iterator[tuple[str, int, bytes]]:
         """(channel topic, log_time_ns, data) in file order, up to the last complete record.
@@ -81,6 +86,7 @@ class RecordingReader:
                 elif isinstance(record, Channel):
                     channels[record.id] = record.topic
                     self._check_format(record.topic, schemas.get(record.schema_id))
+                    self.channel_schemas[record.topic] = (record.message_encoding, schemas.get(record.schema_id))
                 elif isinstance(record, McapMessage):
                     yield channels.get(record.channel_id, "?"), record.log_time, record.data
 
@@ -93,10 +99,10 @@ class RecordingReader:
             version = json.loads(schema.data)["properties"]["wire"]["const"]
         except (ValueError, KeyError, TypeError):
             version = None
-        if version != WIRE_VERSION:
+        if version != WIRE_VERSION and not (self.upgrade_older and version in UPGRADABLE_WIRE_VERSIONS):
             found = f"in wire format {version}" if version is not None else "in an older message format"
             raise RecordingError(f"recording {self.path}: {channel} was recorded {found}; this build reads wire "
-                                 f"format {WIRE_VERSION} (re-record the drive)")
+                                 f"format {WIRE_VERSION} (perception migrate converts it)")
 
     def _finished(self, size: int) -> bool:
         """Whether the file ends with the closing magic: a recorder killed mid-run never writes it."""
@@ -112,14 +118,17 @@ class RecordingReader:
             topic = BY_NAME.get(channel)
             if topic is not None and (wanted is None or channel in wanted):
                 with self._decoding(f"{channel} message at log time {log_time}"):
-                    message = decode(data, expect=topic.message_type)
+                    message = decode(upgrade(data) if self.upgrade_older else data, expect=topic.message_type)
                 yield topic, log_time, message
 
     def frames(self) -> Iterator[tuple[FrameHeader, np.ndarray]]:
         """Frame headers with their decoded pixels, in recorded order."""
         for header, image, raw in self.encoded_frames():
             with self._decoding(f"image of frame {header.frame_id}"):
-                pixels = _decode_image(image, raw)
+                pixels = decode_image(image, raw)
+                if pixels.shape[:2] != (header.height, header.width):
+                    raise ValueError(f"{pixels.shape[1]}x{pixels.shape[0]} pixels, its header says "
+                                     f"{header.width}x{header.height}")
             yield header, pixels
 
     def encoded_frames(self) -> Iterator[tuple[FrameHeader, dict, bytes]]:
@@ -129,15 +138,34 @@ class RecordingReader:
         for channel, log_time, data in self.records():
             if channel == FRAMES.name:
                 with self._decoding(f"frame header at log time {log_time}"):
-                    header = decode(data, expect=FrameHeader)
+                    header = decode(upgrade(data) if self.upgrade_older else data, expect=FrameHeader)
             elif channel == IMAGE_CHANNEL and header is not None:
                 with self._decoding(f"image of frame {header.frame_id}"):
-                    image = json.loads(data)
-                    if not isinstance(image, dict):
-                        raise TypeError(f"expected a JSON object, got {type(image).__name__}")
-                    raw = base64.b64decode(image["data"], validate=True)
+                    image, raw = self.image(data)
                 yield header, image, raw
                 header = None
+
+    def image(self, data: bytes) -> tuple[dict, bytes]:
+        """(format, and size for a raw image; its bytes) of a /camera/image message: protobuf
+        foxglove.CompressedImage or RawImage, or the base64 JSON of recordings made before them."""
+        encoding, schema = self.channel_schemas.get(IMAGE_CHANNEL, ("json", None))
+        if encoding == "protobuf":
+            if schema is None or schema.name not in ("foxglove.CompressedImage", "foxglove.RawImage"):
+                raise ValueError(f"a protobuf image channel of schema {getattr(schema, 'name', None)!r}")
+            if self._image_class is None:
+                self._image_class = protobuf_class(schema)
+            try:
+                message = self._image_class.FromString(data)
+            except Exception as exc:  # protobuf's DecodeError: not a ValueError
+                raise ValueError(f"not a {schema.name} ({exc})") from None
+            if schema.name == "foxglove.CompressedImage":
+                return {"format": message.format}, message.data
+            return {"format": "raw", "width": message.width, "height": message.height, "step": message.step,
+                    "encoding": message.encoding}, message.data
+        image = json.loads(data)
+        if not isinstance(image, dict):
+            raise TypeError(f"expected a JSON object, got {type(image).__name__}")
+        return image, base64.b64decode(image["data"], validate=True)
 
     @contextmanager
     def _decoding(self, what: str) -> Iterator[None]:
@@ -149,7 +177,19 @@ class RecordingReader:
             raise RecordingError(f"recording {self.path}: bad {what} ({_describe(exc)})") from None
 
 
-def _decode_image(image: dict, raw: bytes) -> np.ndarray:
+def protobuf_class(schema) -> type:  # noqa: ANN001 - an mcap Schema record (encoding protobuf)
+    """The message class of a protobuf schema as MCAP stores it (a FileDescriptorSet), built by the
+    protobuf library from the file itself: no generated code to keep in step."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    files = descriptor_pb2.FileDescriptorSet.FromString(schema.data)
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(schema.name))
+
+
+def decode_image(image: dict, raw: bytes) -> np.ndarray:
     """The pixels of a foxglove.CompressedImage (JPEG) or foxglove.RawImage (bgr8) message, `raw` its bytes."""
     if image.get("format") == "jpeg":
         pixels = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from perception.detection.classes import COCO_CLASSES, read_class_names
+from perception.cli_args import add_classes_argument, read_classes
 from perception.messages import Action, Decision, Detections
 from perception.recording import RecordingError
 from perception.topics import DECISIONS, DETECTIONS
@@ -144,18 +144,15 @@ def render_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perception render", description=__doc__.split("\n\n")[0])
     parser.add_argument("recording", type=Path, help="a drive recorded by perception record (MCAP)")
     parser.add_argument("output", type=Path, help="the video to write (.mp4)")
-    parser.add_argument("--classes", type=Path, default=COCO_CLASSES,
-                        help="class names, one per line in the detector's order (default: COCO's, the bundled model's)")
+    add_classes_argument(parser)
     parser.add_argument("--fps", type=float, default=None, help="frame rate (default: the recording's own)")
     args = parser.parse_args(argv)
     if args.fps is not None and not 0 < args.fps <= 1000:
         parser.error(f"--fps must be in (0, 1000], got {args.fps}")
     if args.output.suffix.lower() != ".mp4":
         parser.error(f"{args.output}: the output is an MPEG-4 video, name it .mp4")
-    try:
-        names = read_class_names(args.classes)
-    except OSError as exc:
-        print(f"render: {args.classes}: cannot read class names ({exc.strerror})", file=sys.stderr)
+    names = read_classes(args.classes, "render")
+    if names is None:
         return 2
     try:
         frames = render(args.recording, args.output, names, args.fps)

@@ -87,6 +87,12 @@ def compressed_image(media_ns: int, jpeg: bytes):  # noqa: ANN201 - foxglove.mes
     return foxglove_messages().CompressedImage(timestamp=timestamp(media_ns), frame_id=CAMERA_FRAME, data=jpeg, format="jpeg")
 
 
+def raw_image(media_ns: int, pixels):  # noqa: ANN001, ANN201 - an HxWx3 BGR array; a foxglove.messages.RawImage
+    height, width = pixels.shape[:2]
+    return foxglove_messages().RawImage(timestamp=timestamp(media_ns), frame_id=CAMERA_FRAME, width=width, height=height,
+                                        encoding="bgr8", step=width * 3, data=pixels.tobytes())
+
+
 def latency_record(decision: Decision, received_ns: int) -> dict:
     """One /latency message (LATENCY_SCHEMA)."""
     return {

@@ -18,13 +18,16 @@ from perception.sources import write_frame_index
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_video(path: Path, frames: int = 20, size: tuple[int, int] = (160, 120), fps: float = 20.0) -> Path:
-    """An MJPG AVI whose frame i carries i in its top-left block (see write_frame_index)."""
+def make_video(path: Path, frames: int = 20, size: tuple[int, int] = (160, 120), fps: float = 20.0,
+               noise: bool = False) -> Path:
+    """An MJPG AVI whose frame i carries i in its top-left block (see write_frame_index); `noise`:
+    on seeded noise, which no compression shrinks (a recording then takes its full size on disk)."""
     width, height = size
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
     assert writer.isOpened(), "OpenCV cannot write MJPG here"
     for i in range(frames):
-        frame = np.full((height, width, 3), 40, np.uint8)
+        frame = (np.random.default_rng(i).integers(0, 256, (height, width, 3), np.uint8) if noise
+                 else np.full((height, width, 3), 40, np.uint8))
         cv2.rectangle(frame, (20 + i, 30), (60 + i, 80), (0, 200, 255), -1)
         write_frame_index(frame, i)
         writer.write(frame)

@@ -83,12 +83,16 @@ def test_a_video_is_recorded_frame_for_frame(tmp_path):
 def write_recording_with_a_damaged_frame(path, good_frames: int) -> None:
     """Frames 1..good_frames are fine; the next one's pixels are half as many bytes as its header
     says, as in a recording damaged on disk, so a capture node reading it fails there."""
+    import foxglove.messages as fg
+
     with RecordingWriter(path, image_format="raw") as writer:
         for frame_id in range(1, good_frames + 2):
             height = 48 if frame_id <= good_frames else 24
             header = FrameHeader(frame_id=frame_id, capture_ns=frame_id, media_ns=(frame_id - 1) * 50_000_000,
                                  width=64, height=48, channels=3, transport=FrameTransport.INLINE)
-            writer.write_frame(header, np.full((height, 64, 3), frame_id, np.uint8), log_time_ns=frame_id)
+            image = fg.RawImage(frame_id="camera", width=64, height=48, encoding="bgr8", step=64 * 3,
+                                data=np.full((height, 64, 3), frame_id, np.uint8).tobytes())
+            writer._write_image(header, image.encode(), log_time_ns=frame_id)  # as damage on disk would leave it
 
 
 def test_a_run_that_fails_midway_says_so_and_keeps_only_what_it_recorded(tmp_path):
@@ -191,7 +195,7 @@ def test_a_disk_that_fills_up_ends_the_run_with_one_line_and_a_readable_file(tmp
     run ends then, not when the 10 s source does. It used to print `recorded 5 frames` and exit 0."""
     folder = tmp_path / "drives"
     output = folder / "out.mcap"
-    video = make_video(tmp_path / "clip.avi", frames=200, size=(640, 480))
+    video = make_video(tmp_path / "clip.avi", frames=200, size=(640, 480), noise=True)
     result, after = run_on_small_filesystem(["-m", "perception.cli", "record", str(output), "--source", str(video),
                                              "--frames-only", "--image-format", "raw", "--min-free-mb", str(min_free_mb)],
                                             folder, size_mb=8)
@@ -203,7 +207,7 @@ def test_a_recorder_whose_writes_are_refused_ends_the_run_instead_of_a_restart_l
     recorder's writes. It used to crash (tracebacks), restart into empty NAME-1, NAME-2 files and
     report the run as recorded."""
     output = tmp_path / "out.mcap"
-    video = make_video(tmp_path / "clip.avi", frames=200, size=(320, 240))
+    video = make_video(tmp_path / "clip.avi", frames=200, size=(320, 240), noise=True)
     limit = 4 << 20  # above the capture node's ring (8 slots of 230 KB), below 200 raw frames
     result = record(output, "--source", video, "--frames-only", "--image-format", "raw",
                     preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
