@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -26,7 +25,7 @@ import numpy as np
 
 from perception.config import ConfigError, Fraction, Range, check_ranges
 from perception.detection.classes import detections_class_names
-from perception.latency import now_ns
+from perception.latency import now_ns, wall_clock_offset_ns
 from perception.log_rate import limit_log_rate
 from perception.codec import json_schema, schema_name
 from perception.node import FatalInputError, Node, NodeSettings, run_node
@@ -93,6 +92,7 @@ class Streams:
         self.view = PipelineView(class_names, config.min_score)  # the same views the recording writes
         self.views = {ANNOTATIONS_CHANNEL: self.annotations, LATENCY_CHANNEL: self.latency, LOG_CHANNEL: self.log}
         self.image_due = Periodic(1.0 / config.image_rate_hz, first_now=True)
+        self.wall_offset_ns = wall_clock_offset_ns()  # the log's entries in Unix time, as a recording's
 
     def scale(self, width: int) -> float:
         return min(1.0, self.config.image_max_width / width)
@@ -105,8 +105,8 @@ class Streams:
         if topic is DETECTIONS and not self.annotations.has_sinks():
             return  # boxes nobody watches: not drawn (every other message feeds the event log's state)
         scale = self.scale(message.image_width) if topic is DETECTIONS else 1.0
-        # A person reads the log against the wall clock, hence time.time_ns() for its entries.
-        for channel, view in self.view.derive(topic, message, received_ns, time.time_ns(), scale):
+        # A person reads the log against the wall clock: its entries in Unix time, converted as a recording's are.
+        for channel, view in self.view.derive(topic, message, received_ns, received_ns + self.wall_offset_ns, scale):
             if self.views[channel].has_sinks():
                 self.views[channel].log(json.dumps(view).encode() if isinstance(view, dict) else view)
 
@@ -155,6 +155,9 @@ def start_server(foxglove, context, config: ViewerConfig):  # noqa: ANN001, ANN2
 
 
 def view(node: Node, config: ViewerConfig) -> None:
+    # OpenCV's thread pool would spread each resize over every core, the detector's included: the
+    # view takes one core's time slices, never the pipeline's (docs/LIVE_VIEW.md, "Cost").
+    cv2.setNumThreads(1)
     foxglove = _foxglove()
     try:
         class_names = detections_class_names(config.node.class_names, config.classes_file)

@@ -64,11 +64,22 @@ async def connect(port: int, deadline: float):  # noqa: ANN201 - a websockets co
             await asyncio.sleep(0.1)
 
 
-async def watch(port: int, topics: list[str], wanted: dict[str, int]) -> tuple[dict, dict[str, list[bytes]]]:
+async def old_client_refused(port: int) -> int | None:
+    """The HTTP status a client offering only the old subprotocol name gets (None: it connected)."""
+    try:
+        ws = await websockets.connect(f"ws://127.0.0.1:{port}", subprotocols=["foxglove.websocket.v1"], open_timeout=2)
+    except websockets.exceptions.InvalidStatus as exc:
+        return exc.response.status_code
+    await ws.close()
+    return None
+
+
+async def watch(port: int, topics: list[str], wanted: dict[str, int]) -> tuple[dict, dict[str, list[bytes]], int | None]:
     """Subscribe to `topics`; return the advertised channels by topic and the payloads received per
-    topic, once each topic in `wanted` has that many (or at the deadline)."""
+    topic, once each topic in `wanted` has that many (or at the deadline), and what an old client got."""
     deadline = time.monotonic() + WATCH_S
     ws = await connect(port, deadline)
+    old_client = await old_client_refused(port)  # docs/LIVE_VIEW.md, "Which clients connect"
     try:
         channels: dict[str, dict] = {}
         while not set(topics) <= channels.keys():
@@ -87,7 +98,7 @@ async def watch(port: int, topics: list[str], wanted: dict[str, int]) -> tuple[d
             if isinstance(frame, bytes) and frame[0] == MESSAGE_DATA:
                 subscription, _log_time = struct.unpack_from("<IQ", frame, 1)
                 payloads[subscriptions[subscription]].append(frame[13:])
-        return channels, payloads
+        return channels, payloads, old_client
     finally:
         await ws.close()
 
@@ -115,7 +126,7 @@ def test_a_websocket_client_sees_boxes_images_and_decisions_of_a_replay(tmp_path
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         topics = [ANNOTATIONS_CHANNEL, DECISIONS.name, IMAGE_CHANNEL]
-        channels, payloads = asyncio.run(watch(port, topics, {ANNOTATIONS_CHANNEL: 5, DECISIONS.name: 5,
+        channels, payloads, old_client = asyncio.run(watch(port, topics, {ANNOTATIONS_CHANNEL: 5, DECISIONS.name: 5,
                                                               IMAGE_CHANNEL: 1}))
         process.wait(timeout=30)  # the replay ends by itself once the drive has played
     finally:
@@ -123,6 +134,7 @@ def test_a_websocket_client_sees_boxes_images_and_decisions_of_a_replay(tmp_path
     output = log_path.read_text()
     assert process.returncode == 0, output[-3000:]
     assert output.count(f"live view on ws://127.0.0.1:{port}") == 1
+    assert old_client == 400  # foxglove.sdk.v1 only: as docs/LIVE_VIEW.md says, for the clients it names
 
     annotations_type = protobuf_class(channels[ANNOTATIONS_CHANNEL])
     annotations = [annotations_type.FromString(p) for p in payloads[ANNOTATIONS_CHANNEL]]
