@@ -42,7 +42,12 @@ def convert_to_ros2(recording: Path, out_dir: Path, class_names: list[str], stor
             writer.write(images, header.media_ns, store.serialize_cdr(message, images.msgtype))
             result.images += 1
         for topic, _, message in RecordingReader(recording).messages({DETECTIONS, DECISIONS}):
-            stamp = media.get(message.frame_id, message.media_ns if topic is DETECTIONS else 0)
+            if topic is DETECTIONS:
+                media.setdefault(message.frame_id, message.media_ns)  # a frame the recorder did not keep
+            stamp = media.get(message.frame_id)
+            if stamp is None:  # a decision of a frame nothing else of the recording places in time
+                result.unplaced += 1
+                continue
             if topic is DETECTIONS:
                 writer.write(detections, stamp, store.serialize_cdr(_detections(types, message, class_names, stamp),
                                                                       detections.msgtype))
@@ -116,8 +121,12 @@ def convert_main(argv: list[str] | None = None) -> int:
         print(f"convert: {exc}", file=sys.stderr)
         _remove(args.output)
         return 2
+    except BaseException:  # anything else (a bug, Ctrl-C): no half-written bag is left to pass for one
+        _remove(args.output)
+        raise
+    unplaced = f"; {result.unplaced} decisions left out: their frames are not in the recording" if result.unplaced else ""
     print(f"{args.output}: ROS 2 bag ({args.storage}), {result.images} images on {IMAGE_TOPIC}, {result.detections} "
-          f"Detection2DArray on {DETECTIONS_TOPIC}, {result.decisions} decisions on {DECISIONS_TOPIC}")
+          f"Detection2DArray on {DETECTIONS_TOPIC}, {result.decisions} decisions on {DECISIONS_TOPIC}{unplaced}")
     return 0
 
 

@@ -6,7 +6,8 @@ Earlier recordings differ in three ways, each converted: topic messages of wire 
 or RawImage: the JPEG bytes are kept as they are), and log times on the recording host's
 monotonic clock (now Unix time). The wall-clock time of a run recorded on a monotonic clock is not
 in the file: its last message is taken to have been written when the file was last modified, and
-every time moves by the same offset (their differences, the latencies, stay exact). The view
+every time moves by the same offset (their differences, the latencies, stay exact). A recording
+already in Unix time keeps its offset (its publish times less the captures they stamp). The view
 channels (/camera/annotations, /latency, /log) are derived again from the topics, as a new
 recording's are.
 """
@@ -25,56 +26,76 @@ from perception.topics import BY_NAME, FRAMES
 WALL_CLOCK_FLOOR_NS = 100_000_000 * 1_000_000_000
 
 
-def wall_offset_ns(path: Path) -> int:
-    """What to add to the log times of the recording at `path` for Unix time: 0 when they already
-    are; else the file's modification time less its last log time."""
+def survey(path: Path) -> tuple[int, str, bool]:
+    """(what to add to the run's clock for Unix time (see the module doc), the recording's image
+    format ("jpeg" or "raw"), whether its log times are Unix time already)."""
+    from perception.codec import decode, upgrade
     from perception.recording_reader import RecordingReader
+    from perception.visualization import IMAGE_CHANNEL
 
-    last = max((log_time for _, log_time, _ in RecordingReader(path, upgrade_older=True).records()), default=0)
-    return 0 if last >= WALL_CLOCK_FLOOR_NS else path.stat().st_mtime_ns - last
+    reader = RecordingReader(path, upgrade_older=True)
+    last, offset, image_format = 0, None, "jpeg"
+    for channel, log_time, data in reader.records():
+        last = max(last, log_time)
+        if channel == FRAMES.name and offset is None:
+            header = decode(upgrade(data))
+            if header.capture_ns > 0 and reader.publish_time > WALL_CLOCK_FLOOR_NS:
+                offset = reader.publish_time - header.capture_ns  # publish time = capture + the run's offset
+        elif channel == IMAGE_CHANNEL and image_format == "jpeg":
+            image_format = "jpeg" if reader.image(data)[0].get("format") == "jpeg" else "raw"
+    if last >= WALL_CLOCK_FLOOR_NS:
+        if offset is None:
+            raise RecordingError(f"recording {path}: in Unix time, but no frame says by how much (nothing to anchor on)")
+        return offset, image_format, True
+    return path.stat().st_mtime_ns - last, image_format, False
 
 
 def migrate(old: Path, new: Path, class_names: list[str]) -> dict[str, int]:
-    """Write the recording at `old` in the current format at `new`; returns messages written per channel."""
+    """Write the recording at `old` in the current format at `new`; returns messages written per channel.
+    RecordingError, one line naming `old`, for anything it cannot read; nothing is left at `new` then."""
     from perception.codec import decode, upgrade
     from perception.messages import FrameHeader
     from perception.recording_reader import RecordingReader, decode_image
     from perception.visualization import IMAGE_CHANNEL
 
-    offset = wall_offset_ns(old)
-    reader = RecordingReader(old, upgrade_older=True)
-    header: FrameHeader | None = None
-    writer: RecordingWriter | None = None
     try:
+        offset, image_format, unix_already = survey(old)
+    except RecordingError:
+        raise
+    except Exception as exc:  # a message or image of the old file that does not decode
+        raise RecordingError(f"recording {old}: cannot be migrated ({type(exc).__name__}: {exc})") from None
+    unix = offset if unix_already else 0  # the writer takes log times on the run's clock and adds the offset
+    writer = None
+    try:
+        writer = RecordingWriter(new, image_format, class_names=class_names, wall_offset_ns=offset)
+        reader = RecordingReader(old, upgrade_older=True)
+        header: FrameHeader | None = None
         for channel, log_time, data in reader.records():
+            log_time -= unix
             if channel == FRAMES.name:
                 header = decode(upgrade(data), expect=FrameHeader)
-                continue
-            if channel == IMAGE_CHANNEL and header is not None:
+            elif channel == IMAGE_CHANNEL and header is not None:
                 image, raw = reader.image(data)
-                if writer is None:  # the image format is known from the first frame
-                    fmt = "jpeg" if image.get("format") == "jpeg" else "raw"
-                    writer = RecordingWriter(new, fmt, class_names=class_names, wall_offset_ns=offset)
-                if writer.image_format == "jpeg":
+                if image.get("format") == "jpeg" and image_format == "jpeg":
                     writer.write_jpeg(header, raw, log_time)
                 else:
                     writer.write_frame(header, decode_image(image, raw), log_time)
                 header = None
-                continue
-            topic = BY_NAME.get(channel)
-            if topic is None:
-                continue  # a view channel: derived again from the topics
-            if writer is None:
-                writer = RecordingWriter(new, class_names=class_names, wall_offset_ns=offset)
-            writer.write(topic, decode(upgrade(data), expect=topic.message_type), log_time)
-    except ValueError as exc:  # a message of the old file that does not decode, upgraded or not
+            elif channel in BY_NAME:  # the view channels are derived again from the topics
+                writer.write(BY_NAME[channel], decode(upgrade(data), expect=BY_NAME[channel].message_type), log_time)
+        writer.close()
+    except Exception as exc:  # whatever the old file holds that does not convert: nothing half-written is left
         if writer is not None:
-            writer.close()
+            try:
+                writer.close()
+            except RecordingError:
+                pass  # it is removed all the same
         new.unlink(missing_ok=True)
-        raise RecordingError(f"recording {old}: cannot be migrated ({exc})") from None
-    if writer is None:
+        reason = str(exc) if isinstance(exc, RecordingError) else f"{type(exc).__name__}: {exc}"
+        raise RecordingError(f"recording {old}: cannot be migrated ({reason})") from None
+    if not writer.counts:
+        new.unlink(missing_ok=True)
         raise RecordingError(f"recording {old}: nothing in it to migrate")
-    writer.close()
     return dict(writer.counts)
 
 

@@ -53,7 +53,8 @@ def record_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perception record", description="record a drive (every topic) to MCAP")
     parser.add_argument("output", type=Path, help="the MCAP file to write")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--source", help="a video file, image folder, recording or stream URL (rtsp://, http://, udp://, ...)")
+    source.add_argument("--source", help="a video file, image folder, recording, ROS 2 bag directory or stream URL "
+                                         "(rtsp://, http://, udp://, ...)")
     source.add_argument("--camera", help="a camera: its OpenCV index (0) or V4L2 device path (/dev/video0)")
     parser.add_argument("--topic", help="a ROS 2 bag source: its image topic (default: the bag's only one)")
     parser.add_argument("--frames", type=int, default=None, help="stop after this many frames")
@@ -69,6 +70,8 @@ def record_main(argv: list[str] | None = None) -> int:
     recorder_params = {key: value for key, value in (("image_format", args.image_format), ("jpeg_quality", args.jpeg_quality),
                                                      ("min_free_mb", args.min_free_mb)) if value is not None}
     spec_source = camera_spec(args.camera) if args.camera is not None else source_spec(args.source, args.topic)
+    if args.topic is not None and spec_source["kind"] != "ros2":
+        parser.error(f"--topic {args.topic}: the source is no ROS 2 bag directory")
     # The recorder never overwrites a file (it would write NAME-1.mcap beside it), so an existing
     # output would leave this command reporting on the wrong file.
     if args.output.exists():

@@ -217,9 +217,11 @@ class RecordingWriter:
 
     def _add(self, channel: str, data: bytes, log_time_ns: int, message: Message) -> None:
         with self._writing():
+            # Publish time: the capture of the frame it descends from; before the first frame (a
+            # heartbeat, a status: capture_ns 0), its own log time.
+            published = message.capture_ns if message.capture_ns > 0 else log_time_ns
             self._writer.add_message(self._channels[channel], log_time=log_time_ns + self.wall_offset_ns, data=data,
-                                     publish_time=message.capture_ns + self.wall_offset_ns,
-                                     sequence=message.frame_id & 0xFFFFFFFF)
+                                     publish_time=published + self.wall_offset_ns, sequence=message.frame_id & 0xFFFFFFFF)
         self.counts[channel] = self.counts.get(channel, 0) + 1
 
     def write(self, topic: Topic, message: Message, log_time_ns: int) -> None:

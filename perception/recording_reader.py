@@ -39,6 +39,7 @@ class RecordingReader:
         self.truncated = False
         self.channel_schemas: dict = {}  # channel topic -> (message encoding, its mcap Schema record), as read
         self._image_class: type | None = None  # the protobuf class of /camera/image, once seen
+        self.publish_time = 0  # the MCAP publish time of the record records() yielded last
 
     def records(self) -> Iterator[tuple[str, int, bytes]]:
         """(channel topic, log_time_ns, data) in file order, up to the last complete record.
@@ -88,6 +89,7 @@ class RecordingReader:
                     self._check_format(record.topic, schemas.get(record.schema_id))
                     self.channel_schemas[record.topic] = (record.message_encoding, schemas.get(record.schema_id))
                 elif isinstance(record, McapMessage):
+                    self.publish_time = record.publish_time  # of the record yielded now
                     yield channels.get(record.channel_id, "?"), record.log_time, record.data
 
     def _check_format(self, channel: str, schema) -> None:  # noqa: ANN001 - an mcap Schema record or None
@@ -126,9 +128,9 @@ class RecordingReader:
         for header, image, raw in self.encoded_frames():
             with self._decoding(f"image of frame {header.frame_id}"):
                 pixels = decode_image(image, raw)
-                if pixels.shape[:2] != (header.height, header.width):
-                    raise ValueError(f"{pixels.shape[1]}x{pixels.shape[0]} pixels, its header says "
-                                     f"{header.width}x{header.height}")
+                if pixels.shape != (header.height, header.width, header.channels):
+                    raise ValueError(f"{pixels.shape[1]}x{pixels.shape[0]}x{pixels.shape[2]} pixels, its header says "
+                                     f"{header.width}x{header.height}x{header.channels}")
             yield header, pixels
 
     def encoded_frames(self) -> Iterator[tuple[FrameHeader, dict, bytes]]:
@@ -153,7 +155,10 @@ class RecordingReader:
             if schema is None or schema.name not in ("foxglove.CompressedImage", "foxglove.RawImage"):
                 raise ValueError(f"a protobuf image channel of schema {getattr(schema, 'name', None)!r}")
             if self._image_class is None:
-                self._image_class = protobuf_class(schema)
+                try:
+                    self._image_class = protobuf_class(schema)
+                except Exception as exc:  # protobuf's own errors for a damaged FileDescriptorSet
+                    raise ValueError(f"its {schema.name} schema does not parse ({type(exc).__name__})") from None
             try:
                 message = self._image_class.FromString(data)
             except Exception as exc:  # protobuf's DecodeError: not a ValueError
@@ -192,14 +197,20 @@ def protobuf_class(schema) -> type:  # noqa: ANN001 - an mcap Schema record (enc
 def decode_image(image: dict, raw: bytes) -> np.ndarray:
     """The pixels of a foxglove.CompressedImage (JPEG) or foxglove.RawImage (bgr8) message, `raw` its bytes."""
     if image.get("format") == "jpeg":
-        pixels = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+        try:
+            pixels = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
+        except cv2.error:
+            pixels = None
         if pixels is None:
             raise ValueError("not a decodable JPEG")
         return pixels
+    if image.get("encoding", "bgr8") != "bgr8" or image["step"] != image["width"] * 3:
+        raise ValueError(f"a raw image of encoding {image.get('encoding')!r}, step {image['step']} for width "
+                         f"{image['width']}: this reader takes bgr8 rows without padding, as the recorder writes them")
     expected = image["height"] * image["step"]
     if len(raw) != expected:
         raise ValueError(f"{len(raw)} bytes of pixels, expected {expected}")
-    return np.frombuffer(raw, np.uint8).reshape(image["height"], image["width"], -1).copy()
+    return np.frombuffer(raw, np.uint8).reshape(image["height"], image["width"], 3).copy()
 
 
 def _describe(exc: BaseException) -> str:

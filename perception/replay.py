@@ -26,6 +26,7 @@ from pathlib import Path
 
 from perception.config import ConfigError, command_line_overrides
 from perception.detection.builder import DetectorSettings
+from perception.ros2bag import is_ros2_bag
 from perception.node_replay import by_frame, replay_node
 from perception.pipeline import count_recorded_frames, pipeline_launch, run_pipeline, with_live_view
 from perception.report import Collected, build_report, format_report, write_outputs
@@ -89,7 +90,7 @@ def load_rows(path: Path) -> list[dict]:
 
 def replay_source(path: Path, topic: str | None) -> tuple[dict, int]:
     """(capture source, frames in it) of a drive to replay: this project's recording, or a ROS 2 bag."""
-    from perception.ros2bag import choose_topic, image_topics, is_ros2_bag
+    from perception.ros2bag import choose_topic, image_topics
 
     if is_ros2_bag(path):
         topic = choose_topic(path, topic)
@@ -128,6 +129,8 @@ def replay_main(argv: list[str] | None = None) -> int:
     decision = command_line_overrides(args.decision, "--decision", DecisionConfig)
     detector = command_line_overrides(args.detector, "--detector", DetectorSettings)
     if args.node is not None:
+        if is_ros2_bag(args.recording):
+            parser.error(f"--node {args.node}: a ROS 2 bag holds no recorded node outputs to replay a node on")
         return _replay_node(args.recording, args.node, {"decision": decision, "detector": detector}.get(args.node, {}))
     try:
         speed = 1.0 if deterministic else float(args.speed)

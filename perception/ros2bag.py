@@ -123,7 +123,10 @@ def choose_topic(path: Path, topic: str | None) -> str:
 def decode_image(message: Any, msgtype: str) -> np.ndarray:
     """A sensor_msgs image as an HxWx3 BGR uint8 frame; ValueError (one line) for what it cannot be."""
     if msgtype == "sensor_msgs/msg/CompressedImage":
-        frame = cv2.imdecode(np.asarray(message.data, np.uint8), cv2.IMREAD_COLOR)
+        try:
+            frame = cv2.imdecode(np.asarray(message.data, np.uint8), cv2.IMREAD_COLOR) if len(message.data) else None
+        except cv2.error:
+            frame = None
         if frame is None:
             raise ValueError(f"a CompressedImage ({message.format}) that does not decode")
         return frame
@@ -140,11 +143,10 @@ def decode_image(message: Any, msgtype: str) -> np.ndarray:
     return cv2.cvtColor(pixels, conversion) if conversion is not None else np.ascontiguousarray(pixels)
 
 
-def stamp_ns(message: Any, bag_ns: int) -> int:
-    """The message's header stamp in ns, or the bag's receive time where the stamp was never set."""
+def header_stamp_ns(message: Any) -> int:
+    """The message's header stamp in ns (0: never set)."""
     stamp = message.header.stamp
-    ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-    return ns if ns > 0 else int(bag_ns)
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def image_messages(path: Path, topic: str) -> Iterator[tuple[int, Any, str]]:
@@ -177,3 +179,4 @@ class ConvertResult:
     images: int = 0
     detections: int = 0
     decisions: int = 0
+    unplaced: int = 0  # decisions of frames the recording has neither a frame header nor detections of

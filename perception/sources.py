@@ -240,8 +240,10 @@ class RecordingSource(FrameSource):
 
 
 class Ros2BagSource(FrameSource):
-    """Frames of a ROS 2 bag's image topic (perception.ros2bag), each at its header stamp. A message
-    that does not decode is counted in bad_frames and skipped."""
+    """Frames of a ROS 2 bag's image topic (perception.ros2bag), each at its header stamp, or at the
+    bag's receive time when the first message's stamp was never set (one clock for the whole bag:
+    stamps from two clocks would make the timeline jump). A message that does not decode, or whose
+    stamp is unset where the bag's others are set, is counted in bad_frames and skipped."""
 
     def __init__(self, path: Path, topic: str | None) -> None:
         from perception.ros2bag import Ros2BagError, choose_topic, image_messages, is_ros2_bag
@@ -255,10 +257,11 @@ class Ros2BagSource(FrameSource):
         self.path = Path(path)
         self._messages = image_messages(self.path, self.topic)
         self._delivered = 0
+        self._header_stamps: bool | None = None  # decided by the first message
         self.description = f"ROS 2 bag {self.path.name} {self.topic}"
 
     def read(self, out: np.ndarray | None = None) -> tuple[np.ndarray, int] | None:
-        from perception.ros2bag import Ros2BagError, decode_image, stamp_ns
+        from perception.ros2bag import Ros2BagError, decode_image, header_stamp_ns
 
         try:
             for bag_ns, message, msgtype in self._messages:
@@ -266,12 +269,20 @@ class Ros2BagSource(FrameSource):
                     if isinstance(message, Exception):
                         raise ValueError(f"a message that does not deserialize ({message})")
                     frame = decode_image(message, msgtype)
+                    stamp = header_stamp_ns(message)
+                    if self._header_stamps is None:
+                        self._header_stamps = stamp > 0
+                        if not self._header_stamps:
+                            log.warning("%s: its first image has no header stamp: the bag's receive times are "
+                                        "the media times", self.description)
+                    if self._header_stamps and stamp <= 0:
+                        raise ValueError("an image without a header stamp among stamped ones")
                 except ValueError as exc:
                     self.bad_frames += 1
                     log.warning("%s: skipped %s at bag time %d", self.description, exc, bag_ns)
                     continue
                 self._delivered += 1
-                return frame, stamp_ns(message, bag_ns)
+                return frame, stamp if self._header_stamps else int(bag_ns)
         except Ros2BagError as exc:
             raise SourceError(str(exc)) from None
         if not self._delivered:

@@ -37,6 +37,12 @@ def schema4(message_type) -> bytes:  # noqa: ANN001
     return json.dumps(schema).encode()
 
 
+def old_channel(writer, topic: str, message_type) -> int:  # noqa: ANN001
+    """A topic channel as an earlier build registered it: JSON, its wire-format-4 schema."""
+    return writer.register_channel(topic, "json", writer.register_schema(
+        f"perception.{message_type.__name__}", "jsonschema", schema4(message_type)))
+
+
 def write_old_recording(path, frames: int = 3) -> list[bytes]:  # noqa: ANN001
     """A recording as an earlier build wrote it; returns its JPEGs."""
     from mcap.writer import Writer
@@ -45,12 +51,10 @@ def write_old_recording(path, frames: int = 3) -> list[bytes]:  # noqa: ANN001
     with open(path, "wb") as f:
         writer = Writer(f)
         writer.start()
-        frames_channel = writer.register_channel("/frames", "json", writer.register_schema(
-            "perception.FrameHeader", "jsonschema", schema4(FrameHeader)))
+        frames_channel = old_channel(writer, "/frames", FrameHeader)
         image_channel = writer.register_channel("/camera/image", "json", writer.register_schema(
             "foxglove.CompressedImage", "jsonschema", b'{"type": "object"}'))
-        decisions = writer.register_channel("/decisions", "json", writer.register_schema(
-            "perception.Decision", "jsonschema", schema4(Decision)))
+        decisions = old_channel(writer, "/decisions", Decision)
         for i in range(1, frames + 1):
             pixels = np.full((48, 64, 3), 40 * i, np.uint8)
             jpeg = cv2.imencode(".jpg", pixels)[1].tobytes()
@@ -107,3 +111,67 @@ def test_a_recording_already_current_migrates_to_the_same_messages_and_frames(tm
         [(h, raw) for h, _, raw in RecordingReader(source).encoded_frames()]
     # Its log times already Unix time: kept as they were.
     assert [t for _, t, _ in RecordingReader(new).messages()] == [t for _, t, _ in RecordingReader(source).messages()]
+
+
+def test_migrating_a_current_recording_keeps_its_publish_times_and_latencies(tmp_path):
+    from mcap.reader import make_reader
+
+    def times(path):  # noqa: ANN001, ANN202
+        with open(path, "rb") as f:
+            return [(c.topic, m.log_time, m.publish_time, m.data if c.topic == "/latency" else b"")
+                    for _, c, m in make_reader(f).iter_messages(log_time_order=False)]
+
+    source, new = REPO / "recordings" / "udacity_approach.mcap", tmp_path / "again.mcap"
+    subprocess.run([sys.executable, "-m", "perception.cli", "migrate", str(source), str(new)], check=True,
+                   capture_output=True, timeout=120)
+    assert times(new) == times(source)
+
+
+def test_a_raw_recording_migrates_to_raw_frames(tmp_path):
+    """Its first message a topic, as a pipeline recording's is: the image format comes from its images."""
+    from mcap.writer import Writer
+
+    old, new = tmp_path / "old.mcap", tmp_path / "new.mcap"
+    pixels = np.arange(48 * 64 * 3, dtype=np.uint8).reshape(48, 64, 3)
+    with open(old, "wb") as f:
+        writer = Writer(f)
+        writer.start()
+        decisions = old_channel(writer, "/decisions", Decision)
+        frames = old_channel(writer, "/frames", FrameHeader)
+        images = writer.register_channel("/camera/image", "json", writer.register_schema(
+            "foxglove.RawImage", "jsonschema", b'{"type": "object"}'))
+        writer.add_message(decisions, log_time=BOOT_NS, publish_time=BOOT_NS, data=wire4(Decision(
+            frame_id=1, capture_ns=BOOT_NS, action=Action.BRAKE, reason=Reason.DEADLINE_MISS, decided_by="watchdog")))
+        header = FrameHeader(frame_id=1, capture_ns=BOOT_NS, media_ns=0, width=64, height=48, channels=3,
+                             transport=FrameTransport.INLINE)
+        writer.add_message(frames, log_time=BOOT_NS + 1, publish_time=BOOT_NS, data=wire4(header))
+        image = {"width": 64, "height": 48, "encoding": "bgr8", "step": 192, "data": base64.b64encode(pixels.tobytes()).decode()}
+        writer.add_message(images, log_time=BOOT_NS + 1, publish_time=BOOT_NS, data=json.dumps(image).encode())
+        writer.finish()
+    result = subprocess.run([sys.executable, "-m", "perception.cli", "migrate", str(old), str(new)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    ((_, migrated),) = list(RecordingReader(new).frames())
+    assert np.array_equal(migrated, pixels)
+
+
+@pytest.mark.parametrize("image", [b'{"format": "jpeg"}', b"[1, 2]"], ids=["no-data", "a-list"])
+def test_an_old_recording_it_cannot_convert_is_one_line_and_leaves_no_output(tmp_path, image):
+    from mcap.writer import Writer
+
+    old, new = tmp_path / "old.mcap", tmp_path / "new.mcap"
+    with open(old, "wb") as f:
+        writer = Writer(f)
+        writer.start()
+        frames = old_channel(writer, "/frames", FrameHeader)
+        images = writer.register_channel("/camera/image", "json", 0)
+        header = FrameHeader(frame_id=1, capture_ns=BOOT_NS, media_ns=0, width=64, height=48, channels=3,
+                             transport=FrameTransport.INLINE)
+        writer.add_message(frames, log_time=BOOT_NS, publish_time=BOOT_NS, data=wire4(header))
+        writer.add_message(images, log_time=BOOT_NS, publish_time=BOOT_NS, data=image)
+        writer.finish()
+    result = subprocess.run([sys.executable, "-m", "perception.cli", "migrate", str(old), str(new)],
+                            capture_output=True, text=True, timeout=60)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"migrate: recording {old}: "), result.stderr
+    assert not new.exists()

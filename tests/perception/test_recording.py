@@ -14,7 +14,7 @@ import pytest
 
 from helpers import REPO, run_python, wait_for
 from perception.messages import WIRE_VERSION, FrameHeader, FrameTransport
-from perception.codec import encode
+from perception.codec import encode, json_schema
 from perception.latency import now_ns
 from perception.recording import RecordingError, RecordingWriter
 from perception.recording_reader import RecordingReader
@@ -505,3 +505,46 @@ def test_a_drive_recorded_through_the_pipeline_draws_its_detections(tmp_path):
     x1, y1, x2, y2 = found.boxes[0].tolist()
     assert [(p.x, p.y) for p in drawn.points[0].points] == [(x1, y1), (x2, y1), (x2, y2), (x1, y2)]
     assert drawn.texts[0].text.startswith(f"car {found.scores[0]:.2f}")
+
+
+def test_pixels_that_disagree_with_their_frame_header_are_refused_when_written(tmp_path):
+    header = FrameHeader(frame_id=1, capture_ns=1, media_ns=0, width=64, height=48, channels=3,
+                         transport=FrameTransport.INLINE)
+    with RecordingWriter(tmp_path / "drive.mcap") as writer:
+        with pytest.raises(RecordingError, match=r"frame 1 is \(24, 64, 3\), its header says 48x64x3"):
+            writer.write_frame(header, np.zeros((24, 64, 3), np.uint8), log_time_ns=1)
+
+
+def protobuf_image_recording(path: Path, image: bytes, schema=None) -> Path:  # noqa: ANN001
+    """A recording of one frame whose /camera/image is `image`, a protobuf foxglove.RawImage by default schema."""
+    from mcap.writer import Writer
+    import foxglove.messages as fg
+
+    schema = schema or fg.RawImage.get_schema()
+    header = FrameHeader(frame_id=1, capture_ns=1, media_ns=0, width=6, height=4, channels=3, transport=FrameTransport.INLINE)
+    with open(path, "wb") as f:
+        writer = Writer(f)
+        writer.start()
+        frames = writer.register_channel("/frames", "json", writer.register_schema(
+            "perception.FrameHeader", "jsonschema", json.dumps(json_schema(FrameHeader)).encode()))
+        images = writer.register_channel("/camera/image", "protobuf", writer.register_schema(schema.name, "protobuf", schema.data))
+        writer.add_message(frames, log_time=1, publish_time=1, data=encode(header))
+        writer.add_message(images, log_time=1, publish_time=1, data=image)
+        writer.finish()
+    return path
+
+
+@pytest.mark.parametrize("case", ["garbage", "two-channels", "bad-schema"])
+def test_a_protobuf_image_that_is_damaged_or_not_bgr8_is_one_line(tmp_path, case):
+    """What a damaged or foreign recording may hold on /camera/image; it crashed the capture node
+    (a 4x6x2 frame) or raised protobuf's own error (found in review)."""
+    import foxglove.messages as fg
+    from mcap.records import Schema
+
+    image = {"garbage": b"\xff\xff\xff\xff",
+             "two-channels": fg.RawImage(width=6, height=4, encoding="mono16", step=12, data=bytes(48)).encode(),
+             "bad-schema": b""}[case]
+    schema = Schema(id=1, name="foxglove.RawImage", encoding="protobuf", data=b"\x0a\xff") if case == "bad-schema" else None
+    path = protobuf_image_recording(tmp_path / f"{case}.mcap", image, schema)
+    with pytest.raises(RecordingError, match=rf"recording {re.escape(str(path))}: bad image of frame 1 \("):
+        list(RecordingReader(path).frames())

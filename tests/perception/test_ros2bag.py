@@ -5,6 +5,7 @@ without images is one line listing what it has."""
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 
@@ -93,15 +94,40 @@ def test_raw_images_become_bgr_frames_at_their_header_stamps_and_a_bad_one_is_co
     depth = np.zeros((4, 6), np.uint16)
     bag = tmp_path / "bag"
     write_image_bag(bag, [(1_700_000_000_000_000_000, "rgb8", rgb), (1_700_000_000_050_000_000, "16UC1", depth),
-                          (0, "mono8", mono)])
+                          (0, "mono8", mono), (1_700_000_000_150_000_000, "mono8", mono)])
     with pytest.raises(SourceError, match=r"2 image topics, choose one with --topic \(its topics: /cam \(sensor_msgs/msg/Image\), "
                                           r"/cam2 \(sensor_msgs/msg/CompressedImage\)\)"):
         Ros2BagSource(bag, None)
     source = Ros2BagSource(bag, "/cam")
     first, second, end = source.read(), source.read(), source.read()
     assert first[1] == 1_700_000_000_000_000_000 and first[0][0, 0].tolist() == [0, 0, 200]  # BGR
-    assert second[1] == 3000 and second[0][0, 0].tolist() == [77, 77, 77]  # stamp 0: the bag's receive time
-    assert end is None and source.bad_frames == 1  # 16UC1, said in the log
+    assert second[1] == 1_700_000_000_150_000_000 and second[0][0, 0].tolist() == [77, 77, 77]
+    # 16UC1, and an image without a stamp among stamped ones (a second clock): both skipped, said in the log
+    assert end is None and source.bad_frames == 2
+
+
+def test_a_bag_whose_images_carry_no_stamps_runs_on_its_receive_times(tmp_path):
+    mono = np.full((4, 6), 77, np.uint8)
+    bag = tmp_path / "bag"
+    write_image_bag(bag, [(0, "mono8", mono), (0, "mono8", mono), (1_700_000_000_000_000_000, "mono8", mono)])
+    source = Ros2BagSource(bag, "/cam")
+    assert [source.read()[1] for _ in range(3)] == [1000, 2000, 3000]  # one clock for the bag: its own
+    assert source.read() is None and source.bad_frames == 0
+
+
+def test_a_compressed_image_without_bytes_is_counted_and_skipped(tmp_path):
+    store = typestore()
+    types = store.types
+    bag = tmp_path / "bag"
+    with rosbags.rosbag2.Writer(bag, version=8) as writer:
+        connection = writer.add_connection("/cam", "sensor_msgs/msg/CompressedImage", typestore=store)
+        for bag_ns, data in ((1, b""), (2, cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())):
+            header = types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id="")
+            message = types["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg", data=np.frombuffer(data, np.uint8))
+            writer.write(connection, bag_ns, store.serialize_cdr(message, connection.msgtype))
+    source = Ros2BagSource(bag, None)
+    frame, stamp = source.read()
+    assert frame.shape == (8, 8, 3) and stamp == 2 and source.bad_frames == 1
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
