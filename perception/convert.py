@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from perception.cli_args import add_classes_argument, output_taken, read_classes
+from perception.detection.classes import class_name
 from perception.recording import RecordingError
 from perception.ros2bag import (
     CAMERA_FRAME, DECISIONS_TOPIC, DETECTIONS_TOPIC, IMAGE_TOPIC, ConvertResult, Ros2BagError, rosbags_modules, typestore,
@@ -72,10 +73,6 @@ def _bbox(types, box) -> object:  # noqa: ANN001
     return types["vision_msgs/msg/BoundingBox2D"](center=center, size_x=x2 - x1, size_y=y2 - y1)
 
 
-def _name(class_names: list[str], class_id: int) -> str:
-    return class_names[class_id] if 0 <= class_id < len(class_names) else str(class_id)
-
-
 def _detections(types, message, class_names: list[str], stamp: int):  # noqa: ANN001, ANN202
     pose = types["geometry_msgs/msg/PoseWithCovariance"](
         pose=types["geometry_msgs/msg/Pose"](position=types["geometry_msgs/msg/Point"](x=0.0, y=0.0, z=0.0),
@@ -86,7 +83,7 @@ def _detections(types, message, class_names: list[str], stamp: int):  # noqa: AN
         types["vision_msgs/msg/Detection2D"](
             header=_header(types, stamp),
             results=[types["vision_msgs/msg/ObjectHypothesisWithPose"](
-                hypothesis=types["vision_msgs/msg/ObjectHypothesis"](class_id=_name(class_names, int(c)), score=float(s)),
+                hypothesis=types["vision_msgs/msg/ObjectHypothesis"](class_id=class_name(class_names, int(c)), score=float(s)),
                 pose=pose)],
             bbox=_bbox(types, box), id=str(int(t)) if t else "")
         for box, s, c, t in zip(message.boxes, message.scores, message.class_ids, track_ids)]
@@ -98,7 +95,7 @@ def _decision(types, message, class_names: list[str], stamp: int):  # noqa: ANN0
     return types["perception_msgs/msg/Decision"](
         header=_header(types, stamp), frame_id=message.frame_id, action=message.action.name, reason=message.reason.name,
         decided_by=message.decided_by, detail=message.detail, failsafe=message.failsafe,
-        target_class=_name(class_names, target.class_id) if target else "",
+        target_class=class_name(class_names, target.class_id) if target else "",
         target_score=float(target.score) if target else 0.0,
         target_bbox=_bbox(types, target.box if target else (0, 0, 0, 0)),
         time_to_collision_s=float(target.ttc_s) if target and target.ttc_s != float("inf") else -1.0)

@@ -24,6 +24,7 @@ from typing import Annotated
 import numpy as np
 
 from perception.config import ConfigError, Fraction, Length, Range, ScoreThreshold, check_ranges
+from perception.detection.classes import shown_classes
 
 from perception.messages import Action, Decision, Detections, Reason, Stamp, Target
 
@@ -85,8 +86,7 @@ def decision_maker(rules: DecisionRules, class_names: list[str], name: str = "de
     try:
         return DecisionMaker(rules, class_names, name)
     except ValueError as exc:
-        shown = ", ".join(class_names[:12]) + (f" and {len(class_names) - 12} more" if len(class_names) > 12 else "")
-        raise ConfigError(f"rules.classes: {exc} (its classes: {shown})") from None
+        raise ConfigError(f"rules.classes: {exc} (its classes: {shown_classes(class_names)})") from None
 
 
 def polygon_area(polygon: np.ndarray) -> float:

@@ -34,15 +34,16 @@ def survey(path: Path) -> tuple[int, str, bool]:
     from perception.visualization import IMAGE_CHANNEL
 
     reader = RecordingReader(path, upgrade_older=True)
-    last, offset, image_format = 0, None, "jpeg"
+    last, offset, image_format = 0, None, None
     for channel, log_time, data in reader.records():
         last = max(last, log_time)
         if channel == FRAMES.name and offset is None:
             header = decode(upgrade(data))
             if header.capture_ns > 0 and reader.publish_time > WALL_CLOCK_FLOOR_NS:
                 offset = reader.publish_time - header.capture_ns  # publish time = capture + the run's offset
-        elif channel == IMAGE_CHANNEL and image_format == "jpeg":
+        elif channel == IMAGE_CHANNEL and image_format is None:  # one image says it: a recording has one format
             image_format = "jpeg" if reader.image(data)[0].get("format") == "jpeg" else "raw"
+    image_format = image_format or "jpeg"
     if last >= WALL_CLOCK_FLOOR_NS:
         if offset is None:
             raise RecordingError(f"recording {path}: in Unix time, but no frame says by how much (nothing to anchor on)")
@@ -58,15 +59,10 @@ def migrate(old: Path, new: Path, class_names: list[str]) -> dict[str, int]:
     from perception.recording_reader import RecordingReader, decode_image
     from perception.visualization import IMAGE_CHANNEL
 
-    try:
-        offset, image_format, unix_already = survey(old)
-    except RecordingError:
-        raise
-    except Exception as exc:  # a message or image of the old file that does not decode
-        raise RecordingError(f"recording {old}: cannot be migrated ({type(exc).__name__}: {exc})") from None
-    unix = offset if unix_already else 0  # the writer takes log times on the run's clock and adds the offset
     writer = None
     try:
+        offset, image_format, unix_already = survey(old)
+        unix = offset if unix_already else 0  # the writer takes log times on the run's clock and adds the offset
         writer = RecordingWriter(new, image_format, class_names=class_names, wall_offset_ns=offset)
         reader = RecordingReader(old, upgrade_older=True)
         header: FrameHeader | None = None
@@ -85,6 +81,8 @@ def migrate(old: Path, new: Path, class_names: list[str]) -> dict[str, int]:
                 writer.write(BY_NAME[channel], decode(upgrade(data), expect=BY_NAME[channel].message_type), log_time)
         writer.close()
     except Exception as exc:  # whatever the old file holds that does not convert: nothing half-written is left
+        if writer is None and isinstance(exc, RecordingError):
+            raise  # the old file refused as it was read, nothing written yet: its own line
         if writer is not None:
             try:
                 writer.close()

@@ -17,9 +17,10 @@ import cv2
 import numpy as np
 
 from perception.cli_args import add_classes_argument, read_classes
+from perception.detection.classes import class_name
 from perception.messages import Action, Decision, Detections
 from perception.recording import RecordingError
-from perception.topics import DECISIONS, DETECTIONS
+from perception.topics import DECISIONS, DETECTIONS, FRAMES
 
 ACTION_COLOURS = {Action.PROCEED: (60, 160, 40), Action.SLOW: (0, 170, 240), Action.BRAKE: (40, 40, 220)}  # BGR
 NO_DECISION_COLOUR = (110, 110, 110)
@@ -37,9 +38,15 @@ class FrameOutputs:
     failsafes: list[Decision] = field(default_factory=list)
 
 
-def outputs_by_frame(reader) -> dict[int, FrameOutputs]:  # noqa: ANN001 - a RecordingReader
+def outputs_by_frame(reader) -> tuple[dict[int, FrameOutputs], list[int]]:  # noqa: ANN001 - a RecordingReader
+    """What the pipeline published per frame, and the recorded frames' media times (in one pass,
+    without decoding a single image)."""
     frames: dict[int, FrameOutputs] = {}
-    for topic, _, message in reader.messages({DETECTIONS, DECISIONS}):
+    media_ns: list[int] = []
+    for topic, _, message in reader.messages({FRAMES, DETECTIONS, DECISIONS}):
+        if topic is FRAMES:
+            media_ns.append(message.media_ns)
+            continue
         entry = frames.setdefault(message.frame_id, FrameOutputs())
         if topic is DETECTIONS:
             entry.detections = message
@@ -47,7 +54,7 @@ def outputs_by_frame(reader) -> dict[int, FrameOutputs]:  # noqa: ANN001 - a Rec
             entry.failsafes.append(message)
         else:
             entry.decision = message
-    return frames
+    return frames, media_ns
 
 
 def frame_rate(media_ns: list[int]) -> float:
@@ -67,8 +74,7 @@ def draw(frame: np.ndarray, frame_id: int, outputs: FrameOutputs, class_names: l
         track_ids = detections.track_ids if detections.track_ids is not None else np.zeros(len(detections.boxes), np.uint32)
         for box, score, class_id, track in zip(detections.boxes, detections.scores, detections.class_ids, track_ids):
             x1, y1, x2, y2 = (int(round(v)) for v in box)
-            name = class_names[class_id] if class_id < len(class_names) else str(class_id)
-            label = f"{name} {score:.2f}" + (f" #{track}" if track else "")
+            label = f"{class_name(class_names, class_id)} {score:.2f}" + (f" #{track}" if track else "")
             cv2.rectangle(image, (x1, y1), (x2, y2), BOX_COLOUR, thickness)
             _label(image, label, (x1, y1), 0.45 * scale, BOX_COLOUR, (0, 0, 0), above=True)
     decision = outputs.decision or (outputs.failsafes[0] if outputs.failsafes else None)
@@ -116,11 +122,10 @@ def render(recording: Path, output: Path, class_names: list[str], fps: float | N
     for an unreadable recording, OSError for a video that cannot be written."""
     from perception.recording_reader import RecordingReader
 
-    outputs = outputs_by_frame(RecordingReader(recording))
-    headers = [header for header, _ in RecordingReader(recording).frames()]  # the rate, before the first write
-    if not headers:
+    outputs, media_ns = outputs_by_frame(RecordingReader(recording))  # the rate, before the first write
+    if not media_ns:
         raise RecordingError(f"recording {recording}: no frames in it")
-    rate = fps or frame_rate([h.media_ns for h in headers])
+    rate = fps or frame_rate(media_ns)
     writer = None
     written = 0
     try:

@@ -2,8 +2,8 @@
 
 In: a ROS 2 bag directory (metadata.yaml beside sqlite3 or MCAP storage) whose chosen topic carries
 `sensor_msgs/msg/Image` or `CompressedImage` is a frame source (Ros2BagSource): each frame keeps its
-header stamp (the bag's receive time where the stamp is 0) as its media time, so a drive recorded
-from a bag, and a replay of it, run on the bag's own timeline.
+header stamp as its media time (the bag's receive times for a bag whose first image has no stamp:
+one clock per bag), so a drive recorded from a bag, and a replay of it, run on the bag's own timeline.
 
 Out: convert_to_ros2 writes a recording's frames (`sensor_msgs/msg/CompressedImage`, the recorded
 JPEG bytes as they are), its detections (`vision_msgs/msg/Detection2DArray`: class names as

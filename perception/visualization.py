@@ -20,6 +20,7 @@ import socket
 from typing import TYPE_CHECKING, Sequence
 
 from perception.latency import stage_durations_ns
+from perception.detection.classes import class_name
 from perception.messages import LEVEL_PROPAGATE, Control, Decision, Detections, SystemState, WatchdogStatus
 from perception.topics import CONTROL, DECISIONS, DETECTIONS, WATCHDOG_STATUS, Topic
 
@@ -75,7 +76,7 @@ def image_annotations(detections: Detections, class_names: Sequence[str], min_sc
         points.append(fg.PointsAnnotation(
             timestamp=stamp, type=fg.PointsAnnotationType.LineLoop, outline_color=colour, thickness=2.0,
             points=[fg.Point2(x=x1, y=y1), fg.Point2(x=x2, y=y1), fg.Point2(x=x2, y=y2), fg.Point2(x=x1, y=y2)]))
-        name = class_names[class_id] if class_id < len(class_names) else str(int(class_id))
+        name = class_name(class_names, class_id)
         label = f"{name} {score:.2f}" + (f" #{int(track_id)}" if track_id else "")
         texts.append(fg.TextAnnotation(timestamp=stamp, position=fg.Point2(x=x1, y=max(y1 - 4.0, 12.0)), text=label,
                                        font_size=14.0, text_color=colour,

@@ -13,6 +13,7 @@ import numpy as np
 from perception.config import (
     ConfigError, Range, ScoreThreshold, check_ranges, command_line_overrides, from_mapping, load_yaml, set_key,
 )
+from perception.detection.classes import shown_classes
 from perception.detection.frames import FrameDetector
 from perception.detection.manifest import WEIGHTS_DIR, Manifest, load_manifest
 from perception.detection.network import StagedNetwork
@@ -74,8 +75,7 @@ def check_settings(settings: DetectorSettings) -> Manifest:
         RiskRules.of(settings.risk, manifest.class_names())
     except ValueError as exc:
         names = manifest.class_names()
-        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
-        raise ConfigError(f"risk.rules: {exc} {settings.model.name} (its classes: {shown}); set risk.rules.classes "
+        raise ConfigError(f"risk.rules: {exc} {settings.model.name} (its classes: {shown_classes(names)}); set risk.rules.classes "
                           "and the decision node's rules.classes to classes it has") from None
     return manifest
 

@@ -16,6 +16,17 @@ def read_class_names(path: Path) -> list[str]:
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def class_name(class_names: list[str], class_id: int) -> str:
+    """The name of `class_id`, or the id itself where the list has no name for it."""
+    return class_names[class_id] if 0 <= class_id < len(class_names) else str(int(class_id))
+
+
+def shown_classes(class_names: list[str], limit: int = 12) -> str:
+    """A class list as an error line shows it: the first `limit` names, and how many more."""
+    extra = len(class_names) - limit
+    return ", ".join(class_names[:limit]) + (f" and {extra} more" if extra > 0 else "")
+
+
 def detections_class_names(from_model: list[str], classes_file: Path | None) -> list[str]:
     """The names of the class ids in the detections a node reads: `from_model`, the class names of the
     detector's model the launcher found in the graph (node.class_names), else `classes_file`, else

@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 
 from perception.config import ConfigError
+from perception.detection.classes import shown_classes
 from perception.detection.network import StagedNetwork
 from perception.evaluation.coco_ap import APResult, Detection, GroundTruth, evaluate
 from perception.latency import now_ns, percentiles_ms
@@ -38,7 +39,7 @@ def load_annotations(path: Path, class_names: list[str]) -> Annotations:
         missing = [c["name"] for c in data["categories"] if c["name"] not in class_names]
         if missing:
             raise ConfigError(f"{path}: annotates {', '.join(map(str, missing))}, which the detector's model has no "
-                              f"class for (its classes: {', '.join(class_names[:12])}{', ...' if len(class_names) > 12 else ''})")
+                              f"class for (its classes: {shown_classes(class_names)})")
         category_for_class = {class_names.index(c["name"]): int(c["id"]) for c in data["categories"]}
         truths = [GroundTruth(int(a["image_id"]), int(a["category_id"]), tuple(map(float, a["bbox"])), bool(a.get("iscrowd", 0)))
                   for a in data["annotations"]]

@@ -17,7 +17,7 @@ from perception.messages import WIRE_VERSION, FrameHeader, FrameTransport
 from perception.codec import encode, json_schema
 from perception.latency import now_ns
 from perception.recording import RecordingError, RecordingWriter
-from perception.recording_reader import RecordingReader
+from perception.recording_reader import RecordingReader, protobuf_class
 from perception.sources import read_frame_index, write_frame_index
 from perception.topics import DECISIONS, FRAMES, TOPICS
 from samples import all_messages
@@ -374,16 +374,6 @@ def mcap_messages(path: Path) -> tuple[dict, list]:
         summary = reader.get_summary()
         channels = {c.topic: (c.message_encoding, summary.schemas[c.schema_id]) for c in summary.channels.values()}
         return channels, [(c.topic, m.log_time, m) for _, c, m in reader.iter_messages(log_time_order=False)]
-
-
-def protobuf_class(schema):
-    """The message class a protobuf channel's schema (a FileDescriptorSet) describes, as Foxglove builds it."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    pool = descriptor_pool.DescriptorPool()
-    for file in descriptor_pb2.FileDescriptorSet.FromString(schema.data).file:  # dependencies first
-        pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(schema.name))
 
 
 def test_the_bundled_drive_reads_with_the_standard_mcap_reader_as_foxglove_expects():
