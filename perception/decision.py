@@ -96,36 +96,45 @@ def polygon_area(polygon: np.ndarray) -> float:
 
 
 def fraction_in_polygon(x1: float, x2: float, y: float, polygon: np.ndarray, samples: int = 9) -> float:
-    """Fraction of the horizontal segment (x1..x2, y) inside the polygon, its boundary included.
+    """Fraction of the horizontal segment (x1..x2, y) inside the polygon, its boundary included."""
+    return float(fractions_in_polygon(np.array([x1]), np.array([x2]), np.array([y]), polygon, samples)[0])
+
+
+def fractions_in_polygon(x1: np.ndarray, x2: np.ndarray, y: np.ndarray, polygon: np.ndarray,
+                         samples: int = 9) -> np.ndarray:
+    """For each i, the fraction of the horizontal segment (x1[i]..x2[i], y[i]) inside the polygon, its
+    boundary included: every box of a frame in one pass over the polygon's edges (a loop per box cost
+    the detector's risk rule a millisecond a frame on a busy view).
 
     Closed, not strict: a box clipped to the frame ends exactly on the bottom row, which is the ego
     path's own bottom edge, and must count as in it (a strict even-odd test finds no crossing there).
     """
-    xs = np.linspace(x1, x2, samples)
-    inside = np.zeros(samples, bool)
-    on_edge = np.zeros(samples, bool)
-    px, py = polygon[:, 0], polygon[:, 1]
-    qx, qy = np.roll(px, -1), np.roll(py, -1)
-    for ax, ay, bx, by in zip(px, py, qx, qy):
+    x1, x2, y = (np.asarray(v, np.float64).reshape(-1) for v in (x1, x2, y))
+    xs = x1[:, None] + np.arange(samples) * ((x2 - x1) / (samples - 1))[:, None]  # (N, samples), as np.linspace
+    xs[:, -1] = x2
+    inside = np.zeros(xs.shape, bool)
+    on_edge = np.zeros(xs.shape, bool)
+    px, py = polygon[:, 0].tolist(), polygon[:, 1].tolist()
+    for ax, ay, bx, by in zip(px, py, px[1:] + px[:1], py[1:] + py[:1]):
         if abs(ay - by) <= EDGE_EPS:  # a horizontal edge: on it when y is its row
-            if abs(ay - y) <= EDGE_EPS:
-                on_edge |= (xs >= min(ax, bx) - EDGE_EPS) & (xs <= max(ax, bx) + EDGE_EPS)
+            on_row = np.abs(ay - y) <= EDGE_EPS
+            on_edge |= on_row[:, None] & (xs >= min(ax, bx) - EDGE_EPS) & (xs <= max(ax, bx) + EDGE_EPS)
             continue
-        if min(ay, by) - EDGE_EPS <= y <= max(ay, by) + EDGE_EPS:
-            cross_x = ax + (y - ay) * (bx - ax) / (by - ay)
-            on_edge |= np.abs(xs - cross_x) <= EDGE_EPS
-            if (ay > y) != (by > y):
-                inside ^= xs < cross_x
-    return float((inside | on_edge).mean())
+        spanned = (min(ay, by) - EDGE_EPS <= y) & (y <= max(ay, by) + EDGE_EPS)
+        cross_x = (ax + (y - ay) * (bx - ax) / (by - ay))[:, None]
+        on_edge |= spanned[:, None] & (np.abs(xs - cross_x) <= EDGE_EPS)
+        crossing = spanned & ((ay > y) != (by > y))
+        inside ^= crossing[:, None] & (xs < cross_x)
+    return (inside | on_edge).mean(axis=1)
 
 
-def share_in_path(box: tuple[float, float, float, float], image_width: int, image_height: int, roi: np.ndarray) -> float:
-    """Fraction of a box's ground contact (its bottom edge) inside the ego path `roi`. A box reaching
+def shares_in_path(boxes: np.ndarray, image_width: int, image_height: int, roi: np.ndarray) -> np.ndarray:
+    """Fraction of each box's ground contact (its bottom edge) inside the ego path `roi`. A box reaching
     below the path's lowest row (a path drawn short of the frame's bottom) stands nearer than the
     path's end: it is judged on that row, and so is one wholly below it."""
-    x1, _, x2, y2 = box
-    contact = min(y2 / image_height, float(roi[:, 1].max()))
-    return fraction_in_polygon(x1 / image_width, x2 / image_width, contact, roi)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    contact = np.minimum(boxes[:, 3] / image_height, float(roi[:, 1].max()))
+    return fractions_in_polygon(boxes[:, 0] / image_width, boxes[:, 2] / image_width, contact, roi)
 
 
 @dataclass
@@ -178,7 +187,8 @@ class DecisionMaker:
         self.rules = rules
         self.class_names = class_names
         self.node_name = node_name
-        self._relevant = np.array([class_names.index(c) for c in rules.classes])
+        # Relevant by class id, one slot more for ids the detector does not have (never relevant).
+        self._relevant = np.array([name in rules.classes for name in class_names] + [False])
         self._roi = np.array(rules.roi, np.float64)
         self._histories = TrackHistories(rules.ttc_frames)
         self._current: tuple[Action, Reason, Target | None, str] = (Action.PROCEED, Reason.CLEAR, None, "path clear")
@@ -199,31 +209,31 @@ class DecisionMaker:
         """One frame's verdict before hysteresis: the most urgent relevant object in the path (its
         target; None when nothing relevant is in it). Feeds the tracks' height histories; `t_ns` is
         the source's timeline, not the capture clock, so a replay decides exactly as the drive did."""
-        keep = (scores >= self.rules.min_score) & np.isin(class_ids, self._relevant)
+        unknown = len(self._relevant) - 1
+        known = np.where((class_ids >= 0) & (class_ids < unknown), class_ids, unknown)
+        keep = (scores >= self.rules.min_score) & self._relevant[known]
         boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
         histories = self._histories.update(track_ids[keep], boxes, t_ns)
-        worst: tuple[int, float, float, Target, str] | None = None  # (action, -ttc, height, target, detail)
-        for box, score, class_id, history in zip(boxes, scores, class_ids, histories):
-            x1, y1, x2, y2 = (float(v) for v in box)
-            if share_in_path((x1, y1, x2, y2), image_width, image_height, self._roi) < self.rules.min_in_path:
-                continue
-            top, bottom = y1 / image_height, y2 / image_height
+        worst: tuple[tuple[int, float, float], int, str] | None = None  # ((action, -ttc, height), box index, why)
+        in_path = shares_in_path(boxes, image_width, image_height, self._roi) >= self.rules.min_in_path
+        for index in np.flatnonzero(in_path):
+            top, bottom = float(boxes[index, 1]) / image_height, float(boxes[index, 3]) / image_height
             height = bottom - top
-            ttc = history.ttc_s(self.rules.min_growth)
+            ttc = histories[index].ttc_s(self.rules.min_growth)
             action, why = self._urgency(height, ttc, cut_off=bottom >= 1.0 - self.rules.edge_margin)
-            name = self.class_names[int(class_id)]
-            target = Target(class_id=int(class_id), score=float(score), box=(x1, y1, x2, y2), ttc_s=ttc)
-            detail = f"{name} in path, {why}, height {height:.2f}, ttc {ttc:.1f} s"
-            key = (int(action), -ttc, height, target, detail)
-            if worst is None or key[:3] > worst[:3]:
-                worst = key
+            key = (int(action), -ttc, height)
+            if worst is None or key > worst[0]:  # the first of equals stays
+                worst = (key, int(index), why)
         if worst is None:
             return (Action.PROCEED, Reason.CLEAR, None, "path clear")
-        if worst[0] == Action.PROCEED:
-            return (Action.PROCEED, Reason.CLEAR, worst[3], worst[4])
-        action = Action(worst[0])
-        reason = Reason.CLOSING_FAST if "closing" in worst[4] else Reason.OBJECT_IN_PATH
-        return (action, reason, worst[3], worst[4])
+        (action_value, minus_ttc, height), index, why = worst  # described once, for the box that decides
+        x1, y1, x2, y2 = (float(v) for v in boxes[index])
+        class_id = int(class_ids[index])
+        target = Target(class_id=class_id, score=float(scores[index]), box=(x1, y1, x2, y2), ttc_s=-minus_ttc)
+        detail = f"{self.class_names[class_id]} in path, {why}, height {height:.2f}, ttc {-minus_ttc:.1f} s"
+        if action_value == Action.PROCEED:
+            return (Action.PROCEED, Reason.CLEAR, target, detail)
+        return (Action(action_value), Reason.CLOSING_FAST if why == "closing" else Reason.OBJECT_IN_PATH, target, detail)
 
     def _urgency(self, height: float, ttc: float, cut_off: bool) -> tuple[Action, str]:
         r = self.rules

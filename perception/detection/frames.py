@@ -149,9 +149,11 @@ class FrameDetector:
         update = self.tracker.update(boxes, scores, class_ids, t_ns, (frame.shape[1], frame.shape[0]))
         output = Output(boxes.astype(np.float32), scores.astype(np.float32), class_ids.astype(np.uint16),
                         update.detection_track_ids.astype(np.uint32), self._velocities(update.detection_track_ids))
-        # Carried by later frames: the boxes the tracker considers (an evaluation decodes at far lower
-        # scores, and flowing hundreds of boxes nobody keeps costs more than the network saves).
-        self._last = output.select((output.scores >= self.tracker_config.low_score) | (output.track_ids > 0))
+        # Carried by later frames: the boxes they may publish and the tracked ones (the policy watches
+        # their flow). Not the low-score boxes nobody tracks: an evaluation decodes at far lower scores,
+        # and flowing boxes no frame publishes costs points in every Lucas-Kanade call.
+        carried = max(self.score_threshold, self.tracker_config.low_score)
+        self._last = output.select((output.scores >= carried) | (output.track_ids > 0))
         self._network_at = (self._frame_number, t_ns)
         if plan.pixels is None or plan.pixels >= self._full_pixels:
             self._full_size_at = t_ns

@@ -156,6 +156,7 @@ class BoxFlow:
         steps = np.linspace(0.0, 1.0, c.grid) if c.grid > 1 else np.array([0.5])
         gx, gy = np.meshgrid(steps, steps)
         self._unit = np.stack([gx.ravel(), gy.ravel()], axis=1)  # (P, 2) positions in the inset box, 0..1
+        self._pairs = np.triu_indices(len(self._unit), k=1)  # every pair of a box's points once, for its scale
 
     def prepare(self, frame_bgr: np.ndarray) -> FlowFrame:
         """Grey and downscaled: the per-frame work, done once per frame."""
@@ -256,14 +257,13 @@ class BoxFlow:
 
     def _scale(self, start: np.ndarray, end: np.ndarray, good: np.ndarray) -> np.ndarray:
         """Median ratio of pairwise point distances after/before, clamped; 1 where too few pairs."""
-        count, points = good.shape
-        upper = np.triu(np.ones((points, points), bool), k=1)
-        d0 = np.linalg.norm(start[:, :, None, :] - start[:, None, :, :], axis=3)
-        d1 = np.linalg.norm(end[:, :, None, :] - end[:, None, :, :], axis=3)
+        first, second = self._pairs
+        d0 = np.linalg.norm(start[:, first] - start[:, second], axis=2)  # (M, pairs)
+        d1 = np.linalg.norm(end[:, first] - end[:, second], axis=2)
         # Pairs closer than 2 px give ratios dominated by sub-pixel noise.
-        pairs = (good[:, :, None] & good[:, None, :] & upper[None] & (d0 >= 2.0)).reshape(count, -1)
+        pairs = good[:, first] & good[:, second] & (d0 >= 2.0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            log_ratio = np.log(np.where(pairs.reshape(d0.shape), d1 / d0, 1.0)).reshape(count, -1)
+            log_ratio = np.log(np.where(pairs, d1 / d0, 1.0))
         log_scale = _masked_median(log_ratio, pairs)
         # A rigid object that zooms gives the same ratio for every pair; a walking person (limbs) or
         # noise gives ratios scattered around 1. On PETS09 pedestrians the raw estimate had 5% noise

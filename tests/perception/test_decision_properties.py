@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from perception.decision import DecisionMaker, DecisionRules, fraction_in_polygon
+from perception.decision import DecisionMaker, DecisionRules, fraction_in_polygon, shares_in_path
 from perception.messages import Action, Detections
 
 NAMES = [line.strip() for line in (Path(__file__).resolve().parents[2] / "perception/weights/coco_classes.txt").read_text().splitlines()]
@@ -92,3 +92,15 @@ def test_the_share_of_a_segment_in_the_path_is_a_fraction_and_the_bottom_row_cou
         assert share == 1.0
     if y > 1.0 or y < RULES.roi[0][1]:
         assert share == 0.0
+
+
+@PROPERTY
+@given(data=st.data(), size=sizes)
+def test_a_frames_boxes_judged_together_get_the_shares_each_gets_alone(data, size):
+    """The path test runs on every box of a frame at once: no box's share may depend on the others."""
+    width, height = size
+    boxes = np.array([box for _, _, box in data.draw(st.lists(any_box(width, height), max_size=12))]).reshape(-1, 4)
+    roi = np.array(RULES.roi)
+    together = shares_in_path(boxes, width, height, roi)
+    alone = [shares_in_path(box[None], width, height, roi)[0] for box in boxes]
+    assert together.tolist() == alone
