@@ -60,6 +60,7 @@ class AdaptiveConfig:
 class AdaptivePolicy(Policy):
     kind = "adaptive"
     propagates = True
+    assesses_risk = True
 
     @property
     def settings(self) -> AdaptiveConfig:

@@ -111,8 +111,8 @@ def build_detector(settings: DetectorSettings, score_threshold: float | None = N
     runs are slow, and policies plan with cost estimates). `network`: one already built from the same
     model and engine, to share (a sweep over policies); else one is built."""
     network = network or build_network(settings, score_threshold, nms_threshold, warm_up=())
-    risk = RiskRules.of(settings.risk, network.manifest.class_names())
     policy = make_policy(settings.policy, network.pixels)
+    risk = RiskRules.of(settings.risk, network.manifest.class_names()) if policy.assesses_risk else None
     warm(network, policy.budgets())
     return FrameDetector(network, policy, settings.tracker, settings.flow, network.score_threshold,
                          settings.policy.margin_ms, risk)

@@ -59,10 +59,12 @@ class FrameContext:
 
 class Policy(ABC):
     """Decides each frame's plan. `propagates`: whether it may ever propagate (the detector then
-    keeps the flow frames that propagation and its signals need)."""
+    keeps the flow frames that propagation and its signals need); `assesses_risk`: whether it reads
+    `FrameContext.risk` (the detector then runs the decision rules on every frame's output)."""
 
     kind: ClassVar[str]
     propagates: ClassVar[bool] = False
+    assesses_risk: ClassVar[bool] = False
 
     def __init__(self, config: PolicyConfig, pixels: int) -> None:
         """`pixels`: the detector's input budget, the full size."""
