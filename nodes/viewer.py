@@ -14,7 +14,6 @@ heartbeat, and the watchdog does not wait for it: a viewer that dies costs the v
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +26,14 @@ from perception.config import ConfigError, Fraction, Range, check_ranges
 from perception.detection.classes import detections_class_names
 from perception.latency import now_ns, wall_clock_offset_ns
 from perception.log_rate import limit_log_rate
-from perception.codec import json_schema, schema_name
 from perception.node import FatalInputError, Node, NodeSettings, run_node
 from perception.shm_ring import FrameOverwritten, RingError
 from perception.timing import Periodic
 from perception.graph import ANY_INPUTS
-from perception.topics import DETECTIONS, FRAMES, TOPICS, Topic
+from perception.topics import DETECTIONS, FRAMES, Topic
 from perception.transport import FrameReceiver, Received, Subscriber
-from perception.visualization import (ANNOTATIONS_CHANNEL, DEFAULT_PORT, IMAGE_CHANNEL, LATENCY_CHANNEL,
-                                      LATENCY_SCHEMA, LOG_CHANNEL, PipelineView, compressed_image)
+from perception.visualization import (ANNOTATIONS_CHANNEL, DEFAULT_PORT, IMAGE_CHANNEL, PipelineView, compressed_image,
+                                      pipeline_channels)
 
 log = logging.getLogger("viewer")
 
@@ -63,34 +61,25 @@ OUTPUTS = ()
 def _foxglove():  # noqa: ANN202 - the foxglove module
     try:
         import foxglove
-        import foxglove.channels  # noqa: F401 - the typed channels
     except ImportError:
         raise FatalInputError("the live view needs the foxglove-sdk package: pip install 'perception[tools]'") from None
     return foxglove
 
 
-def _json_schema(foxglove, name: str, schema: dict):  # noqa: ANN001, ANN202 - foxglove.Schema
-    # An explicit Schema keeps the name ("perception.Decision"); a plain dict would be named by its hash.
-    return foxglove.Schema(name=name, encoding="jsonschema", data=json.dumps(schema).encode())
-
-
 class Streams:
-    """The server's channels, and what goes on each for one received message."""
+    """The server's channels (perception.visualization's one table, as the recording's), and what
+    goes on each for one received message."""
 
     def __init__(self, foxglove, context, config: ViewerConfig, class_names: list[str]) -> None:  # noqa: ANN001
         self.config = config
         self.class_names = class_names
-        self.topics = {t.name: foxglove.Channel(t.name, schema=_json_schema(foxglove, schema_name(t.message_type),
-                                                                             json_schema(t.message_type)),
-                                                message_encoding="json", context=context) for t in TOPICS}
-        self.image = foxglove.channels.CompressedImageChannel(IMAGE_CHANNEL, context=context)
-        self.annotations = foxglove.channels.ImageAnnotationsChannel(ANNOTATIONS_CHANNEL, context=context)
-        self.latency = foxglove.Channel(LATENCY_CHANNEL, schema=_json_schema(foxglove, LATENCY_SCHEMA["title"],
-                                                                              LATENCY_SCHEMA),
-                                        message_encoding="json", context=context)
-        self.log = foxglove.channels.LogChannel(LOG_CHANNEL, context=context)
+        self.channels = {
+            c.name: foxglove.Channel(c.name, schema=foxglove.Schema(name=c.schema_name, encoding=c.schema_encoding,
+                                                                     data=c.schema),
+                                     message_encoding=c.message_encoding, context=context)
+            for c in pipeline_channels("jpeg")}
+        self.image, self.annotations = self.channels[IMAGE_CHANNEL], self.channels[ANNOTATIONS_CHANNEL]
         self.view = PipelineView(class_names, config.min_score)  # the same views the recording writes
-        self.views = {ANNOTATIONS_CHANNEL: self.annotations, LATENCY_CHANNEL: self.latency, LOG_CHANNEL: self.log}
         self.image_due = Periodic(1.0 / config.image_rate_hz, first_now=True)
         self.wall_offset_ns = wall_clock_offset_ns()  # the log's entries in Unix time, as a recording's
 
@@ -98,7 +87,7 @@ class Streams:
         return min(1.0, self.config.image_max_width / width)
 
     def message(self, topic: Topic, received: Received, received_ns: int) -> None:
-        channel = self.topics[topic.name]
+        channel = self.channels[topic.name]
         if channel.has_sinks():  # the wire bytes as they are: nothing re-encoded
             channel.log(bytes(received.parts[1].buffer))
         message = received.message
@@ -106,9 +95,9 @@ class Streams:
             return  # boxes nobody watches: not drawn (every other message feeds the event log's state)
         scale = self.scale(message.image_width) if topic is DETECTIONS else 1.0
         # A person reads the log against the wall clock: its entries in Unix time, converted as a recording's are.
-        for channel, view in self.view.derive(topic, message, received_ns, received_ns + self.wall_offset_ns, scale):
-            if self.views[channel].has_sinks():
-                self.views[channel].log(json.dumps(view).encode() if isinstance(view, dict) else view)
+        for name, data in self.view.derive(topic, message, received_ns, received_ns + self.wall_offset_ns, scale):
+            if self.channels[name].has_sinks():
+                self.channels[name].log(data)
 
     def frame(self, node: Node, receiver: FrameReceiver, received: Received) -> None:
         """The newest frame as a small JPEG, if a client watches and one is due."""
@@ -120,7 +109,7 @@ class Streams:
         except (FrameOverwritten, RingError):  # fell behind the ring: this frame is gone, the next one will do
             node.count("image.lost")
             return
-        self.image.log(compressed_image(header.media_ns, jpeg))
+        self.image.log(compressed_image(header.media_ns, jpeg).encode())
         node.count("image.sent")
 
 

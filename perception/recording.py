@@ -36,7 +36,6 @@ that is not MCAP at all is a RecordingError, one line naming the file and where.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -49,12 +48,11 @@ import cv2
 import numpy as np
 
 from perception.messages import FrameHeader, Message
-from perception.codec import compact_json, encode, json_schema, schema_name
-from perception.topics import FRAMES, TOPICS, Topic
+from perception.codec import encode
+from perception.topics import FRAMES, Topic
 from perception.latency import wall_clock_offset_ns
 from perception.visualization import (
-    ANNOTATIONS_CHANNEL, IMAGE_CHANNEL, LATENCY_CHANNEL, LATENCY_SCHEMA, LOG_CHANNEL, PipelineView, compressed_image,
-    foxglove_messages, raw_image,
+    IMAGE_CHANNEL, Channel, PipelineView, compressed_image, pipeline_channels, raw_image,
 )
 
 log = logging.getLogger(__name__)
@@ -150,7 +148,7 @@ class RecordingWriter:
                  compression: Compression = "zstd", wall_offset_ns: int | None = None) -> None:
         require_mcap()
         try:  # the SDK's message classes, for the protobuf view channels; only writing needs them
-            fg = foxglove_messages()
+            channels = pipeline_channels(image_format)
         except RuntimeError as exc:
             raise RecordingError(f"writing recordings: {exc}") from None
         from mcap.writer import CompressionType, Writer
@@ -179,13 +177,7 @@ class RecordingWriter:
             with self._writing():
                 self._writer = Writer(self._sink, chunk_size=chunk_size, compression=CompressionType[compression.upper()])
                 self._writer.start(profile="", library="perception")
-                self._channels: dict[str, int] = {}
-                for t in TOPICS:
-                    self._register_json(t.name, schema_name(t.message_type), json_schema(t.message_type))
-                self._register_protobuf(IMAGE_CHANNEL, fg.CompressedImage if image_format == "jpeg" else fg.RawImage)
-                self._register_protobuf(ANNOTATIONS_CHANNEL, fg.ImageAnnotations)
-                self._register_json(LATENCY_CHANNEL, LATENCY_SCHEMA["title"], LATENCY_SCHEMA)
-                self._register_protobuf(LOG_CHANNEL, fg.Log)
+                self._channels = {channel.name: self._register(channel) for channel in channels}
         except RecordingWriteError:
             self.path.unlink(missing_ok=True)  # nothing in it yet: no empty file left to pass for a drive
             raise
@@ -206,14 +198,9 @@ class RecordingWriter:
             raise RecordingWriteError(f"recording {self.path}: cannot write ({exc.strerror}); ended after its "
                                       f"last complete chunk") from None
 
-    def _register_json(self, channel: str, name: str, schema: dict) -> None:
-        schema_id = self._writer.register_schema(name, "jsonschema", json.dumps(schema).encode())
-        self._channels[channel] = self._writer.register_channel(channel, "json", schema_id)
-
-    def _register_protobuf(self, channel: str, message_class: type) -> None:
-        schema = message_class.get_schema()  # name, encoding "protobuf", data: a FileDescriptorSet
-        schema_id = self._writer.register_schema(schema.name, schema.encoding, schema.data)
-        self._channels[channel] = self._writer.register_channel(channel, schema.encoding, schema_id)
+    def _register(self, channel: Channel) -> int:
+        schema_id = self._writer.register_schema(channel.schema_name, channel.schema_encoding, channel.schema)
+        return self._writer.register_channel(channel.name, channel.message_encoding, schema_id)
 
     def _add(self, channel: str, data: bytes, log_time_ns: int, message: Message) -> None:
         with self._writing():
@@ -231,12 +218,8 @@ class RecordingWriter:
         if not isinstance(message, topic.message_type):
             raise TypeError(f"{topic.name} carries {topic.message_type.__name__}, not {type(message).__name__}")
         self._add(topic.name, encode(message), log_time_ns, message)
-        for channel, data in self._views(topic, message, log_time_ns):
+        for channel, data in self._view.derive(topic, message, log_time_ns, log_time_ns + self.wall_offset_ns):
             self._add(channel, data, log_time_ns, message)
-
-    def _views(self, topic: Topic, message: Message, log_time_ns: int) -> Iterator[tuple[str, bytes]]:
-        for channel, view in self._view.derive(topic, message, log_time_ns, log_time_ns + self.wall_offset_ns):
-            yield channel, compact_json(view) if isinstance(view, dict) else view.encode()
 
     def write_frame(self, header: FrameHeader, pixels: np.ndarray, log_time_ns: int) -> None:
         """The header on /frames and the pixels on /camera/image, JPEG-encoded or raw per `image_format`."""

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import socket
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+from perception.codec import compact_json, json_schema, schema_name
 from perception.latency import stage_durations_ns
 from perception.detection.classes import class_name
 from perception.messages import LEVEL_PROPAGATE, Control, Decision, Detections, SystemState, WatchdogStatus
-from perception.topics import CONTROL, DECISIONS, DETECTIONS, WATCHDOG_STATUS, Topic
+from perception.topics import CONTROL, DECISIONS, DETECTIONS, TOPICS, WATCHDOG_STATUS, Topic
 
 if TYPE_CHECKING:
     from perception.launch import LaunchFile
@@ -44,6 +47,44 @@ LATENCY_SCHEMA = {
         "failsafe": {"type": "boolean"},
     },
 }
+
+@dataclass(frozen=True)
+class Channel:
+    """One channel Foxglove gets of the pipeline, as both sinks register it: its schema (name,
+    encoding, data) and how its messages are encoded."""
+
+    name: str
+    schema_name: str
+    schema_encoding: str  # "jsonschema" | "protobuf" (data: a FileDescriptorSet)
+    schema: bytes
+    message_encoding: str  # "json" | "protobuf"
+
+
+def pipeline_channels(image_format: str = "jpeg") -> list[Channel]:
+    """Every channel of the pipeline's view, the one table the recording (MCAP) and the live view
+    (WebSocket) both register: each topic of the topic table as JSON with its derived schema (the
+    wire's bytes as they are), then the view channels. `image_format`: "jpeg" (CompressedImage) or
+    "raw" (RawImage, bgr8)."""
+    fg = foxglove_messages()
+
+    def as_json(name: str, title: str, schema: dict) -> Channel:
+        return Channel(name, title, "jsonschema", json.dumps(schema).encode(), "json")
+
+    def as_protobuf(name: str, message_class: type) -> Channel:
+        schema = message_class.get_schema()  # name, encoding "protobuf", data: a FileDescriptorSet
+        return Channel(name, schema.name, schema.encoding, bytes(schema.data), schema.encoding)
+
+    return [*(as_json(t.name, schema_name(t.message_type), json_schema(t.message_type)) for t in TOPICS),
+            as_protobuf(IMAGE_CHANNEL, fg.CompressedImage if image_format == "jpeg" else fg.RawImage),
+            as_protobuf(ANNOTATIONS_CHANNEL, fg.ImageAnnotations),
+            as_json(LATENCY_CHANNEL, LATENCY_SCHEMA["title"], LATENCY_SCHEMA),
+            as_protobuf(LOG_CHANNEL, fg.Log)]
+
+
+def encoded(view) -> bytes:  # noqa: ANN001 - a JSON dict or a Foxglove SDK message
+    """A view's bytes on its channel: compact JSON or the SDK message's protobuf."""
+    return compact_json(view) if isinstance(view, dict) else view.encode()
+
 
 def foxglove_messages():  # noqa: ANN201 - the foxglove.messages module
     """The Foxglove SDK's message classes; RuntimeError in one line when the SDK is not installed."""
@@ -146,9 +187,10 @@ class EventLog:
 class PipelineView:
     """What Foxglove shows of the pipeline beyond its topics, derived once for both sinks of it: the
     recording (perception.recording, MCAP) and the live view (nodes/viewer.py, WebSocket). For each
-    message received on a topic, `derive` gives (channel, view): the boxes of a Detections on
+    message received on a topic, `derive` gives (channel, bytes): the boxes of a Detections on
     /camera/annotations (scaled to the image the sink shows), the latency of a Decision on /latency
-    (JSON), and the events a person must notice on /log; the sink writes or serves them."""
+    (JSON), and the events a person must notice on /log; the sink writes or serves them on the
+    channels of `pipeline_channels`."""
 
     def __init__(self, class_names: Sequence[str], min_score: float = 0.0) -> None:
         self.class_names = class_names
@@ -156,9 +198,13 @@ class PipelineView:
         self.events = EventLog()
 
     def derive(self, topic: Topic, message, received_ns: int, log_ns: int,  # noqa: ANN001 - a Message
-               scale: float = 1.0):  # noqa: ANN201 - an iterator of (channel, foxglove message or JSON dict)
-        """`received_ns`: when the message arrived (a latency ends there); `log_ns`: the stamp of the
-        sink's /log entries."""
+               scale: float = 1.0):  # noqa: ANN201 - an iterator of (channel name, bytes)
+        """Each view of `message` as (channel, its encoded bytes). `received_ns`: when the message
+        arrived (a latency ends there); `log_ns`: the stamp of the /log entries (wall clock)."""
+        for channel, view in self._views(topic, message, received_ns, log_ns, scale):
+            yield channel, encoded(view)
+
+    def _views(self, topic: Topic, message, received_ns: int, log_ns: int, scale: float):  # noqa: ANN001, ANN202
         if topic is DETECTIONS:
             yield ANNOTATIONS_CHANNEL, image_annotations(message, self.class_names, self.min_score, scale)
             return

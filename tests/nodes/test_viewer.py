@@ -159,6 +159,15 @@ def test_a_websocket_client_sees_boxes_images_and_decisions_of_a_replay(tmp_path
     assert len(decisions) >= 5 and {d.decided_by for d in decisions} <= {"decision", "watchdog"}
     assert any(d.decided_by == "decision" for d in decisions)
 
+    # One channel table for both sinks: the live view serves exactly the channels a recording holds.
+    from mcap.reader import make_reader
+
+    with open(DRIVE, "rb") as recording:
+        summary = make_reader(recording).get_summary()
+    recorded = {c.topic: (summary.schemas[c.schema_id].name, summary.schemas[c.schema_id].encoding, c.message_encoding)
+                for c in summary.channels.values()}
+    assert {topic: (c["schemaName"], c["schemaEncoding"], c["encoding"]) for topic, c in channels.items()} == recorded
+
 
 def test_a_taken_port_is_one_line_before_anything_starts():
     with socket.socket() as taken:
