@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator
 
-import cv2
 import numpy as np
 
 from perception.codec import UPGRADABLE_WIRE_VERSIONS, decode, upgrade
+from perception.image_decode import decode_compressed
 from perception.messages import WIRE_VERSION, FrameHeader, Message
 from perception.recording import MAGIC, RecordingError, require_mcap
 from perception.topics import BY_NAME, FRAMES, Topic
@@ -197,13 +197,7 @@ def protobuf_class(schema) -> type:  # noqa: ANN001 - an mcap Schema record (enc
 def decode_image(image: dict, raw: bytes) -> np.ndarray:
     """The pixels of a foxglove.CompressedImage (JPEG) or foxglove.RawImage (bgr8) message, `raw` its bytes."""
     if image.get("format") == "jpeg":
-        try:
-            pixels = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
-        except cv2.error:
-            pixels = None
-        if pixels is None:
-            raise ValueError("not a decodable JPEG")
-        return pixels
+        return decode_compressed(raw, "a JPEG")
     if image.get("encoding", "bgr8") != "bgr8" or image["step"] != image["width"] * 3:
         raise ValueError(f"a raw image of encoding {image.get('encoding')!r}, step {image['step']} for width "
                          f"{image['width']}: this reader takes bgr8 rows without padding, as the recorder writes them")

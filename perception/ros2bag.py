@@ -21,6 +21,9 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from perception.image_decode import decode_compressed
+from perception.messages import MAX_IMAGE_SIDE
+
 IMAGE_TYPES = ("sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/Image")
 IMAGE_TOPIC = "/camera/image/compressed"
 DETECTIONS_TOPIC = "/perception/detections"
@@ -123,14 +126,10 @@ def choose_topic(path: Path, topic: str | None) -> str:
 def decode_image(message: Any, msgtype: str) -> np.ndarray:
     """A sensor_msgs image as an HxWx3 BGR uint8 frame; ValueError (one line) for what it cannot be."""
     if msgtype == "sensor_msgs/msg/CompressedImage":
-        try:
-            frame = cv2.imdecode(np.asarray(message.data, np.uint8), cv2.IMREAD_COLOR) if len(message.data) else None
-        except cv2.error:
-            frame = None
-        if frame is None:
-            raise ValueError(f"a CompressedImage ({message.format}) that does not decode")
-        return frame
+        return decode_compressed(np.asarray(message.data, np.uint8), f"a CompressedImage ({message.format})")
     encoding, height, width, step = message.encoding.lower(), message.height, message.width, message.step
+    if not (1 <= width <= MAX_IMAGE_SIDE and 1 <= height <= MAX_IMAGE_SIDE):
+        raise ValueError(f"an Image of {width}x{height} pixels (a frame has 1 to {MAX_IMAGE_SIDE} a side)")
     channels = {"bgr8": 3, "rgb8": 3, "bgra8": 4, "rgba8": 4, "mono8": 1, "8uc1": 1, "8uc3": 3}.get(encoding)
     if channels is None:
         raise ValueError(f"an Image of encoding {message.encoding!r} (this source takes 8-bit mono, RGB, BGR, RGBA, BGRA)")

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from perception.config import NonNegativeInt, PositiveInt, Range, check_ranges
+from perception.image_decode import decode_compressed
 from perception.live_sources import SourceError, is_stream_url, open_camera, open_gstreamer, open_stream
 from perception.messages import MAX_IMAGE_SIDE
 
@@ -159,11 +160,11 @@ class ImageFolderSource(FrameSource):
                 self._position = 0
             path = self.files[self._position]
             self._position += 1
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if frame is None or max(frame.shape[:2]) > MAX_IMAGE_SIDE:
+            try:
+                frame = decode_compressed(path.read_bytes(), "an image")
+            except (OSError, ValueError) as exc:
                 self.bad_frames += 1
-                why = "cannot decode" if frame is None else f"{frame.shape[1]}x{frame.shape[0]} exceeds {MAX_IMAGE_SIDE} px"
-                log.warning("image %s: %s, skipped", path, why)
+                log.warning("image %s: %s, skipped", path, getattr(exc, "strerror", None) or exc)
                 continue
             media_ns = int(round(self._emitted * 1e9 / self.fps)) if self.fps else 0
             self._emitted += 1

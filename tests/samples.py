@@ -1,5 +1,8 @@
-"""Sample messages of every type, shared by the schema and recording tests."""
+"""Sample messages of every type, shared by the schema and recording tests, and hostile images."""
 
+import struct
+
+import cv2
 import numpy as np
 
 from perception.messages import (
@@ -34,3 +37,11 @@ def all_messages():
                    boxes=np.array([[1, 2, 3, 4]], np.float32), scores=np.array([0.7], np.float32),
                    class_ids=np.array([0], np.uint16), track_ids=np.array([4], np.uint32)),
     ]
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A real JPEG whose frame header was rewritten to claim `width` x `height`: a decompression bomb."""
+    data = bytearray(cv2.imencode(".jpg", np.full((16, 24, 3), 90, np.uint8))[1].tobytes())
+    start = data.index(b"\xff\xc0")  # baseline start of frame: length (2), precision (1), height, width
+    data[start + 5:start + 9] = struct.pack(">HH", height, width)
+    return bytes(data)

@@ -255,7 +255,7 @@ def header_json(i: int) -> bytes:
     (b"[1, 2]", "expected a JSON object, got list"),
     (b'{"format": "jpeg"}', "missing field 'data'"),
     (b'{"format": "jpeg", "data": "not base64!"}', "Error: "),
-    (b'{"format": "jpeg", "data": "AAAA"}', "not a decodable JPEG"),
+    (b'{"format": "jpeg", "data": "AAAA"}', "a JPEG that does not decode"),
     (b'{"format": "raw", "data": "AAAA", "width": 64, "height": 48, "step": 192}', "3 bytes of pixels, expected 9216"),
 ], ids=["utf8", "list", "no-data", "base64", "jpeg", "raw-size"])
 def test_a_bad_image_message_is_an_error_naming_file_and_frame(tmp_path, image, problem):

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from samples import jpeg_declaring
 from perception import REPO
 from perception.recording_reader import RecordingReader
 from perception.sources import Ros2BagSource, SourceError
@@ -115,19 +116,20 @@ def test_a_bag_whose_images_carry_no_stamps_runs_on_its_receive_times(tmp_path):
     assert source.read() is None and source.bad_frames == 0
 
 
-def test_a_compressed_image_without_bytes_is_counted_and_skipped(tmp_path):
+def test_a_compressed_image_without_bytes_or_too_large_is_counted_and_skipped(tmp_path):
     store = typestore()
     types = store.types
     bag = tmp_path / "bag"
     with rosbags.rosbag2.Writer(bag, version=8) as writer:
         connection = writer.add_connection("/cam", "sensor_msgs/msg/CompressedImage", typestore=store)
-        for bag_ns, data in ((1, b""), (2, cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())):
+        for bag_ns, data in ((1, b""), (2, jpeg_declaring(60_000, 60_000)),
+                             (3, cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes())):
             header = types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=0, nanosec=0), frame_id="")
             message = types["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg", data=np.frombuffer(data, np.uint8))
             writer.write(connection, bag_ns, store.serialize_cdr(message, connection.msgtype))
     source = Ros2BagSource(bag, None)
     frame, stamp = source.read()
-    assert frame.shape == (8, 8, 3) and stamp == 2 and source.bad_frames == 1
+    assert frame.shape == (8, 8, 3) and stamp == 3 and source.bad_frames == 2
 
 
 @pytest.mark.parametrize("storage", ["sqlite3", "mcap"])

@@ -3,6 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
+from samples import jpeg_declaring
 from perception.sources import (
     ImageFolderSource, RecordingSource, SourceConfig, SourceError, SyntheticSource, VideoFileSource, open_source, read_frame_index,
 )
@@ -59,11 +60,12 @@ def test_image_folder_skips_undecodable_files_and_counts_them(tmp_path):
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"{i:02d}.png"), np.full((20, 30, 3), i * 50, np.uint8))
     (tmp_path / "01b.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "01c.jpg").write_bytes(jpeg_declaring(60_000, 60_000))  # a decompression bomb: never decoded
     with ImageFolderSource(tmp_path, fps=10, loop=False) as source:
         means = []
         while (item := source.read()) is not None:
             means.append(int(item[0].mean()))
-    assert means == [0, 50, 100] and source.bad_frames == 1
+    assert means == [0, 50, 100] and source.bad_frames == 2
 
 
 def test_empty_image_folder_is_an_error(tmp_path):
