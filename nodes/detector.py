@@ -151,6 +151,8 @@ def process_frame(node: NodeInterface, config: DetectorConfig, detector: FrameDe
         log.warning("frame %d unusable: %s", header.frame_id, exc)
         return None
     node.count("propagate" if outcome.level == LEVEL_PROPAGATE else f"exit{outcome.level}")
+    if outcome.input_size is not None:  # the input the policy chose: a deadline may shrink it
+        node.count(f"input.{outcome.input_size[0]}x{outcome.input_size[1]}")
     for reason, n in detector.resets.items():
         node.counters[f"tracks.reset.{reason.replace(' ', '_')}"] = n
     if now_ns() > deadline_ns:
@@ -164,8 +166,9 @@ def process_frame(node: NodeInterface, config: DetectorConfig, detector: FrameDe
 def report(node: NodeInterface, frames, latencies: deque, exits: Counter) -> None:
     stats = percentiles_ms(latencies)
     if stats:
-        log.info("capture->detections ms p50 %.1f p99 %.1f max %.1f | exits %s",
-                 stats["p50"], stats["p99"], stats["max"], dict(sorted(exits.items())))
+        inputs = {k.split(".", 1)[1]: v for k, v in sorted(node.counters.items()) if k.startswith("input.")}
+        log.info("capture->detections ms p50 %.1f p99 %.1f max %.1f | exits %s | inputs %s",
+                 stats["p50"], stats["p99"], stats["max"], dict(sorted(exits.items())), inputs)
     dropped = " ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(node.counters.items()) if k.startswith("frames."))
     log.info("frames received %d superseded %d malformed %d | %s", frames.received, frames.superseded,
              frames.malformed, dropped or "none dropped")

@@ -58,7 +58,7 @@ def fixed_rows(base: DetectorSettings, pixels: tuple[int, ...], exits: tuple[int
 def adaptive_rows(base: DetectorSettings) -> list[tuple[str, DetectorSettings]]:
     """The adaptive policy as configured, without its ego-path rule (a static camera), and at full size only."""
     adaptive = replace(base, policy=replace(base.policy, kind="adaptive"))
-    full_size_only = replace(adaptive.policy, adaptive=replace(adaptive.policy.adaptive, sizes=[1.0]))
+    full_size_only = replace(adaptive.policy, sizes=[1.0])
     return [("adaptive", adaptive), ("adaptive, no ego path", replace(adaptive, risk=replace(adaptive.risk, ego_path=False))),
             ("adaptive, full size only", replace(adaptive, policy=full_size_only))]
 

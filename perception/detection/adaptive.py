@@ -14,25 +14,24 @@ Rules, in order (the first that applies decides):
 6. Flow failure: a tracked box whose points were lost, or whose flow disagrees forward-backward.
 Otherwise the frame is propagated (the last boxes moved by optical flow, perception.tracking.flow).
 
-A network frame runs at the smallest of `sizes` (shares of the detector's pixel budget, the first
+A network frame runs at the smallest of `policy.sizes` (shares of the detector's pixel budget, the first
 the full size) at which every track stays at least `min_object_px` tall in the network's input while
 nothing relevant stands in the ego path, and at full size at least every `full_size_every_ms` (a scout
 for new and far objects). Frames of rules 1, 2 and 5 run at full size, as deep as the deadline allows;
 any other frame under a deadline too close for full size at full depth takes a smaller size before a
 shallower exit (the smaller input at full depth lies above the shallow exit on every measured
-frontier: docs/BENCHMARKS.md).
+frontier: docs/BENCHMARKS.md), and its size when even the smallest is late (Policy.share_within_deadline).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
 
-from perception.config import Fraction, Length, NonNegativeInt, Range, check_ranges
+from perception.config import Fraction, NonNegativeInt, Range, check_ranges
 from perception.detection.planning import FrameContext, Plan, Policy
-from perception.latency import now_ns
 
 SizeShare = Annotated[float, Range(0.05, 4.0)]
 
@@ -41,7 +40,6 @@ SizeShare = Annotated[float, Range(0.05, 4.0)]
 class AdaptiveConfig:
     """The `policy.adaptive` section."""
 
-    sizes: Annotated[list[SizeShare], Length(1, 8)] = field(default_factory=lambda: [1.0, 0.5])
     max_gap_ms: Annotated[float, Range(0, 1000)] = 100.0
     max_propagated: Annotated[int, Range(0, 30)] = 5
     full_size_every_ms: Annotated[float, Range(0, 10_000)] = 1000.0
@@ -53,8 +51,6 @@ class AdaptiveConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
-        if sorted(self.sizes, reverse=True) != list(self.sizes) or len(set(self.sizes)) != len(self.sizes):
-            raise ValueError(f"sizes must go from the largest to the smallest, each once, got {self.sizes}")
 
 
 class AdaptivePolicy(Policy):
@@ -67,10 +63,7 @@ class AdaptivePolicy(Policy):
         return self.config.adaptive
 
     def budgets(self) -> tuple[int, ...]:
-        return tuple(self._budget(share) for share in self.settings.sizes)
-
-    def _budget(self, share: float) -> int:
-        return max(1, int(self.pixels * share))
+        return tuple(self.budget(share) for share in self.config.sizes)
 
     def plan(self, frame: FrameContext) -> Plan:
         s = self.settings
@@ -103,26 +96,16 @@ class AdaptivePolicy(Policy):
         allows), else the smallest that keeps the tracks tall enough, or full size when a scout is due,
         made smaller still if the deadline cannot take it at full depth."""
         s = self.settings
-        shares = list(s.sizes)
+        shares = list(self.config.sizes)
         if full:
-            return Plan(why, pixels=self._budget(shares[0]))
+            return Plan(why, pixels=self.budget(shares[0]))
         scout_due = frame.ms_since_full_size is None or frame.ms_since_full_size >= s.full_size_every_ms
         if scout_due:
             share = shares[0]
         else:
-            share = next((sh for sh in reversed(shares) if self._keeps_objects(frame, self._budget(sh))), shares[0])
-        candidates = [sh for sh in shares if sh <= share]
-        if frame.deadline_ns is not None:
-            deepest = min(frame.max_exit, frame.network.exit_count - 1)
-            left = frame.deadline_ns - self.config.margin_ms * 1e6
-            for sh in candidates:
-                _, size = frame.network.input_size(frame.width, frame.height, self._budget(sh))
-                if now_ns() + frame.network.cost_ns(size, deepest) <= left:
-                    share = sh
-                    break
-            else:
-                share = candidates[-1]
-        return Plan(why if share == shares[0] else f"{why}, {share:g} size", pixels=self._budget(share))
+            share = next((sh for sh in reversed(shares) if self._keeps_objects(frame, self.budget(sh))), shares[0])
+        share = self.share_within_deadline(frame, [sh for sh in shares if sh <= share])
+        return Plan(why if share == shares[0] else f"{why}, {share:g} size", pixels=self.budget(share))
 
     def _keeps_objects(self, frame: FrameContext, pixels: int) -> bool:
         """Every track stays at least min_object_px tall at this input budget, and nothing relevant

@@ -80,6 +80,27 @@ class Policy(ABC):
         plans need cost estimates)."""
         return (self.pixels,)
 
+    def budget(self, share: float) -> int:
+        """The input pixel budget of a share of the detector's (`policy.sizes`)."""
+        return max(1, int(self.pixels * share))
+
+    def share_within_deadline(self, frame: FrameContext, shares: list[float]) -> float:
+        """The largest of `shares` (largest first) at which the network reaches the deepest exit the
+        ceiling allows before the frame's deadline, by the cost estimates, less `margin_ms`; the
+        first without a deadline, and the first when none fits (its exit is then chosen as the frame
+        runs). On every measured frontier (docs/BENCHMARKS.md) a smaller input at full depth lies
+        above a shallower exit at full size, and that exit at full size above it at a smaller one:
+        the size gives way first, then the depth at full size."""
+        if frame.deadline_ns is None:
+            return shares[0]
+        deepest = min(frame.max_exit, frame.network.exit_count - 1)
+        left = frame.deadline_ns - self.config.margin_ms * 1e6
+        for share in shares:
+            _, size = frame.network.input_size(frame.width, frame.height, self.budget(share))
+            if now_ns() + frame.network.cost_ns(size, deepest) <= left:
+                return share
+        return shares[0]
+
 
 REGISTRY: dict[str, type[Policy]] = {}
 

@@ -3,7 +3,8 @@
 - fixed: the network on every frame, at the detector's pixel budget, to `exit` (-1: the deepest).
 - interval: the same every `interval` frames, the tracks moved by optical flow in between: the fixed
   keyframe configurations the Pareto sweep (perception pareto) compares the adaptive policy with.
-- deadline: the network on every frame at the pixel budget, as deep as the frame's deadline allows.
+- deadline: the network on every frame, as deep as the frame's deadline allows, at the pixel budget
+  or, when the deadline cannot take that at full depth, at the largest of `sizes` that it can.
 - adaptive (perception.detection.adaptive): input size, depth and propagation chosen per frame.
 
 Every policy respects the watchdog's depth ceiling; without a deadline (deterministic replay,
@@ -15,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from perception.config import Range, check_ranges
-from perception.detection.adaptive import AdaptiveConfig, AdaptivePolicy
+from perception.config import Length, Range, check_ranges
+from perception.detection.adaptive import AdaptiveConfig, AdaptivePolicy, SizeShare
 from perception.detection.planning import REGISTRY, FrameContext, Plan, Policy, register
 
 
@@ -28,12 +29,16 @@ class PolicyConfig:
     exit: Annotated[int, Range(-1, 63)] = -1  # fixed, interval: the exit (-1: the deepest)
     interval: Annotated[int, Range(1, 30)] = 2  # interval: the network every this many frames
     margin_ms: Annotated[float, Range(0, 1000)] = 2.0  # deadline, adaptive: slack kept before the deadline
+    # deadline, adaptive: input budgets as shares of the detector's, largest (the full size) first
+    sizes: Annotated[list[SizeShare], Length(1, 8)] = field(default_factory=lambda: [1.0, 0.5])
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
 
     def __post_init__(self) -> None:
         check_ranges(self)
         if self.kind not in REGISTRY:
             raise ValueError(f"kind must be one of {', '.join(sorted(REGISTRY))}, got {self.kind!r}")
+        if sorted(self.sizes, reverse=True) != list(self.sizes) or len(set(self.sizes)) != len(self.sizes):
+            raise ValueError(f"sizes must go from the largest to the smallest, each once, got {self.sizes}")
 
 
 @register
@@ -60,8 +65,13 @@ class IntervalPolicy(Policy):
 class DeadlinePolicy(Policy):
     kind = "deadline"
 
+    def budgets(self) -> tuple[int, ...]:
+        return tuple(self.budget(share) for share in self.config.sizes)
+
     def plan(self, frame: FrameContext) -> Plan:
-        return Plan("every frame", pixels=self.pixels)
+        share = self.share_within_deadline(frame, list(self.config.sizes))
+        why = "every frame" if share == self.config.sizes[0] else f"every frame, {share:g} size (deadline)"
+        return Plan(why, pixels=self.budget(share))
 
 
 register(AdaptivePolicy)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from perception.detection.adaptive import AdaptiveConfig
-from perception.detection.planning import FrameContext
+from perception.detection.planning import FrameContext, Plan
 from perception.detection.policies import PolicyConfig, make_policy
 from perception.detection.risk import NO_RISK, Risk
 from perception.latency import now_ns
@@ -18,8 +18,8 @@ from scripted_network import MS, make_network
 FULL = 416 * 416
 
 
-def policy(**settings):
-    return make_policy(PolicyConfig(kind="adaptive", adaptive=replace(AdaptiveConfig(), **settings)), FULL)
+def policy(kind: str = "adaptive", sizes=(1.0, 0.5), **settings):
+    return make_policy(PolicyConfig(kind=kind, sizes=list(sizes), adaptive=replace(AdaptiveConfig(), **settings)), FULL)
 
 
 def person(height: float, track_id: int = 1, hits: int = 10) -> Track:
@@ -82,3 +82,18 @@ def test_the_full_size_is_the_largest_share_whatever_it_is(network):
     assert adaptive.budgets() == (int(FULL * 0.8), int(FULL * 0.4))
     assert adaptive.plan(frame(network, tracks=[person(200)])).pixels == int(FULL * 0.4)
     assert adaptive.plan(frame(network, since_ms=None)).pixels == int(FULL * 0.8)
+
+
+def test_the_default_deadline_policy_gives_way_in_size_before_depth(network):
+    """Full size while the deadline can take it at full depth; a smaller size when it cannot; full
+    size again, its exit chosen as the frame runs, when even the smallest is late (a shallow exit
+    loses more at a smaller input than at full size)."""
+    deadline = policy(kind="deadline", sizes=[1.0, 0.5])
+    assert deadline.budgets() == (FULL, FULL // 2)  # both warmed up: plans need their costs
+    # full depth costs about 13 ms at full size and 6.5 at half (scripted_network)
+    assert deadline.plan(frame(network, deadline_ns=None)).pixels == FULL  # replay, evaluation: no deadline
+    assert deadline.plan(frame(network, deadline_ns=now_ns() + 60 * MS)) == Plan("every frame", pixels=FULL)
+    late = deadline.plan(frame(network, deadline_ns=now_ns() + 10 * MS))
+    assert late.pixels == FULL // 2 and late.exit_index is None and "0.5 size" in late.why
+    hopeless = deadline.plan(frame(network, deadline_ns=now_ns() + 2 * MS))
+    assert hopeless.pixels == FULL and hopeless.exit_index is None

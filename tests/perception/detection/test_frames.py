@@ -35,8 +35,8 @@ def texture(width: int = 640, height: int = 360, seed: int = 0) -> np.ndarray:
     return cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
-def detector(network, kind: str = "adaptive", ego_path: bool = True, **adaptive):
-    policy = PolicyConfig(kind=kind, adaptive=replace(AdaptiveConfig(), **adaptive))
+def detector(network, kind: str = "adaptive", ego_path: bool = True, sizes=(1.0, 0.5), **adaptive):
+    policy = PolicyConfig(kind=kind, sizes=list(sizes), adaptive=replace(AdaptiveConfig(), **adaptive))
     settings = replace(SETTINGS, policy=policy, risk=replace(SETTINGS.risk, ego_path=ego_path))
     return build_detector(settings, network=network)
 
