@@ -152,7 +152,7 @@ def process_frame(node: NodeInterface, config: DetectorConfig, detector: FrameDe
         return None
     node.count("propagate" if outcome.level == LEVEL_PROPAGATE else f"exit{outcome.level}")
     if outcome.input_size is not None:  # the input the policy chose: a deadline may shrink it
-        node.count(f"input.{outcome.input_size[0]}x{outcome.input_size[1]}")
+        node.count(input_counter(node.counters, outcome.input_size))
     for reason, n in detector.resets.items():
         node.counters[f"tracks.reset.{reason.replace(' ', '_')}"] = n
     if now_ns() > deadline_ns:
@@ -161,6 +161,15 @@ def process_frame(node: NodeInterface, config: DetectorConfig, detector: FrameDe
     return detections_message(outcome, frame_id=header.frame_id, capture_ns=header.capture_ns, media_ns=header.media_ns,
                               image_width=header.width, image_height=header.height, exit_count=detector.exit_count,
                               stamps=header.stamps, received_ns=picked_ns, done_ns=now_ns())
+
+
+def input_counter(counters: dict[str, int], size: tuple[int, int], most: int = 8) -> str:
+    """The counter of an input size, `input.WxH`; past `most` sizes, `input.other`: a source whose
+    frames keep changing size must not grow the heartbeat past its counter limit."""
+    key = f"input.{size[0]}x{size[1]}"
+    if key in counters or sum(k.startswith("input.") and k != "input.other" for k in counters) < most:
+        return key
+    return "input.other"
 
 
 def report(node: NodeInterface, frames, latencies: deque, exits: Counter) -> None:

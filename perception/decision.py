@@ -109,6 +109,8 @@ def fractions_in_polygon(x1: np.ndarray, x2: np.ndarray, y: np.ndarray, polygon:
     Closed, not strict: a box clipped to the frame ends exactly on the bottom row, which is the ego
     path's own bottom edge, and must count as in it (a strict even-odd test finds no crossing there).
     """
+    if samples < 2:
+        raise ValueError(f"samples must be at least 2 (both ends of the segment), got {samples}")
     x1, x2, y = (np.asarray(v, np.float64).reshape(-1) for v in (x1, x2, y))
     xs = x1[:, None] + np.arange(samples) * ((x2 - x1) / (samples - 1))[:, None]  # (N, samples), as np.linspace
     xs[:, -1] = x2

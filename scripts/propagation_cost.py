@@ -31,6 +31,8 @@ def main() -> None:
         # with the frames being measured (in the pipeline the capture node decodes, elsewhere).
         frames = [(frame, stamp) for index, frame, stamp in itertools.takewhile(lambda item: item[0] < args.frames,
                                                                                read_frames(video))]
+        if not frames:
+            raise SystemExit(f"{video}: no frame could be read")
         shape = frames[0][0].shape
         for frame, stamp in frames:
             start = now_ns()

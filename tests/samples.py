@@ -45,3 +45,16 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     start = data.index(b"\xff\xc0")  # baseline start of frame: length (2), precision (1), height, width
     data[start + 5:start + 9] = struct.pack(">HH", height, width)
     return bytes(data)
+
+
+def tiff_declaring(width: int, height: int) -> bytes:
+    """An uncompressed 8-bit TIFF header claiming `width` x `height` with 64 bytes of data: OpenCV
+    would allocate the declared pixels before finding the data missing."""
+    entries = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, None),
+               (277, 3, 1), (278, 4, height), (279, 4, 64)]  # (tag, type: 3 short / 4 long, value); 273: the data's offset
+    data_offset = 8 + 2 + 12 * len(entries) + 4
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        value = data_offset if value is None else value
+        ifd += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + bytes(64)

@@ -3,8 +3,9 @@
 - fixed: the network on every frame, at the detector's pixel budget, to `exit` (-1: the deepest).
 - interval: the same every `interval` frames, the tracks moved by optical flow in between: the fixed
   keyframe configurations the Pareto sweep (perception pareto) compares the adaptive policy with.
-- deadline: the network on every frame, as deep as the frame's deadline allows, at the pixel budget
-  or, when the deadline cannot take that at full depth, at the largest of `sizes` that it can.
+- deadline: the network on every frame, as deep as the frame's deadline allows, at the first of
+  `sizes` (1.0: the pixel budget) or, when the deadline cannot take that at full depth, at the
+  largest of `sizes` that it can.
 - adaptive (perception.detection.adaptive): input size, depth and propagation chosen per frame.
 
 Every policy respects the watchdog's depth ceiling; without a deadline (deterministic replay,

@@ -9,6 +9,7 @@ import time
 import zmq
 
 from helpers import REPO, run_python, stop_process
+from nodes.detector import input_counter
 from perception.latency import stage_durations_ns
 from perception.messages import Detections
 from perception.transport import Subscriber, resolve_endpoint
@@ -143,3 +144,14 @@ def test_the_shipped_detector_and_decision_configs_mean_the_same_ego_path():
 
     risk = load_config(REPO / "configs/detector.yaml", DetectorConfig).risk
     assert risk.ego_path and risk.rules == load_config(REPO / "configs/decision.yaml", DecisionConfig).rules
+
+
+def test_input_size_counters_are_bounded_whatever_the_source_does():
+    """A source whose frames keep changing size must not grow the detector's heartbeat past the
+    counter limit a heartbeat may carry (it would stop the detector)."""
+    counters: dict[str, int] = {}
+    for width in range(32, 32 * 200, 32):
+        key = input_counter(counters, (width, 64))
+        counters[key] = counters.get(key, 0) + 1
+    assert len(counters) == 9 and counters["input.other"] == 199 - 8 and counters["input.32x64"] == 1
+    assert input_counter(counters, (32, 64)) == "input.32x64"  # a size already counted keeps its own

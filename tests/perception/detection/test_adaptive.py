@@ -97,3 +97,11 @@ def test_the_default_deadline_policy_gives_way_in_size_before_depth(network):
     assert late.pixels == FULL // 2 and late.exit_index is None and "0.5 size" in late.why
     hopeless = deadline.plan(frame(network, deadline_ns=now_ns() + 2 * MS))
     assert hopeless.pixels == FULL and hopeless.exit_index is None
+
+
+def test_when_no_size_fits_the_deadline_the_adaptive_policy_keeps_the_size_its_objects_asked_for(network):
+    """A shallow exit loses more at a smaller input: nothing fitting is no reason to shrink further."""
+    adaptive = policy(sizes=[1.0, 0.5, 0.25], min_object_px=16, max_gap_ms=0)
+    hopeless = now_ns() + 1 * MS
+    assert adaptive.plan(frame(network, tracks=[person(40)], deadline_ns=hopeless)).pixels == FULL // 2
+    assert adaptive.plan(frame(network, tracks=[person(20)], deadline_ns=hopeless)).pixels == FULL
