@@ -175,9 +175,9 @@ def input_counter(counters: dict[str, int], size: tuple[int, int], most: int = 8
 def report(node: NodeInterface, frames, latencies: deque, exits: Counter) -> None:
     stats = percentiles_ms(latencies)
     if stats:
-        inputs = {k.split(".", 1)[1]: v for k, v in sorted(node.counters.items()) if k.startswith("input.")}
-        log.info("capture->detections ms p50 %.1f p99 %.1f max %.1f | exits %s | inputs %s",
-                 stats["p50"], stats["p99"], stats["max"], dict(sorted(exits.items())), inputs)
+        log.info("capture->detections ms p50 %.1f p99 %.1f max %.1f | exits %s",
+                 stats["p50"], stats["p99"], stats["max"], dict(sorted(exits.items())))
+        log.info("input sizes %s", {k.split(".", 1)[1]: v for k, v in sorted(node.counters.items()) if k.startswith("input.")})
     dropped = " ".join(f"{k.split('.', 1)[1]} {v}" for k, v in sorted(node.counters.items()) if k.startswith("frames."))
     log.info("frames received %d superseded %d malformed %d | %s", frames.received, frames.superseded,
              frames.malformed, dropped or "none dropped")
