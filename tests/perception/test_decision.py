@@ -163,3 +163,13 @@ def test_an_untracked_detection_has_no_time_to_collision():
     for i in range(8):
         d = m.decide(detections(i, (CAR, 0.9, centred(0.05 * 1.1 ** i), 0)), LATER)
     assert d.action == Action.PROCEED and math.isinf(d.target.ttc_s)
+
+
+def test_every_class_id_of_a_relevant_name_is_judged_and_unknown_ids_are_not():
+    """A model may list a name twice (two datasets' cars); a car under either id in the path is a
+    car. An id past the model's list (a hostile or mismatched message) is no class of the rules."""
+    names = ["car", "sign", "car"]
+    close = centred(0.5)
+    assert DecisionMaker(DecisionRules(classes=["car"]), names).decide(detections(1, (2, 0.9, close)), LATER).action == Action.BRAKE
+    assert DecisionMaker(DecisionRules(classes=["car"]), names).decide(detections(1, (1, 0.9, close)), LATER).action == Action.PROCEED
+    assert DecisionMaker(DecisionRules(classes=["car"]), names).decide(detections(1, (3, 0.9, close)), LATER).action == Action.PROCEED
