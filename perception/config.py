@@ -277,10 +277,13 @@ def _convert_dataclass(cls: type, value: Any, where: _Where, key: str) -> Any:
         raise where.error(key, f"expected a mapping, got {_describe(value)}")
     hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    moved: dict[str, str] = getattr(cls, "MOVED_KEYS", {})  # keys a later version keeps elsewhere
     for name in value:
         if name not in fields:
             close = difflib.get_close_matches(str(name), list(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(fields)})"
+            if name in moved:
+                hint = f" (it is {moved[name]} now)"
             raise where.error(_join(key, name), f"unknown key{hint}")
     kwargs = {}
     for name, f in fields.items():

@@ -26,7 +26,7 @@ frontier: docs/BENCHMARKS.md), and its size when even the smallest is late (Poli
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import numpy as np
 
@@ -39,6 +39,8 @@ SizeShare = Annotated[float, Range(0.05, 4.0)]
 @dataclass(frozen=True)
 class AdaptiveConfig:
     """The `policy.adaptive` section."""
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {"sizes": "policy.sizes"}  # shared with the deadline policy since 2026-12-03
 
     max_gap_ms: Annotated[float, Range(0, 1000)] = 100.0
     max_propagated: Annotated[int, Range(0, 30)] = 5

@@ -157,3 +157,11 @@ def test_every_number_of_every_node_config_and_the_launch_file_has_a_range():
     unbounded = [p for m in modules for p in _numbers_without_a_range(m.CONFIG, m.__name__, seen)]
     unbounded += _numbers_without_a_range(LaunchFile, "launch", seen)
     assert len(seen) > 15 and unbounded == []
+
+
+def test_a_key_that_moved_says_where_it_is_now(tmp_path):
+    from perception.detection.builder import DetectorSettings
+
+    path = write(tmp_path, "policy:\n  kind: adaptive\n  adaptive:\n    sizes: [1.0, 0.5]\n")
+    with pytest.raises(ConfigError, match=r"policy\.adaptive\.sizes: unknown key \(it is policy\.sizes now\)$"):
+        load_config(path, DetectorSettings)
