@@ -33,7 +33,7 @@ def survey(path: Path) -> tuple[int, str, bool]:
     from perception.recording_reader import RecordingReader
     from perception.visualization import IMAGE_CHANNEL
 
-    reader = RecordingReader(path, upgrade_older=True)
+    reader = RecordingReader(path, upgrade_older=True, warn_cut_short=False)  # the copy that follows says it
     last, offset, image_format = 0, None, None
     for channel, log_time, data in reader.records():
         last = max(last, log_time)

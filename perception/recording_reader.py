@@ -26,11 +26,13 @@ log = logging.getLogger("perception.recording")
 class RecordingReader:
     """Reads a recording in file order; tolerates a file cut short by a crash (see `truncated`), not a damaged one."""
 
-    def __init__(self, path: Path, upgrade_older: bool = False) -> None:
+    def __init__(self, path: Path, upgrade_older: bool = False, warn_cut_short: bool = True) -> None:
         """`upgrade_older`: read topic channels of an older wire format too, each message upgraded
-        (perception.codec.upgrade), as `perception migrate` does; otherwise they are refused."""
+        (perception.codec.upgrade), as `perception migrate` does; otherwise they are refused.
+        `warn_cut_short`: log a warning when the file ends mid-record (a first pass of two says nothing)."""
         self.path = Path(path)
         self.upgrade_older = upgrade_older
+        self.warn_cut_short = warn_cut_short
         if not self.path.is_file():
             raise RecordingError(f"recording {self.path}: file not found")
         with open(self.path, "rb") as f:
@@ -73,8 +75,9 @@ class RecordingReader:
                         raise RecordingError(f"recording {self.path}: corrupt record at byte {offset} of {size} "
                                              f"({_describe(exc)})") from None
                     self.truncated = True
-                    log.warning("recording %s ends mid-record at byte %d (cut short?): read up to the last complete "
-                                "chunk", self.path, offset)
+                    if self.warn_cut_short:
+                        log.warning("recording %s ends mid-record at byte %d (cut short?): read up to the last "
+                                    "complete chunk", self.path, offset)
                     return
                 if first and not isinstance(record, Header):
                     raise RecordingError(f"recording {self.path}: corrupt: its first record is a "

@@ -175,3 +175,15 @@ def test_an_old_recording_it_cannot_convert_is_one_line_and_leaves_no_output(tmp
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"migrate: recording {old}: "), result.stderr
     assert not new.exists()
+
+
+def test_a_recording_cut_short_migrates_up_to_its_last_chunk_and_says_so_once(tmp_path):
+    data = (REPO / "recordings" / "udacity_approach.mcap").read_bytes()
+    cut, new = tmp_path / "cut.mcap", tmp_path / "again.mcap"
+    cut.write_bytes(data[: len(data) * 2 // 3])  # a recorder killed two thirds of the way
+    result = subprocess.run([sys.executable, "-m", "perception.cli", "migrate", str(cut), str(new)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("ends mid-record") == 1, result.stderr
+    frames = sum(1 for _ in RecordingReader(new).encoded_frames())
+    assert 0 < frames < 60
