@@ -33,8 +33,6 @@ import numpy as np
 from perception.config import Fraction, NonNegativeInt, Range, check_ranges
 from perception.detection.planning import FrameContext, Plan, Policy
 
-SizeShare = Annotated[float, Range(0.05, 4.0)]
-
 
 @dataclass(frozen=True)
 class AdaptiveConfig:

@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from perception.config import Length, Range, check_ranges
-from perception.detection.adaptive import AdaptiveConfig, AdaptivePolicy, SizeShare
+from perception.detection.adaptive import AdaptiveConfig, AdaptivePolicy
 from perception.detection.planning import REGISTRY, FrameContext, Plan, Policy, register
+
+
+SizeShare = Annotated[float, Range(0.05, 4.0)]  # an input budget as a share of the detector's
 
 
 @dataclass(frozen=True)
