@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from perception.config import PositiveInt, Range, check_ranges
 from perception.latency import now_ns
 from perception.messages import FrameTransport, Stamp
-from perception.node import DeviceLostError, FatalInputError, Node, NodeSettings, run_node
+from perception.node import DeviceLostError, FatalInputError, InputUnavailableError, Node, NodeSettings, run_node
 from perception.live_sources import DeviceError
 from perception.sources import SourceConfig, SourceError, open_source
 from perception.graph import Port
@@ -54,8 +54,10 @@ OUTPUTS = (FRAMES,)
 def capture(node: Node, config: CaptureConfig) -> None:
     try:
         source = open_source(config.source)
+    except DeviceError as exc:
+        raise InputUnavailableError(str(exc)) from None
     except SourceError as exc:
-        raise input_error(exc) from None
+        raise FatalInputError(str(exc)) from None
     with source:
         pacer = Pacer(config.rate, config.speed, source.paced_by_device)
         log.info("%s, publishing %s, %s", source.description, config.transport, pacer.describe())

@@ -38,6 +38,7 @@ C = TypeVar("C")
 
 EXIT_CONFIG = 78  # EX_CONFIG: bad configuration or input; restarting cannot help
 EXIT_OUTPUT = 74  # EX_IOERR: an output that cannot be written (a full disk); restarting cannot help either
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: an input device or stream that did not open; retried unless it never has
 EXIT_SIGNALLED = 143  # 128 + SIGTERM: stopped by a signal nobody ordered through the launcher
 RUN_DIR_ENV = "PERCEPTION_RUN_DIR"
 RUN_ID_ENV = "PERCEPTION_RUN_ID"
@@ -61,6 +62,12 @@ class OutputError(RuntimeError):
 class DeviceLostError(RuntimeError):
     """A device that may come back (a camera unplugged or busy): exits with 1, so the launcher's
     restart policy retries it while the watchdog holds the vehicle in fail-safe."""
+
+
+class InputUnavailableError(DeviceLostError):
+    """A device or stream that did not open: exits with EXIT_UNAVAILABLE. The launcher retries it
+    like a lost one, but one that has never opened in this launch within its start-up time is a
+    wrong device or URL, not a glitch: the launcher gives up on it (perception.launch.process)."""
 
 
 @dataclass(frozen=True)
@@ -385,7 +392,7 @@ def run_node(description: str, config_type: type[C], body: Callable[[Node, C], N
 
     Returns the process exit code: 0 when the body finished or the launcher ordered the stop,
     EXIT_CONFIG for bad config or input (one line on stderr naming the culprit), EXIT_OUTPUT for an
-    output it cannot write (one line too), 1 for a lost device or anything unexpected (a traceback
+    output it cannot write (one line too), EXIT_UNAVAILABLE for an input that did not open, 1 for a lost device or anything unexpected (a traceback
     follows), EXIT_SIGNALLED for a stop by a signal the launcher did not order. Only an exit 0 leaves
     quietly (a STOPPING heartbeat); every other exit says FAILED, so the watchdog treats the node as
     down at once.
@@ -419,6 +426,9 @@ def run_node(description: str, config_type: type[C], body: Callable[[Node, C], N
     except OutputError as exc:
         log.error("%s", exc)
         code = EXIT_OUTPUT
+    except InputUnavailableError as exc:
+        log.error("%s", exc)
+        code = EXIT_UNAVAILABLE
     except DeviceLostError as exc:
         log.error("%s", exc)
     finally:

@@ -17,7 +17,8 @@ from pathlib import Path
 from perception.latency import now_ns
 from perception.launch.spec import MAX_RESTART_DELAY_S, LaunchNode
 from perception.messages import HOST_ENV, Heartbeat
-from perception.node import EXIT_CONFIG, EXIT_OUTPUT, NETWORK_ENV, RUN_DIR_ENV, RUN_ID_ENV
+from perception.messages import NodeState
+from perception.node import EXIT_CONFIG, EXIT_OUTPUT, EXIT_UNAVAILABLE, NETWORK_ENV, RUN_DIR_ENV, RUN_ID_ENV
 from perception.rundir import stop_order_path
 
 log = logging.getLogger("launch")
@@ -75,6 +76,8 @@ class ManagedNode:
     heartbeat: Heartbeat | None = None
     heartbeat_ns: int = 0
     started_ns: int = 0
+    first_started_ns: int = 0  # its first start in this launch
+    has_worked: bool = False  # it has handled input (a heartbeat OK or DEGRADED) in any of its lives
     hangs: int = 0  # times it was killed for a stale heartbeat
     killed_hung: bool = False
     network: dict = field(default_factory=dict)  # PERCEPTION_NETWORK for it (placement.network_settings)
@@ -92,10 +95,22 @@ class ManagedNode:
         self.process = subprocess.Popen(command, env=env, preexec_fn=_child_setup(self.spec), stdin=subprocess.DEVNULL)
         self.state = "running"
         self.started_ns = now_ns()
+        self.first_started_ns = self.first_started_ns or self.started_ns
         self.killed_hung = False
         self.heartbeat = None
         log.info("started %s (pid %d)%s", self.spec.name, self.process.pid,
                  f", restart {self.restarts}" if self.restarts else "")
+
+    def heard(self, beat: Heartbeat) -> None:
+        self.heartbeat, self.heartbeat_ns = beat, now_ns()
+        self.has_worked = self.has_worked or beat.state in (NodeState.OK, NodeState.DEGRADED)
+
+    def never_opened(self, code: int) -> bool:
+        """Its input did not open, never has in this launch, and its start-up time since the first
+        start is spent: a wrong device or URL, which restarts (100 on a vehicle, up to 5 s apart)
+        would only hide for minutes. A camera still coming up at boot gets that start-up time."""
+        waited_s = (now_ns() - self.first_started_ns) / 1e9
+        return code == EXIT_UNAVAILABLE and not self.has_worked and waited_s >= self.spec.startup_timeout_s
 
     def exited(self, code: int) -> str:
         """Its process ended with `code`: restart it after its delay (state "restarting") or give up
@@ -113,6 +128,11 @@ class ManagedNode:
         if code in (EXIT_CONFIG, EXIT_OUTPUT):
             log.error("%s exited with %s: %s, not restarting", spec.name, how,
                       "bad config or input" if code == EXIT_CONFIG else "cannot write its output")
+            self.state = "failed"
+        elif self.never_opened(code):
+            how = f"its input never opened, {how}"
+            log.error("%s: its input has not opened in the %.0f s since it first started (startup_timeout_s): "
+                      "not restarting", spec.name, (now_ns() - self.first_started_ns) / 1e9)
             self.state = "failed"
         elif not wants_restart:
             self.state = "exited" if code == 0 else "failed"

@@ -187,7 +187,7 @@ class Launcher:
                     # Only the process this launcher started counts: not a previous instance's
                     # last words, nor a heartbeat that merely borrows the name.
                     if managed.spec.name == beat.node and managed.process is not None and managed.process.pid == beat.pid:
-                        managed.heartbeat, managed.heartbeat_ns = beat, now_ns()
+                        managed.heard(beat)
 
     def _collect_watchdog_status(self, subscriber: Subscriber) -> None:
         for received in subscriber.receive():

@@ -116,6 +116,31 @@ def test_a_dropped_stream_is_opened_again_under_the_launcher(tmp_path):
     print(f"\nstream back: frames again {recovered_s:.2f} s after the server returned")
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("source", ["{kind: camera, device: /dev/video-none}",
+                                    "{kind: stream, url: 'http://127.0.0.1:PORT/gone.mjpg', timeout_s: 1}"])
+def test_a_source_that_never_opens_ends_the_launch_after_its_startup_time_not_its_restarts(tmp_path, source):
+    """The issue's case: a camera that never opened restarted capture, braked and exited 0. A
+    critical capture whose source has not opened once within startup_timeout_s ends the launch with
+    exit 1 and the line saying why, however many restarts it has left (100 here, as on the vehicle)."""
+    (tmp_path / "capture.yaml").write_text(f"source: {source.replace('PORT', str(free_port()))}\n")
+    (tmp_path / "monitor.yaml").write_text("record: frames.jsonl\n")
+    launch = tmp_path / "camera.yaml"
+    launch.write_text("status_period_s: 60\nnodes:\n"
+                      "  - {name: capture, node: capture, config: capture.yaml, critical: true, restart: always, "
+                      "restart_delay_s: 0.2, max_restarts: 100, startup_timeout_s: 3, outputs: [frames]}\n"
+                      "  - {name: monitor, node: monitor, config: monitor.yaml, inputs: {frames: capture/frames}}\n")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "perception.cli", "launch", str(launch)], cwd=REPO,
+                            capture_output=True, text=True, timeout=100)
+    took_s = time.monotonic() - started
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "capture: its input has not opened in the" in result.stderr and "not restarting" in result.stderr
+    assert "critical node capture failed (its input never opened, code 69)" in result.stderr
+    assert "capture exited with code 69; restarting" in result.stderr  # retried within its start-up time
+    assert took_s < 60, took_s
+
+
 def _wait(predicate, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
