@@ -54,6 +54,17 @@ def _bench_watchdog(args: argparse.Namespace) -> int:
     return watchdog_main(args.frames, args.rate, args.load, args.json, args.realtime)
 
 
+def positive_ms(text: str) -> float:
+    """A duration in milliseconds on the command line: a finite number above 0, up to an hour."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected milliseconds, got {text!r}") from None
+    if not 0 < value <= 3_600_000:
+        raise argparse.ArgumentTypeError(f"expected milliseconds above 0 and at most an hour, got {text!r}")
+    return value
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import json
     from dataclasses import replace
@@ -83,7 +94,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         truth = load_mot_csv(mot)
     name = policy.kind + (f" every {policy.interval}" if policy.kind == "interval" else "")
-    report = evaluate_sequence(name, detector, args.video or DEV_VIDEO, annotations, truth, progress=True)
+    report = evaluate_sequence(name, detector, args.video or DEV_VIDEO, annotations, truth, progress=True,
+                               deadline_ms=args.deadline_ms)
     result = {**report.as_dict(), "pixels": detector.network.pixels}
     print(json.dumps(result))
     if args.json:
@@ -194,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pixels", type=int, default=None, help="input pixel budget per frame (default: the model's)")
     evaluate.add_argument("--interval", type=int, default=None, help="the network every N frames, flow in between")
     evaluate.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    evaluate.add_argument("--deadline-ms", type=positive_ms, default=None,
+                          help="each frame due this long after it is handed over: the policy sizes and deepens "
+                               "against the clock (default: no deadline)")
     evaluate.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],
                           help="override a key of configs/detector.yaml, e.g. risk.ego_path=false (repeatable)")
     evaluate.add_argument("--video", type=Path, default=None, help="default: PETS09-S2L1 frames 1-400 (recordings/)")

@@ -38,6 +38,8 @@ class SequenceReport:
     reasons: Counter = field(default_factory=Counter)  # why the network ran
     resets: Counter = field(default_factory=Counter)
     tracking: dict | None = None  # MOTA, IDF1, ID switches, ... when MOT ground truth was given
+    deadline_ms: float | None = None  # each frame's deadline, from when it was handed over
+    late: int = 0  # frames whose detector time passed that deadline
 
     def as_dict(self) -> dict:
         times = np.array(self.detector_ms)
@@ -45,19 +47,23 @@ class SequenceReport:
                  if k in ("p50", "p99", "mean")}
         return {"name": self.name, **self.ap.as_dict(), "frames": len(times), **stats,
                 "levels": dict(sorted(self.levels.items())), "sizes": dict(self.sizes.most_common()), "network_reasons": dict(self.reasons.most_common()),
-                "resets": dict(self.resets), **({"tracking": self.tracking} if self.tracking is not None else {})}
+                "resets": dict(self.resets), **({"tracking": self.tracking} if self.tracking is not None else {}),
+                **({"deadline_ms": self.deadline_ms, "late": self.late} if self.deadline_ms is not None else {})}
 
 
 def evaluate_sequence(name: str, detector: FrameDetector, video: Path, annotations: Annotations,
                       mot_truth: dict | None = None, person_class: int = 0, max_frames: int | None = None,
-                      progress: bool = False) -> SequenceReport:
-    """Run every frame of `video` in order through a fresh `detector` (no deadline) and score it.
+                      progress: bool = False, deadline_ms: float | None = None) -> SequenceReport:
+    """Run every frame of `video` in order through a fresh `detector` and score it.
 
     `detector` should decode at COCO evaluation thresholds (a low score threshold), so that AP sees
     the whole precision-recall curve; tracks for MOT metrics are the outputs with a track id and a
     score of at least MOT_SCORE_THRESHOLD. `max_frames`: only the clip's first frames (and their
-    annotations) count. `progress`: a progress bar of frames on stderr (perception.progress)."""
-    report = SequenceReport(name, APResult(0, 0, 0, {}))
+    annotations) count. `progress`: a progress bar of frames on stderr (perception.progress).
+    `deadline_ms`: each frame must be done this long after it is handed over, as a vehicle's frame
+    must within its budget; the policy then chooses size and depth against the clock (accuracy
+    under a time budget; None: no deadline, what the sweeps measure)."""
+    report = SequenceReport(name, APResult(0, 0, 0, {}), deadline_ms=deadline_ms)
     detections: list[Detection] = []
     hypotheses: dict[int, list[tuple[int, float, float, float, float]]] = {}
     bar = progress_bar(max_frames or max(annotations.image_for_frame, default=-1) + 1, "evaluated", "frame") if progress else None
@@ -67,8 +73,9 @@ def evaluate_sequence(name: str, detector: FrameDetector, video: Path, annotatio
         if bar is not None:
             bar.update()
         start = now_ns()
-        outcome = detector.process(frame, media_ns)
+        outcome = detector.process(frame, media_ns, None if deadline_ms is None else start + int(deadline_ms * 1e6))
         report.detector_ms.append((now_ns() - start) / 1e6)
+        report.late += deadline_ms is not None and report.detector_ms[-1] > deadline_ms
         out = outcome.output
         image_id = annotations.image_for_frame.get(frame_index)
         if image_id is not None:

@@ -28,3 +28,20 @@ def test_full_depth_and_a_keyframe_interval_are_scored_on_the_same_frames_with_t
     for report in (full, sparse):
         assert report.tracking["num_frames"] == FRAMES and 0.3 < report.tracking["mota"] <= 1.0
     assert full.as_dict()["frames"] == FRAMES and "ms_mean" in full.as_dict()
+
+
+def test_a_deadline_makes_the_default_policy_choose_against_the_clock_and_counts_late_frames():
+    """`perception evaluate --deadline-ms`: each frame due that long after it is handed over. One no
+    frame can meet (1 us) leaves the default policy the first exit on every frame, each counted late;
+    one every frame meets (10 s) is full depth at full size, as without a deadline."""
+    settings = DetectorSettings(engine=EngineConfig(threads=1))
+    network = build_network(settings, EVAL_SCORE_THRESHOLD, EVAL_NMS_THRESHOLD, warm_up=())
+    annotations = load_annotations(DEV_ANNOTATIONS, network.manifest.class_names())
+    frames = 6
+    hopeless = evaluate_sequence("deadline", build_detector(settings, network=network), DEV_VIDEO, annotations,
+                                 max_frames=frames, deadline_ms=0.001)
+    ample = evaluate_sequence("deadline", build_detector(settings, network=network), DEV_VIDEO, annotations,
+                              max_frames=frames, deadline_ms=10_000)
+    assert hopeless.levels == {"exit0": frames} and hopeless.late == frames
+    assert ample.levels == {"exit1": frames} and ample.late == 0 and len(ample.sizes) == 1
+    assert ample.as_dict()["deadline_ms"] == 10_000 and hopeless.as_dict()["late"] == frames
