@@ -150,12 +150,22 @@ class _History:
         least `min_growth` over the samples (a pixel of jitter on a small box is not closing)."""
         if len(self.samples) < 2 or self.samples[-1][1] < self.samples[0][1] * (1 + min_growth):
             return math.inf
-        t = np.array([c for c, _ in self.samples], np.float64) / 1e9
-        log_h = np.log([max(h, 1e-3) for _, h in self.samples])
-        if t[-1] - t[0] <= 0:
+        t = [(c - self.samples[0][0]) / 1e9 for c, _ in self.samples]
+        log_h = [math.log(max(h, 1e-3)) for _, h in self.samples]
+        if t[-1] <= 0:
             return math.inf
-        rate = np.polyfit(t - t[0], log_h, 1)[0]  # d ln h / dt
+        rate = least_squares_slope(t, log_h)  # d ln h / dt
         return 1.0 / rate if rate > 1e-6 else math.inf
+
+
+def least_squares_slope(x: list[float], y: list[float]) -> float:
+    """The slope of the least-squares line through (x, y), in correctly rounded sums (math.fsum):
+    the same bits on every machine, where np.polyfit's LAPACK call differed in the last digits
+    between numpy builds, and per-node replay compares a decision's time to collision exactly."""
+    n = len(x)
+    mean_x, mean_y = math.fsum(x) / n, math.fsum(y) / n
+    spread = math.fsum((a - mean_x) ** 2 for a in x)
+    return math.fsum((a - mean_x) * (b - mean_y) for a, b in zip(x, y)) / spread if spread > 0 else 0.0
 
 
 class TrackHistories:

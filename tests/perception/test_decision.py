@@ -173,3 +173,12 @@ def test_every_class_id_of_a_relevant_name_is_judged_and_unknown_ids_are_not():
     assert DecisionMaker(DecisionRules(classes=["car"]), names).decide(detections(1, (2, 0.9, close)), LATER).action == Action.BRAKE
     assert DecisionMaker(DecisionRules(classes=["car"]), names).decide(detections(1, (1, 0.9, close)), LATER).action == Action.PROCEED
     assert DecisionMaker(DecisionRules(classes=["car"]), names).decide(detections(1, (3, 0.9, close)), LATER).action == Action.PROCEED
+
+
+def test_the_growth_fit_is_exact_on_a_line_and_its_order_does_not_matter():
+    from perception.decision import least_squares_slope
+
+    assert least_squares_slope([0.0, 0.1, 0.2, 0.3], [1.0, 1.25, 1.5, 1.75]) == 2.5
+    x, y = [0.0, 0.05, 0.1, 0.15, 0.2], [0.1, 0.13, 0.19, 0.2, 0.27]
+    assert least_squares_slope(x, y) == least_squares_slope(x[::-1], y[::-1])  # exactly rounded sums
+    assert least_squares_slope([1.0, 1.0], [0.0, 5.0]) == 0.0  # no spread in time: no growth rate
