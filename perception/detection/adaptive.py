@@ -20,7 +20,7 @@ nothing relevant stands in the ego path, and at full size at least every `full_s
 for new and far objects). Frames of rules 1, 2 and 5 run at full size, as deep as the deadline allows;
 any other frame under a deadline too close for full size at full depth takes a smaller size before a
 shallower exit (the smaller input at full depth lies above the shallow exit on every measured
-frontier: docs/BENCHMARKS.md), and its size when even the smallest is late (Policy.share_within_deadline).
+frontier: docs/BENCHMARKS.md), and the smallest when none fits (Policy.share_within_deadline).
 """
 
 from __future__ import annotations

@@ -87,10 +87,11 @@ class Policy(ABC):
     def share_within_deadline(self, frame: FrameContext, shares: list[float]) -> float:
         """The largest of `shares` (largest first) at which the network reaches the deepest exit the
         ceiling allows before the frame's deadline, by the cost estimates, less `margin_ms`; the
-        first without a deadline, and the first when none fits (its exit is then chosen as the frame
-        runs). On every measured frontier (docs/BENCHMARKS.md) a smaller input at full depth lies
-        above a shallower exit at full size, and that exit at full size above it at a smaller one:
-        the size gives way first, then the depth at full size."""
+        first without a deadline, and the last, the cheapest, when none fits (its exit is then chosen
+        as the frame runs). On every measured frontier (docs/BENCHMARKS.md) a smaller input at full
+        depth lies above a shallower exit at full size; and where none fits, full size ran exit 0
+        past the deadline far more often than the smallest size did (`perception evaluate
+        --deadline-ms`: docs/BENCHMARKS.md, "Accuracy under a deadline")."""
         if frame.deadline_ns is None:
             return shares[0]
         deepest = min(frame.max_exit, frame.network.exit_count - 1)
@@ -99,7 +100,7 @@ class Policy(ABC):
             _, size = frame.network.input_size(frame.width, frame.height, self.budget(share))
             if now_ns() + frame.network.cost_ns(size, deepest) <= left:
                 return share
-        return shares[0]
+        return shares[-1]
 
 
 REGISTRY: dict[str, type[Policy]] = {}

@@ -5,7 +5,7 @@
   keyframe configurations the Pareto sweep (perception pareto) compares the adaptive policy with.
 - deadline: the network on every frame, as deep as the frame's deadline allows, at the first of
   `sizes` (1.0: the pixel budget) or, when the deadline cannot take that at full depth, at the
-  largest of `sizes` that it can.
+  largest of `sizes` that it can (the smallest when none can).
 - adaptive (perception.detection.adaptive): input size, depth and propagation chosen per frame.
 
 Every policy respects the watchdog's depth ceiling; without a deadline (deterministic replay,
