@@ -65,6 +65,13 @@ def positive_ms(text: str) -> float:
     return value
 
 
+def exit_ceiling(text: str) -> int:
+    """An exit index on the command line: 0 (the first exit) or above."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an exit index, 0 or above, got {text!r}")
+    return int(text)
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     import json
     from dataclasses import replace
@@ -95,7 +102,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         truth = load_mot_csv(mot)
     name = policy.kind + (f" every {policy.interval}" if policy.kind == "interval" else "")
     report = evaluate_sequence(name, detector, args.video or DEV_VIDEO, annotations, truth, progress=True,
-                               deadline_ms=args.deadline_ms)
+                               deadline_ms=args.deadline_ms,
+                               max_exit=None if args.ceiling is None else min(args.ceiling, detector.exit_count - 1))
     result = {**report.as_dict(), "pixels": detector.network.pixels}
     print(json.dumps(result))
     if args.json:
@@ -209,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--deadline-ms", type=positive_ms, default=None,
                           help="each frame due this long after it is handed over: the policy sizes and deepens "
                                "against the clock (default: no deadline)")
+    evaluate.add_argument("--ceiling", type=exit_ceiling, default=None, metavar="EXIT",
+                          help="the watchdog's depth ceiling on every frame, as a pipeline running late gets it "
+                               "(default: none)")
     evaluate.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],
                           help="override a key of configs/detector.yaml, e.g. risk.ego_path=false (repeatable)")
     evaluate.add_argument("--video", type=Path, default=None, help="default: PETS09-S2L1 frames 1-400 (recordings/)")

@@ -20,7 +20,7 @@ nothing relevant stands in the ego path, and at full size at least every `full_s
 for new and far objects). Frames of rules 1, 2 and 5 run at full size, as deep as the deadline allows;
 any other frame under a deadline too close for full size at full depth takes a smaller size before a
 shallower exit (the smaller input at full depth lies above the shallow exit on every measured
-frontier: docs/BENCHMARKS.md), and the smallest when none fits (Policy.share_within_deadline).
+frontier: docs/BENCHMARKS.md), and the smallest when none fits (Policy.size_within_budget).
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ class AdaptivePolicy(Policy):
             share = shares[0]
         else:
             share = next((sh for sh in reversed(shares) if self._keeps_objects(frame, self.budget(sh))), shares[0])
-        share = self.share_within_deadline(frame, [sh for sh in shares if sh <= share])
-        return Plan(why if share == shares[0] else f"{why}, {share:g} size", pixels=self.budget(share))
+        share, max_exit = self.size_within_budget(frame, [sh for sh in shares if sh <= share])
+        return Plan(why if share == shares[0] else f"{why}, {share:g} size", pixels=self.budget(share),
+                    max_exit=max_exit)
 
     def _keeps_objects(self, frame: FrameContext, pixels: int) -> bool:
         """Every track stays at least min_object_px tall at this input budget, and nothing relevant

@@ -143,6 +143,7 @@ class FrameDetector:
     def _network(self, frame: np.ndarray, plan: Plan, t_ns: int, deadline_ns: int | None, max_exit: int | None) -> Outcome:
         inference = self.network.begin(frame, plan.pixels)
         ceiling = self.exit_count - 1 if max_exit is None else max_exit
+        ceiling = ceiling if plan.max_exit is None else plan.max_exit  # the policy spent the watchdog's as a cost
         level = run_to_exit(self.network, inference, plan.exit_index, deadline_ns, ceiling, self.margin_ns)
         low = min(self.score_threshold, self.tracker_config.low_score)  # the tracker's second association
         boxes, scores, class_ids = self.network.decode(inference, inference.raw_exits[level], low)

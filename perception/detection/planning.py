@@ -35,6 +35,7 @@ class Plan:
     propagate: bool = False
     pixels: int | None = None
     exit_index: int | None = None
+    max_exit: int | None = None  # this frame's exit ceiling, when the policy spent the watchdog's as a cost
 
 
 @dataclass
@@ -84,23 +85,41 @@ class Policy(ABC):
         """The input pixel budget of a share of the detector's (`policy.sizes`)."""
         return max(1, int(self.pixels * share))
 
-    def share_within_deadline(self, frame: FrameContext, shares: list[float]) -> float:
-        """The largest of `shares` (largest first) at which the network reaches the deepest exit the
-        ceiling allows before the frame's deadline, by the cost estimates, less `margin_ms`; the
-        first without a deadline, and the last, the cheapest, when none fits (its exit is then chosen
-        as the frame runs). On every measured frontier (docs/BENCHMARKS.md) a smaller input at full
-        depth lies above a shallower exit at full size; and where none fits, full size ran exit 0
-        past the deadline far more often than the smallest size did (`perception evaluate
-        --deadline-ms`: docs/BENCHMARKS.md, "Accuracy under a deadline")."""
-        if frame.deadline_ns is None:
-            return shares[0]
-        deepest = min(frame.max_exit, frame.network.exit_count - 1)
-        left = frame.deadline_ns - self.config.margin_ms * 1e6
-        for share in shares:
-            _, size = frame.network.input_size(frame.width, frame.height, self.budget(share))
-            if now_ns() + frame.network.cost_ns(size, deepest) <= left:
-                return share
-        return shares[-1]
+    def size_within_budget(self, frame: FrameContext, shares: list[float]) -> tuple[float, int | None]:
+        """The input size (one of `shares`, largest first) and the exit ceiling (None: the
+        watchdog's) for a network frame, spending no more than the deadline and the watchdog allow.
+
+        The deadline: the largest share at which the network reaches the deepest exit allowed
+        before it, by the cost estimates, less `margin_ms`; the first without a deadline; the last,
+        the cheapest, when none fits (its exit is then chosen as the frame runs). The watchdog's
+        depth ceiling (an exit below the deepest, when latency nears the budget) is spent as a cost:
+        the largest smaller share whose full depth costs no more than that exit at the full size runs
+        at full depth, and only when none does the ceiling's exit runs at the sizes above. On every
+        measured frontier (docs/BENCHMARKS.md) a smaller input at full depth lies above a shallower
+        exit at full size, and exit 0 at full size costs more than full depth at half of it; where
+        nothing fits, full size ran exit 0 past the deadline far more often than the smallest size
+        did ("Accuracy under a deadline")."""
+        network = frame.network
+        full_depth = network.exit_count - 1
+        ceiling = min(frame.max_exit, full_depth)
+        left = None if frame.deadline_ns is None else frame.deadline_ns - self.config.margin_ms * 1e6
+
+        def cost(share: float, exit_index: int) -> int:
+            _, size = network.input_size(frame.width, frame.height, self.budget(share))
+            return network.cost_ns(size, exit_index)
+
+        def fits(cost_ns: int) -> bool:
+            return left is None or now_ns() + cost_ns <= left
+
+        if ceiling < full_depth:
+            allowed = cost(self.config.sizes[0], ceiling)  # what the watchdog lets a frame cost
+            cheaper = next((sh for sh in shares if sh < self.config.sizes[0] and cost(sh, full_depth) <= allowed
+                            and fits(cost(sh, full_depth))), None)
+            if cheaper is not None:
+                return cheaper, full_depth
+        if left is None:
+            return shares[0], None
+        return next((sh for sh in shares if fits(cost(sh, ceiling))), shares[-1]), None
 
 
 REGISTRY: dict[str, type[Policy]] = {}

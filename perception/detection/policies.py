@@ -5,7 +5,8 @@
   keyframe configurations the Pareto sweep (perception pareto) compares the adaptive policy with.
 - deadline: the network on every frame, as deep as the frame's deadline allows, at the first of
   `sizes` (1.0: the pixel budget) or, when the deadline cannot take that at full depth, at the
-  largest of `sizes` that it can (the smallest when none can).
+  largest of `sizes` that it can (the smallest when none can); under the watchdog's depth ceiling,
+  full depth at a smaller size when that costs no more than the ceiling's exit at full size.
 - adaptive (perception.detection.adaptive): input size, depth and propagation chosen per frame.
 
 Every policy respects the watchdog's depth ceiling; without a deadline (deterministic replay,
@@ -73,9 +74,9 @@ class DeadlinePolicy(Policy):
         return tuple(self.budget(share) for share in self.config.sizes)
 
     def plan(self, frame: FrameContext) -> Plan:
-        share = self.share_within_deadline(frame, list(self.config.sizes))
+        share, max_exit = self.size_within_budget(frame, list(self.config.sizes))
         why = "every frame" if share == self.config.sizes[0] else f"every frame, {share:g} size (deadline)"
-        return Plan(why, pixels=self.budget(share))
+        return Plan(why, pixels=self.budget(share), max_exit=max_exit)
 
 
 register(AdaptivePolicy)

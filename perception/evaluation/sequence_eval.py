@@ -53,7 +53,8 @@ class SequenceReport:
 
 def evaluate_sequence(name: str, detector: FrameDetector, video: Path, annotations: Annotations,
                       mot_truth: dict | None = None, person_class: int = 0, max_frames: int | None = None,
-                      progress: bool = False, deadline_ms: float | None = None) -> SequenceReport:
+                      progress: bool = False, deadline_ms: float | None = None,
+                      max_exit: int | None = None) -> SequenceReport:
     """Run every frame of `video` in order through a fresh `detector` and score it.
 
     `detector` should decode at COCO evaluation thresholds (a low score threshold), so that AP sees
@@ -62,7 +63,8 @@ def evaluate_sequence(name: str, detector: FrameDetector, video: Path, annotatio
     annotations) count. `progress`: a progress bar of frames on stderr (perception.progress).
     `deadline_ms`: each frame must be done this long after it is handed over, as a vehicle's frame
     must within its budget; the policy then chooses size and depth against the clock (accuracy
-    under a time budget; None: no deadline, what the sweeps measure)."""
+    under a time budget; None: no deadline, what the sweeps measure). `max_exit`: the watchdog's
+    depth ceiling held on every frame (what a pipeline running late gets)."""
     report = SequenceReport(name, APResult(0, 0, 0, {}), deadline_ms=deadline_ms)
     detections: list[Detection] = []
     hypotheses: dict[int, list[tuple[int, float, float, float, float]]] = {}
@@ -73,7 +75,8 @@ def evaluate_sequence(name: str, detector: FrameDetector, video: Path, annotatio
         if bar is not None:
             bar.update()
         start = now_ns()
-        outcome = detector.process(frame, media_ns, None if deadline_ms is None else start + int(deadline_ms * 1e6))
+        outcome = detector.process(frame, media_ns, None if deadline_ms is None else start + int(deadline_ms * 1e6),
+                                   max_exit)
         report.detector_ms.append((now_ns() - start) / 1e6)
         report.late += deadline_ms is not None and report.detector_ms[-1] > deadline_ms
         out = outcome.output

@@ -108,3 +108,42 @@ def test_when_no_size_fits_the_deadline_the_adaptive_policy_takes_the_cheapest_u
     assert adaptive.plan(frame(network, tracks=[person(20)], deadline_ns=hopeless)).pixels == FULL // 4
     at_risk = frame(network, tracks=[person(60)], deadline_ns=hopeless, risk=Risk("car in path, closing", True))
     assert adaptive.plan(at_risk).pixels == FULL
+
+
+def expensive_first_exit(network) -> None:
+    """Costs in the ratio the real network's have: exit 0 at full size (14 ms) costs more than full
+    depth at half of it (10 ms), as on the 2-core VM (docs/BENCHMARKS.md)."""
+    for part, cost in {"stage0": 9, "exit0": 5}.items():
+        for _ in range(30):
+            network.estimator.add(part, (416, 416), cost * MS)
+
+
+def test_the_watchdogs_depth_ceiling_is_spent_on_a_smaller_input_at_full_depth_when_that_costs_no_more(network):
+    """The watchdog lowers the ceiling to spend less; exit 0 at full size is both dearer and (away
+    from PETS09) far less accurate than full depth at half the pixels, so the frame runs that."""
+    cheap_exit = policy(kind="deadline").plan(replace(frame(network), max_exit=0))
+    assert cheap_exit.pixels == FULL and cheap_exit.max_exit is None  # exit 0 (3 ms) is cheaper: the ceiling as it is
+    expensive_first_exit(network)
+    plan = policy(kind="deadline").plan(replace(frame(network), max_exit=0))
+    assert plan.pixels == FULL // 2 and plan.max_exit == 1
+    adaptive = policy(max_gap_ms=0).plan(replace(frame(network, tracks=[person(20)]), max_exit=0))
+    assert adaptive.pixels == FULL // 2 and adaptive.max_exit == 1
+    # a deadline too close even for that: the ceiling's exit at the largest size that fits, as before
+    late = policy(kind="deadline").plan(replace(frame(network, deadline_ns=now_ns() + 8 * MS), max_exit=0))
+    assert late.max_exit is None
+    # no ceiling: nothing changes
+    assert policy(kind="deadline").plan(frame(network)) == Plan("every frame", pixels=FULL)
+
+
+def test_the_detector_runs_full_depth_at_the_size_its_policy_chose_under_the_ceiling():
+    from perception.detection.frames import FrameDetector
+    from perception.tracking.flow import FlowConfig
+    from perception.tracking.tracker import TrackerConfig
+
+    network, engine = make_network(fit_aspect=True)
+    expensive_first_exit(network)
+    engine.outputs["exit1"]["e1"] = np.zeros((1, 1680, 85), np.float32)  # the anchors of 320x256, half of 416x416
+    detector = FrameDetector(network, policy(kind="deadline"), TrackerConfig(), FlowConfig(), 0.3, 2.0, None)
+    outcome = detector.process(np.zeros((480, 640, 3), np.uint8), 0, None, max_exit=0)
+    assert outcome.level == 1 and outcome.input_size == (320, 256)
+    assert engine.calls == ["stage0", "stage1", "exit1"]

@@ -45,3 +45,13 @@ def test_a_deadline_makes_the_default_policy_choose_against_the_clock_and_counts
     assert hopeless.levels == {"exit0": frames} and hopeless.late == frames
     assert ample.levels == {"exit1": frames} and ample.late == 0 and len(ample.sizes) == 1
     assert ample.as_dict()["deadline_ms"] == 10_000 and hopeless.as_dict()["late"] == frames
+
+
+def test_the_watchdogs_ceiling_can_be_held_on_every_frame():
+    """`perception evaluate --ceiling 0`: what a pipeline running late gets from its watchdog."""
+    settings = DetectorSettings(engine=EngineConfig(threads=1), policy=PolicyConfig(kind="fixed"))
+    network = build_network(settings, EVAL_SCORE_THRESHOLD, EVAL_NMS_THRESHOLD, warm_up=())
+    annotations = load_annotations(DEV_ANNOTATIONS, network.manifest.class_names())
+    capped = evaluate_sequence("fixed", build_detector(settings, network=network), DEV_VIDEO, annotations,
+                               max_frames=4, max_exit=0)
+    assert capped.levels == {"exit0": 4}
