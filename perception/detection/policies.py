@@ -9,7 +9,8 @@
   full depth at a smaller size when that costs no more than the ceiling's exit at full size.
 - adaptive (perception.detection.adaptive): input size, depth and propagation chosen per frame.
 
-Every policy respects the watchdog's depth ceiling; without a deadline (deterministic replay,
+Every policy respects the watchdog's depth ceiling (deadline and adaptive spend it as a cost, in
+Policy.size_within_budget); without a deadline (deterministic replay,
 evaluation) `deadline` runs full depth.
 """
 
@@ -75,7 +76,8 @@ class DeadlinePolicy(Policy):
 
     def plan(self, frame: FrameContext) -> Plan:
         share, max_exit = self.size_within_budget(frame, list(self.config.sizes))
-        why = "every frame" if share == self.config.sizes[0] else f"every frame, {share:g} size (deadline)"
+        why = "every frame" if share == self.config.sizes[0] else \
+            f"every frame, {share:g} size ({'deadline' if max_exit is None else 'depth ceiling'})"
         return Plan(why, pixels=self.budget(share), max_exit=max_exit)
 
 

@@ -125,7 +125,7 @@ def test_the_watchdogs_depth_ceiling_is_spent_on_a_smaller_input_at_full_depth_w
     assert cheap_exit.pixels == FULL and cheap_exit.max_exit is None  # exit 0 (3 ms) is cheaper: the ceiling as it is
     expensive_first_exit(network)
     plan = policy(kind="deadline").plan(replace(frame(network), max_exit=0))
-    assert plan.pixels == FULL // 2 and plan.max_exit == 1
+    assert plan.pixels == FULL // 2 and plan.max_exit == 1 and plan.why == "every frame, 0.5 size (depth ceiling)"
     adaptive = policy(max_gap_ms=0).plan(replace(frame(network, tracks=[person(20)]), max_exit=0))
     assert adaptive.pixels == FULL // 2 and adaptive.max_exit == 1
     # a deadline too close even for that: the ceiling's exit at the largest size that fits, as before
