@@ -10,6 +10,7 @@ import numpy as np
 import zmq
 
 from helpers import REPO, free_port, run_python, stop_process, wait_for
+from perception.node import EXIT_UNAVAILABLE
 from perception.transport import Subscriber, resolve_endpoint
 from perception.topics import FRAMES
 
@@ -107,10 +108,11 @@ def test_inline_frames_over_tcp_reach_a_consumer_intact(tmp_path, run_dir):
 
 
 def test_a_camera_that_cannot_be_opened_exits_restartable_with_one_line(tmp_path, run_dir):
-    """Unlike a bad file, a camera may come back (replugged, released): exit 1, which the
-    launcher's restart policy retries, not 78, which it never restarts."""
+    """Unlike a bad file, a camera may come back (replugged, released): exit 69 (EX_UNAVAILABLE),
+    which the launcher's restart policy retries until the source has had its start-up time to open
+    (tests/perception/test_live_sources.py), not 78, which it never restarts."""
     result = run_capture(tmp_path, "source: {kind: camera, camera_index: 37}\n")
-    assert result.returncode == 1
+    assert result.returncode == EXIT_UNAVAILABLE == 69
     assert len(error_lines(result.stderr)) == 1 and "camera 37: cannot open" in result.stderr
     assert "Traceback" not in result.stderr
 
