@@ -67,9 +67,13 @@ def positive_ms(text: str) -> float:
 
 def exit_ceiling(text: str) -> int:
     """An exit index on the command line: 0 (the first exit) or above."""
-    if not text.isdigit():
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
         raise argparse.ArgumentTypeError(f"expected an exit index, 0 or above, got {text!r}")
-    return int(text)
+    return value
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -219,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "against the clock (default: no deadline)")
     evaluate.add_argument("--ceiling", type=exit_ceiling, default=None, metavar="EXIT",
                           help="the watchdog's depth ceiling on every frame, as a pipeline running late gets it "
-                               "(default: none)")
+                               "(default: none; the deadline and adaptive policies then size frames by live cost "
+                               "estimates, so runs may differ)")
     evaluate.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],
                           help="override a key of configs/detector.yaml, e.g. risk.ego_path=false (repeatable)")
     evaluate.add_argument("--video", type=Path, default=None, help="default: PETS09-S2L1 frames 1-400 (recordings/)")

@@ -160,8 +160,9 @@ class _History:
 
 def least_squares_slope(x: list[float], y: list[float]) -> float:
     """The slope of the least-squares line through (x, y), in correctly rounded sums (math.fsum):
-    the same bits on every machine, where np.polyfit's LAPACK call differed in the last digits
-    between numpy builds, and per-node replay compares a decision's time to collision exactly."""
+    no build-dependent summation, where np.polyfit's LAPACK call differed in the last digits between
+    numpy builds (per-node replay allows 1e-6 s on a time to collision for what is left, such as
+    the platform's log in the last place)."""
     n = len(x)
     mean_x, mean_y = math.fsum(x) / n, math.fsum(y) / n
     spread = math.fsum((a - mean_x) ** 2 for a in x)

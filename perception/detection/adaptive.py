@@ -20,7 +20,8 @@ nothing relevant stands in the ego path, and at full size at least every `full_s
 for new and far objects). Frames of rules 1, 2 and 5 run at full size, as deep as the deadline allows;
 any other frame under a deadline too close for full size at full depth takes a smaller size before a
 shallower exit (the smaller input at full depth lies above the shallow exit on every measured
-frontier: docs/BENCHMARKS.md), and the smallest when none fits (Policy.size_within_budget).
+frontier: docs/BENCHMARKS.md), and the size its objects need when none fits (Policy.size_within_budget).
+Nothing relevant in the ego path runs below full size, whatever the deadline or the ceiling.
 """
 
 from __future__ import annotations
@@ -92,19 +93,20 @@ class AdaptivePolicy(Policy):
         return x1 < mx or y1 < my or x2 > width - mx or y2 > height - my
 
     def _network(self, frame: FrameContext, why: str, full: bool = False) -> Plan:
-        """The network at the size the frame needs: full size when `full` (as deep as the deadline
-        allows), else the smallest that keeps the tracks tall enough, or full size when a scout is due,
-        made smaller still if the deadline cannot take it at full depth."""
+        """The network at the size the frame needs: full size when `full` or anything relevant stands
+        in the ego path (as deep as the deadline allows), else the smallest that keeps the tracks
+        tall enough, or full size when a scout is due, made smaller still if the deadline or the
+        watchdog's ceiling cannot take it at full depth; that size when nothing fits."""
         s = self.settings
         shares = list(self.config.sizes)
-        if full:
+        if full or frame.risk.in_path:
             return Plan(why, pixels=self.budget(shares[0]))
         scout_due = frame.ms_since_full_size is None or frame.ms_since_full_size >= s.full_size_every_ms
         if scout_due:
             share = shares[0]
         else:
             share = next((sh for sh in reversed(shares) if self._keeps_objects(frame, self.budget(sh))), shares[0])
-        share, max_exit = self.size_within_budget(frame, [sh for sh in shares if sh <= share])
+        share, max_exit = self.size_within_budget(frame, [sh for sh in shares if sh <= share], when_none_fits=share)
         return Plan(why if share == shares[0] else f"{why}, {share:g} size", pixels=self.budget(share),
                     max_exit=max_exit)
 

@@ -93,17 +93,18 @@ class Policy(ABC):
         """The input pixel budget of a share of the detector's (`policy.sizes`)."""
         return max(1, int(self.pixels * share))
 
-    def size_within_budget(self, frame: FrameContext, shares: list[float]) -> tuple[float, int | None]:
+    def size_within_budget(self, frame: FrameContext, shares: list[float],
+                           when_none_fits: float | None = None) -> tuple[float, int | None]:
         """The input size (one of `shares`, largest first) and the exit ceiling (None: the
         watchdog's) for a network frame, spending no more than the deadline and the watchdog allow.
 
         The deadline: the largest share at which the network reaches the deepest exit allowed
-        before it, by the cost estimates, less `margin_ms`; the first without a deadline; the last,
-        the cheapest, when none fits (its exit is then chosen as the frame runs). The watchdog's
-        depth ceiling (an exit below the deepest, when latency nears the budget) is spent as a cost:
-        the largest smaller share whose full depth costs no more than that exit at the full size
-        (within CEILING_COST_SPREAD) runs at full depth, and only when none does the ceiling's exit
-        runs at the sizes above. On every measured frontier (docs/BENCHMARKS.md) a smaller input at
+        before it, by the cost estimates, less `margin_ms`; the first without a deadline;
+        `when_none_fits` (default the last, the cheapest) when none fits, its exit then chosen as
+        the frame runs. The watchdog's depth ceiling (an exit below the deepest, when latency nears
+        the budget) is spent as a cost: the largest smaller share whose full depth costs no more
+        than that exit at the first share (within CEILING_COST_SPREAD) runs at full depth, and only
+        when none does the ceiling's exit runs at the sizes above. On every measured frontier (docs/BENCHMARKS.md) a smaller input at
         full depth lies above a shallower exit at full size, and exit 0 at full size costs about as
         much as full depth at half of it; where nothing fits, full size ran exit 0 past the deadline
         far more often than the smallest size did ("Accuracy under a deadline")."""
@@ -120,14 +121,15 @@ class Policy(ABC):
             return left is None or now_ns() + cost_ns <= left
 
         if ceiling < full_depth:
-            allowed = cost(self.config.sizes[0], ceiling) * CEILING_COST_SPREAD  # what the watchdog lets a frame cost
-            cheaper = next((sh for sh in shares if sh < self.config.sizes[0] and cost(sh, full_depth) <= allowed
-                            and fits(cost(sh, full_depth))), None)
+            allowed = cost(shares[0], ceiling) * CEILING_COST_SPREAD  # what the watchdog lets this frame cost
+            cheaper = next((sh for sh in shares[1:] if cost(sh, full_depth) <= allowed and fits(cost(sh, full_depth))),
+                           None)
             if cheaper is not None:
                 return cheaper, full_depth
         if left is None:
             return shares[0], None
-        return next((sh for sh in shares if fits(cost(sh, ceiling))), shares[-1]), None
+        fallback = shares[-1] if when_none_fits is None else when_none_fits
+        return next((sh for sh in shares if fits(cost(sh, ceiling))), fallback), None
 
 
 REGISTRY: dict[str, type[Policy]] = {}

@@ -99,15 +99,17 @@ def test_the_default_deadline_policy_gives_way_in_size_before_depth(network):
     assert hopeless.pixels == FULL // 4 and hopeless.exit_index is None
 
 
-def test_when_no_size_fits_the_deadline_the_adaptive_policy_takes_the_cheapest_unless_at_risk(network):
-    """The smallest size when none fits; but a frame at risk (something in the ego path closing)
-    stays at full size, as deep as the deadline allows."""
+def test_when_no_size_fits_the_deadline_the_adaptive_policy_keeps_the_size_its_objects_need(network):
+    """The size its objects need, its exit chosen as the frame runs (the deadline policy takes the
+    smallest there: measured for it, not for this one); full size for anything in the ego path."""
     adaptive = policy(sizes=[1.0, 0.5, 0.25], min_object_px=16, max_gap_ms=0)
     hopeless = now_ns() + 1 * MS
-    assert adaptive.plan(frame(network, tracks=[person(40)], deadline_ns=hopeless)).pixels == FULL // 4
-    assert adaptive.plan(frame(network, tracks=[person(20)], deadline_ns=hopeless)).pixels == FULL // 4
-    at_risk = frame(network, tracks=[person(60)], deadline_ns=hopeless, risk=Risk("car in path, closing", True))
-    assert adaptive.plan(at_risk).pixels == FULL
+    assert adaptive.plan(frame(network, tracks=[person(40)], deadline_ns=hopeless)).pixels == FULL // 2
+    assert adaptive.plan(frame(network, tracks=[person(20)], deadline_ns=hopeless)).pixels == FULL
+    in_path = adaptive.plan(frame(network, tracks=[person(60)], deadline_ns=hopeless, risk=Risk(None, True)))
+    assert in_path.pixels == FULL and in_path.max_exit is None
+    late = adaptive.plan(frame(network, tracks=[person(60)], deadline_ns=now_ns() + 10 * MS, risk=Risk(None, True)))
+    assert late.pixels == FULL  # nothing relevant in the path runs below full size, whatever the deadline
 
 
 def expensive_first_exit(network) -> None:
@@ -128,6 +130,12 @@ def test_the_watchdogs_depth_ceiling_is_spent_on_a_smaller_input_at_full_depth_w
     assert plan.pixels == FULL // 2 and plan.max_exit == 1 and plan.why == "every frame, 0.5 size (depth ceiling)"
     adaptive = policy(max_gap_ms=0).plan(replace(frame(network, tracks=[person(20)]), max_exit=0))
     assert adaptive.pixels == FULL // 2 and adaptive.max_exit == 1
+    # a frame the adaptive policy already made small is held to its own size's exit 0, not made dearer
+    small = policy(max_gap_ms=0).plan(replace(frame(network, tracks=[person(40)]), max_exit=0))
+    assert small.pixels == FULL // 2 and small.max_exit is None
+    # anything relevant in the ego path: full size, the watchdog's ceiling as it is
+    in_path = policy(max_gap_ms=0).plan(replace(frame(network, tracks=[person(20)], risk=Risk(None, True)), max_exit=0))
+    assert in_path.pixels == FULL and in_path.max_exit is None
     # a deadline too close even for that: the ceiling's exit at the largest size that fits, as before
     late = policy(kind="deadline").plan(replace(frame(network, deadline_ns=now_ns() + 8 * MS), max_exit=0))
     assert late.max_exit is None
