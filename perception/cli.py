@@ -106,8 +106,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         truth = load_mot_csv(mot)
     name = policy.kind + (f" every {policy.interval}" if policy.kind == "interval" else "")
     report = evaluate_sequence(name, detector, args.video or DEV_VIDEO, annotations, truth, progress=True,
-                               deadline_ms=args.deadline_ms,
-                               max_exit=None if args.ceiling is None else min(args.ceiling, detector.exit_count - 1))
+                               deadline_ms=args.deadline_ms, max_exit=args.ceiling)  # the detector caps it at its deepest
     result = {**report.as_dict(), "pixels": detector.network.pixels}
     print(json.dumps(result))
     if args.json:

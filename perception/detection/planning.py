@@ -104,10 +104,11 @@ class Policy(ABC):
         the frame runs. The watchdog's depth ceiling (an exit below the deepest, when latency nears
         the budget) is spent as a cost: the largest smaller share whose full depth costs no more
         than that exit at the first share (within CEILING_COST_SPREAD) runs at full depth, and only
-        when none does the ceiling's exit runs at the sizes above. On every measured frontier (docs/BENCHMARKS.md) a smaller input at
-        full depth lies above a shallower exit at full size, and exit 0 at full size costs about as
-        much as full depth at half of it; where nothing fits, full size ran exit 0 past the deadline
-        far more often than the smallest size did ("Accuracy under a deadline")."""
+        when none does the ceiling's exit runs at the sizes above. On every measured frontier
+        (docs/BENCHMARKS.md) a smaller input at full depth lies above a shallower exit at full size,
+        and exit 0 at full size costs about as much as full depth at half of it; where nothing fits,
+        full size ran exit 0 past the deadline far more often than the smallest size did ("Accuracy
+        under a deadline")."""
         network = frame.network
         full_depth = network.exit_count - 1
         ceiling = min(frame.max_exit, full_depth)
@@ -122,10 +123,10 @@ class Policy(ABC):
 
         if ceiling < full_depth:
             allowed = cost(shares[0], ceiling) * CEILING_COST_SPREAD  # what the watchdog lets this frame cost
-            cheaper = next((sh for sh in shares[1:] if cost(sh, full_depth) <= allowed and fits(cost(sh, full_depth))),
-                           None)
-            if cheaper is not None:
-                return cheaper, full_depth
+            for share in shares[1:]:
+                full_depth_ns = cost(share, full_depth)
+                if full_depth_ns <= allowed and fits(full_depth_ns):
+                    return share, full_depth
         if left is None:
             return shares[0], None
         fallback = shares[-1] if when_none_fits is None else when_none_fits
