@@ -96,10 +96,16 @@ class FlowResult:
                           scale=np.ones(n, np.float32))
 
 
-def to_gray(frame: np.ndarray) -> np.ndarray:
-    """uint8 grey from a 1-channel (h, w) / (h, w, 1) or 3-channel BGR uint8 image."""
+def _check_image(frame: np.ndarray) -> None:
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8:
         raise ValueError(f"frame must be a uint8 numpy array, got {getattr(frame, 'dtype', type(frame))}")
+    if frame.ndim in (2, 3) and (frame.shape[0] < 2 or frame.shape[1] < 2):
+        raise ValueError(f"frame too small: {frame.shape}")
+
+
+def to_gray(frame: np.ndarray) -> np.ndarray:
+    """uint8 grey from a 1-channel (h, w) / (h, w, 1) or 3-channel BGR uint8 image."""
+    _check_image(frame)
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
     if frame.ndim == 2:
@@ -108,8 +114,6 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
     else:
         raise ValueError(f"frame must be (h, w), (h, w, 1) or (h, w, 3), got shape {frame.shape}")
-    if gray.shape[0] < 2 or gray.shape[1] < 2:
-        raise ValueError(f"frame too small: {frame.shape}")
     return gray
 
 
@@ -160,15 +164,21 @@ class BoxFlow:
 
     def prepare(self, frame_bgr: np.ndarray) -> FlowFrame:
         """Grey and downscaled: the per-frame work, done once per frame."""
-        gray = to_gray(frame_bgr)
-        height, width = gray.shape
-        small = gray
-        # By a whole factor: area averaging is then OpenCV's fast path (0.5 ms for 1280x720 by 4, where
-        # 1280 -> 384 took 2 ms), and area averaging does not alias fine texture into false motion.
+        _check_image(frame_bgr)
+        height, width = frame_bgr.shape[:2]
+        # By a whole factor: area averaging is then OpenCV's fast path (1280 -> 384 took 2 ms, by 4 0.6 ms),
+        # and area averaging does not alias fine texture into false motion.
         factor = math.ceil(1.0 / min(self.config.scale, self.config.max_width / width) - 1e-9)
-        if factor > 1:
-            size = (max(2, round(width / factor)), max(2, round(height / factor)))
-            small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        size = (max(2, round(width / factor)), max(2, round(height / factor)))
+        image, left = frame_bgr, factor
+        if factor % 2 == 0 and width % 2 == height % 2 == 0 and min(width, height) >= 4 and frame_bgr.shape[2:] == (3,):
+            # Halved in colour first: a bilinear resize to exactly half averages each 2x2 block (area
+            # averaging, within a grey level of it), and the colour conversion then has a quarter of
+            # the pixels: 1280x720 by 4 in 0.2 ms instead of 0.6.
+            image, left = cv2.resize(frame_bgr, (width // 2, height // 2), interpolation=cv2.INTER_LINEAR), factor // 2
+        small = to_gray(image)
+        if left > 1:
+            small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
         return FlowFrame(gray=np.ascontiguousarray(small), shape=(height, width))
 
     def propagate(self, previous: FlowFrame, current: FlowFrame, boxes: np.ndarray) -> FlowResult:
