@@ -181,13 +181,14 @@ def test_flow_frame_keeps_full_resolution_shape() -> None:
     assert isinstance(frame, FlowFrame) and frame.shape == (HEIGHT, WIDTH) and frame.gray.shape == (120, 160)
 
 
-@pytest.mark.parametrize("size", [(720, 1280), (576, 768), (375, 1242)])
+@pytest.mark.parametrize("size", [(720, 1280), (576, 768), (375, 1242), (376, 1242), (370, 1226), (1080, 1920)])
 def test_a_colour_frame_is_prepared_as_its_grey_image_area_averaged(size: tuple[int, int]) -> None:
-    # The colour frame is halved before it turns grey when that is exact (cheaper); the result must be
-    # the grey image area-averaged by the same whole factor, to within a grey level of rounding.
+    # A factor of 4 runs as two halvings where that is exact (cheaper): the result must be the grey
+    # image area-averaged by the whole factor in one step, to within a grey level of rounding.
+    height, width = size
     frame = np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8)
     prepared = BoxFlow().prepare(frame)
-    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-    expected = cv2.resize(grey, prepared.gray.shape[::-1], interpolation=cv2.INTER_AREA)
-    assert prepared.shape == size and prepared.gray.shape[1] <= FlowConfig().max_width
+    factor = -(-width // FlowConfig().max_width)  # all at least twice max_width wide: scale 0.5 asks no more
+    assert prepared.shape == size and prepared.gray.shape == (round(height / factor), round(width / factor))
+    expected = cv2.resize(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), prepared.gray.shape[::-1], interpolation=cv2.INTER_AREA)
     assert np.abs(prepared.gray.astype(int) - expected).max() <= 1
