@@ -1,7 +1,8 @@
 """Time a propagated frame (no network) and its optical-flow part, in process, on real video.
 
 Usage: python scripts/propagation_cost.py VIDEO [VIDEO ...] [--frames 200] [--passes 3] [--opencv-threads 1]
-The detector runs the `interval` policy (network every 4th frame) so that most frames are
+       [--detector KEY=VALUE ...]
+The detector (configs/detector.yaml, its overrides) runs the `interval` policy (network every 4th frame) so that most frames are
 propagated; prints per video the p50 of propagated frames, their flow part, and network frames,
 and what preparing one frame for flow costs (timeit's fastest).
 The frames are decoded first, then timed. With several passes (the same frames, a fresh detector,
@@ -11,11 +12,13 @@ one pass, not on the figure.
 import argparse
 import itertools
 import timeit
+from dataclasses import replace
 
 import cv2
 import numpy as np
 
-from perception.detection.builder import DetectorSettings, build_detector
+from perception import REPO
+from perception.detection.builder import build_detector, load_settings
 from perception.detection.policies import PolicyConfig
 from perception.engines import EngineConfig
 from perception.evaluation.detector_eval import read_frames
@@ -30,7 +33,11 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=3, help="each frame's fastest of this many passes")
     parser.add_argument("--opencv-threads", type=int, default=1,
                         help="OpenCV's threads (default 1: the detector node's, PERCEPTION_OPENCV_THREADS)")
+    parser.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],
+                        help="override a key of configs/detector.yaml, e.g. flow.max_width=192")
     args = parser.parse_args()
+    settings = load_settings(REPO / "configs" / "detector.yaml", args.detector)
+    settings = replace(settings, engine=EngineConfig(threads=2), policy=PolicyConfig(kind="interval", interval=4))
     cv2.setNumThreads(args.opencv_threads)
     for video in args.videos:
         # Decoded before any is timed: the decoder's own threads would otherwise share the cores
@@ -42,8 +49,7 @@ def main() -> None:
         took = np.full((args.passes, len(frames)), np.inf)
         flow = np.full_like(took, np.inf)
         for number in range(args.passes):
-            detector = build_detector(DetectorSettings(engine=EngineConfig(threads=2),
-                                                       policy=PolicyConfig(kind="interval", interval=4)))
+            detector = build_detector(settings)
             levels = []
             for index, (frame, stamp) in enumerate(frames):
                 start = now_ns()
