@@ -12,15 +12,12 @@ one pass, not on the figure.
 import argparse
 import itertools
 import timeit
-from dataclasses import replace
 
 import cv2
 import numpy as np
 
 from perception import REPO
 from perception.detection.builder import build_detector, load_settings
-from perception.detection.policies import PolicyConfig
-from perception.engines import EngineConfig
 from perception.evaluation.detector_eval import read_frames
 from perception.latency import now_ns
 from perception.messages import LEVEL_PROPAGATE
@@ -36,8 +33,9 @@ def main() -> None:
     parser.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],
                         help="override a key of configs/detector.yaml, e.g. flow.max_width=192")
     args = parser.parse_args()
-    settings = load_settings(REPO / "configs" / "detector.yaml", args.detector)
-    settings = replace(settings, engine=EngineConfig(threads=2), policy=PolicyConfig(kind="interval", interval=4))
+    # The interval policy on 2 threads unless the overrides, which come last, say otherwise.
+    settings = load_settings(REPO / "configs" / "detector.yaml",
+                             ["engine.threads=2", "policy.kind=interval", "policy.interval=4", *args.detector])
     cv2.setNumThreads(args.opencv_threads)
     for video in args.videos:
         # Decoded before any is timed: the decoder's own threads would otherwise share the cores

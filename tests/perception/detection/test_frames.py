@@ -129,3 +129,24 @@ def test_a_timeline_that_goes_back_or_stands_still_cannot_keep_the_network_off(n
     assert restarted.level >= 0 and frames.resets["time backwards"] == 1
     still = [frames.process(blank, 0).level for _ in range(12)]
     assert [i for i, level in enumerate(still) if level >= 0] == [5, 11]  # 5 propagated, then the network
+
+
+def test_the_policy_sees_the_tracks_the_tracker_holds_on_every_frame_and_none_after_a_reset(network, street):
+    # The tracks are snapshotted once per network frame (only those change the tracker): a propagated
+    # frame must still see exactly the tracker's, and a reset must not leave the old ones behind.
+    frames = detector(network, ego_path=False, entering_hits=0, max_change=1.0, max_gap_ms=250)
+    seen = []
+    plan = frames.policy.plan
+
+    def spy(context):
+        live = [t for t in frames.tracker.tracks if t.frames_since_update == 0]
+        seen.append(([(t.track_id, t.box.tolist()) for t in context.tracks], [(t.track_id, t.box.tolist()) for t in live]))
+        return plan(context)
+
+    frames.policy.plan = spy
+    levels = [frames.process(np.roll(street, 3 * i, axis=1), i * FRAME_NS).level for i in range(4)]
+    frames.reset("test")
+    levels.append(frames.process(street, 4 * FRAME_NS).level)
+    assert LEVEL_PROPAGATE in levels[:4] and levels[0] >= 0, levels
+    assert seen[1][0] and all(context == live for context, live in seen), seen
+    assert seen[4][0] == []  # after the reset: no track from before it

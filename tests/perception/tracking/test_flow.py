@@ -181,10 +181,11 @@ def test_flow_frame_keeps_full_resolution_shape() -> None:
     assert isinstance(frame, FlowFrame) and frame.shape == (HEIGHT, WIDTH) and frame.gray.shape == (120, 160)
 
 
-@pytest.mark.parametrize("size", [(720, 1280), (576, 768), (375, 1242), (376, 1242), (370, 1226), (1080, 1920)])
+@pytest.mark.parametrize("size", [(720, 1280), (576, 768), (375, 1242), (376, 1242), (370, 1226), (1080, 1920),
+                                  (1296, 2304), (1728, 3072)])  # factors 4, 2, 4 (none divide), 5, 6, 8
 def test_a_colour_frame_is_prepared_as_its_grey_image_area_averaged(size: tuple[int, int]) -> None:
-    # A factor of 4 runs as two halvings where that is exact (cheaper): the result must be the grey
-    # image area-averaged by the whole factor in one step, to within a grey level of rounding.
+    # An even factor that divides both sides runs as halvings and a last step (cheaper): the result must
+    # be the grey image area-averaged by the whole factor in one step, to within a grey level of rounding.
     height, width = size
     frame = np.random.default_rng(1).integers(0, 256, (*size, 3), dtype=np.uint8)
     prepared = BoxFlow().prepare(frame)
