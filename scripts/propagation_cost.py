@@ -2,8 +2,8 @@
 
 Usage: python scripts/propagation_cost.py VIDEO [VIDEO ...] [--frames 200] [--passes 3] [--opencv-threads 1]
        [--detector KEY=VALUE ...]
-The detector (configs/detector.yaml, its overrides) runs the `interval` policy (network every 4th frame) so that most frames are
-propagated; prints per video the p50 of propagated frames, their flow part, and network frames,
+The detector (configs/detector.yaml, its overrides) runs the `interval` policy (network every 4th
+frame) so that most frames are propagated; prints per video the p50 of propagated frames, their flow part, and network frames,
 and what preparing one frame for flow costs (timeit's fastest).
 The frames are decoded first, then timed. With several passes (the same frames, a fresh detector,
 identical work) each frame counts its fastest pass: a slow spell of a shared machine then lands on
