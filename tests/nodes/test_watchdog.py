@@ -374,9 +374,19 @@ def test_well_formed_messages_with_bad_fields_are_dropped_and_nobody_crashes(pip
         bad_frames = [forged(frame, ring=""), forged(frame, ring="a/b"), forged(frame, stamps=full)]
         bad_detections = [forged(detections, image_width=0), forged(detections, image_height=0),
                           forged(detections, stamps=full)]
+        def malformed_frames() -> int:
+            return observer.last_counters("detector").get("frames.malformed", 0)
+
+        sent = 0
         for payload in bad_frames:
-            rogue.socket.send_multipart([FRAMES.name.encode(), payload])
-            time.sleep(0.15)  # the detector reads frames latest-only: one at a time, so each is counted
+            # The detector reads frames latest-only: a real frame arriving before it reads the bad one
+            # supersedes it undecoded (on a busy machine), so each is sent until it has been counted.
+            for _ in range(5):
+                before = malformed_frames()
+                rogue.socket.send_multipart([FRAMES.name.encode(), payload])
+                sent += 1
+                if wait_for(lambda: malformed_frames() > before, 1.0):
+                    break
         for payload in bad_detections:
             rogue.socket.send_multipart([DETECTIONS.name.encode(), payload])
         # Well formed and valid, but naming an 8-byte segment of this run: unusable, not fatal.
@@ -387,7 +397,7 @@ def test_well_formed_messages_with_bad_fields_are_dropped_and_nobody_crashes(pip
         time.sleep(1.0)
         ended = now_ns()
         assert wait_for(lambda: observer.last_counters("decision").get("detections.malformed") == 3, timeout_s=10)
-        assert wait_for(lambda: observer.last_counters("detector").get("frames.malformed") == 3, timeout_s=10)
+        assert wait_for(lambda: 3 <= malformed_frames() <= sent, timeout_s=10)
         assert wait_for(lambda: observer.last_counters("detector").get("frames.bad", 0) >= 1, timeout_s=10)
         assert {name: pid_of(status_file, name) for name in pids} == pids  # nothing crashed or restarted
         assert observer.unanswered(observer.frames_between(started, ended - 300 * MS)) == []
