@@ -24,7 +24,7 @@ from perception.messages import (
 
 # --- the codec: one per message type, derived from the dataclass above ----------------------
 #
-# Each message is one JSON object: {"wire": 5, "type": "Decision", <every field>}. Enums travel as
+# Each message is one JSON object: {"wire": 6, "type": "Decision", <every field>}. Enums travel as
 # their names, arrays as base64 of their little-endian bytes, nested records (stamps, a target) as
 # objects, an infinite time to collision as null. The same bytes are what a recording stores, with
 # the JSON schema below (perception.recording), so Foxglove decodes every channel as it is.
@@ -242,12 +242,13 @@ def encode(message: Message) -> bytes:
 
 # Wire formats this build can read recordings of, by upgrading them (perception migrate); the wire
 # itself takes the current one only.
-UPGRADABLE_WIRE_VERSIONS = (4,)
+UPGRADABLE_WIRE_VERSIONS = (4, 5)
 
 
 def upgrade(data: bytes) -> bytes:
     """A message of an older wire format as the current one: format 4 lacks `clock` (5 added it: the
-    host whose clock its stamps are in), which is this host's, "local", for a recording of one host.
+    host whose clock its stamps are in), which is this host's, "local", for a recording of one host;
+    detections before format 6 lack `measured_by` (the network pass), which is not known: null.
     Bytes of the current format come back as they are; MessageError for anything else."""
     try:
         parsed = json.loads(bytes(data))
@@ -259,6 +260,8 @@ def upgrade(data: bytes) -> bytes:
         raise MessageError(f"message: wire version {str(parsed.get('wire'))[:16]}, which no upgrade reads")
     parsed["wire"] = WIRE_VERSION
     parsed.setdefault("clock", "local")
+    if parsed.get("type") == "Detections":
+        parsed.setdefault("measured_by", None)
     return compact_json(parsed)
 
 

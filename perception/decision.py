@@ -10,6 +10,9 @@ image coordinates. Two proxies say how urgent it is, since a monocular detector 
   current rate of growth, fitted over the recent heights of the object's track. Tracks come with
   the detections (the detector's tracker, perception/tracking): this node keeps only each track's
   recent heights, never matches boxes itself. An untracked detection (track id 0) has no history.
+  Heights are compared within one network pass (input size and exit) only: the same object's box
+  is taller or shorter at another, and a detector that changes pass under load must not make a
+  car seem to close or to stop closing.
 Escalation is immediate; de-escalation waits `release_frames` consecutive calmer frames, so the
 decision does not flicker between frames.
 """
@@ -19,14 +22,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Hashable
 
 import numpy as np
 
 from perception.config import ConfigError, Fraction, Length, Range, ScoreThreshold, check_ranges
 from perception.detection.classes import shown_classes
 
-from perception.messages import Action, Decision, Detections, Reason, Stamp, Target
+from perception.messages import Action, Decision, Detections, NetworkPass, Reason, Stamp, Target
 
 DEFAULT_ROI = [(0.46, 0.58), (0.54, 0.58), (0.80, 1.0), (0.20, 1.0)]  # the ego lane of a forward camera
 HeightShare = Annotated[float, Range(0, 1, low_open=True)]  # a box's height over the image's: above 1 none is
@@ -141,32 +144,50 @@ def shares_in_path(boxes: np.ndarray, image_width: int, image_height: int, roi: 
 
 @dataclass
 class _History:
-    """Recent (media_ns, box height) samples of one track, for its growth rate."""
+    """Recent (media_ns, box height, network pass) samples of one track, for its growth rate."""
 
-    samples: list[tuple[int, float]]
+    samples: list[tuple[int, float, Hashable]]
 
     def ttc_s(self, min_growth: float) -> float:
         """Time to collision from the growth rate of the box height; inf unless it grew by at
-        least `min_growth` over the samples (a pixel of jitter on a small box is not closing)."""
-        if len(self.samples) < 2 or self.samples[-1][1] < self.samples[0][1] * (1 + min_growth):
+        least `min_growth` over the samples (a pixel of jitter on a small box is not closing).
+
+        Growth is measured within each network pass's samples only: a pass of another input size
+        or exit draws the same box taller or shorter, and that step is not motion. With one pass this
+        is the plain fit over every sample; a pass seen once adds nothing until it is seen again."""
+        if len(self.samples) < 2:
             return math.inf
-        t = [(c - self.samples[0][0]) / 1e9 for c, _ in self.samples]
-        log_h = [math.log(max(h, 1e-3)) for _, h in self.samples]
-        if t[-1] <= 0:
+        by_pass: dict[Hashable, list[tuple[int, float]]] = {}
+        for t_ns, height, measured_by in self.samples:
+            by_pass.setdefault(measured_by, []).append((t_ns, height))
+        runs = [run for run in by_pass.values() if run[-1][0] > run[0][0]]
+        if not runs:
             return math.inf
-        rate = least_squares_slope(t, log_h)  # d ln h / dt
+        # The growth over the samples' span, from the passes' own first and last heights.
+        span_s = (self.samples[-1][0] - self.samples[0][0]) / 1e9
+        within_s = math.fsum((run[-1][0] - run[0][0]) / 1e9 for run in runs)
+        log_growth = math.fsum(math.log(max(run[-1][1], 1e-3) / max(run[0][1], 1e-3)) for run in runs)
+        if log_growth * span_s / within_s < math.log1p(min_growth):
+            return math.inf
+        t0 = self.samples[0][0]
+        rate = within_slope([[(c - t0) / 1e9 for c, _ in run] for run in runs],
+                            [[math.log(max(h, 1e-3)) for _, h in run] for run in runs])  # d ln h / dt
         return 1.0 / rate if rate > 1e-6 else math.inf
 
 
-def least_squares_slope(x: list[float], y: list[float]) -> float:
-    """The slope of the least-squares line through (x, y), in correctly rounded sums (math.fsum):
-    no build-dependent summation, where np.polyfit's LAPACK call differed in the last digits between
-    numpy builds (per-node replay allows 1e-6 s on a time to collision for what is left, such as
-    the platform's log in the last place)."""
-    n = len(x)
-    mean_x, mean_y = math.fsum(x) / n, math.fsum(y) / n
-    spread = math.fsum((a - mean_x) ** 2 for a in x)
-    return math.fsum((a - mean_x) * (b - mean_y) for a, b in zip(x, y)) / spread if spread > 0 else 0.0
+def within_slope(xs: list[list[float]], ys: list[list[float]]) -> float:
+    """The least-squares slope shared by groups of (x, y) that each have their own offset (each group
+    centred on its own means), in correctly rounded sums (math.fsum): no build-dependent summation,
+    where np.polyfit's LAPACK call differed in the last digits between numpy builds (per-node replay
+    allows 1e-6 s on a time to collision for what is left, such as the platform's log in the last
+    place). One group: the plain least-squares slope."""
+    products, spreads = [], []
+    for x, y in zip(xs, ys):
+        mean_x, mean_y = math.fsum(x) / len(x), math.fsum(y) / len(y)
+        spreads += [(a - mean_x) ** 2 for a in x]
+        products += [(a - mean_x) * (b - mean_y) for a, b in zip(x, y)]
+    spread = math.fsum(spreads)
+    return math.fsum(products) / spread if spread > 0 else 0.0
 
 
 class TrackHistories:
@@ -176,11 +197,13 @@ class TrackHistories:
         self.length = length
         self._by_track: dict[int, _History] = {}
 
-    def update(self, track_ids: np.ndarray, boxes: np.ndarray, t_ns: int) -> list[_History]:
+    def update(self, track_ids: np.ndarray, boxes: np.ndarray, t_ns: int, measured_by: Hashable = None) -> list[_History]:
+        """`measured_by`: the network pass these boxes come from (perception.messages.NetworkPass);
+        None when not known, which is one pass like any other."""
         kept: dict[int, _History] = {}
         histories = []
         for track_id, box in zip(track_ids, boxes):
-            sample = (t_ns, float(box[3] - box[1]))
+            sample = (t_ns, float(box[3] - box[1]), measured_by)
             if track_id == 0:  # untracked: no past
                 histories.append(_History([sample]))
                 continue
@@ -209,7 +232,8 @@ class DecisionMaker:
 
     def decide(self, detections: Detections, at_ns: int) -> Decision:
         d = detections
-        proposal = self.assess(d.boxes, d.scores, d.class_ids, d.track_ids, d.image_width, d.image_height, d.media_ns)
+        proposal = self.assess(d.boxes, d.scores, d.class_ids, d.track_ids, d.image_width, d.image_height, d.media_ns,
+                               d.measured_by)
         action, reason, target, detail = self._with_hysteresis(proposal)
         return Decision(
             frame_id=detections.frame_id, capture_ns=detections.capture_ns,
@@ -218,15 +242,17 @@ class DecisionMaker:
         )
 
     def assess(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, track_ids: np.ndarray,
-               image_width: int, image_height: int, t_ns: int) -> tuple[Action, Reason, Target | None, str]:
+               image_width: int, image_height: int, t_ns: int,
+               measured_by: NetworkPass | None = None) -> tuple[Action, Reason, Target | None, str]:
         """One frame's verdict before hysteresis: the most urgent relevant object in the path (its
         target; None when nothing relevant is in it). Feeds the tracks' height histories; `t_ns` is
-        the source's timeline, not the capture clock, so a replay decides exactly as the drive did."""
+        the source's timeline, not the capture clock, so a replay decides exactly as the drive did;
+        `measured_by` the network pass the boxes come from (growth is fitted within a pass)."""
         unknown = len(self._relevant) - 1
         known = np.where((class_ids >= 0) & (class_ids < unknown), class_ids, unknown)
         keep = (scores >= self.rules.min_score) & self._relevant[known]
         boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
-        histories = self._histories.update(track_ids[keep], boxes, t_ns)
+        histories = self._histories.update(track_ids[keep], boxes, t_ns, measured_by)
         worst: tuple[tuple[int, float, float], int, str] | None = None  # ((action, -ttc, height), box index, why)
         in_path = shares_in_path(boxes, image_width, image_height, self._roi) >= self.rules.min_in_path
         for index in np.flatnonzero(in_path):

@@ -33,8 +33,9 @@ from typing import ClassVar
 import numpy as np
 
 # 2: NodeState.FAILED, per-kind stamp limits; 3: detections carry tracks, level -1 (propagated);
-# 4: JSON derived from the dataclasses (one codec for wire and recording); 5: every message names its clock
-WIRE_VERSION = 5
+# 4: JSON derived from the dataclasses (one codec for wire and recording); 5: every message names its clock;
+# 6: detections name the network pass their boxes were measured by
+WIRE_VERSION = 6
 STAGE_NAME_CHARS = 16
 MAX_STAMPS = 32
 MAX_DETECTIONS = 4096
@@ -222,6 +223,23 @@ class FrameHeader(Message):
         return self.height * self.width * self.channels
 
 
+@dataclass(frozen=True)
+class NetworkPass:
+    """The network pass a frame's boxes were measured by: the input size it ran at and its exit.
+    The same object's box differs between passes (a smaller input or an earlier exit draws it
+    taller or shorter; docs/BENCHMARKS.md), so a track's growth is fitted within one pass's boxes
+    (perception.decision), never across a change of pass."""
+
+    input_width: int
+    input_height: int
+    exit_index: int
+
+    def __post_init__(self) -> None:
+        _check_range(self.input_width, 1, MAX_IMAGE_SIDE, "network input width")
+        _check_range(self.input_height, 1, MAX_IMAGE_SIDE, "network input height")
+        _check_range(self.exit_index, 0, 126, "network pass exit")
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class Detections(Message):
     MAX_STAMPS_IN: ClassVar[int] = 24  # a frame's, plus the detector's per part
@@ -239,6 +257,9 @@ class Detections(Message):
     track_ids: np.ndarray | None = _array("<u4", 0, "track id per box, 0: not tracked", optional=True)  # None: zeros
     velocities: np.ndarray | None = _array("<f4", 2, "track centre velocity per box, px/s (x right, y down)",
                                           optional=True)  # None: zeros
+    # The pass the boxes were measured by: a network frame's own, a propagated frame's that of the
+    # network frame its boxes were carried from. None: not known (a recording made before wire 6).
+    measured_by: NetworkPass | None = None
 
     @property
     def level(self) -> str:
@@ -263,6 +284,11 @@ class Detections(Message):
         _check_range(self.image_height, 1, MAX_IMAGE_SIDE, "image height")
         _check_range(self.exit_count, 1, 127, "exit count")
         _check_range(self.exit_index, LEVEL_PROPAGATE, self.exit_count - 1, "exit")
+        if self.measured_by is not None and (
+                self.measured_by.exit_index >= self.exit_count
+                or self.exit_index not in (LEVEL_PROPAGATE, self.measured_by.exit_index)):
+            raise ValueError(f"detections of exit {self.exit_index} of {self.exit_count} were measured by a pass "
+                             f"that ran exit {self.measured_by.exit_index}")
         if n:
             check_finite(self.boxes, "a box")
             check_finite(self.scores, "a score")
@@ -279,7 +305,8 @@ class Detections(Message):
             (self.frame_id, self.capture_ns, self.stamps, self.clock, self.media_ns, self.image_width, self.image_height)
             == (other.frame_id, other.capture_ns, other.stamps, other.clock, other.media_ns, other.image_width,
                 other.image_height)
-            and (self.exit_index, self.exit_count) == (other.exit_index, other.exit_count)
+            and (self.exit_index, self.exit_count, self.measured_by)
+            == (other.exit_index, other.exit_count, other.measured_by)
             and np.array_equal(self.boxes, other.boxes)
             and np.array_equal(self.scores, other.scores)
             and np.array_equal(self.class_ids, other.class_ids)

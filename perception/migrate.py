@@ -1,8 +1,8 @@
 """`perception migrate OLD.mcap NEW.mcap`: a drive recorded by an earlier build in the current recording
 format, rather than only refused by the reader.
 
-Earlier recordings differ in three ways, each converted: topic messages of wire format 4 (no
-`clock`; perception.codec.upgrade), images as base64 JSON (now protobuf foxglove.CompressedImage
+Earlier recordings differ in three ways, each converted: topic messages of wire formats 4 and 5
+(no `clock`, no detections' `measured_by`; perception.codec.upgrade), images as base64 JSON (now protobuf foxglove.CompressedImage
 or RawImage: the JPEG bytes are kept as they are), and log times on the recording host's
 monotonic clock (now Unix time). The wall-clock time of a run recorded on a monotonic clock is not
 in the file: its last message is taken to have been written when the file was last modified, and

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from perception.messages import (
-    Action, Control, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, NodeState, Reason, Stamp,
+    Action, Control, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, NetworkPass, NodeState, Reason, Stamp,
     SystemState, Target, WatchdogStatus,
 )
 from perception.soak.faults import forged  # noqa: F401 - what a buggy or hostile publisher sends: the soak's, written once
@@ -21,7 +21,8 @@ def all_messages():
         Detections(frame_id=7, capture_ns=1_000, stamps=STAMPS, media_ns=40_000_000, image_width=1280, image_height=720, exit_index=1,
                    exit_count=3, boxes=np.array([[1, 2, 3, 4], [5.5, 6, 7, 8]], np.float32),
                    scores=np.array([0.9, 0.25], np.float32), class_ids=np.array([0, 2], np.uint16),
-                   track_ids=np.array([17, 0], np.uint32), velocities=np.array([[12.5, -3.0], [0, 0]], np.float32)),
+                   track_ids=np.array([17, 0], np.uint32), velocities=np.array([[12.5, -3.0], [0, 0]], np.float32),
+                   measured_by=NetworkPass(input_width=544, input_height=320, exit_index=1)),
         Detections(frame_id=8, capture_ns=2_000, image_width=640, image_height=480, exit_index=0, exit_count=1),
         Decision(frame_id=7, capture_ns=1_000, stamps=STAMPS, action=Action.BRAKE, reason=Reason.OBJECT_IN_PATH,
                  decided_by="decision", detail="car ahead, ttc 1.2 s",
@@ -35,7 +36,8 @@ def all_messages():
         # a propagated frame: no network ran, tracks were moved by optical flow
         Detections(frame_id=9, capture_ns=3_000, image_width=640, image_height=480, exit_index=-1, exit_count=2,
                    boxes=np.array([[1, 2, 3, 4]], np.float32), scores=np.array([0.7], np.float32),
-                   class_ids=np.array([0], np.uint16), track_ids=np.array([4], np.uint32)),
+                   class_ids=np.array([0], np.uint16), track_ids=np.array([4], np.uint32),
+                   measured_by=NetworkPass(input_width=416, input_height=320, exit_index=1)),
     ]
 
 

@@ -38,7 +38,7 @@ from perception.detection.network import StagedNetwork
 from perception.detection.outputs import Outcome, Output, detections_message
 from perception.latency import now_ns, percentiles_ms
 from perception.launch import LaunchFile, resolve_node_config
-from perception.messages import Stamp
+from perception.messages import NetworkPass, Stamp
 from perception.report import QUANTILES, Collected, build_report
 from perception.sources import SourceError, open_source
 from perception.timing import Pacer
@@ -112,7 +112,8 @@ def _loop(source, pacer: Pacer, network: StagedNetwork, maker: DecisionMaker, ma
         output = Output(detected.boxes, detected.scores, detected.class_ids, np.zeros(len(detected.boxes), np.uint32),
                         np.zeros((len(detected.boxes), 2), np.float32))
         detections = detections_message(
-            Outcome(detected.exit_index, detected.inference.size, "every frame", output, detected.inference, 0),
+            Outcome(detected.exit_index, detected.inference.size, "every frame", output, detected.inference, 0,
+                    NetworkPass(*detected.inference.size, detected.exit_index)),
             frame_id=frame_id, capture_ns=capture_ns, media_ns=media_ns, image_width=width, image_height=height,
             exit_count=network.exit_count, stamps=(backlog,), received_ns=None, done_ns=now_ns())
         decision = maker.decide(detections, now_ns())

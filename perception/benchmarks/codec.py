@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from perception.messages import (
-    Action, Control, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, Message, NodeState, Reason, Stamp, SystemState, Target, TopicHealth, TopicState, WatchdogStatus,
+    Action, Control, Decision, Detections, FrameHeader, FrameTransport, Heartbeat, Message, NetworkPass, NodeState, Reason, Stamp, SystemState, Target, TopicHealth, TopicState, WatchdogStatus,
 )
 from perception.codec import decode, encode
 from perception.topics import MONITORED
@@ -38,7 +38,8 @@ def _detections(n: int) -> Detections:
     return Detections(frame_id=123, capture_ns=T, stamps=_stamps(8), media_ns=4_000_000_000, image_width=1280,
                       image_height=720, exit_index=1, exit_count=2, boxes=boxes,
                       scores=rng.uniform(0, 1, n).astype(np.float32), class_ids=np.zeros(n, np.uint16),
-                      track_ids=np.arange(n, dtype=np.uint32), velocities=rng.normal(0, 5, (n, 2)).astype(np.float32))
+                      track_ids=np.arange(n, dtype=np.uint32), velocities=rng.normal(0, 5, (n, 2)).astype(np.float32),
+                      measured_by=NetworkPass(input_width=544, input_height=320, exit_index=1))
 
 
 def samples() -> dict[str, Message]:

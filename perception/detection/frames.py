@@ -25,7 +25,7 @@ from perception.detection.outputs import Outcome, Output
 from perception.detection.planning import FrameContext, Plan, Policy, run_to_exit
 from perception.detection.risk import NO_RISK, RiskRules
 from perception.latency import now_ns
-from perception.messages import LEVEL_PROPAGATE
+from perception.messages import LEVEL_PROPAGATE, NetworkPass
 from perception.tracking.change import change_outside, tiny
 from perception.tracking.flow import BoxFlow, FlowConfig, FlowFrame, FlowResult, frame_change
 from perception.tracking.tracker import Track, Tracker, TrackerConfig
@@ -53,6 +53,7 @@ class FrameDetector:
         self._previous: FlowFrame | None = None
         self._tiny: dict[int, np.ndarray] = {}  # id(FlowFrame) -> its tiny image (change), made when first asked
         self._last = Output.empty()  # what later frames may carry by flow
+        self._last_pass: NetworkPass | None = None  # the network pass that measured it
         self._tracks: list[Track] = []  # the tracker's active confirmed tracks after the last network frame
         self._shape: tuple[int, ...] | None = None
         self._network_at: tuple[int, int] | None = None  # (frame number, t_ns) of the last network frame
@@ -93,7 +94,7 @@ class FrameDetector:
         outcome.flow_ns = spent[0]
         self.levels[outcome.level] += 1
         if self.risk_rules is not None:
-            self._risk = self.risk_rules.assess(outcome.output, frame.shape[1], frame.shape[0], t_ns)
+            self._risk = self.risk_rules.assess(outcome.output, frame.shape[1], frame.shape[0], t_ns, outcome.measured_by)
         return outcome
 
     def reset(self, reason: str) -> None:
@@ -106,6 +107,7 @@ class FrameDetector:
         if self.risk_rules is not None:
             self.risk_rules.reset()
         self._last = Output.empty()
+        self._last_pass = None
         self._tracks = []
         self._network_at = self._full_size_at = None
 
@@ -159,11 +161,13 @@ class FrameDetector:
         # and flowing boxes no frame publishes costs points in every Lucas-Kanade call.
         carried = max(self.score_threshold, self.tracker_config.low_score)
         self._last = output.select((output.scores >= carried) | (output.track_ids > 0))
+        self._last_pass = NetworkPass(input_width=inference.size[0], input_height=inference.size[1], exit_index=level)
         self._network_at = (self._frame_number, t_ns)
         if plan.pixels is None or plan.pixels >= self._full_pixels:
             self._full_size_at = t_ns
         self.sizes[f"{inference.size[0]}x{inference.size[1]}"] += 1
-        return Outcome(level, inference.size, plan.why, output.select(output.scores >= self.score_threshold), inference, 0)
+        return Outcome(level, inference.size, plan.why, output.select(output.scores >= self.score_threshold), inference, 0,
+                       self._last_pass)
 
     def _propagated(self, moved: FlowResult, t_ns: int, shape: tuple[int, ...], plan: Plan) -> Outcome:
         last = self._last
@@ -186,7 +190,7 @@ class FrameDetector:
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, shape[0])
         self._last = Output(boxes, last.scores, last.class_ids, last.track_ids, last.velocities)
         output = self._last.select(self._last.scores >= self.score_threshold)
-        return Outcome(LEVEL_PROPAGATE, None, plan.why, output, None, 0)
+        return Outcome(LEVEL_PROPAGATE, None, plan.why, output, None, 0, self._last_pass)
 
     def _velocities(self, track_ids: np.ndarray) -> np.ndarray:
         by_id = {t.track_id: t.velocity for t in self._tracks}

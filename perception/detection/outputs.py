@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from perception.detection.network import FrameInference
-from perception.messages import Detections, Stamp
+from perception.messages import Detections, NetworkPass, Stamp
 
 
 @dataclass
@@ -34,7 +34,8 @@ class Output:
 @dataclass
 class Outcome:
     """One frame's result: the level it ran (an exit index, or LEVEL_PROPAGATE), the input it ran at
-    (None when propagated), the plan's reason, the published output, and the work done."""
+    (None when propagated), the plan's reason, the published output, the network pass its boxes were
+    measured by (a propagated frame's: the last network frame's) and the work done."""
 
     level: int
     input_size: tuple[int, int] | None
@@ -42,6 +43,7 @@ class Outcome:
     output: Output  # at the detector's score threshold
     inference: FrameInference | None  # the network's work (stage timings), None when propagated
     flow_ns: int  # optical flow and change signals for this frame, before any network
+    measured_by: NetworkPass | None = None
 
 
 def detections_message(outcome: Outcome, *, frame_id: int, capture_ns: int, media_ns: int, image_width: int,
@@ -62,4 +64,5 @@ def detections_message(outcome: Outcome, *, frame_id: int, capture_ns: int, medi
         frame_id=frame_id, capture_ns=capture_ns, stamps=hops + (Stamp("det.post", done_ns),), media_ns=media_ns,
         image_width=image_width, image_height=image_height, exit_index=outcome.level, exit_count=exit_count,
         boxes=out.boxes, scores=out.scores, class_ids=out.class_ids, track_ids=out.track_ids, velocities=out.velocities,
+        measured_by=outcome.measured_by,
     )

@@ -22,7 +22,7 @@ from typing import Annotated
 from perception.config import Range, check_ranges
 from perception.decision import DecisionMaker, DecisionRules
 from perception.detection.outputs import Output
-from perception.messages import Action
+from perception.messages import Action, NetworkPass
 
 
 @dataclass(frozen=True)
@@ -63,10 +63,11 @@ class RiskRules:
         """None when the ego path is off; ValueError naming classes the detector does not have."""
         return cls(config, class_names) if config.ego_path else None
 
-    def assess(self, output: Output, width: int, height: int, t_ns: int) -> Risk:
-        """Called with every frame's output, in order (the time-to-collision fit needs each frame)."""
+    def assess(self, output: Output, width: int, height: int, t_ns: int, measured_by: NetworkPass | None) -> Risk:
+        """Called with every frame's output, in order (the time-to-collision fit needs each frame, and
+        the network pass that measured its boxes: growth is fitted within a pass, as the node does)."""
         action, _, target, detail = self._maker.assess(output.boxes, output.scores, output.class_ids, output.track_ids,
-                                                       width, height, t_ns)
+                                                       width, height, t_ns, measured_by)
         return Risk(detail if action >= Action.SLOW else None, target is not None)
 
     def reset(self) -> None:

@@ -9,7 +9,7 @@ from perception.decision import DecisionMaker, DecisionRules, fraction_in_polygo
 from perception.detection.network import StagedNetwork
 from perception.detection.manifest import load_manifest
 from perception.engines import EngineConfig, create_engine
-from perception.messages import Action, Detections, Reason
+from perception.messages import Action, Detections, NetworkPass, Reason
 
 NAMES = [line.strip() for line in (Path(__file__).resolve().parents[2] / "perception/weights/coco_classes.txt").read_text().splitlines()]
 PERSON, CAR, BENCH = NAMES.index("person"), NAMES.index("car"), NAMES.index("bench")
@@ -18,10 +18,11 @@ FRAME_NS = 100_000_000  # 10 fps
 LATER = 10**12  # a decision time after every capture in these tests
 
 
-def detections(i: int, *objects: tuple) -> Detections:
+def detections(i: int, *objects: tuple, measured_by: NetworkPass | None = None) -> Detections:
     """Objects as (class, score, box[, track id])."""
     return Detections(
-        frame_id=i, capture_ns=i * FRAME_NS, media_ns=i * FRAME_NS, image_width=W, image_height=H, exit_index=0, exit_count=1,
+        frame_id=i, capture_ns=i * FRAME_NS, media_ns=i * FRAME_NS, image_width=W, image_height=H,
+        exit_index=-1 if measured_by else 0, exit_count=2 if measured_by else 1, measured_by=measured_by,
         boxes=np.array([o[2] for o in objects], np.float32).reshape(-1, 4),
         scores=np.array([o[1] for o in objects], np.float32), class_ids=np.array([o[0] for o in objects], np.uint16),
         track_ids=np.array([o[3] if len(o) > 3 else k + 1 for k, o in enumerate(objects)], np.uint32),  # k-th object: track k+1
@@ -69,6 +70,45 @@ def test_a_small_but_growing_object_is_closing_fast():
     assert (decisions[-1].action, decisions[-1].reason) == (Action.BRAKE, Reason.CLOSING_FAST)
     # h grows 10% per 0.1 s: d ln h / dt = ln(1.1) / 0.1 s, so TTC = 1.05 s.
     assert decisions[-1].target.ttc_s == pytest.approx(0.1 / np.log(1.1), rel=0.01)
+
+
+FULL, SHALLOW = NetworkPass(416, 416, 1), NetworkPass(416, 416, 0)
+SHORTER = 0.82  # how much shorter the shallow pass draws a box in these tests (exit 0 on the bundled drives)
+
+
+def test_a_still_car_is_not_closing_when_the_detector_changes_pass():
+    """A detector under load changes input size or exit; the same car's box is then taller or
+    shorter. Heights are compared within a pass, so the step is not taken for closing."""
+    m = maker()
+    for i in range(8):
+        shallow = i < 4
+        box = centred(0.05 * (SHORTER if shallow else 1.0))
+        d = m.decide(detections(i, (CAR, 0.9, box), measured_by=SHALLOW if shallow else FULL), LATER)
+        assert d.action == Action.PROCEED and d.target.ttc_s == math.inf, d.detail
+
+
+def test_an_approaching_car_stays_closing_through_a_change_of_pass():
+    """3% growth a frame (time to collision 3.4 s) measured at full depth, then by a pass that draws
+    boxes shorter: the fit within each pass keeps the rate; across them the step would hide it."""
+    m = maker()
+    for i in range(8):
+        shallow = i >= 4
+        box = centred(0.05 * 1.03 ** i * (SHORTER if shallow else 1.0))
+        d = m.decide(detections(i, (CAR, 0.9, box), measured_by=SHALLOW if shallow else FULL), LATER)
+        if i >= 2:  # judged on this frame's fit, not held from an earlier one
+            assert (d.action, d.reason) == (Action.SLOW, Reason.CLOSING_FAST) and "holding" not in d.detail, d.detail
+            assert d.target.ttc_s == pytest.approx(0.1 / np.log(1.03), rel=0.01)
+
+
+def test_a_pass_seen_once_adds_nothing_until_it_is_seen_again():
+    m = maker()
+    for i in range(3):
+        d = m.decide(detections(i, (CAR, 0.9, centred(0.05 * 1.1 ** i)), measured_by=FULL if i % 2 else SHALLOW), LATER)
+    assert d.target.ttc_s == pytest.approx(0.1 / np.log(1.1), rel=0.01)  # from frames 0 and 2 (one pass)
+    m = maker()
+    for i in range(2):
+        d = m.decide(detections(i, (CAR, 0.9, centred(0.05 * 1.1 ** i)), measured_by=FULL if i % 2 else SHALLOW), LATER)
+    assert d.target.ttc_s == math.inf  # one sample of each pass: no rate yet
 
 
 def test_pixel_jitter_is_not_closing():
@@ -176,9 +216,11 @@ def test_every_class_id_of_a_relevant_name_is_judged_and_unknown_ids_are_not():
 
 
 def test_the_growth_fit_is_exact_on_a_line_and_its_order_does_not_matter():
-    from perception.decision import least_squares_slope
+    from perception.decision import within_slope
 
-    assert least_squares_slope([0.0, 0.1, 0.2, 0.3], [1.0, 1.25, 1.5, 1.75]) == 2.5
+    assert within_slope([[0.0, 0.1, 0.2, 0.3]], [[1.0, 1.25, 1.5, 1.75]]) == 2.5
     x, y = [0.0, 0.05, 0.1, 0.15, 0.2], [0.1, 0.13, 0.19, 0.2, 0.27]
-    assert least_squares_slope(x, y) == least_squares_slope(x[::-1], y[::-1])  # exactly rounded sums
-    assert least_squares_slope([1.0, 1.0], [0.0, 5.0]) == 0.0  # no spread in time: no growth rate
+    assert within_slope([x], [y]) == within_slope([x[::-1]], [y[::-1]])  # exactly rounded sums
+    assert within_slope([[1.0, 1.0]], [[0.0, 5.0]]) == 0.0  # no spread in time: no growth rate
+    # Two groups on parallel lines with different offsets: their shared slope, not the step between them.
+    assert within_slope([[0.0, 0.1], [0.2, 0.3]], [[1.0, 1.25], [9.5, 9.75]]) == 2.5

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from samples import all_messages, forged
 
 from perception.messages import (
-    Action, Control, Decision, Detections, FrameHeader, FrameTransport, MessageError, MESSAGE_TYPES, WIRE_VERSION, Reason, Stamp, Target,
+    Action, Control, Decision, Detections, FrameHeader, FrameTransport, MessageError, MESSAGE_TYPES, NetworkPass, WIRE_VERSION, Reason, Stamp, Target,
 )
-from perception.codec import decode, encode, json_schema
+from perception.codec import decode, encode, json_schema, upgrade
 
 @pytest.mark.parametrize("message", all_messages(), ids=lambda m: type(m).__name__)
 def test_every_message_round_trips(message):
@@ -57,7 +57,7 @@ def edited(message, **changes) -> bytes:
 
 
 @pytest.mark.parametrize("changes, match", [
-    ({"wire": 4}, "wire version 4, this build speaks 5"),
+    ({"wire": 5}, "wire version 5, this build speaks 6"),
     ({"wire": None}, "wire version None"),
     ({"type": "Pickle"}, "unknown type 'Pickle'"),
     ({"type": ["FrameHeader"]}, "unknown type"),
@@ -75,6 +75,28 @@ def edited(message, **changes) -> bytes:
 def test_corrupt_fields_are_named(changes, match):
     with pytest.raises(MessageError, match=match):
         decode(edited(all_messages()[0], **changes))
+
+
+@pytest.mark.parametrize("measured_by, match", [
+    ({"input_width": 0, "input_height": 320, "exit_index": 1}, "network input width 0"),
+    ({"input_width": 544, "input_height": 99999, "exit_index": 1}, "network input height 99999"),
+    ({"input_width": 544, "input_height": 320, "exit_index": -1}, "network pass exit -1"),
+    ({"input_width": 544, "input_height": 320}, r"missing \['exit_index'\]"),
+    ([544, 320, 1], "measured_by must be dict"),
+])
+def test_an_impossible_network_pass_is_named(measured_by, match):
+    with pytest.raises(MessageError, match=match):
+        decode(edited(all_messages()[1], measured_by=measured_by))
+
+
+def test_older_detections_upgrade_with_their_network_pass_unknown():
+    """A recording of wire 4 or 5 reads on (perception migrate): detections then have no pass, and the
+    decision node fits a track's growth over all of its heights, as those builds did."""
+    for version, dropped in ((5, ("measured_by",)), (4, ("measured_by", "clock"))):
+        data = edited(all_messages()[1], wire=version, **{key: None for key in dropped})
+        upgraded = decode(upgrade(data))
+        assert upgraded.measured_by is None and upgraded.clock == "local"
+        assert np.array_equal(upgraded.boxes, all_messages()[1].boxes)
 
 
 def test_invalid_enum_value_is_named():
@@ -200,6 +222,11 @@ FULL = tuple(Stamp(f"s{i}", 2_000 + i) for i in range(32))
     (DETECTIONS, {"boxes": np.array([[3, 2, 1, 4], [5, 6, 7, 8]], np.float32)}, "x2 < x1"),
     (DETECTIONS, {"scores": np.array([0.9, 7.0], np.float32)}, "score is outside 0..1"),
     (DETECTIONS, {"exit_index": 3}, "exit 3 is outside -1..2"),
+    # The pass that measured the boxes must be one this message's network has, and the frame's own.
+    (DETECTIONS, {"measured_by": NetworkPass(input_width=544, input_height=320, exit_index=3)}, "were measured by a pass that ran exit 3"),
+    (DETECTIONS, {"measured_by": NetworkPass(input_width=544, input_height=320, exit_index=0)}, "exit 1 of 3 were measured by a pass that ran exit 0"),
+    (DETECTIONS, {"exit_index": -1, "measured_by": NetworkPass(input_width=544, input_height=320, exit_index=0)}, None),
+    (DETECTIONS, {"measured_by": None}, None),
     (DECISION, {"stamps": (Stamp("late", 5_000), Stamp("early", 10))}, "earlier than the hop before it"),
     (DECISION, {"decided_by": "wa tch/dog"}, "decided_by"),
     (DECISION, {"target": Target(class_id=2, score=0.8, box=(1.0, 2.0, 3.0, 4.0))}, None),

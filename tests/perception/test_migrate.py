@@ -13,7 +13,7 @@ import pytest
 
 from perception import REPO
 from perception.codec import encode, json_schema
-from perception.messages import Action, Decision, FrameHeader, FrameTransport, Reason
+from perception.messages import WIRE_VERSION, Action, Decision, FrameHeader, FrameTransport, Reason
 from perception.recording import RecordingError
 from perception.recording_reader import RecordingReader
 from perception.topics import DECISIONS, FRAMES
@@ -79,7 +79,7 @@ def write_old_recording(path, frames: int = 3) -> list[bytes]:  # noqa: ANN001
 def test_an_older_recording_is_refused_by_replay_and_converted_by_migrate(tmp_path):
     old, new = tmp_path / "old.mcap", tmp_path / "new.mcap"
     jpegs = write_old_recording(old)
-    with pytest.raises(RecordingError, match="recorded in wire format 4; this build reads wire format 5 "
+    with pytest.raises(RecordingError, match=f"recorded in wire format 4; this build reads wire format {WIRE_VERSION} "
                                              r"\(perception migrate converts it\)"):
         list(RecordingReader(old).frames())
     result = subprocess.run([sys.executable, "-m", "perception.cli", "migrate", str(old), str(new)],

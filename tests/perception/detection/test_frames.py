@@ -12,7 +12,7 @@ from perception.detection.builder import DetectorSettings, build_detector, build
 from perception.detection.policies import PolicyConfig
 from perception.detection.adaptive import AdaptiveConfig
 from perception.engines import EngineConfig
-from perception.messages import LEVEL_PROPAGATE
+from perception.messages import LEVEL_PROPAGATE, NetworkPass
 
 CAR = 2
 FRAME_NS = 100_000_000  # 10 fps
@@ -45,8 +45,10 @@ def test_propagated_frames_move_the_boxes_with_the_image_and_keep_their_tracks(n
     frames = detector(network, ego_path=False, entering_hits=0, max_change=1.0, max_gap_ms=150)
     first = frames.process(street, 0)
     assert first.level >= 0 and (first.output.class_ids == CAR).sum() >= 2
+    assert first.measured_by == NetworkPass(*first.input_size, first.level)
     second = frames.process(np.roll(street, 6, axis=1), FRAME_NS)  # the camera pans 6 px right
     assert second.level == LEVEL_PROPAGATE and second.inference is None and second.flow_ns > 0
+    assert second.measured_by == first.measured_by  # carried boxes: the pass that measured them
     tracked = first.output.track_ids > 0
     assert tracked.sum() >= 2 and np.array_equal(second.output.track_ids, first.output.track_ids)
     shift = second.output.boxes[tracked] - first.output.boxes[tracked]
@@ -67,9 +69,12 @@ def test_a_network_frame_runs_at_the_smallest_size_that_keeps_the_tracks_tall_en
     frames = detector(network, ego_path=False, sizes=[1.0, 0.25], min_object_px=8, max_gap_ms=0, full_size_every_ms=250,
                       entering_hits=0, max_change=1.0)
     full, quarter = network.input_size(1280, 720)[1], network.input_size(1280, 720, network.pixels // 4)[1]
-    sizes = [frames.process(street, i * FRAME_NS).input_size for i in range(6)]
+    outcomes = [frames.process(street, i * FRAME_NS) for i in range(6)]
+    sizes = [outcome.input_size for outcome in outcomes]
     # Cars 40+ px tall are 8+ px at a quarter of the pixels; every 250 ms a frame at full size looks for more.
     assert sizes == [full, quarter, quarter, full, quarter, quarter], sizes
+    # Each says which pass measured its boxes: the decision node fits a track's growth within one.
+    assert [o.measured_by for o in outcomes] == [NetworkPass(*size, o.level) for size, o in zip(sizes, outcomes)]
     tiny_tracks = detector(network, ego_path=False, sizes=[1.0, 0.25], min_object_px=200, max_gap_ms=0,
                            entering_hits=0, max_change=1.0)
     assert {tiny_tracks.process(street, i * FRAME_NS).input_size for i in range(3)} == {full}

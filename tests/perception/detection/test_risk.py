@@ -21,7 +21,7 @@ def car(box) -> Output:
 
 def assess(boxes) -> list:
     rules = RiskRules(RiskConfig(), NAMES)
-    return [rules.assess(car(box), W, H, step * FRAME_NS) for step, box in enumerate(boxes)]
+    return [rules.assess(car(box), W, H, step * FRAME_NS, None) for step, box in enumerate(boxes)]
 
 
 @pytest.mark.parametrize("case, boxes, why, in_path", [
