@@ -29,7 +29,7 @@ import numpy as np
 from perception.config import ConfigError, Fraction, Length, Range, ScoreThreshold, check_ranges
 from perception.detection.classes import shown_classes
 
-from perception.messages import Action, Decision, Detections, NetworkPass, Reason, Stamp, Target
+from perception.messages import LEVEL_PROPAGATE, Action, Decision, Detections, NetworkPass, Reason, Stamp, Target
 
 DEFAULT_ROI = [(0.46, 0.58), (0.54, 0.58), (0.80, 1.0), (0.20, 1.0)]  # the ego lane of a forward camera
 HeightShare = Annotated[float, Range(0, 1, low_open=True)]  # a box's height over the image's: above 1 none is
@@ -166,7 +166,7 @@ class _History:
         # The growth over the samples' span, from the passes' own first and last heights.
         span_s = (self.samples[-1][0] - self.samples[0][0]) / 1e9
         within_s = math.fsum((run[-1][0] - run[0][0]) / 1e9 for run in runs)
-        log_growth = math.fsum(math.log(max(run[-1][1], 1e-3) / max(run[0][1], 1e-3)) for run in runs)
+        log_growth = math.fsum(math.log(max(run[-1][1], 1e-3)) - math.log(max(run[0][1], 1e-3)) for run in runs)
         if log_growth * span_s / within_s < math.log1p(min_growth):
             return math.inf
         t0 = self.samples[0][0]
@@ -193,17 +193,31 @@ def within_slope(xs: list[list[float]], ys: list[list[float]]) -> float:
 class TrackHistories:
     """The last `length` heights of every track seen in the last frame; tracks that vanish are forgotten."""
 
+    # A propagated frame's tracked boxes take their size from the tracker's filter, which learns on
+    # network frames: after a change of pass it moves from the old pass's size to the new one's over
+    # the next network frames, a growth within the new pass that is not motion. Its samples join
+    # their pass once this many network frames in a row have run it.
+    SETTLED_AFTER = 2
+
     def __init__(self, length: int) -> None:
         self.length = length
         self._by_track: dict[int, _History] = {}
+        self._network_passes: list[Hashable] = []  # the last SETTLED_AFTER network frames' passes
 
-    def update(self, track_ids: np.ndarray, boxes: np.ndarray, t_ns: int, measured_by: Hashable = None) -> list[_History]:
+    def update(self, track_ids: np.ndarray, boxes: np.ndarray, t_ns: int, measured_by: Hashable = None,
+               propagated: bool = False) -> list[_History]:
         """`measured_by`: the network pass these boxes come from (perception.messages.NetworkPass);
-        None when not known, which is one pass like any other."""
+        None when not known, which is one pass like any other. `propagated`: the frame ran no network
+        (its boxes were carried from the last network frame's); while the filter is still settling
+        after a change of pass, its samples join no pass and the fit leaves them out."""
+        if not propagated:
+            self._network_passes = (self._network_passes + [measured_by])[-self.SETTLED_AFTER:]
+        settled = not propagated or all(seen == measured_by for seen in self._network_passes)
         kept: dict[int, _History] = {}
         histories = []
         for track_id, box in zip(track_ids, boxes):
-            sample = (t_ns, float(box[3] - box[1]), measured_by)
+            # In float64: the height of a hostile float32 box (y1 -3e38, y2 3e38) overflows float32.
+            sample = (t_ns, float(box[3]) - float(box[1]), measured_by if settled else object())
             if track_id == 0:  # untracked: no past
                 histories.append(_History([sample]))
                 continue
@@ -233,7 +247,7 @@ class DecisionMaker:
     def decide(self, detections: Detections, at_ns: int) -> Decision:
         d = detections
         proposal = self.assess(d.boxes, d.scores, d.class_ids, d.track_ids, d.image_width, d.image_height, d.media_ns,
-                               d.measured_by)
+                               d.measured_by, propagated=d.exit_index == LEVEL_PROPAGATE)
         action, reason, target, detail = self._with_hysteresis(proposal)
         return Decision(
             frame_id=detections.frame_id, capture_ns=detections.capture_ns,
@@ -243,16 +257,17 @@ class DecisionMaker:
 
     def assess(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, track_ids: np.ndarray,
                image_width: int, image_height: int, t_ns: int,
-               measured_by: NetworkPass | None = None) -> tuple[Action, Reason, Target | None, str]:
+               measured_by: NetworkPass | None = None, propagated: bool = False) -> tuple[Action, Reason, Target | None, str]:
         """One frame's verdict before hysteresis: the most urgent relevant object in the path (its
         target; None when nothing relevant is in it). Feeds the tracks' height histories; `t_ns` is
         the source's timeline, not the capture clock, so a replay decides exactly as the drive did;
-        `measured_by` the network pass the boxes come from (growth is fitted within a pass)."""
+        `measured_by` the network pass the boxes come from (growth is fitted within a pass), and
+        `propagated` whether they were carried from an earlier network frame (TrackHistories)."""
         unknown = len(self._relevant) - 1
         known = np.where((class_ids >= 0) & (class_ids < unknown), class_ids, unknown)
         keep = (scores >= self.rules.min_score) & self._relevant[known]
         boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
-        histories = self._histories.update(track_ids[keep], boxes, t_ns, measured_by)
+        histories = self._histories.update(track_ids[keep], boxes, t_ns, measured_by, propagated)
         worst: tuple[tuple[int, float, float], int, str] | None = None  # ((action, -ttc, height), box index, why)
         in_path = shares_in_path(boxes, image_width, image_height, self._roi) >= self.rules.min_in_path
         for index in np.flatnonzero(in_path):

@@ -94,7 +94,8 @@ class FrameDetector:
         outcome.flow_ns = spent[0]
         self.levels[outcome.level] += 1
         if self.risk_rules is not None:
-            self._risk = self.risk_rules.assess(outcome.output, frame.shape[1], frame.shape[0], t_ns, outcome.measured_by)
+            self._risk = self.risk_rules.assess(outcome.output, frame.shape[1], frame.shape[0], t_ns, outcome.measured_by,
+                                                outcome.level == LEVEL_PROPAGATE)
         return outcome
 
     def reset(self, reason: str) -> None:

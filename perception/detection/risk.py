@@ -63,11 +63,13 @@ class RiskRules:
         """None when the ego path is off; ValueError naming classes the detector does not have."""
         return cls(config, class_names) if config.ego_path else None
 
-    def assess(self, output: Output, width: int, height: int, t_ns: int, measured_by: NetworkPass | None) -> Risk:
-        """Called with every frame's output, in order (the time-to-collision fit needs each frame, and
-        the network pass that measured its boxes: growth is fitted within a pass, as the node does)."""
+    def assess(self, output: Output, width: int, height: int, t_ns: int, measured_by: NetworkPass | None,
+               propagated: bool) -> Risk:
+        """Called with every frame's output, in order (the time-to-collision fit needs each frame, the
+        network pass that measured its boxes and whether they were carried by flow: growth is fitted
+        within a pass, as the node does)."""
         action, _, target, detail = self._maker.assess(output.boxes, output.scores, output.class_ids, output.track_ids,
-                                                       width, height, t_ns, measured_by)
+                                                       width, height, t_ns, measured_by, propagated)
         return Risk(detail if action >= Action.SLOW else None, target is not None)
 
     def reset(self) -> None:

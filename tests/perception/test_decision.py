@@ -18,11 +18,13 @@ FRAME_NS = 100_000_000  # 10 fps
 LATER = 10**12  # a decision time after every capture in these tests
 
 
-def detections(i: int, *objects: tuple, measured_by: NetworkPass | None = None) -> Detections:
-    """Objects as (class, score, box[, track id])."""
+def detections(i: int, *objects: tuple, measured_by: NetworkPass | None = None, propagated: bool = False) -> Detections:
+    """Objects as (class, score, box[, track id]); with a pass, a network frame of it (or a frame
+    propagated from one)."""
     return Detections(
         frame_id=i, capture_ns=i * FRAME_NS, media_ns=i * FRAME_NS, image_width=W, image_height=H,
-        exit_index=-1 if measured_by else 0, exit_count=2 if measured_by else 1, measured_by=measured_by,
+        exit_index=-1 if propagated or not measured_by else measured_by.exit_index, exit_count=2 if measured_by else 1,
+        measured_by=measured_by,
         boxes=np.array([o[2] for o in objects], np.float32).reshape(-1, 4),
         scores=np.array([o[1] for o in objects], np.float32), class_ids=np.array([o[0] for o in objects], np.uint16),
         track_ids=np.array([o[3] if len(o) > 3 else k + 1 for k, o in enumerate(objects)], np.uint32),  # k-th object: track k+1
@@ -109,6 +111,76 @@ def test_a_pass_seen_once_adds_nothing_until_it_is_seen_again():
     for i in range(2):
         d = m.decide(detections(i, (CAR, 0.9, centred(0.05 * 1.1 ** i)), measured_by=FULL if i % 2 else SHALLOW), LATER)
     assert d.target.ttc_s == math.inf  # one sample of each pass: no rate yet
+
+
+def test_growth_under_min_growth_is_not_closing_however_the_passes_alternate():
+    """4% over the window (the gate is 5%): each pass's own ends span most of the window, so their
+    growths are scaled to it, not added up (which would double it and call the car closing)."""
+    per_frame = 1.04 ** (1 / 7)
+    for alternate in (False, True):
+        m = maker()
+        for i in range(8):
+            shallow = alternate and i % 2
+            box = centred(0.05 * per_frame ** i * (SHORTER if shallow else 1.0))
+            d = m.decide(detections(i, (CAR, 0.9, box), measured_by=SHALLOW if shallow else FULL), LATER)
+        assert d.target.ttc_s == math.inf, (alternate, d.detail)
+    m = maker()  # the same at 7% over the window: closing, alternating or not
+    for i in range(8):
+        box = centred(0.05 * (1.07 ** (1 / 7)) ** i * (SHORTER if i % 2 else 1.0))
+        d = m.decide(detections(i, (CAR, 0.9, box), measured_by=SHALLOW if i % 2 else FULL), LATER)
+    assert d.target.ttc_s == pytest.approx(0.7 / math.log(1.07), rel=0.01)
+
+
+def test_with_one_pass_the_fit_is_the_plain_least_squares_fit_exactly():
+    """Recordings made before the pass was sent (all None) and a detector that never changes pass
+    decide exactly as the fit over every sample did."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        heights = 0.05 * np.cumprod(rng.uniform(0.97, 1.12, 8))
+        for measured_by in (None, FULL):
+            m = maker(release_frames=0)  # every frame's own verdict, none held
+            for i, h in enumerate(heights):
+                d = m.decide(detections(i, (CAR, 0.9, centred(float(h))), measured_by=measured_by), LATER)
+            boxes = np.array([centred(float(h)) for h in heights], np.float32)
+            log_h = [math.log(float(b[3]) - float(b[1])) for b in boxes]
+            t = [i * FRAME_NS / 1e9 for i in range(8)]
+            mean_t, mean_y = math.fsum(t) / 8, math.fsum(log_h) / 8
+            slope = (math.fsum((a - mean_t) * (b - mean_y) for a, b in zip(t, log_h))
+                     / math.fsum((a - mean_t) ** 2 for a in t))
+            grew = (boxes[-1, 3] - boxes[-1, 1]) >= (boxes[0, 3] - boxes[0, 1]) * 1.05
+            expected = 1 / slope if grew and slope > 1e-6 else math.inf
+            if abs(math.log((boxes[-1, 3] - boxes[-1, 1]) / (boxes[0, 3] - boxes[0, 1])) - math.log(1.05)) > 1e-9:
+                assert d.target.ttc_s == expected  # bit for bit, off the gate's rounding boundary
+
+
+def test_propagated_boxes_join_a_new_pass_only_once_two_network_frames_ran_it():
+    """After a change of pass a propagated frame's box takes its size from the tracker's filter,
+    which saw the step from the old pass's size as growth and carries it on: growth that is not
+    motion. A still car, the network every other frame, shallow then full depth: the propagated box
+    right after the change (8% taller) is left out of the fit until two network frames in a row
+    have run full depth."""
+    m = maker()
+    scales = [SHORTER, SHORTER, SHORTER, SHORTER, 1.0, 1.08, 1.0, 1.0, 1.0, 1.0]  # network, propagated, ...
+    for i, scale in enumerate(scales):
+        d = m.decide(detections(i, (CAR, 0.9, centred(0.05 * scale)), measured_by=SHALLOW if i < 4 else FULL,
+                                propagated=i % 2 == 1), LATER)
+        assert d.target.ttc_s == math.inf, (i, d.detail)
+    m = maker()  # once settled, propagated boxes count: a car growing 10% a frame closes on every one
+    for i in range(8):
+        d = m.decide(detections(i, (CAR, 0.9, centred(0.05 * 1.1 ** i)), measured_by=FULL, propagated=i % 2 == 1), LATER)
+        if i >= 1:
+            assert d.target.ttc_s == pytest.approx(0.1 / np.log(1.1), rel=0.01), (i, d.detail)
+
+
+def test_a_box_whose_height_overflows_float32_is_decided_not_a_crash():
+    """A hostile message's box spanning -3e38..3e38 is finite in float32, its height is not."""
+    from perception.codec import decode, encode
+
+    m = maker()
+    for i, box in enumerate([(450, 300, 550, 400), (450, -3e38, 550, 3e38), (450, 200, 550, 400),
+                             (450, -3e38, 550, 3e38), (450, 300, 550, 400)]):
+        d = m.decide(decode(encode(detections(i, (CAR, 0.9, box, 7)))), LATER)
+        assert d.action in (Action.PROCEED, Action.SLOW, Action.BRAKE)
 
 
 def test_pixel_jitter_is_not_closing():

@@ -21,7 +21,7 @@ def car(box) -> Output:
 
 def assess(boxes) -> list:
     rules = RiskRules(RiskConfig(), NAMES)
-    return [rules.assess(car(box), W, H, step * FRAME_NS, None) for step, box in enumerate(boxes)]
+    return [rules.assess(car(box), W, H, step * FRAME_NS, None, False) for step, box in enumerate(boxes)]
 
 
 @pytest.mark.parametrize("case, boxes, why, in_path", [
@@ -50,3 +50,18 @@ def test_a_static_camera_has_no_risk_rule_and_a_class_the_model_lacks_is_named()
     assert RiskRules.of(RiskConfig(ego_path=False), NAMES) is None
     with pytest.raises(ValueError, match=r"\['unicorn'\] are not classes of the detector"):
         RiskRules.of(RiskConfig(rules=RiskConfig().rules.__class__(classes=["car", "unicorn"])), NAMES)
+
+
+def test_a_change_of_pass_is_not_taken_for_closing():
+    """The detector's risk rule fits growth within a network pass, as the decision node does: a car
+    keeping its distance, drawn 18% shorter by exit 0 on its first frames, is no risk; fitted across
+    passes (no pass known) the step would read as closing."""
+    from perception.messages import NetworkPass
+
+    full, shallow = NetworkPass(512, 288, 1), NetworkPass(512, 288, 0)
+    boxes = [(310, 264 - 14 * (0.82 if step < 4 else 1.0), 330, 264) for step in range(8)]
+    for passes, why in (([shallow] * 4 + [full] * 4, None), ([None] * 8, "closing")):
+        rules = RiskRules(RiskConfig(), NAMES)
+        last = [rules.assess(car(box), W, H, step * FRAME_NS, measured_by, False)
+                for step, (box, measured_by) in enumerate(zip(boxes, passes))][-1]
+        assert last.in_path and ((why in last.why) if why else last.why is None), (passes[0], last)
