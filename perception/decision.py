@@ -157,21 +157,20 @@ class _History:
         is the plain fit over every sample; a pass seen once adds nothing until it is seen again."""
         if len(self.samples) < 2:
             return math.inf
-        by_pass: dict[Hashable, list[tuple[int, float]]] = {}
+        t0 = self.samples[0][0]
+        by_pass: dict[Hashable, list[tuple[float, float]]] = {}  # (s since the first sample, ln height)
         for t_ns, height, measured_by in self.samples:
-            by_pass.setdefault(measured_by, []).append((t_ns, height))
+            by_pass.setdefault(measured_by, []).append(((t_ns - t0) / 1e9, math.log(max(height, 1e-3))))
         runs = [run for run in by_pass.values() if run[-1][0] > run[0][0]]
         if not runs:
             return math.inf
         # The growth over the samples' span, from the passes' own first and last heights.
-        span_s = (self.samples[-1][0] - self.samples[0][0]) / 1e9
-        within_s = math.fsum((run[-1][0] - run[0][0]) / 1e9 for run in runs)
-        log_growth = math.fsum(math.log(max(run[-1][1], 1e-3)) - math.log(max(run[0][1], 1e-3)) for run in runs)
+        span_s = (self.samples[-1][0] - t0) / 1e9
+        within_s = math.fsum(run[-1][0] - run[0][0] for run in runs)
+        log_growth = math.fsum(run[-1][1] - run[0][1] for run in runs)
         if log_growth * span_s / within_s < math.log1p(min_growth):
             return math.inf
-        t0 = self.samples[0][0]
-        rate = within_slope([[(c - t0) / 1e9 for c, _ in run] for run in runs],
-                            [[math.log(max(h, 1e-3)) for _, h in run] for run in runs])  # d ln h / dt
+        rate = within_slope([[t for t, _ in run] for run in runs], [[y for _, y in run] for run in runs])  # d ln h / dt
         return 1.0 / rate if rate > 1e-6 else math.inf
 
 

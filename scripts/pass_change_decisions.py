@@ -13,10 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from perception import REPO
-from perception.decision import DecisionMaker, load_rules
+from perception.benchmarks.pareto import decide_frame, drive_rules
+from perception.decision import decision_maker
 from perception.detection.builder import build_detector, load_settings
-from perception.detection.outputs import detections_message
-from perception.latency import now_ns
 from perception.recording_reader import RecordingReader
 
 PATTERNS = [(8, 4), (6, 3), (4, 2), (2, 1), (10, 3)]  # (period, frames of it under the ceiling)
@@ -30,24 +29,17 @@ def main() -> None:
     args = parser.parse_args()
     frames = list(RecordingReader(args.drive).frames())
     detector = build_detector(load_settings(REPO / "configs/detector.yaml", ["policy.kind=fixed", *args.detector]))
-    rules, _ = load_rules(REPO / "configs/decision.yaml")
-    names = detector.network.manifest.class_names()
+    rules, class_names = drive_rules(detector.network)
 
     def detect(ceiling) -> list:  # noqa: ANN001 - frame number -> bool
         detector.reset("next run")
-        return [(header, pixels, detector.process(pixels, header.media_ns, max_exit=0 if ceiling(n) else None))
+        return [(header, detector.process(pixels, header.media_ns, max_exit=0 if ceiling(n) else None))
                 for n, (header, pixels) in enumerate(frames, 1)]
 
     def actions(outcomes: list, within_pass: bool) -> str:
-        maker = DecisionMaker(rules, names)
-        decided = []
-        for n, (header, pixels, outcome) in enumerate(outcomes, 1):
-            outcome = outcome if within_pass else replace(outcome, measured_by=None)
-            message = detections_message(outcome, frame_id=n, capture_ns=0, media_ns=header.media_ns,
-                                         image_width=pixels.shape[1], image_height=pixels.shape[0],
-                                         exit_count=detector.exit_count, stamps=(), received_ns=None, done_ns=now_ns())
-            decided.append(maker.decide(message, now_ns()).action.name[0])
-        return "".join(decided)
+        maker = decision_maker(rules, class_names)
+        return "".join(decide_frame(maker, header, outcome if within_pass else replace(outcome, measured_by=None),
+                                    detector.exit_count).action.name[0] for header, outcome in outcomes)
 
     reference = actions(detect(lambda n: False), True)
     print(f"{'full depth':<16}{reference}")

@@ -22,6 +22,7 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from perception import REPO
 from perception.config import parse_override
@@ -31,6 +32,12 @@ from perception.evaluation import DEV_ANNOTATIONS, DEV_MOT, DEV_VIDEO
 from perception.evaluation.detector_eval import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, load_annotations
 from perception.evaluation.sequence_eval import evaluate_sequence
 from perception.latency import now_ns
+
+if TYPE_CHECKING:  # for annotations only: the decision maker and messages load with the drive tools
+    from perception.decision import DecisionMaker, DecisionRules
+    from perception.detection.network import StagedNetwork
+    from perception.detection.outputs import Outcome
+    from perception.messages import Decision, FrameHeader
 
 DETECTOR_CONFIG = REPO / "configs" / "detector.yaml"
 PIXELS = (43264, 86528, 173056)  # 208x208, ~294x294, 416x416
@@ -121,28 +128,42 @@ def frontier(rows: list[dict], key: str = "AP50") -> list[dict]:
     return sorted(kept, key=lambda r: r["ms_mean"])
 
 
+def drive_rules(network: StagedNetwork) -> tuple[DecisionRules, list[str]]:
+    """configs/decision.yaml's rules and the class names they judge `network`'s detections by."""
+    from perception.decision import load_rules
+    from perception.detection.classes import detections_class_names
+
+    rules, classes_file = load_rules(REPO / "configs" / "decision.yaml")
+    return rules, detections_class_names(network.manifest.class_names(), classes_file)
+
+
+def decide_frame(maker: DecisionMaker, header: FrameHeader, outcome: Outcome, exit_count: int) -> Decision:
+    """The decision node's decision on one frame's outcome, as a deterministic replay makes it: on
+    the drive's own timeline, without the hops' stamps."""
+    from perception.detection.outputs import detections_message
+
+    message = detections_message(outcome, frame_id=header.frame_id, capture_ns=0, media_ns=header.media_ns,
+                                 image_width=header.width, image_height=header.height, exit_count=exit_count,
+                                 stamps=(), received_ns=None, done_ns=now_ns())
+    return maker.decide(message, now_ns())
+
+
 def drive_agreement(recording: Path, base: DetectorSettings) -> dict:
     """`base`'s policy against fixed full depth on every frame of a recorded drive, as a deterministic
     replay runs them (the drive's timeline, no deadline): per frame, AP50 of its detections with full
     depth's as the ground truth, and the decision node's decisions on both (configs/decision.yaml)."""
-    from perception.decision import decision_maker, load_rules
-    from perception.detection.classes import detections_class_names
-    from perception.detection.outputs import detections_message
+    from perception.decision import decision_maker
     from perception.evaluation.coco_ap import Detection, GroundTruth, evaluate
     from perception.recording_reader import RecordingReader
 
-    rules, classes_file = load_rules(REPO / "configs" / "decision.yaml")
     network = build_network(base, warm_up=())
-    class_names = detections_class_names(network.manifest.class_names(), classes_file)
+    rules, class_names = drive_rules(network)
     runs = {}
     for label, settings in (("full", replace(base, policy=replace(base.policy, kind="fixed", exit=-1))), ("policy", base)):
         detector, maker, frames = build_detector(settings, network=network), decision_maker(rules, class_names), []
         for header, pixels in RecordingReader(recording).frames():
             outcome = detector.process(pixels, header.media_ns)
-            message = detections_message(outcome, frame_id=header.frame_id, capture_ns=0, media_ns=header.media_ns,
-                                         image_width=header.width, image_height=header.height,
-                                         exit_count=network.exit_count, stamps=(), received_ns=None, done_ns=now_ns())
-            frames.append((header.frame_id, outcome, maker.decide(message, now_ns()).action.name))
+            frames.append((header.frame_id, outcome, decide_frame(maker, header, outcome, network.exit_count).action.name))
         runs[label] = frames
     per_frame = []
     for (frame_id, full, full_action), (_, mine, action) in zip(runs["full"], runs["policy"]):
