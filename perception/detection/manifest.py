@@ -11,11 +11,17 @@ the depth. A plain ONNX detector gets its one-stage manifest inferred (perceptio
 Running to exit k means running stages 0..after_stage(k) once each, and only the heads of the
 exits actually evaluated: deeper work continues from the kept features, never recomputes them.
 An exit whose `file` is null passes through a stage output that already is the exit output.
+
+An exit may also name a `direct_file`: one graph from the image to that exit's output (its stages
+and head merged, the same operators), for a frame known before it starts to run to that exit. One
+engine call instead of one per part: the split costs copies and optimisations across the parts'
+boundaries (docs/BENCHMARKS.md, "One graph for a frame that runs to full depth").
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,11 +29,14 @@ from typing import Annotated, Literal
 from perception.config import ConfigError, Range, from_mapping, load_yaml
 from perception.detection.classes import WEIGHTS_DIR, read_class_names
 from perception.detection.onnx_model import looks_like_onnx, manifest_data
+from perception.messages import STAGE_NAME_CHARS, check_name
 
 
 # The staged graphs' free dimensions are named, so that an engine can pin them (Manifest.dimensions)
 # and `perception export` writes them the same way.
 ANCHORS = "anchors"  # the anchor points of an exit's output [1, anchors, 5 + classes]
+PART_STAMP_PREFIX = "det."  # a part's time travels in the detections message as the stamp det.<part>
+DETECTOR_STAMPS = ("recv", "flow", "preprocess", "post")  # the detector's other steps (perception.detection.outputs)
 
 
 def spatial_dimension_names(stride: int) -> tuple[str, str]:
@@ -71,6 +80,12 @@ class ExitSpec:
     file: Path | None
     inputs: list[str]
     output: str
+    direct_file: Path | None = None  # image -> output in one graph (the module docstring)
+
+    @property
+    def direct_name(self) -> str:
+        """The direct graph's part name, for its timings and the detections' stamps (det.<part>)."""
+        return f"{self.name}.direct"
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,17 @@ class Manifest:
                 raise ValueError(f"exit {exit_.name} needs {missing}, not available after stage {exit_.after_stage}")
             if exit_.file is None and exit_.inputs != [exit_.output]:
                 raise ValueError(f"exit {exit_.name}: without a file, inputs must be exactly [output]")
+        parts = [name for name, _ in self.parts()]
+        if len(set(parts)) != len(parts):  # each is timed, and planned with, under its name
+            raise ValueError(f"the names of the parts that run must differ, got {parts}")
+        reserved = [name for name in parts if name in DETECTOR_STAMPS]
+        if reserved:
+            raise ValueError(f"part names {reserved} are the detector's own steps ({', '.join(DETECTOR_STAMPS)})")
+        for name in parts:  # each part's time travels as the stamp det.<part> (a direct graph's: det.<exit>.direct)
+            try:
+                check_name(PART_STAMP_PREFIX + name, "part's stamp", STAGE_NAME_CHARS)
+            except ValueError as exc:
+                raise ValueError(f"part name {name!r} cannot be timed: {exc}") from None
         largest = max(self.strides, default=1)
         if self.input.width % largest or self.input.height % largest:  # or the anchor grid would not fit the input
             raise ValueError(f"input width and height must be multiples of the largest stride {largest}, "
@@ -143,8 +169,14 @@ class Manifest:
             raise ConfigError(f"{self.classes_file}: {len(names)} class names for {self.num_classes} classes")
         return names
 
+    def parts(self, direct: bool = True) -> list[tuple[str, Path]]:
+        """(name, file) of every graph that runs, by the name it is timed under: the stages, the exits
+        with a file and, with `direct`, the direct graphs."""
+        return [(s.name, s.file) for s in self.stages] + [(e.name, e.file) for e in self.exits if e.file is not None] + \
+            ([(e.direct_name, e.direct_file) for e in self.exits if e.direct_file is not None] if direct else [])
+
     def files(self) -> list[Path]:
-        return [s.file for s in self.stages] + [e.file for e in self.exits if e.file is not None]
+        return [file for _, file in self.parts()]
 
 
 def load_manifest(path: str | Path) -> Manifest:
@@ -165,6 +197,15 @@ def load_manifest(path: str | Path) -> Manifest:
 
 
 def write_manifest(manifest_data: dict, path: Path) -> None:
-    """Write manifest JSON (used by export); validates by loading it back."""
-    path.write_text(json.dumps(manifest_data, indent=2) + "\n")
-    load_manifest(path)
+    """Write manifest JSON (used by export), only once it loads: written beside `path` first (its
+    file names resolve against the same folder), loaded back, then put in place, so a manifest that
+    does not load never replaces one that did. ConfigError naming the problem otherwise."""
+    path = Path(path)
+    staged = path.with_name(f".{path.name}.new")
+    staged.write_text(json.dumps(manifest_data, indent=2) + "\n")
+    try:
+        load_manifest(staged)
+    except ConfigError as exc:
+        staged.unlink()
+        raise ConfigError(str(exc).replace(str(staged), str(path))) from None
+    os.replace(staged, path)

@@ -1,7 +1,8 @@
 """Run a staged detector, at the input size and to the exit a policy chooses, one frame at a time.
 
 Stages run at most once per frame and keep their outputs, so going deeper after looking at a
-shallow exit continues from the kept features instead of starting over. A frame's input is sized
+shallow exit continues from the kept features instead of starting over. A frame that starts by
+asking for an exit with a direct graph (manifest.py) runs that one graph instead of the parts. A frame's input is sized
 by a pixel budget (yolox.budget_input) where the graphs allow any size, else the manifest's fixed
 size. Every part's duration is recorded, per input size, both for the detections message and for
 the running latency estimates that policies plan with.
@@ -25,6 +26,14 @@ from perception.latency import now_ns
 
 Size = tuple[int, int]  # an input's (width, height)
 
+# A direct graph commits a frame to its exit: under a deadline it runs only while the frame would still
+# end in time at this many times its estimated cost. Nearer the deadline the parts run, which can stop
+# at a shallower exit after a slow stage.
+DIRECT_SLACK = 3.0
+# Under a deadline, one in this many frames that could run a direct graph runs its parts instead: the
+# parts' estimates plan the frames near a deadline, and only frames run part by part refresh them.
+PARTS_REFRESH_EVERY = 8
+
 
 class LatencyEstimator:
     """A pessimistic running estimate of each part's duration at each input size: the p90 of its
@@ -40,6 +49,7 @@ class LatencyEstimator:
     def add(self, part: str, size: Size, duration_ns: int) -> None:
         self._samples.setdefault((part, size), deque(maxlen=self._window)).append(duration_ns)
         self._cache.pop((part, size), None)
+
 
     def estimate_ns(self, part: str, size: Size) -> int:
         key = (part, size)
@@ -127,8 +137,13 @@ class StagedNetwork:
                                        for s in manifest.stages]
         self._exits: list[Session | None] = [open_part(engine, e.name, e.file, e.inputs, [e.output], dimensions)
                                              if e.file else None for e in manifest.exits]
+        self._direct: list[Session | None] = [
+            open_part(engine, e.direct_name, e.direct_file, [spec.name], [e.output], dimensions)
+            if e.direct_file is not None and engine.runs_direct_graphs else None for e in manifest.exits]
         self._input_buffers: dict[Size, np.ndarray] = {}  # one per input size in use: a policy may alternate
         self.warmed: set[int] = set()  # input budgets warmed up (perception.detection.builder.warm)
+        self._could_run_direct = 0  # frames under a deadline that could have run a direct graph (PARTS_REFRESH_EVERY)
+        self._ran: set[tuple[str, Size]] = set()  # (part, input size) run at least once
 
     @property
     def exit_count(self) -> int:
@@ -159,11 +174,20 @@ class StagedNetwork:
         self.estimator.add("preprocess", size, end - start)
         return FrameInference(tensors={spec.name: tensor}, box=letterboxed, timings=[("preprocess", end, end - start)])
 
+    def has_direct(self, exit_index: int) -> bool:
+        return self._direct[exit_index] is not None
+
     def run_exit(self, inference: FrameInference, exit_index: int) -> np.ndarray:
-        """Run whatever stages exit `exit_index` still needs, then its head; returns its raw output."""
+        """Run whatever stages exit `exit_index` still needs, then its head; returns its raw output.
+        On a frame nothing has run on yet, the exit's direct graph where it has one."""
         if exit_index in inference.raw_exits:
             return inference.raw_exits[exit_index]
         spec = self.manifest.exits[exit_index]
+        direct = self._direct[exit_index]
+        if direct is not None and inference.stages_done < 0 and not inference.raw_exits:
+            raw = self._timed(inference, spec.direct_name, direct, [self.manifest.input.name])[spec.output]
+            inference.raw_exits[exit_index] = raw
+            return raw
         self.run_stages(inference, spec.after_stage)
         session = self._exits[exit_index]
         if session is None:
@@ -187,7 +211,10 @@ class StagedNetwork:
         end = now_ns()
         inference.tensors.update(outputs)
         inference.timings.append((part, end, end - start))
-        self.estimator.add(part, inference.size, end - start)
+        if (part, inference.size) in self._ran:
+            self.estimator.add(part, inference.size, end - start)
+        else:  # a part's first run at an input size allocates for it (docs/ARCHITECTURE.md, Detection): not a cost to plan with
+            self._ran.add((part, inference.size))
         return outputs
 
     def decode(self, inference: FrameInference, raw: np.ndarray, score_threshold: float | None = None,
@@ -198,12 +225,40 @@ class StagedNetwork:
                       self.nms_threshold if nms_threshold is None else nms_threshold)
 
     def remaining_cost_ns(self, inference: FrameInference, exit_index: int) -> int:
-        """Estimated time to get exit `exit_index`'s output from where this frame's inference stands."""
+        """Estimated time to get exit `exit_index`'s output from where this frame's inference stands, part by part."""
         return self._cost_ns(inference.size, inference.stages_done, exit_index, exit_index in inference.raw_exits)
 
-    def cost_ns(self, size: Size, exit_index: int) -> int:
-        """Estimated time of a whole frame at input `size` to exit `exit_index`, preprocessing included."""
-        return self.estimator.estimate_ns("preprocess", size) + self._cost_ns(size, -1, exit_index, False)
+    def direct_fits(self, size: Size, exit_index: int, deadline_ns: int | None, margin_ns: int) -> bool:
+        """Whether a new frame at `size` may run exit `exit_index`'s direct graph: it has one and, under a
+        deadline, the frame would still end `margin_ns` before it at DIRECT_SLACK times its estimated cost."""
+        if self._direct[exit_index] is None:
+            return False
+        return deadline_ns is None or now_ns() + margin_ns + DIRECT_SLACK * self._direct_ns(size, exit_index) <= deadline_ns
+
+    def _direct_ns(self, size: Size, exit_index: int) -> int:
+        """A direct graph's estimate, never above its parts': it does their work in fewer calls, so an
+        estimate above theirs is a slow run it has not run again since (and would not, if believed)."""
+        return min(self.estimator.estimate_ns(self.manifest.exits[exit_index].direct_name, size),
+                   self._cost_ns(size, -1, exit_index, False))
+
+    def runs_direct(self, size: Size, exit_index: int, deadline_ns: int | None, margin_ns: int) -> bool:
+        """direct_fits, except for one in PARTS_REFRESH_EVERY such frames under a deadline (counted here),
+        which run part by part to keep the parts' estimates current."""
+        if not self.direct_fits(size, exit_index, deadline_ns, margin_ns):
+            return False
+        if deadline_ns is None:
+            return True
+        self._could_run_direct += 1
+        return self._could_run_direct % PARTS_REFRESH_EVERY != 0
+
+    def frame_cost_ns(self, size: Size, exit_index: int, deadline_ns: int | None = None, margin_ns: int = 0) -> int:
+        """Estimated time of a new frame at input `size` to exit `exit_index`, preprocessing included, by
+        the way it would run: its direct graph where that fits the deadline (direct_fits), else part by part."""
+        if self.direct_fits(size, exit_index, deadline_ns, margin_ns):
+            network_ns = self._direct_ns(size, exit_index)
+        else:
+            network_ns = self._cost_ns(size, -1, exit_index, False)
+        return self.estimator.estimate_ns("preprocess", size) + network_ns
 
     def _cost_ns(self, size: Size, stages_done: int, exit_index: int, exit_done: bool) -> int:
         spec = self.manifest.exits[exit_index]
@@ -229,9 +284,13 @@ class StagedNetwork:
             for _ in range(runs):
                 inference = self.begin(frame, budget)
                 for exit_index in range(self.exit_count):
+                    self.run_stages(inference, self.manifest.exits[exit_index].after_stage)  # part by part
                     self.run_exit(inference, exit_index)
+                for exit_index in range(self.exit_count):
+                    if self.has_direct(exit_index):
+                        self.run_exit(self.begin(frame, budget), exit_index)
 
     def close(self) -> None:
-        for session in [*self._stages, *self._exits]:
+        for session in [*self._stages, *self._exits, *self._direct]:
             if session is not None:
                 session.close()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from perception.detection.manifest import PART_STAMP_PREFIX
 from perception.detection.network import FrameInference
 from perception.messages import Detections, NetworkPass, Stamp
 
@@ -58,7 +59,7 @@ def detections_message(outcome: Outcome, *, frame_id: int, capture_ns: int, medi
     if outcome.flow_ns and hops:  # the flow's time, from where the detector's work began
         hops += (Stamp("det.flow", hops[-1].t_ns + outcome.flow_ns),)
     if outcome.inference is not None:
-        hops += tuple(Stamp(f"det.{part}", end) for part, end, _ in outcome.inference.timings)
+        hops += tuple(Stamp(f"{PART_STAMP_PREFIX}{part}", end) for part, end, _ in outcome.inference.timings)
     out = outcome.output
     return Detections(
         frame_id=frame_id, capture_ns=capture_ns, stamps=hops + (Stamp("det.post", done_ns),), media_ns=media_ns,

@@ -114,9 +114,9 @@ class Policy(ABC):
         ceiling = min(frame.max_exit, full_depth)
         left = None if frame.deadline_ns is None else frame.deadline_ns - self.config.margin_ms * 1e6
 
-        def cost(share: float, exit_index: int) -> int:
+        def cost(share: float, exit_index: int) -> int:  # as the frame would run (a direct graph or the parts)
             _, size = network.input_size(frame.width, frame.height, self.budget(share))
-            return network.cost_ns(size, exit_index)
+            return network.frame_cost_ns(size, exit_index, frame.deadline_ns, int(self.config.margin_ms * 1e6))
 
         def fits(cost_ns: int) -> bool:
             return left is None or now_ns() + cost_ns <= left
@@ -146,12 +146,16 @@ def run_to_exit(network: StagedNetwork, inference: FrameInference, exit_index: i
     """Run `inference` to `exit_index` (under the ceiling `max_exit`), or, when it is None, to the deepest
     exit whose estimated remaining cost still ends `margin_ns` before the deadline: planned again after
     every trunk stage, so a stage that ran slow (a CPU suddenly busy) stops the frame at a shallower exit.
-    Returns the exit run; its raw output is in inference.raw_exits."""
+    A frame with time to spare runs the deepest allowed exit's direct graph instead
+    (StagedNetwork.runs_direct). Returns the exit run; its raw output is in inference.raw_exits."""
     ceiling = min(max_exit, network.exit_count - 1)
     if exit_index is not None:
         chosen = ceiling if exit_index < 0 else min(exit_index, ceiling)
         network.run_exit(inference, chosen)
         return chosen
+    if network.runs_direct(inference.size, ceiling, deadline_ns, margin_ns):
+        network.run_exit(inference, ceiling)
+        return ceiling
     chosen = deepest_fitting(network, inference, ceiling, deadline_ns, margin_ns)
     while inference.stages_done < network.manifest.exits[chosen].after_stage:
         network.run_stages(inference, inference.stages_done + 1)

@@ -85,6 +85,12 @@ class Engine(ABC):
         `dimensions` pins the graph's named dimensions to these values (Manifest.dimensions); without
         them, named dimensions stay free and follow what each run is fed."""
 
+    @property
+    def runs_direct_graphs(self) -> bool:
+        """Whether a manifest's direct graphs (its parts merged into one, manifest.py) compute here what
+        its parts compute, so that a frame may run either: a detector opens them only then."""
+        return True
+
     def describe(self) -> str:
         return self.name
 

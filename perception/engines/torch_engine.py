@@ -111,6 +111,11 @@ class TorchEngine(Engine):
         part = model.part(part_name)
         return TorchSession(part, tuple(part.input_names), tuple(part.output_names), self.device)
 
+    @property
+    def runs_direct_graphs(self) -> bool:
+        """No: it runs the PyTorch module of a part's name, and has none for a merged graph."""
+        return False
+
     def describe(self) -> str:
         import torch
 

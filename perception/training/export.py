@@ -4,8 +4,13 @@
 
 Writes yolox_nano_stage{K}.onnx, yolox_nano_exit{K}.onnx and yolox_nano_exits.json, then checks
 that chaining the exported parts through onnxruntime (intermediate features fed by name, nothing
-recomputed) reproduces yolox_nano.onnx at full depth, and records each part's onnxruntime latency
-on this machine in the manifest's notes (informative only).
+recomputed) reproduces yolox_nano.onnx at full depth, records each part's onnxruntime latency
+on this machine in the manifest's notes (informative only), and merges the parts of the deepest
+exit into its direct graph (perception/training/direct.py).
+
+    perception export --direct MANIFEST [--exit K]
+
+only merges an existing manifest's parts into the direct graph of its exit K (default the deepest).
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ def manifest_data(model, notes: dict[str, str]) -> dict:
     }
 
 
-def _ort_session(path: Path, threads: int):
+def ort_session(path: Path, threads: int):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -115,7 +120,7 @@ def run_chain(manifest_path: Path, images: np.ndarray, threads: int = 1) -> tupl
     latency_ms = {}
     parts = [(s.name, s.file, s.inputs) for s in manifest.stages] + [(e.name, e.file, e.inputs) for e in manifest.exits if e.file]
     for name, file, inputs in parts:
-        session = _ort_session(file, threads)
+        session = ort_session(file, threads)
         feeds = {n: tensors[n] for n in inputs}
         times = []
         for _ in range(12):  # the first runs warm caches up; the median ignores them and outliers
@@ -127,18 +132,21 @@ def run_chain(manifest_path: Path, images: np.ndarray, threads: int = 1) -> tupl
     return tensors, latency_ms
 
 
-def verification_image(video: Path = DEFAULT_VERIFY_VIDEO) -> np.ndarray:
-    """A real letterboxed frame (the first of `video`), or a fixed random image if it cannot be read."""
+def verification_frame(video: Path = DEFAULT_VERIFY_VIDEO) -> np.ndarray:
+    """A real frame (the first of `video`), or a fixed random image if it cannot be read."""
     import cv2
-
-    from perception.detection.yolox import letterbox
 
     capture = cv2.VideoCapture(str(video))
     ok, frame = capture.read()
     capture.release()
-    if not ok:
-        frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    return letterbox(frame, 416, 416)[0]
+    return frame if ok else np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+
+
+def verification_image(video: Path = DEFAULT_VERIFY_VIDEO) -> np.ndarray:
+    """verification_frame letterboxed to 416x416."""
+    from perception.detection.yolox import letterbox
+
+    return letterbox(verification_frame(video), 416, 416)[0]
 
 
 def full_depth_diff(manifest_path: Path, original: Path, images: np.ndarray) -> tuple[float, dict[str, float]]:
@@ -147,7 +155,7 @@ def full_depth_diff(manifest_path: Path, original: Path, images: np.ndarray) -> 
 
     manifest = load_manifest(manifest_path)
     tensors, latency_ms = run_chain(manifest_path, images)
-    reference = _ort_session(original, 1).run(None, {"images": images})[0]
+    reference = ort_session(original, 1).run(None, {"images": images})[0]
     return float(np.abs(tensors[manifest.exits[-1].output] - reference).max()), latency_ms
 
 
@@ -167,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: perception/weights)")
     parser.add_argument("--exits", type=Path, default=None, help="trained exit weights (default: perception/weights/yolox_nano_exits.npz)")
     parser.add_argument("--opset", type=int, default=13, help="ONNX opset of the exported graphs")
+    parser.add_argument("--direct", type=Path, default=None, metavar="MANIFEST",
+                        help="only merge this manifest's parts into one direct graph to an exit (needs onnx, not PyTorch)")
+    parser.add_argument("--exit", type=int, default=-1, help="with --direct: the exit (default -1, the deepest)")
     args = parser.parse_args(argv)
+    if args.direct is not None:
+        return _direct_only(args.direct, args.exit)
 
     try:
         import torch  # noqa: F401
@@ -202,12 +215,30 @@ def main(argv: list[str] | None = None) -> int:
     if diff > CHAIN_TOLERANCE:
         print(f"perception export: chained parts differ from the original by {diff:.2e} > {CHAIN_TOLERANCE}", file=sys.stderr)
         return 1
+    return _direct_only(manifest_path, -1)
+
+
+def _direct_only(manifest_path: Path, exit_index: int) -> int:
+    from perception.config import ConfigError
+    from perception.training.direct import write_direct
+
+    try:
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        print(f"perception export: needs onnx (pip install 'perception[train]'): {exc}", file=sys.stderr)
+        return 2
+    try:
+        out, diff = write_direct(manifest_path, exit_index)
+    except ConfigError as exc:
+        print(f"perception export: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (direct graph; against the parts: max abs diff {diff:.2e}) and named it in {manifest_path}")
     return 0
 
 
 def run_chain_original(original: Path, images: np.ndarray) -> float:
     """Median latency in ms of the original one-piece model (same protocol as run_chain)."""
-    session = _ort_session(original, 1)
+    session = ort_session(original, 1)
     times = []
     for _ in range(12):
         start = time.perf_counter()

@@ -32,7 +32,13 @@ def test_detects_people_in_real_video_with_latency_stamps(tmp_path, run_dir):
     )
     context = zmq.Context()
     subscriber = Subscriber(context, resolve_endpoint("detector", run_dir), DETECTIONS, latest=False)
+    connected = subscriber.socket.get_monitor_socket(zmq.EVENT_CONNECTED)
     detector = start("detector", ["--config", str(tmp_path / "detector.yaml")])
+    # Frames start only once this test hears the detector: on a busy machine its first detections
+    # could otherwise go out before the subscription reached it (ZeroMQ drops them then).
+    assert connected.poll(60_000), "the detector never bound its output"
+    subscriber.socket.disable_monitor()
+    connected.close()
     capture = start("capture", ["--config", str(tmp_path / "capture.yaml")])
     got: list[Detections] = []
     deadline = time.monotonic() + 60
@@ -62,6 +68,8 @@ def test_a_model_file_with_the_wrong_graph_exits_with_one_line_naming_file_part_
     manifest["classes_file"] = str(weights / manifest["classes_file"])
     for part in manifest["stages"] + manifest["exits"]:
         part["file"] = str(weights / part["file"])
+        if part.get("direct_file"):
+            part["direct_file"] = str(weights / part["direct_file"])
     wrong = tmp_path / "yolox_nano_exit1.onnx"
     shutil.copy(weights / "yolox_nano_stage0.onnx", wrong)
     manifest["exits"][1]["file"] = str(wrong)

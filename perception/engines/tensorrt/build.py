@@ -58,7 +58,7 @@ def build_main(argv: list[str] | None = None) -> int:
         print(f"build-engine: tensorrt unavailable: {reason}", file=sys.stderr)
         return 1
     engine = TensorRTEngine(config)
-    parts = [(s.name, s.file) for s in manifest.stages] + [(e.name, e.file) for e in manifest.exits if e.file is not None]
+    parts = manifest.parts(direct=engine.runs_direct_graphs)  # as the detector opens them
     dimensions = manifest.dimensions(manifest.input.width, manifest.input.height)  # as the detector opens them
     print(f"{manifest.name}: {engine.describe()}, cache {engine.cache_dir}")
     for part_name, file in parts:

@@ -73,6 +73,12 @@ class TensorRTEngine(Engine):
         return (f"onnxruntime {ort.__version__} has no {TENSORRT_PROVIDER} (it needs onnxruntime-gpu and "
                 "TensorRT 10, whose wheels come only from NVIDIA's index)")
 
+    @property
+    def runs_direct_graphs(self) -> bool:
+        """Not in int8: a graph that takes the image is calibrated and built in int8 whole, the parts
+        after stage 0 in fp16, so a direct graph would measure otherwise than the parts it merges."""
+        return self.settings.precision != "int8"
+
     def prepare(self, onnx_path: Path, part_name: str, dimensions: Mapping[str, int] | None = None,
                 ) -> tuple[Path, list[tuple[str, dict[str, str]]]]:
         """A part's engine folder (created) and its provider list; for int8, the calibration table in it.

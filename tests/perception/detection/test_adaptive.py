@@ -144,6 +144,37 @@ def test_the_watchdogs_depth_ceiling_is_spent_on_a_smaller_input_at_full_depth_w
     assert policy(kind="deadline").plan(frame(network)) == Plan("every frame", pixels=FULL)
 
 
+def test_a_size_is_planned_by_what_the_frame_will_run_a_direct_graph_only_where_it_may():
+    """A direct graph runs only while twice its cost fits the deadline; closer in, the frame runs the
+    dearer parts. Planned by the direct graph's cost it kept full size, then ran out of time after
+    stage 0 and ended at exit 0: it must get the size at which what it will run fits."""
+    from perception.detection.planning import run_to_exit
+
+    network, engine = make_network(fit_aspect=True, direct_ms=10)
+    for _ in range(30):
+        network.estimator.add("stage0", (416, 416), 9 * MS)  # the parts: 20 ms at 416x416, the direct graph 10
+    deadline_ns = now_ns() + 20 * MS
+    plan = policy(kind="deadline").plan(frame(network, deadline_ns=deadline_ns))
+    assert plan.pixels == FULL // 2  # full size: the parts do not fit, and twice the direct graph does not either
+    inference = network.begin(np.zeros((480, 640, 3), np.uint8), plan.pixels)
+    assert run_to_exit(network, inference, plan.exit_index, deadline_ns, 1, 2 * MS) == 1
+    assert engine.calls == ["exit1.direct"]
+
+
+def test_one_frame_in_eight_that_could_run_the_direct_graph_runs_the_parts_to_keep_their_estimates():
+    from perception.detection.planning import run_to_exit
+
+    network, engine = make_network(fit_aspect=True, direct_ms=10)
+    image = np.zeros((480, 640, 3), np.uint8)
+    for _ in range(16):
+        run_to_exit(network, network.begin(image), None, now_ns() + 10_000 * MS, 1, 2 * MS)
+    assert engine.calls.count("exit1.direct") == 14 and engine.calls.count("stage0") == 2
+    engine.calls.clear()
+    for _ in range(16):  # without a deadline (replay, evaluation) always the one graph
+        run_to_exit(network, network.begin(image), None, None, 1, 2 * MS)
+    assert engine.calls == ["exit1.direct"] * 16
+
+
 def test_the_detector_runs_full_depth_at_the_size_its_policy_chose_under_the_ceiling():
     from perception.detection.frames import FrameDetector
     from perception.tracking.flow import FlowConfig

@@ -50,3 +50,20 @@ def test_named_dimensions_for_an_input_size():
     dims = load_manifest("yolox_nano_exits.json").dimensions(416, 256)
     assert dims == {"height": 256, "width": 416, "height_8": 32, "width_8": 52, "height_16": 16, "width_16": 26,
                     "height_32": 8, "width_32": 13, "anchors": 52 * 32 + 26 * 16 + 13 * 8}
+
+
+def test_a_direct_graph_must_exist_and_every_part_that_runs_needs_its_own_short_name(tmp_path):
+    full = {"name": "full", "after_stage": 0, "file": None, "inputs": ["output"], "output": "output"}
+    with pytest.raises(ConfigError, match=r"model file .*gone_direct.onnx does not exist"):
+        load_manifest(manifest(tmp_path, exits=[full | {"direct_file": "gone_direct.onnx"}]))
+    stage = {"name": "full", "file": "yolox_nano.onnx", "inputs": ["images"], "outputs": ["output"]}
+    with pytest.raises(ConfigError, match=r"part name 'a_long_stage_name' cannot be timed: .*'det.a_long_stage_name' "
+                                          r"is not a name \(1-16 of letters"):
+        load_manifest(manifest(tmp_path, stages=[stage | {"name": "a_long_stage_name"}]))
+    with pytest.raises(ConfigError, match=r"part name 'stage 0' cannot be timed"):
+        load_manifest(manifest(tmp_path, stages=[stage | {"name": "stage 0"}]))
+    with pytest.raises(ConfigError, match=r"part names \['preprocess'\] are the detector's own steps"):
+        load_manifest(manifest(tmp_path, stages=[stage | {"name": "preprocess"}]))
+    head = {"name": "full.direct", "after_stage": 0, "file": "yolox_nano.onnx", "inputs": ["output"], "output": "output2"}
+    with pytest.raises(ConfigError, match=r"the names of the parts that run must differ"):
+        load_manifest(manifest(tmp_path, exits=[full | {"direct_file": "yolox_nano.onnx"}, head]))

@@ -33,6 +33,21 @@ def test_the_bundled_manifests_match_their_graphs():
         StagedNetwork(load_manifest(name), engine).close()
 
 
+def test_the_bundled_direct_graph_gives_exactly_what_the_parts_give_at_every_size():
+    """One call instead of three: the same operators, so the same numbers, or replays would differ."""
+    network = StagedNetwork(load_manifest("yolox_nano_exits.json"), create_engine(EngineConfig(threads=2)))
+    frame = cv2.imread(str(DATA / "udacity_test1.jpg"))
+    assert network.has_direct(1) and not network.has_direct(0)
+    for pixels in (None, 86_528, 416 * 416 * 2):
+        parts = network.begin(frame, pixels)
+        network.run_stages(parts, 1)  # nothing can run directly once a stage has run
+        direct = network.begin(frame, pixels)
+        np.testing.assert_array_equal(network.run_exit(direct, 1), network.run_exit(parts, 1))
+        assert [t[0] for t in direct.timings] == ["preprocess", "exit1.direct"]
+        assert [t[0] for t in parts.timings] == ["preprocess", "stage0", "stage1", "exit1"]
+    network.close()
+
+
 def _cars(detector: StagedNetwork, frame: np.ndarray, pixels: int | None = None) -> tuple[tuple[int, int], np.ndarray]:
     outcome = detector.detect(frame, pixels=pixels)
     names = detector.manifest.class_names()

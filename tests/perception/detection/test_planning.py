@@ -42,6 +42,40 @@ def test_the_plan_is_made_again_after_a_stage_that_ran_slow():
     assert engine.calls == ["stage0", "exit0"]
 
 
+def test_a_frame_with_time_to_spare_runs_the_direct_graph_and_one_near_its_deadline_runs_part_by_part():
+    """The direct graph commits the frame to full depth: taken while twice its cost fits, and always
+    without a deadline; nearer the deadline the parts run, which can stop after a slow stage."""
+    network, engine = make_network(direct_ms=12)
+    assert network.frame_cost_ns((416, 416), 1) == 12 * MS and network.frame_cost_ns((416, 416), 0) == 3 * MS
+    assert network.frame_cost_ns((416, 416), 1, now_ns() + 20 * MS, MS) == 13 * MS  # twice 12 ms does not fit: the parts
+    assert run_to_exit(network, network.begin(FRAME), None, None, 1, MS) == 1 and engine.calls == ["exit1.direct"]
+    engine.calls.clear()
+    assert run_to_exit(network, network.begin(FRAME), None, now_ns() + 40 * MS, 1, MS) == 1
+    assert engine.calls == ["exit1.direct"]
+    engine.calls.clear()
+    assert run_to_exit(network, network.begin(FRAME), None, now_ns() + 18 * MS, 1, MS) == 1  # twice its cost does not fit
+    assert engine.calls == ["stage0", "stage1", "exit1"]
+    engine.calls.clear()
+    assert run_to_exit(network, network.begin(FRAME), None, None, 0, MS) == 0 and engine.calls == ["stage0", "exit0"]
+
+
+def test_a_parts_first_run_at_a_size_is_not_a_cost_and_a_direct_graph_is_never_dearer_than_its_parts():
+    network, engine = make_network(direct_ms=200)  # one slow run: believed, it would keep the graph out for good
+    assert network.frame_cost_ns((416, 416), 1) == 13 * MS  # the parts' 2 + 8 + 3
+    assert network.runs_direct((416, 416), 1, now_ns() + 60 * MS, MS)
+    slow = [0.02, 0.0]
+
+    def stage0_first_slow():
+        time.sleep(slow.pop(0))
+        return np.zeros(1, np.float32)
+
+    engine.outputs["stage0"]["f0"] = stage0_first_slow
+    run_to_exit(network, network.begin(FRAME), 0, None, 0, 0)  # the first run at 416x416: 20 ms, allocating
+    assert network.estimator.estimate_ns("stage0", (416, 416)) == 2 * MS
+    run_to_exit(network, network.begin(FRAME), 0, None, 0, 0)
+    assert network.estimator.estimate_ns("stage0", (416, 416)) < 2 * MS  # the second counts
+
+
 def test_cost_is_estimated_per_input_size_and_a_size_not_run_yet_in_proportion_to_pixels():
     estimator = LatencyEstimator()
     estimator.add("stage0", (416, 416), 10 * MS)

@@ -205,6 +205,13 @@ def test_prepare_makes_the_engine_folder_and_calibrates_int8_once(tmp_path, engi
     assert not caplog.records, "the table is made once per engine folder"
 
 
+@pytest.mark.parametrize("precision, direct", [("fp16", True), ("fp32", True), ("int8", False)])
+def test_direct_graphs_are_opened_except_in_int8(tmp_path, engine_past_the_provider_check, precision, direct):
+    """int8 calibrates a graph that takes the image whole and builds the later parts in fp16: a direct
+    graph there would measure otherwise than the parts, and a frame may run either."""
+    assert _trt_engine(tmp_path, precision).runs_direct_graphs is direct
+
+
 @needs_no_tensorrt
 def test_an_engine_folder_is_keyed_by_the_sizes_its_graph_names_only(tmp_path, engine_past_the_provider_check):
     engine = _trt_engine(tmp_path, "fp16")

@@ -76,6 +76,13 @@ def test_the_module_imports_without_torch():
 
 
 def test_its_parts_take_and_give_the_tensors_the_manifest_names():
+    """...and it runs the parts' PyTorch modules even where the manifest names a direct graph (an ONNX
+    merge of them, which it has no module for): full depth is stage0, stage1, exit1."""
     from perception.detection.network import StagedNetwork
 
-    StagedNetwork(load_manifest(MANIFEST), TorchEngine(EngineConfig(kind="torch", threads=2))).close()
+    network = StagedNetwork(load_manifest(MANIFEST), TorchEngine(EngineConfig(kind="torch", threads=2)))
+    assert load_manifest(MANIFEST).exits[-1].direct_file is not None and not network.has_direct(1)
+    inference = network.begin(np.full((256, 416, 3), 114, np.uint8))
+    network.run_exit(inference, 1)
+    assert [part for part, _, _ in inference.timings] == ["preprocess", "stage0", "stage1", "exit1"]
+    network.close()

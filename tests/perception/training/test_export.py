@@ -32,6 +32,7 @@ def test_export_writes_a_valid_manifest_with_one_file_per_part(exported):
     manifest = load_manifest(exported)
     assert [s.name for s in manifest.stages] == ["stage0", "stage1"]
     assert [(e.name, e.after_stage) for e in manifest.exits] == [("exit0", 0), ("exit1", 1)]
+    assert [e.direct_file is not None for e in manifest.exits] == [False, True]  # the deepest exit in one graph
     assert all(f.is_file() and f.parent == exported.parent for f in manifest.files())
     assert manifest.anchor_count == 3549 and len(manifest.class_names()) == 80
     assert float(manifest.notes["exit0_relative_cost"]) < 1.0
@@ -42,6 +43,15 @@ def test_chained_deepest_exit_equals_the_original(where, exported, image):
     manifest_path = exported if where == "exported" else WEIGHTS_DIR / export.MANIFEST_NAME
     diff, _ = export.full_depth_diff(manifest_path, ORIGINAL_ONNX, image)
     assert diff <= 1e-3
+
+
+@pytest.mark.parametrize("where", ["exported", "shipped"])
+def test_the_direct_graph_equals_the_chained_parts(where, exported, image):
+    manifest_path = exported if where == "exported" else WEIGHTS_DIR / export.MANIFEST_NAME
+    manifest = load_manifest(manifest_path)
+    tensors, _ = export.run_chain(manifest_path, image)
+    direct = export.ort_session(manifest.exits[-1].direct_file, 1).run(None, {"images": image})[0]
+    np.testing.assert_array_equal(direct, tensors[manifest.exits[-1].output])
 
 
 def test_every_exit_outputs_the_full_anchor_layout(image):
@@ -64,3 +74,40 @@ def test_parts_take_the_smaller_input_a_wide_frame_is_fitted_to(where, exported)
     assert manifest.input.fit_aspect
     for exit_ in manifest.exits:
         assert tensors[exit_.output].shape == (1, manifest.dimensions(416, 256)["anchors"], 85)
+
+
+def test_a_head_reading_features_a_later_stage_also_read_merges_too(tmp_path, image):
+    """Exit 0 reads stage 0's features, which stage 1 read before it: merged after both, it still gets them."""
+    from perception.training.direct import merge_parts
+
+    names = ["stage0", "stage1", "exit0"]
+    merge_parts([WEIGHTS_DIR / f"yolox_nano_{n}.onnx" for n in names], names, ["output_exit0"], tmp_path / "m.onnx")
+    tensors, _ = export.run_chain(WEIGHTS_DIR / export.MANIFEST_NAME, image)
+    merged = export.ort_session(tmp_path / "m.onnx", 1).run(None, {"images": image})[0]
+    np.testing.assert_array_equal(merged, tensors["output_exit0"])
+
+
+def _weights_copy(folder: Path) -> Path:
+    for path in WEIGHTS_DIR.glob("yolox_nano_*"):
+        if "direct" not in path.name:
+            (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "coco_classes.txt").write_bytes((WEIGHTS_DIR / "coco_classes.txt").read_bytes())
+    manifest = folder / export.MANIFEST_NAME
+    manifest.write_text(manifest.read_text().replace('"direct_file": "yolox_nano_exits_exit1_direct.onnx"', '"direct_file": null'))
+    return manifest
+
+
+def test_export_direct_names_the_graph_only_once_it_is_checked(tmp_path, monkeypatch, capsys):
+    from perception.training import direct
+
+    manifest = _weights_copy(tmp_path)
+    before = manifest.read_text()
+    assert export.main(["--direct", str(manifest), "--exit", "2"]) == 1
+    assert "--exit 2: " in capsys.readouterr().err and manifest.read_text() == before
+    monkeypatch.setattr(direct, "DIRECT_TOLERANCE", -1.0)  # any merge then differs
+    assert export.main(["--direct", str(manifest)]) == 1
+    assert "the merged graph differs from the parts" in capsys.readouterr().err
+    assert manifest.read_text() == before and not list(tmp_path.glob("*direct*"))
+    monkeypatch.undo()
+    assert export.main(["--direct", str(manifest)]) == 0
+    assert load_manifest(manifest).exits[1].direct_file == tmp_path / "yolox_nano_exits_exit1_direct.onnx"
