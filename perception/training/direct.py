@@ -90,7 +90,7 @@ def write_direct(manifest_path: Path, exit_index: int = -1) -> tuple[Path, float
 def _check_images(manifest) -> list[np.ndarray]:  # noqa: ANN001 - a Manifest
     """A real frame letterboxed to the manifest's input and, where the graphs take any size, to 512x288."""
     from perception.detection.yolox import letterbox
-    from perception.training.export import verification_frame
+    from perception.training.chain import verification_frame
 
     frame = verification_frame()
     spec = manifest.input
@@ -100,7 +100,7 @@ def _check_images(manifest) -> list[np.ndarray]:  # noqa: ANN001 - a Manifest
 
 
 def _difference(manifest_path: Path, direct: Path, input_name: str, output: str, images: np.ndarray) -> float:
-    from perception.training.export import ort_session, run_chain
+    from perception.training.chain import ort_session, run_chain
 
     tensors, _ = run_chain(manifest_path, images)
     return float(np.abs(ort_session(direct, 1).run(None, {input_name: images})[0] - tensors[output]).max())

@@ -63,17 +63,16 @@ def test_a_parts_first_run_at_a_size_is_not_a_cost_and_a_direct_graph_is_never_d
     network, engine = make_network(direct_ms=200)  # one slow run: believed, it would keep the graph out for good
     assert network.frame_cost_ns((416, 416), 1) == 13 * MS  # the parts' 2 + 8 + 3
     assert network.runs_direct((416, 416), 1, now_ns() + 60 * MS, MS)
-    slow = [0.02, 0.0]
 
-    def stage0_first_slow():
-        time.sleep(slow.pop(0))
+    def stage0_slow():
+        time.sleep(0.02)
         return np.zeros(1, np.float32)
 
-    engine.outputs["stage0"]["f0"] = stage0_first_slow
-    run_to_exit(network, network.begin(FRAME), 0, None, 0, 0)  # the first run at 416x416: 20 ms, allocating
+    engine.outputs["stage0"]["f0"] = stage0_slow
+    run_to_exit(network, network.begin(FRAME), 0, None, 0, 0)  # the first run at 416x416 (20 ms): allocating
     assert network.estimator.estimate_ns("stage0", (416, 416)) == 2 * MS
     run_to_exit(network, network.begin(FRAME), 0, None, 0, 0)
-    assert network.estimator.estimate_ns("stage0", (416, 416)) < 2 * MS  # the second counts
+    assert network.estimator.estimate_ns("stage0", (416, 416)) > 10 * MS  # the second counts
 
 
 def test_cost_is_estimated_per_input_size_and_a_size_not_run_yet_in_proportion_to_pixels():

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from perception.detection.manifest import load_manifest  # noqa: E402
 from perception.detection.yolox import letterbox  # noqa: E402
-from perception.training import export  # noqa: E402
+from perception.training import chain, export  # noqa: E402
 from perception.training.yolox_torch import EXITS_NPZ, ORIGINAL_ONNX, WEIGHTS_DIR  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[3]
@@ -49,13 +49,13 @@ def test_chained_deepest_exit_equals_the_original(where, exported, image):
 def test_the_direct_graph_equals_the_chained_parts(where, exported, image):
     manifest_path = exported if where == "exported" else WEIGHTS_DIR / export.MANIFEST_NAME
     manifest = load_manifest(manifest_path)
-    tensors, _ = export.run_chain(manifest_path, image)
-    direct = export.ort_session(manifest.exits[-1].direct_file, 1).run(None, {"images": image})[0]
+    tensors, _ = chain.run_chain(manifest_path, image)
+    direct = chain.ort_session(manifest.exits[-1].direct_file, 1).run(None, {"images": image})[0]
     np.testing.assert_array_equal(direct, tensors[manifest.exits[-1].output])
 
 
 def test_every_exit_outputs_the_full_anchor_layout(image):
-    tensors, _ = export.run_chain(WEIGHTS_DIR / export.MANIFEST_NAME, image)
+    tensors, _ = chain.run_chain(WEIGHTS_DIR / export.MANIFEST_NAME, image)
     for exit_ in load_manifest(WEIGHTS_DIR / export.MANIFEST_NAME).exits:
         assert tensors[exit_.output].shape == (1, 3549, 85)
 
@@ -70,7 +70,7 @@ def test_parts_take_the_smaller_input_a_wide_frame_is_fitted_to(where, exported)
     manifest_path = exported if where == "exported" else WEIGHTS_DIR / export.MANIFEST_NAME
     manifest = load_manifest(manifest_path)
     frame = cv2.imread(str(REPO / "tests" / "data" / "udacity_test1.jpg"))
-    tensors, _ = export.run_chain(manifest_path, letterbox(frame, 416, 416, input_size=(416, 256))[0])
+    tensors, _ = chain.run_chain(manifest_path, letterbox(frame, 416, 416, input_size=(416, 256))[0])
     assert manifest.input.fit_aspect
     for exit_ in manifest.exits:
         assert tensors[exit_.output].shape == (1, manifest.dimensions(416, 256)["anchors"], 85)
@@ -82,8 +82,8 @@ def test_a_head_reading_features_a_later_stage_also_read_merges_too(tmp_path, im
 
     names = ["stage0", "stage1", "exit0"]
     merge_parts([WEIGHTS_DIR / f"yolox_nano_{n}.onnx" for n in names], names, ["output_exit0"], tmp_path / "m.onnx")
-    tensors, _ = export.run_chain(WEIGHTS_DIR / export.MANIFEST_NAME, image)
-    merged = export.ort_session(tmp_path / "m.onnx", 1).run(None, {"images": image})[0]
+    tensors, _ = chain.run_chain(WEIGHTS_DIR / export.MANIFEST_NAME, image)
+    merged = chain.ort_session(tmp_path / "m.onnx", 1).run(None, {"images": image})[0]
     np.testing.assert_array_equal(merged, tensors["output_exit0"])
 
 
