@@ -186,7 +186,11 @@ class FrameDetector:
                 box = np.stack([predicted[ids[row]] for row in rows])
                 centre = (boxes[rows, :2] + boxes[rows, 2:]) / 2
                 half = (box[:, 2:] - box[:, :2]) / 2
-                boxes[rows] = np.where(moved.ok[rows, None], np.concatenate((centre - half, centre + half), axis=1), box)
+                carried = np.where(moved.ok[rows, None], np.concatenate((centre - half, centre + half), axis=1), box)
+                # A constant-velocity model shrinking fast enough predicts no box at all (width or height
+                # at or below 0, as after a few noisy measurements of a far object): the flow's box then.
+                sized = (half > 0).all(axis=1)
+                boxes[np.asarray(rows)[sized]] = carried[sized]
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, shape[1])  # as the network's boxes are: within the frame
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, shape[0])
         self._last = Output(boxes, last.scores, last.class_ids, last.track_ids, last.velocities)

@@ -57,6 +57,31 @@ def test_propagated_frames_move_the_boxes_with_the_image_and_keep_their_tracks(n
     assert third.level >= 0 and third.why.startswith("time")
 
 
+def test_a_motion_model_that_predicts_no_box_leaves_the_flows_box_not_an_inverted_one(network, street, monkeypatch):
+    """A constant-velocity filter shrinking fast (noisy measurements of a far car) predicts a negative
+    height a few frames on; the carried box was then inverted and its message refused (seen in an
+    experiment that kept a track's growth rate across a change of network pass: the approach drive,
+    `interval` 3, under the watchdog's ceiling; docs/BENCHMARKS.md)."""
+    from perception.detection.outputs import detections_message
+
+    frames = build_detector(replace(SETTINGS, policy=PolicyConfig(kind="interval", interval=3)), network=network)
+    first = frames.process(street, 0)
+    tracked = first.output.track_ids > 0
+    assert tracked.sum() >= 2
+
+    def inverted(t_ns):
+        return {int(i): np.array([100, 100, 90, 80], np.float32) for i in first.output.track_ids if i > 0}
+
+    monkeypatch.setattr(frames.tracker, "predict_boxes", inverted)
+    second = frames.process(street, FRAME_NS)
+    assert second.level == LEVEL_PROPAGATE
+    boxes = second.output.boxes
+    assert (boxes[:, 2:] >= boxes[:, :2]).all()
+    np.testing.assert_allclose(boxes[tracked], first.output.boxes[tracked], atol=1.0)  # the flow's: the image stood still
+    detections_message(second, frame_id=2, capture_ns=1, media_ns=FRAME_NS, image_width=street.shape[1],
+                       image_height=street.shape[0], exit_count=frames.exit_count, stamps=(), received_ns=None, done_ns=2)
+
+
 @pytest.mark.parametrize("fps, network_every", [(10, 2), (30, 5)])
 def test_the_longest_gap_is_in_milliseconds_so_one_config_works_at_any_frame_rate(network, fps, network_every):
     frames = detector(network, ego_path=False, max_gap_ms=150, max_change=1.0)
