@@ -149,7 +149,10 @@ class FrameDetector:
         inference = self.network.begin(frame, plan.pixels)
         ceiling = self.exit_count - 1 if max_exit is None else max_exit
         ceiling = ceiling if plan.max_exit is None else plan.max_exit  # the policy spent the watchdog's as a cost
-        level = run_to_exit(self.network, inference, plan.exit_index, deadline_ns, ceiling, self.margin_ns)
+        # Where the policy spent the watchdog's ceiling as full depth at a smaller size (costed as the direct
+        # graph), no frame runs the dearer parts in its place to refresh their estimates.
+        level = run_to_exit(self.network, inference, plan.exit_index, deadline_ns, ceiling, self.margin_ns,
+                            refresh=plan.max_exit is None)
         low = min(self.score_threshold, self.tracker_config.low_score)  # the tracker's second association
         boxes, scores, class_ids = self.network.decode(inference, inference.raw_exits[level], low)
         update = self.tracker.update(boxes, scores, class_ids, t_ns, (frame.shape[1], frame.shape[0]))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -36,7 +37,9 @@ from perception.messages import STAGE_NAME_CHARS, check_name
 # and `perception export` writes them the same way.
 ANCHORS = "anchors"  # the anchor points of an exit's output [1, anchors, 5 + classes]
 PART_STAMP_PREFIX = "det."  # a part's time travels in the detections message as the stamp det.<part>
-DETECTOR_STAMPS = ("recv", "flow", "preprocess", "post")  # the detector's other steps (perception.detection.outputs)
+# The detector's other steps (perception.detection.outputs) and the latency report's groups (perception.report):
+# a part named as one would be timed, or reported, as that step.
+DETECTOR_STAMPS = ("recv", "flow", "preprocess", "post", "capture", "publish", "transport", "postprocess", "decision")
 
 
 def spatial_dimension_names(stride: int) -> tuple[str, str]:
@@ -201,11 +204,13 @@ def write_manifest(manifest_data: dict, path: Path) -> None:
     file names resolve against the same folder), loaded back, then put in place, so a manifest that
     does not load never replaces one that did. ConfigError naming the problem otherwise."""
     path = Path(path)
-    staged = path.with_name(f".{path.name}.new")
-    staged.write_text(json.dumps(manifest_data, indent=2) + "\n")
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.stem}.", suffix=".json", delete=False) as file:
+        staged = Path(file.name)
+        file.write(json.dumps(manifest_data, indent=2) + "\n")
     try:
         load_manifest(staged)
+        os.replace(staged, path)
     except ConfigError as exc:
-        staged.unlink()
         raise ConfigError(str(exc).replace(str(staged), str(path))) from None
-    os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)

@@ -33,6 +33,8 @@ DIRECT_SLACK = 3.0
 # Under a deadline, one in this many frames that could run a direct graph runs its parts instead: the
 # parts' estimates plan the frames near a deadline, and only frames run part by part refresh them.
 PARTS_REFRESH_EVERY = 8
+# A direct graph's estimate resting on fewer runs than this at a size is capped at its parts' (DIRECT_SETTLED).
+DIRECT_SETTLED = 8
 
 
 class LatencyEstimator:
@@ -50,6 +52,10 @@ class LatencyEstimator:
         self._samples.setdefault((part, size), deque(maxlen=self._window)).append(duration_ns)
         self._cache.pop((part, size), None)
 
+
+    def runs(self, part: str, size: Size) -> int:
+        """How many runs of `part` at `size` the estimate rests on (the window's)."""
+        return len(self._samples.get((part, size), ()))
 
     def estimate_ns(self, part: str, size: Size) -> int:
         key = (part, size)
@@ -142,7 +148,8 @@ class StagedNetwork:
             if e.direct_file is not None and engine.runs_direct_graphs else None for e in manifest.exits]
         self._input_buffers: dict[Size, np.ndarray] = {}  # one per input size in use: a policy may alternate
         self.warmed: set[int] = set()  # input budgets warmed up (perception.detection.builder.warm)
-        self._could_run_direct = 0  # frames under a deadline that could have run a direct graph (PARTS_REFRESH_EVERY)
+        # Per (exit, input size): frames under a deadline that could have run its direct graph (PARTS_REFRESH_EVERY).
+        self._could_run_direct: dict[tuple[int, Size], int] = {}
         self._ran: set[tuple[str, Size]] = set()  # (part, input size) run at least once
 
     @property
@@ -213,7 +220,9 @@ class StagedNetwork:
         inference.timings.append((part, end, end - start))
         if (part, inference.size) in self._ran:
             self.estimator.add(part, inference.size, end - start)
-        else:  # a part's first run at an input size allocates for it (docs/ARCHITECTURE.md, Detection): not a cost to plan with
+        else:
+            if len(self._ran) >= 256:  # sizes in use are few; a stream of new ones is not kept (their next run is skipped again)
+                self._ran.clear()  # a part's first run at an input size allocates for it (docs/ARCHITECTURE.md, Detection): not a cost to plan with
             self._ran.add((part, inference.size))
         return outputs
 
@@ -236,20 +245,29 @@ class StagedNetwork:
         return deadline_ns is None or now_ns() + margin_ns + DIRECT_SLACK * self._direct_ns(size, exit_index) <= deadline_ns
 
     def _direct_ns(self, size: Size, exit_index: int) -> int:
-        """A direct graph's estimate, never above its parts': it does their work in fewer calls, so an
-        estimate above theirs is a slow run it has not run again since (and would not, if believed)."""
-        return min(self.estimator.estimate_ns(self.manifest.exits[exit_index].direct_name, size),
-                   self._cost_ns(size, -1, exit_index, False))
+        """A direct graph's estimate. While it rests on few runs at this size (DIRECT_SETTLED), never above
+        its parts' where they have been measured: it does their work in fewer calls, and a slow first
+        run believed would keep it from running again. Once settled, its own: it is what runs most."""
+        name = self.manifest.exits[exit_index].direct_name
+        direct_ns = self.estimator.estimate_ns(name, size)
+        if self.estimator.runs(name, size) >= DIRECT_SETTLED:
+            return direct_ns
+        parts_ns = self._cost_ns(size, -1, exit_index, False)
+        return min(direct_ns, parts_ns) if parts_ns > 0 else direct_ns
 
-    def runs_direct(self, size: Size, exit_index: int, deadline_ns: int | None, margin_ns: int) -> bool:
-        """direct_fits, except for one in PARTS_REFRESH_EVERY such frames under a deadline (counted here),
-        which run part by part to keep the parts' estimates current."""
+    def runs_direct(self, size: Size, exit_index: int, deadline_ns: int | None, margin_ns: int,
+                    refresh: bool = True) -> bool:
+        """direct_fits, except for one in PARTS_REFRESH_EVERY such frames at each size under a deadline
+        (counted here, when `refresh`), which run part by part to keep the parts' estimates current."""
         if not self.direct_fits(size, exit_index, deadline_ns, margin_ns):
             return False
-        if deadline_ns is None:
+        if deadline_ns is None or not refresh:
             return True
-        self._could_run_direct += 1
-        return self._could_run_direct % PARTS_REFRESH_EVERY != 0
+        key = (exit_index, size)
+        if key not in self._could_run_direct and len(self._could_run_direct) >= 64:
+            self._could_run_direct.clear()
+        self._could_run_direct[key] = count = self._could_run_direct.get(key, 0) + 1
+        return count % PARTS_REFRESH_EVERY != 0
 
     def frame_cost_ns(self, size: Size, exit_index: int, deadline_ns: int | None = None, margin_ns: int = 0) -> int:
         """Estimated time of a new frame at input `size` to exit `exit_index`, preprocessing included, by

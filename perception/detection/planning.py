@@ -142,18 +142,20 @@ def register(cls: type[Policy]) -> type[Policy]:
 
 
 def run_to_exit(network: StagedNetwork, inference: FrameInference, exit_index: int | None, deadline_ns: int | None,
-                max_exit: int, margin_ns: int) -> int:
+                max_exit: int, margin_ns: int, refresh: bool = True) -> int:
     """Run `inference` to `exit_index` (under the ceiling `max_exit`), or, when it is None, to the deepest
     exit whose estimated remaining cost still ends `margin_ns` before the deadline: planned again after
     every trunk stage, so a stage that ran slow (a CPU suddenly busy) stops the frame at a shallower exit.
     A frame with time to spare runs the deepest allowed exit's direct graph instead
-    (StagedNetwork.runs_direct). Returns the exit run; its raw output is in inference.raw_exits."""
+    (StagedNetwork.runs_direct; `refresh` False: never the parts in its place, as where the watchdog's
+    ceiling was spent as full depth at the direct graph's cost). Returns the exit run; its raw output
+    is in inference.raw_exits."""
     ceiling = min(max_exit, network.exit_count - 1)
     if exit_index is not None:
         chosen = ceiling if exit_index < 0 else min(exit_index, ceiling)
         network.run_exit(inference, chosen)
         return chosen
-    if network.runs_direct(inference.size, ceiling, deadline_ns, margin_ns):
+    if network.runs_direct(inference.size, ceiling, deadline_ns, margin_ns, refresh):
         network.run_exit(inference, ceiling)
         return ceiling
     chosen = deepest_fitting(network, inference, ceiling, deadline_ns, margin_ns)

@@ -12,6 +12,7 @@ as the exit's `direct_file`, and checks the merge against the parts on a real fr
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +60,13 @@ def write_direct(manifest_path: Path, exit_index: int = -1) -> tuple[Path, float
     name it in the manifest. Returns (the graph's path, the largest difference found). ConfigError,
     one line, when it cannot; the manifest is then as it was."""
     from perception.detection.manifest import load_manifest, write_manifest
+    from perception.detection.onnx_model import looks_like_onnx
 
     manifest_path = Path(manifest_path)
     manifest = load_manifest(manifest_path)
+    if looks_like_onnx(manifest_path) or manifest_path.suffix.lower() != ".json":
+        raise ConfigError(f"{manifest_path}: --direct names the graph in a JSON manifest of parts; this is not one "
+                          "(a plain ONNX detector is one graph already)")
     if not -len(manifest.exits) <= exit_index < len(manifest.exits):
         raise ConfigError(f"--exit {exit_index}: {manifest_path} has exits 0-{len(manifest.exits) - 1} (or -1, the deepest)")
     index = exit_index % len(manifest.exits)
@@ -70,20 +75,23 @@ def write_direct(manifest_path: Path, exit_index: int = -1) -> tuple[Path, float
     files = [s.file for s in stages] + ([spec.file] if spec.file is not None else [])
     names = [s.name for s in stages] + ([spec.name] if spec.file is not None else [])
     out = manifest_path.parent / f"{manifest_path.stem}_{spec.name}_direct.onnx"
+    staged = out.with_name(f".{out.name}.new")  # the graph the manifest may name now stays until this one passes
     try:
-        merge_parts(files, names, [spec.output], out)
-        diff = max(_difference(manifest_path, out, manifest.input.name, spec.output, images)
-                   for images in _check_images(manifest))
-    except Exception as exc:  # onnx's and onnxruntime's own errors: named here, in one line
-        out.unlink(missing_ok=True)
-        raise ConfigError(f"{manifest_path}: cannot merge exit {spec.name}'s parts into one graph: "
-                          f"{' '.join(str(exc).split())[:300]}") from None
-    if diff > DIRECT_TOLERANCE:
-        out.unlink()
-        raise ConfigError(f"{out}: the merged graph differs from the parts by {diff:.2e} > {DIRECT_TOLERANCE}")
-    data = json.loads(manifest_path.read_text())
-    data["exits"][index]["direct_file"] = out.name
-    write_manifest(data, manifest_path)  # checked (names, files) before it replaces the manifest
+        try:
+            merge_parts(files, names, [spec.output], staged)
+            diff = max(_difference(manifest_path, staged, manifest.input.name, spec.output, images)
+                       for images in _check_images(manifest))
+        except Exception as exc:  # onnx's and onnxruntime's own errors: named here, in one line
+            raise ConfigError(f"{manifest_path}: cannot merge exit {spec.name}'s parts into one graph: "
+                              f"{' '.join(str(exc).split())[:300]}") from None
+        if diff > DIRECT_TOLERANCE:
+            raise ConfigError(f"{out}: the merged graph differs from the parts by {diff:.2e} > {DIRECT_TOLERANCE}")
+        data = json.loads(manifest_path.read_text())
+        data["exits"][index]["direct_file"] = out.name
+        os.replace(staged, out)
+        write_manifest(data, manifest_path)  # checked (names, files) before it replaces the manifest
+    finally:
+        staged.unlink(missing_ok=True)
     return out, diff
 
 

@@ -88,26 +88,31 @@ def test_a_head_reading_features_a_later_stage_also_read_merges_too(tmp_path, im
 
 
 def _weights_copy(folder: Path) -> Path:
-    for path in WEIGHTS_DIR.glob("yolox_nano_*"):
-        if "direct" not in path.name:
-            (folder / path.name).write_bytes(path.read_bytes())
-    (folder / "coco_classes.txt").write_bytes((WEIGHTS_DIR / "coco_classes.txt").read_bytes())
-    manifest = folder / export.MANIFEST_NAME
-    manifest.write_text(manifest.read_text().replace('"direct_file": "yolox_nano_exits_exit1_direct.onnx"', '"direct_file": null'))
-    return manifest
+    for path in [*WEIGHTS_DIR.glob("yolox_nano*"), WEIGHTS_DIR / "coco_classes.txt"]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder / export.MANIFEST_NAME
 
 
-def test_export_direct_names_the_graph_only_once_it_is_checked(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("named_before", [True, False])
+def test_export_direct_names_the_graph_only_once_it_is_checked(tmp_path, monkeypatch, capsys, named_before):
+    """A failed run leaves the manifest and the graph it names as they were; a good one names the graph."""
     from perception.training import direct
 
     manifest = _weights_copy(tmp_path)
-    before = manifest.read_text()
+    graph = tmp_path / "yolox_nano_exits_exit1_direct.onnx"
+    if not named_before:
+        manifest.write_text(manifest.read_text().replace(f'"direct_file": "{graph.name}"', '"direct_file": null'))
+        graph.unlink()
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
     assert export.main(["--direct", str(manifest), "--exit", "2"]) == 1
-    assert "--exit 2: " in capsys.readouterr().err and manifest.read_text() == before
+    assert "--exit 2: " in capsys.readouterr().err
     monkeypatch.setattr(direct, "DIRECT_TOLERANCE", -1.0)  # any merge then differs
     assert export.main(["--direct", str(manifest)]) == 1
     assert "the merged graph differs from the parts" in capsys.readouterr().err
-    assert manifest.read_text() == before and not list(tmp_path.glob("*direct*"))
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before  # nothing changed, nothing left
+    assert export.main(["--direct", str(tmp_path / "yolox_nano.onnx")]) == 1  # a plain ONNX detector: one graph already
+    assert "is not one" in capsys.readouterr().err and sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
     monkeypatch.undo()
     assert export.main(["--direct", str(manifest)]) == 0
-    assert load_manifest(manifest).exits[1].direct_file == tmp_path / "yolox_nano_exits_exit1_direct.onnx"
+    assert load_manifest(manifest).exits[1].direct_file == graph and graph.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({*before, graph.name})
