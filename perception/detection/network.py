@@ -148,8 +148,9 @@ class StagedNetwork:
             if e.direct_file is not None and engine.runs_direct_graphs else None for e in manifest.exits]
         self._input_buffers: dict[Size, np.ndarray] = {}  # one per input size in use: a policy may alternate
         self.warmed: set[int] = set()  # input budgets warmed up (perception.detection.builder.warm)
-        # Per (exit, input size): frames under a deadline that could have run its direct graph (PARTS_REFRESH_EVERY).
-        self._could_run_direct: dict[tuple[int, Size], int] = {}
+        # Per (exit, input size): frames under a deadline that could have run its direct graph, and frames
+        # on which only its own estimate kept it out (PARTS_REFRESH_EVERY).
+        self._could_run_direct: dict[tuple, int] = {}
         self._ran: set[tuple[str, Size]] = set()  # (part, input size) run at least once
 
     @property
@@ -258,16 +259,26 @@ class StagedNetwork:
     def runs_direct(self, size: Size, exit_index: int, deadline_ns: int | None, margin_ns: int,
                     refresh: bool = True) -> bool:
         """direct_fits, except for one in PARTS_REFRESH_EVERY such frames at each size under a deadline
-        (counted here, when `refresh`), which run part by part to keep the parts' estimates current."""
+        (counted here, when `refresh`), which run part by part to keep the parts' estimates current;
+        and where only its own estimate keeps it out, one in PARTS_REFRESH_EVERY runs it to refresh that."""
         if not self.direct_fits(size, exit_index, deadline_ns, margin_ns):
-            return False
+            # Its own estimate says no. Where the parts (the same work in more calls) would fit with the
+            # same slack, one such frame in PARTS_REFRESH_EVERY runs it anyway: an estimate raised by a
+            # loaded spell is refreshed only by running, and would otherwise keep it out for good.
+            parts_ns = self._cost_ns(size, -1, exit_index, False)
+            if (deadline_ns is None or not refresh or self._direct[exit_index] is None or parts_ns <= 0
+                    or now_ns() + margin_ns + DIRECT_SLACK * parts_ns > deadline_ns):
+                return False
+            return self._count((exit_index, size, "probe")) % PARTS_REFRESH_EVERY == 0
         if deadline_ns is None or not refresh:
             return True
-        key = (exit_index, size)
+        return self._count((exit_index, size)) % PARTS_REFRESH_EVERY != 0
+
+    def _count(self, key: tuple) -> int:
         if key not in self._could_run_direct and len(self._could_run_direct) >= 64:
             self._could_run_direct.clear()
         self._could_run_direct[key] = count = self._could_run_direct.get(key, 0) + 1
-        return count % PARTS_REFRESH_EVERY != 0
+        return count
 
     def frame_cost_ns(self, size: Size, exit_index: int, deadline_ns: int | None = None, margin_ns: int = 0) -> int:
         """Estimated time of a new frame at input `size` to exit `exit_index`, preprocessing included, by

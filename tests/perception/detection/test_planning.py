@@ -75,6 +75,21 @@ def test_a_parts_first_run_at_a_size_is_not_a_cost_and_a_direct_graph_is_never_d
     assert network.estimator.estimate_ns("stage0", (416, 416)) > 10 * MS  # the second counts
 
 
+def test_a_direct_graph_kept_out_by_its_own_stale_estimate_is_tried_again_where_its_parts_would_fit():
+    """Settled on 8+ slow runs (a loaded spell), its estimate no longer fits 3 times; the parts, measured
+    since on a quiet machine, do: one frame in 8 runs it again and its estimate can come down."""
+    network, engine = make_network(direct_ms=40)
+    for _ in range(10):
+        network.estimator.add("exit1.direct", (416, 416), 40 * MS)
+    for _ in range(16):
+        run_to_exit(network, network.begin(FRAME), None, now_ns() + 80 * MS, 1, MS)  # 3 x 40 > 80, 3 x 13 < 80
+    assert engine.calls.count("exit1.direct") == 2 and engine.calls.count("stage0") == 14
+    engine.calls.clear()
+    for _ in range(8):  # a deadline the parts do not fit 3 times either (nor once): never tried
+        run_to_exit(network, network.begin(FRAME), None, now_ns() + MS, 1, MS)
+    assert "exit1.direct" not in engine.calls
+
+
 def test_cost_is_estimated_per_input_size_and_a_size_not_run_yet_in_proportion_to_pixels():
     estimator = LatencyEstimator()
     estimator.add("stage0", (416, 416), 10 * MS)
