@@ -2,9 +2,9 @@
 
 Stages run at most once per frame and keep their outputs, so going deeper after looking at a
 shallow exit continues from the kept features instead of starting over. A frame that starts by
-asking for an exit with a direct graph (manifest.py) runs that one graph instead of the parts. A frame's input is sized
-by a pixel budget (yolox.budget_input) where the graphs allow any size, else the manifest's fixed
-size. Every part's duration is recorded, per input size, both for the detections message and for
+asking for an exit with a direct graph (manifest.py) runs that one graph instead of the parts. A
+frame's input is sized by a pixel budget (yolox.budget_input) where the graphs allow any size, else
+the manifest's fixed size. Every part's duration is recorded, per input size, both for the detections message and for
 the running latency estimates that policies plan with.
 """
 
@@ -33,7 +33,7 @@ DIRECT_SLACK = 3.0
 # Under a deadline, one in this many frames that could run a direct graph runs its parts instead: the
 # parts' estimates plan the frames near a deadline, and only frames run part by part refresh them.
 PARTS_REFRESH_EVERY = 8
-# A direct graph's estimate resting on fewer runs than this at a size is capped at its parts' (DIRECT_SETTLED).
+# A direct graph's estimate resting on fewer runs than this at a size is capped at its parts'.
 DIRECT_SETTLED = 8
 
 
@@ -51,7 +51,6 @@ class LatencyEstimator:
     def add(self, part: str, size: Size, duration_ns: int) -> None:
         self._samples.setdefault((part, size), deque(maxlen=self._window)).append(duration_ns)
         self._cache.pop((part, size), None)
-
 
     def runs(self, part: str, size: Size) -> int:
         """How many runs of `part` at `size` the estimate rests on (the window's)."""
@@ -243,7 +242,7 @@ class StagedNetwork:
         deadline, the frame would still end `margin_ns` before it at DIRECT_SLACK times its estimated cost."""
         if self._direct[exit_index] is None:
             return False
-        return deadline_ns is None or now_ns() + margin_ns + DIRECT_SLACK * self._direct_ns(size, exit_index) <= deadline_ns
+        return _fits_with_slack(self._direct_ns(size, exit_index), deadline_ns, margin_ns)
 
     def _direct_ns(self, size: Size, exit_index: int) -> int:
         """A direct graph's estimate. While it rests on few runs at this size (DIRECT_SETTLED), never above
@@ -253,7 +252,7 @@ class StagedNetwork:
         direct_ns = self.estimator.estimate_ns(name, size)
         if self.estimator.runs(name, size) >= DIRECT_SETTLED:
             return direct_ns
-        parts_ns = self._cost_ns(size, -1, exit_index, False)
+        parts_ns = self._parts_ns(size, exit_index)
         return min(direct_ns, parts_ns) if parts_ns > 0 else direct_ns
 
     def runs_direct(self, size: Size, exit_index: int, deadline_ns: int | None, margin_ns: int,
@@ -265,9 +264,9 @@ class StagedNetwork:
             # Its own estimate says no. Where the parts (the same work in more calls) would fit with the
             # same slack, one such frame in PARTS_REFRESH_EVERY runs it anyway: an estimate raised by a
             # loaded spell is refreshed only by running, and would otherwise keep it out for good.
-            parts_ns = self._cost_ns(size, -1, exit_index, False)
+            parts_ns = self._parts_ns(size, exit_index)
             if (deadline_ns is None or not refresh or self._direct[exit_index] is None or parts_ns <= 0
-                    or now_ns() + margin_ns + DIRECT_SLACK * parts_ns > deadline_ns):
+                    or not _fits_with_slack(parts_ns, deadline_ns, margin_ns)):
                 return False
             return self._count((exit_index, size, "probe")) % PARTS_REFRESH_EVERY == 0
         if deadline_ns is None or not refresh:
@@ -286,8 +285,12 @@ class StagedNetwork:
         if self.direct_fits(size, exit_index, deadline_ns, margin_ns):
             network_ns = self._direct_ns(size, exit_index)
         else:
-            network_ns = self._cost_ns(size, -1, exit_index, False)
+            network_ns = self._parts_ns(size, exit_index)
         return self.estimator.estimate_ns("preprocess", size) + network_ns
+
+    def _parts_ns(self, size: Size, exit_index: int) -> int:
+        """Estimated time of the parts of a new frame at `size` to exit `exit_index`."""
+        return self._cost_ns(size, -1, exit_index, False)
 
     def _cost_ns(self, size: Size, stages_done: int, exit_index: int, exit_done: bool) -> int:
         spec = self.manifest.exits[exit_index]
@@ -323,3 +326,8 @@ class StagedNetwork:
         for session in [*self._stages, *self._exits, *self._direct]:
             if session is not None:
                 session.close()
+
+
+def _fits_with_slack(cost_ns: int, deadline_ns: int | None, margin_ns: int) -> bool:
+    """Whether a frame starting now ends `margin_ns` before the deadline at DIRECT_SLACK times `cost_ns`."""
+    return deadline_ns is None or now_ns() + margin_ns + DIRECT_SLACK * cost_ns <= deadline_ns
