@@ -23,7 +23,7 @@ from perception.detection.classes import detections_class_names
 from perception.latency import now_ns
 from perception.interface import NodeInterface
 from perception.node import FatalInputError, NodeSettings, OutputError, run_node
-from perception.recording import MB, Compression, RecordingWriteError, RecordingWriter
+from perception.recording import MB, Compression, RecordingWriteError, RecordingWriter, missing_codec
 from perception.shm_ring import FrameOverwritten, RingError
 from perception.graph import ANY_INPUTS
 from perception.topics import FRAMES
@@ -44,6 +44,8 @@ class RecorderConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        if (missing := missing_codec(self.compression)) is not None:  # refused before start, not at the first chunk
+            raise ValueError(f"compression {self.compression}: {missing}")
 
 
 CONFIG = RecorderConfig

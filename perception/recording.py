@@ -36,6 +36,7 @@ that is not MCAP at all is a RecordingError, one line naming the file and where.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -97,6 +98,22 @@ def require_mcap() -> None:
 
 
 Compression = Literal["zstd", "lz4", "none"]  # MCAP chunk compression
+# MCAP's codecs are packages of their own (the mcap package's dependencies): the module each needs.
+COMPRESSION_MODULES = {"zstd": "zstandard", "lz4": "lz4"}
+
+
+def missing_codec(compression: str) -> str | None:
+    """Why this Python cannot write or read chunks of `compression`, or None: a missing codec is an
+    environment to fix, not a recording that failed or a file that is corrupt."""
+    module = COMPRESSION_MODULES.get(compression)
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None
+    return codec_missing(module)
+
+
+def codec_missing(module: str) -> str:
+    """The one-line reason for a missing codec package `module` (zstandard, lz4)."""
+    return f"its MCAP chunks need the {module} package, which this Python lacks (pip install {module}; mcap normally brings it)"
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -147,6 +164,8 @@ class RecordingWriter:
                  chunk_size: int = 1 << 20, class_names: Sequence[str] = (), min_free_bytes: int = 0,
                  compression: Compression = "zstd", wall_offset_ns: int | None = None) -> None:
         require_mcap()
+        if (missing := missing_codec(compression)) is not None:
+            raise RecordingError(f"recording {path}: {missing}")
         try:  # the SDK's message classes, for the protobuf view channels; only writing needs them
             channels = pipeline_channels(image_format)
         except RuntimeError as exc:

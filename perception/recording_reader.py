@@ -16,7 +16,7 @@ import numpy as np
 from perception.codec import UPGRADABLE_WIRE_VERSIONS, decode, upgrade
 from perception.image_decode import decode_compressed
 from perception.messages import WIRE_VERSION, FrameHeader, Message
-from perception.recording import MAGIC, RecordingError, require_mcap
+from perception.recording import MAGIC, RecordingError, codec_missing, require_mcap
 from perception.topics import BY_NAME, FRAMES, Topic
 from perception.visualization import IMAGE_CHANNEL
 
@@ -51,6 +51,7 @@ class RecordingReader:
         finished recording has counts as cut short (`truncated`, a warning)."""
         require_mcap()
         from mcap.records import Channel, Footer, Header, Message as McapMessage, Schema
+        from mcap.exceptions import UnsupportedCompressionError
         from mcap.stream_reader import StreamReader
 
         size = self.path.stat().st_size
@@ -67,6 +68,9 @@ class RecordingReader:
                     record = next(iterator)
                 except StopIteration:
                     return
+                except UnsupportedCompressionError as exc:  # the file is fine: this Python lacks the codec
+                    module = str(exc).split()[-1]  # mcap's message ends with the package it could not import
+                    raise RecordingError(f"recording {self.path}: {codec_missing(module)}") from None
                 except Exception as exc:  # the mcap library raises struct, unicode, CRC and its own errors
                     if first:
                         raise RecordingError(f"recording {self.path}: no complete MCAP header record after the "

@@ -67,6 +67,14 @@ def test_what_arrives_is_recorded_with_annotations_and_latency_up_to_its_receipt
     assert 30.0 <= latency["end_to_end_ms"] <= (received - captured) / 1e6 and latency["action"] == "SLOW"
 
 
+def test_a_compression_this_python_cannot_write_is_a_config_error(tmp_path, monkeypatch):
+    import perception.recording
+
+    monkeypatch.setitem(perception.recording.COMPRESSION_MODULES, "zstd", "no_such_codec_module")
+    with pytest.raises(ValueError, match="compression zstd: its MCAP chunks need the no_such_codec_module package"):
+        from_mapping(RecorderConfig, {"output": str(tmp_path / "drive.mcap")})
+
+
 def test_an_unreadable_class_list_stops_the_node_before_a_file_is_made(tmp_path):
     config = from_mapping(RecorderConfig, {"output": str(tmp_path / "drive.mcap"),
                                            "classes_file": str(tmp_path / "missing.txt")})

@@ -102,6 +102,26 @@ def test_a_file_cut_short_reads_up_to_its_last_complete_chunk(tmp_path):
     assert reader.truncated and 5 <= len(ids) < 20 and ids == list(range(1, len(ids) + 1))
 
 
+def test_a_missing_codec_is_named_as_such_not_as_a_corrupt_recording(tmp_path, monkeypatch):
+    import mcap.stream_reader
+
+    import perception.recording
+
+    path = tmp_path / "zstd.mcap"
+    with RecordingWriter(path) as writer:  # zstd, the default
+        writer.write_frame(header(1), frame(1), log_time_ns=1)
+    monkeypatch.setattr(mcap.stream_reader, "zstandard", None)  # as in a Python without the package
+    with pytest.raises(RecordingError) as error:
+        list(RecordingReader(path).frames())
+    assert "zstd.mcap: its MCAP chunks need the zstandard package" in str(error.value)
+    assert "corrupt" not in str(error.value)
+    # Writing: refused before the file is made, not at the first chunk.
+    monkeypatch.setitem(perception.recording.COMPRESSION_MODULES, "lz4", "no_such_codec_module")
+    with pytest.raises(RecordingError, match="lz4.mcap: its MCAP chunks need the no_such_codec_module package"):
+        RecordingWriter(tmp_path / "lz4.mcap", compression="lz4")
+    assert not (tmp_path / "lz4.mcap").exists()
+
+
 def test_not_a_recording_and_missing_file_are_one_line_errors(tmp_path):
     bogus = tmp_path / "bogus.mcap"
     bogus.write_bytes(b"RIFF....AVI not mcap")
