@@ -8,10 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
-
 from perception.config import (
-    ConfigError, Range, ScoreThreshold, check_ranges, command_line_overrides, from_mapping, load_yaml, set_key,
+    ConfigError, Length, Range, ScoreThreshold, check_ranges, command_line_overrides, from_mapping, load_yaml, set_key,
 )
 from perception.detection.classes import shown_classes
 from perception.detection.frames import FrameDetector
@@ -25,6 +23,7 @@ from perception.tracking.flow import FlowConfig
 from perception.tracking.tracker import TrackerConfig
 
 PixelBudget = Annotated[int, Range(1024, 16_777_216)]  # from 32x32 to 4096x4096
+FrameSide = Annotated[int, Range(2, 16384)]  # px
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,10 @@ class DetectorSettings:
     flow: FlowConfig = field(default_factory=FlowConfig)
     score_threshold: ScoreThreshold = 0.3
     nms_threshold: Annotated[float, Range(0, 1, low_open=True)] = 0.45
+    # The camera's frame sizes (width, height): warmed up at start at every input size the policy may
+    # run them at, besides the square warm-up. On a GPU a first run at an input size costs ~100 ms
+    # (Engine.compiles_per_input_size); a frame size not listed is warmed when its first frame comes.
+    frame_sizes: Annotated[list[tuple[FrameSide, FrameSide]], Length(0, 8)] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -101,7 +104,7 @@ def build_network(settings: DetectorSettings, score_threshold: float | None = No
                             settings.nms_threshold if nms_threshold is None else nms_threshold)
     if settings.pixels is not None:
         network.pixels = settings.pixels
-    warm(network, [network.pixels if budget is None else budget for budget in warm_up])
+    network.warm([network.pixels if budget is None else budget for budget in warm_up], settings.frame_sizes)
     return network
 
 
@@ -113,16 +116,6 @@ def build_detector(settings: DetectorSettings, score_threshold: float | None = N
     network = network or build_network(settings, score_threshold, nms_threshold, warm_up=())
     policy = make_policy(settings.policy, network.pixels)
     risk = RiskRules.of(settings.risk, network.manifest.class_names()) if policy.assesses_risk else None
-    warm(network, policy.budgets())
+    network.warm(policy.budgets(), settings.frame_sizes)
     return FrameDetector(network, policy, settings.tracker, settings.flow, network.score_threshold,
                          settings.policy.margin_ms, risk)
-
-
-def warm(network: StagedNetwork, budgets) -> None:  # noqa: ANN001 - an iterable of pixel budgets
-    """Warm every part up at each budget not warmed yet. A square frame fills about all of a budget:
-    the cost estimates start pessimistic, never optimistic, whatever the camera's aspect."""
-    for budget in budgets:
-        if budget not in network.warmed:
-            side = max(32, int(budget ** 0.5))
-            network.warm_up(np.full((side, side, 3), 114, np.uint8), pixels=(budget,))
-            network.warmed.add(budget)

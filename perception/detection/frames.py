@@ -15,6 +15,7 @@ network frames: it is not run on propagated ones, which keeps them cheap (docs/B
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Callable, TypeVar
 
@@ -31,6 +32,7 @@ from perception.tracking.flow import BoxFlow, FlowConfig, FlowFrame, FlowResult,
 from perception.tracking.tracker import Track, Tracker, TrackerConfig
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class FrameDetector:
@@ -71,6 +73,8 @@ class FrameDetector:
         `t_ns` on its source's timeline; `deadline_ns` (monotonic) and `max_exit` bound the network."""
         started = now_ns()
         self._frame_number += 1
+        if self._shape != frame.shape and self.network.compiles_per_input_size:
+            self._warm_frame_size(frame.shape[1], frame.shape[0])
         if self._shape is not None and self._shape != frame.shape:
             self.reset("frame size")
         elif self._t_ns is not None and t_ns < self._t_ns:
@@ -97,6 +101,17 @@ class FrameDetector:
             self._risk = self.risk_rules.assess(outcome.output, frame.shape[1], frame.shape[0], t_ns, outcome.measured_by,
                                                 outcome.level == LEVEL_PROPAGATE)
         return outcome
+
+    def _warm_frame_size(self, width: int, height: int) -> None:
+        """On an engine whose first run at an input size is costly (a GPU), every size this frame size
+        may run at is warmed now, on its first frame (late, once), rather than on its first smaller
+        frame under a deadline. `frame_sizes` in the detector's config warms it at start instead."""
+        started = now_ns()
+        warmed = self.network.warm(self.policy.budgets(), [(width, height)], runs=2)
+        if warmed:
+            log.warning("frame size %dx%d was not warmed up: warmed inputs %s on its first frame in %.0f ms "
+                        "(list it in the detector's frame_sizes to warm it at start)", width, height,
+                        ", ".join(f"{w}x{h}" for w, h in warmed), (now_ns() - started) / 1e6)
 
     def reset(self, reason: str) -> None:
         """Forget tracks and the previous frame (a new size, a scene cut, a torn frame)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -146,7 +147,7 @@ class StagedNetwork:
             open_part(engine, e.direct_name, e.direct_file, [spec.name], [e.output], dimensions)
             if e.direct_file is not None and engine.runs_direct_graphs else None for e in manifest.exits]
         self._input_buffers: dict[Size, np.ndarray] = {}  # one per input size in use: a policy may alternate
-        self.warmed: set[int] = set()  # input budgets warmed up (perception.detection.builder.warm)
+        self.warmed: set[Size] = set()  # input sizes warmed up (warm)
         # Per (exit, input size): frames under a deadline that could have run its direct graph, and frames
         # on which only its own estimate kept it out (PARTS_REFRESH_EVERY).
         self._could_run_direct: dict[tuple, int] = {}
@@ -321,6 +322,27 @@ class StagedNetwork:
                 for exit_index in range(self.exit_count):
                     if self.has_direct(exit_index):
                         self.run_exit(self.begin(frame, budget), exit_index)
+
+    def warm(self, budgets: Iterable[int], frame_sizes: Sequence[Size] = (), runs: int = 3) -> list[Size]:
+        """Warm every part up at each pixel budget in `budgets` on a square frame (it fills about all of
+        a budget: the cost estimates start pessimistic, never optimistic, whatever the camera's aspect)
+        and on a frame of each (width, height) in `frame_sizes`, skipping input sizes already warmed.
+        Returns the input sizes warmed now."""
+        warmed = []
+        for budget in budgets:
+            side = max(32, int(budget ** 0.5))
+            for width, height in ((side, side), *frame_sizes):
+                _, size = self.input_size(width, height, budget)
+                if size not in self.warmed:
+                    self.warm_up(np.full((height, width, 3), 114, np.uint8), runs, pixels=(budget,))
+                    self.warmed.add(size)
+                    warmed.append(size)
+        return warmed
+
+    @property
+    def compiles_per_input_size(self) -> bool:
+        """Whether the engine's first run at an input size is costly (Engine.compiles_per_input_size)."""
+        return self.engine.compiles_per_input_size
 
     def close(self) -> None:
         for session in [*self._stages, *self._exits, *self._direct]:

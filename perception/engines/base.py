@@ -73,6 +73,12 @@ class Engine(ABC):
     # Whether one session runs inputs of any size its graph allows. TensorRT builds an engine for one
     # shape (and would rebuild it for every new one), so a detector feeds it the manifest's full input size.
     any_input_size: bool = True
+    # Whether the first run at a new input size costs many later ones: CUDA kernels are chosen and
+    # loaded then (90-120 ms against 11 on an H200 with PyTorch, docs/BENCHMARKS.md "GPU"). A detector
+    # then warms every size a frame size can run at when it first sees that frame size
+    # (StagedNetwork.warm), not on the first smaller frame of a deadline, when it is already late.
+    # On a CPU the first run costs 1-2 ms more: not worth a late first frame.
+    compiles_per_input_size: bool = False
 
     @classmethod
     @abstractmethod

@@ -68,6 +68,10 @@ class OnnxRuntimeEngine(Engine):
             self.providers = [p for p in PREFERRED_PROVIDERS if p in available]
         if TENSORRT_PROVIDER in self.providers:  # listed by hand: it builds per shape just the same
             self.any_input_size = False
+        # The CUDA provider searches cuDNN's convolution algorithms at each new shape (its default
+        # cudnn_conv_algo_search is EXHAUSTIVE): assumed like PyTorch on CUDA, not measured (no
+        # onnxruntime-gpu could be run on a GPU here).
+        self.compiles_per_input_size = "CUDAExecutionProvider" in self.providers
 
     @classmethod
     def unavailable_reason(cls, config: EngineConfig) -> str | None:

@@ -63,6 +63,7 @@ class TorchEngine(Engine):
 
         self.config = config
         self.device = config.torch_device
+        self.compiles_per_input_size = self.device.startswith("cuda")  # measured: Engine.compiles_per_input_size
         if config.threads:
             torch.set_num_threads(config.threads)
         self._models: dict[tuple[Path, Path], Any] = {}

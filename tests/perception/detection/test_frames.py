@@ -180,3 +180,39 @@ def test_the_policy_sees_the_tracks_the_tracker_holds_on_every_frame_and_none_af
     assert LEVEL_PROPAGATE in levels[:4] and levels[0] >= 0, levels
     assert seen[1][0] and all(context == live for context, live in seen), seen
     assert seen[4][0] == []  # after the reset: no track from before it
+
+
+def sizes_of(network, frame_width: int, frame_height: int, budgets) -> set:
+    return {network.input_size(frame_width, frame_height, budget)[1] for budget in budgets}
+
+
+def test_the_cameras_frame_sizes_are_warmed_at_start_at_every_size_the_policy_may_run(street):
+    settings = replace(SETTINGS, frame_sizes=[(1280, 720)], policy=PolicyConfig(kind="deadline", sizes=[1.0, 0.5]))
+    fresh = build_network(settings, warm_up=())
+    frames = build_detector(settings, network=fresh)
+    wide = sizes_of(fresh, 1280, 720, frames.policy.budgets())
+    assert len(wide) == 2 and wide <= fresh.warmed
+    # Measured, so a deadline plans a 16:9 frame with its own costs, not only the square's.
+    assert all(fresh.estimator.runs("stage0", size) >= 1 for size in wide)
+
+
+def test_an_engine_whose_first_run_at_a_size_is_costly_warms_a_new_frame_size_on_its_first_frame(caplog):
+    fresh = build_network(SETTINGS, warm_up=())
+    frames = detector(fresh, kind="deadline")
+    wide = sizes_of(fresh, 640, 360, frames.policy.budgets())
+    frames.process(texture(640, 360), 0)
+    assert not wide & fresh.warmed  # a CPU engine: a first run costs 1-2 ms more, not a late first frame
+    fresh.engine.compiles_per_input_size = True  # as PyTorch on CUDA (90-120 ms a first run on an H200)
+    frames = detector(fresh, kind="deadline")
+    frames.process(texture(640, 360), 0)
+    assert wide <= fresh.warmed  # every size a deadline may fall back to, not only the one this frame ran at
+    assert "frame size 640x360 was not warmed up" in caplog.text
+    caplog.clear()
+    frames.process(texture(640, 360, seed=1), FRAME_NS)
+    assert "was not warmed up" not in caplog.text  # once per frame size
+
+
+@pytest.mark.parametrize("sizes", [[(0, 720)], [(1280, 99999)]])
+def test_an_impossible_frame_size_is_a_config_error(sizes):
+    with pytest.raises(ValueError, match=r"frame_sizes \[0\] \[[01]\] must be in \[2, 16384\]"):
+        replace(SETTINGS, frame_sizes=sizes)

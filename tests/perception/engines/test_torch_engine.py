@@ -65,6 +65,15 @@ def test_an_unusable_device_is_reported_not_raised():
     assert reason is not None and "\n" not in reason
 
 
+def test_only_cuda_is_an_engine_whose_first_run_at_an_input_size_is_costly():
+    # On CUDA a first run at a new input size took 90-120 ms against 11 (H200, docs/BENCHMARKS.md "GPU"):
+    # detectors warm every frame size then; on the CPU they do not delay a first frame for it.
+    assert TorchEngine(EngineConfig(kind="torch")).compiles_per_input_size is False
+    assert OnnxRuntimeEngine(EngineConfig()).compiles_per_input_size is False
+    if torch.cuda.is_available():
+        assert TorchEngine(EngineConfig(kind="torch", torch_device="cuda")).compiles_per_input_size is True
+
+
 def test_the_module_imports_without_torch():
     # Simulate a runtime install: torch made unimportable, the engine module must still import.
     code = ("import sys; sys.modules['torch'] = None\n"
