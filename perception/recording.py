@@ -36,7 +36,6 @@ that is not MCAP at all is a RecordingError, one line naming the file and where.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
@@ -103,12 +102,17 @@ COMPRESSION_MODULES = {"zstd": "zstandard", "lz4": "lz4"}
 
 
 def missing_codec(compression: str) -> str | None:
-    """Why this Python cannot write or read chunks of `compression`, or None: a missing codec is an
-    environment to fix, not a recording that failed or a file that is corrupt."""
+    """Why this Python cannot write chunks of `compression`, or None: a missing codec is an environment
+    to fix, not a recording that failed. Asked of mcap's writer itself, which imports each codec or
+    holds None for it (a package installed but not importable, a wrong build, counts as missing)."""
     module = COMPRESSION_MODULES.get(compression)
-    if module is None or importlib.util.find_spec(module) is not None:
+    if module is None:
         return None
-    return codec_missing(module)
+    try:
+        import mcap.writer
+    except ImportError:
+        return None  # require_mcap says so
+    return codec_missing(module) if getattr(mcap.writer, module, None) is None else None
 
 
 def codec_missing(module: str) -> str:
@@ -170,6 +174,7 @@ class RecordingWriter:
             channels = pipeline_channels(image_format)
         except RuntimeError as exc:
             raise RecordingError(f"writing recordings: {exc}") from None
+        from mcap.exceptions import UnsupportedCompressionError
         from mcap.writer import CompressionType, Writer
 
         self.path = Path(path)
@@ -194,7 +199,10 @@ class RecordingWriter:
         # once, so a killed recorder loses at most the chunk in progress.
         try:
             with self._writing():
-                self._writer = Writer(self._sink, chunk_size=chunk_size, compression=CompressionType[compression.upper()])
+                try:
+                    self._writer = Writer(self._sink, chunk_size=chunk_size, compression=CompressionType[compression.upper()])
+                except UnsupportedCompressionError as exc:  # after missing_codec said yes: say it the same way
+                    raise RecordingWriteError(f"recording {self.path}: {codec_missing(str(exc).split()[-1])}") from None
                 self._writer.start(profile="", library="perception")
                 self._channels = {channel.name: self._register(channel) for channel in channels}
         except RecordingWriteError:

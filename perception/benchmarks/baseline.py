@@ -62,7 +62,8 @@ def run_baseline(spec: LaunchFile, launch_path: str, title: str = "") -> dict:
     # of that. Engine and thresholds are the node's; built and warmed up as the node's is.
     network = build_network(DetectorSettings(model=FULL_MODEL, engine=detector_config.engine,
                                              score_threshold=detector_config.score_threshold,
-                                             nms_threshold=detector_config.nms_threshold))
+                                             nms_threshold=detector_config.nms_threshold,
+                                             frame_sizes=detector_config.frame_sizes))
     try:
         names = detections_class_names(network.manifest.class_names(), decision_config.classes_file)
         maker = decision_maker(decision_config.rules, names, "baseline")

@@ -33,6 +33,7 @@ from perception.tracking.tracker import Track, Tracker, TrackerConfig
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+WARMED_LATE_FRAME_SIZES = 4  # frame sizes warmed as they come (_warm_next_size); later ones are not
 
 
 class FrameDetector:
@@ -63,6 +64,7 @@ class FrameDetector:
         self._frame_number = 0
         self._t_ns: int | None = None  # the last frame's place on the source's timeline
         self._full_pixels = max(policy.budgets())  # the policy's full size
+        self._cold: dict[tuple[int, int], list[int]] = {}  # frame size -> budgets still to warm (_warm_next_size)
 
     @property
     def exit_count(self) -> int:
@@ -71,10 +73,9 @@ class FrameDetector:
     def process(self, frame: np.ndarray, t_ns: int, deadline_ns: int | None = None, max_exit: int | None = None) -> Outcome:
         """Detections (scoring at least the score threshold) for the next frame of the sequence, taken at
         `t_ns` on its source's timeline; `deadline_ns` (monotonic) and `max_exit` bound the network."""
+        warm_ns = self._warm_next_size(frame.shape[1], frame.shape[0]) if self.network.compiles_per_input_size else 0
         started = now_ns()
         self._frame_number += 1
-        if self._shape != frame.shape and self.network.compiles_per_input_size:
-            self._warm_frame_size(frame.shape[1], frame.shape[0])
         if self._shape is not None and self._shape != frame.shape:
             self.reset("frame size")
         elif self._t_ns is not None and t_ns < self._t_ns:
@@ -95,23 +96,35 @@ class FrameDetector:
             outcome = self._propagated(context.moved(), t_ns, frame.shape, plan)
         else:
             outcome = self._network(frame, plan, t_ns, deadline_ns, max_exit)
-        outcome.flow_ns = spent[0]
+        outcome.flow_ns, outcome.warm_ns = spent[0], warm_ns
         self.levels[outcome.level] += 1
         if self.risk_rules is not None:
             self._risk = self.risk_rules.assess(outcome.output, frame.shape[1], frame.shape[0], t_ns, outcome.measured_by,
                                                 outcome.level == LEVEL_PROPAGATE)
         return outcome
 
-    def _warm_frame_size(self, width: int, height: int) -> None:
-        """On an engine whose first run at an input size is costly (a GPU), every size this frame size
-        may run at is warmed now, on its first frame (late, once), rather than on its first smaller
-        frame under a deadline. `frame_sizes` in the detector's config warms it at start instead."""
+    def _warm_next_size(self, width: int, height: int) -> int:
+        """On an engine whose first run at an input size is costly (a GPU: ~100 ms), warm one input size
+        of this frame size that the policy may run and that is not warm yet, before the frame: its
+        first smaller frame under a deadline then runs warm. One a frame, since each costs about a
+        frame's budget and the node heartbeats only between frames; for the first few frame sizes only
+        (a folder of mixed sizes pays each first run as before). The time taken (ns), 0 if none.
+        `frame_sizes` in the detector's config warms them at start instead."""
+        pending = self._cold.get((width, height))
+        if pending is None:
+            if len(self._cold) >= WARMED_LATE_FRAME_SIZES:
+                return 0
+            budgets = sorted(self.policy.budgets(), reverse=True)  # the full size, this frame's likely own, first
+            pending = self._cold[(width, height)] = [b for b in budgets
+                                                     if self.network.input_size(width, height, b)[1] not in self.network.warmed]
+            if pending:
+                log.warning("frame size %dx%d was not warmed up: its %d input sizes are warmed one a frame "
+                            "(list it in the detector's frame_sizes to warm it at start)", width, height, len(pending))
+        if not pending:
+            return 0
         started = now_ns()
-        warmed = self.network.warm(self.policy.budgets(), [(width, height)], runs=2)
-        if warmed:
-            log.warning("frame size %dx%d was not warmed up: warmed inputs %s on its first frame in %.0f ms "
-                        "(list it in the detector's frame_sizes to warm it at start)", width, height,
-                        ", ".join(f"{w}x{h}" for w, h in warmed), (now_ns() - started) / 1e6)
+        self.network.warm_at(pending.pop(0), (width, height), runs=1)
+        return now_ns() - started
 
     def reset(self, reason: str) -> None:
         """Forget tracks and the previous frame (a new size, a scene cut, a torn frame)."""

@@ -39,7 +39,7 @@ ANCHORS = "anchors"  # the anchor points of an exit's output [1, anchors, 5 + cl
 PART_STAMP_PREFIX = "det."  # a part's time travels in the detections message as the stamp det.<part>
 # The detector's other steps (perception.detection.outputs) and the latency report's groups (perception.report):
 # a part named as one would be timed, or reported, as that step.
-DETECTOR_STAMPS = ("recv", "flow", "preprocess", "post", "capture", "publish", "transport", "postprocess", "decision")
+DETECTOR_STAMPS = ("recv", "warm", "flow", "preprocess", "post", "capture", "publish", "transport", "postprocess", "decision")
 
 
 def spatial_dimension_names(stride: int) -> tuple[str, str]:

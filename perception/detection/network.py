@@ -331,13 +331,21 @@ class StagedNetwork:
         warmed = []
         for budget in budgets:
             side = max(32, int(budget ** 0.5))
-            for width, height in ((side, side), *frame_sizes):
-                _, size = self.input_size(width, height, budget)
-                if size not in self.warmed:
-                    self.warm_up(np.full((height, width, 3), 114, np.uint8), runs, pixels=(budget,))
-                    self.warmed.add(size)
+            for frame_size in ((side, side), *frame_sizes):
+                if (size := self.warm_at(budget, frame_size, runs)) is not None:
                     warmed.append(size)
         return warmed
+
+    def warm_at(self, budget: int, frame_size: Size, runs: int = 3) -> Size | None:
+        """Warm every part up at the input size a (width, height) frame runs at under `budget`; that
+        size, or None where it was warm already."""
+        width, height = frame_size
+        _, size = self.input_size(width, height, budget)
+        if size in self.warmed:
+            return None
+        self.warm_up(np.full((height, width, 3), 114, np.uint8), runs, pixels=(budget,))
+        self.warmed.add(size)
+        return size
 
     @property
     def compiles_per_input_size(self) -> bool:

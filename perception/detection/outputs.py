@@ -45,17 +45,20 @@ class Outcome:
     inference: FrameInference | None  # the network's work (stage timings), None when propagated
     flow_ns: int  # optical flow and change signals for this frame, before any network
     measured_by: NetworkPass | None = None
+    warm_ns: int = 0  # warming an input size up before this frame (a GPU's first run at it; FrameDetector)
 
 
 def detections_message(outcome: Outcome, *, frame_id: int, capture_ns: int, media_ns: int, image_width: int,
                        image_height: int, exit_count: int, stamps: tuple[Stamp, ...], received_ns: int | None,
                        done_ns: int) -> Detections:
     """The Detections message of a frame: its origin, the hops so far plus the detector's own
-    (det.recv at `received_ns` when it came over a socket, det.flow, one per network part, det.post at
-    `done_ns`) and the output."""
+    (det.recv at `received_ns` when it came over a socket, det.warm, det.flow, one per network part,
+    det.post at `done_ns`) and the output."""
     hops = stamps
     if received_ns is not None:
         hops += (Stamp("det.recv", received_ns),)
+    if outcome.warm_ns and hops:  # warming a GPU up at an input size, before this frame's own work
+        hops += (Stamp("det.warm", hops[-1].t_ns + outcome.warm_ns),)
     if outcome.flow_ns and hops:  # the flow's time, from where the detector's work began
         hops += (Stamp("det.flow", hops[-1].t_ns + outcome.flow_ns),)
     if outcome.inference is not None:

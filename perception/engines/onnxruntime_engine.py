@@ -68,10 +68,6 @@ class OnnxRuntimeEngine(Engine):
             self.providers = [p for p in PREFERRED_PROVIDERS if p in available]
         if TENSORRT_PROVIDER in self.providers:  # listed by hand: it builds per shape just the same
             self.any_input_size = False
-        # The CUDA provider searches cuDNN's convolution algorithms at each new shape (its default
-        # cudnn_conv_algo_search is EXHAUSTIVE): assumed like PyTorch on CUDA, not measured (no
-        # onnxruntime-gpu could be run on a GPU here).
-        self.compiles_per_input_size = "CUDAExecutionProvider" in self.providers
 
     @classmethod
     def unavailable_reason(cls, config: EngineConfig) -> str | None:
@@ -79,6 +75,11 @@ class OnnxRuntimeEngine(Engine):
 
     def open(self, onnx_path: Path, part_name: str, dimensions: Mapping[str, int] | None = None) -> Session:
         session = OnnxRuntimeSession(Path(onnx_path), session_options(self.config, dimensions), self.providers)
+        # The CUDA provider searches cuDNN's convolution algorithms at each new shape (its default
+        # cudnn_conv_algo_search is EXHAUSTIVE): assumed like PyTorch on CUDA, not measured (no
+        # onnxruntime-gpu could be run on a GPU here). Where the session got it, not where it was asked for.
+        if "CUDAExecutionProvider" in session.providers:
+            self.compiles_per_input_size = True
         log.debug("%s: %s on %s", part_name, onnx_path.name, session.providers)
         return session
 

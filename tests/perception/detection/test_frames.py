@@ -12,7 +12,9 @@ from perception.detection.builder import DetectorSettings, build_detector, build
 from perception.detection.policies import PolicyConfig
 from perception.detection.adaptive import AdaptiveConfig
 from perception.engines import EngineConfig
-from perception.messages import LEVEL_PROPAGATE, NetworkPass
+from perception.detection.outputs import detections_message
+from perception.latency import now_ns
+from perception.messages import LEVEL_PROPAGATE, NetworkPass, Stamp
 
 CAR = 2
 FRAME_NS = 100_000_000  # 10 fps
@@ -196,20 +198,29 @@ def test_the_cameras_frame_sizes_are_warmed_at_start_at_every_size_the_policy_ma
     assert all(fresh.estimator.runs("stage0", size) >= 1 for size in wide)
 
 
-def test_an_engine_whose_first_run_at_a_size_is_costly_warms_a_new_frame_size_on_its_first_frame(caplog):
+def test_an_engine_whose_first_run_at_a_size_is_costly_warms_a_new_frame_sizes_inputs_one_a_frame(caplog):
     fresh = build_network(SETTINGS, warm_up=())
     frames = detector(fresh, kind="deadline")
-    wide = sizes_of(fresh, 640, 360, frames.policy.budgets())
-    frames.process(texture(640, 360), 0)
-    assert not wide & fresh.warmed  # a CPU engine: a first run costs 1-2 ms more, not a late first frame
+    full, half = (fresh.input_size(640, 360, budget)[1] for budget in frames.policy.budgets())
+    first = frames.process(texture(640, 360), 0)
+    assert first.warm_ns == 0 and not {full, half} & fresh.warmed  # a CPU engine: a first run costs 1-2 ms more
     fresh.engine.compiles_per_input_size = True  # as PyTorch on CUDA (90-120 ms a first run on an H200)
     frames = detector(fresh, kind="deadline")
-    frames.process(texture(640, 360), 0)
-    assert wide <= fresh.warmed  # every size a deadline may fall back to, not only the one this frame ran at
-    assert "frame size 640x360 was not warmed up" in caplog.text
+    first = frames.process(texture(640, 360), 0)
+    assert full in fresh.warmed and half not in fresh.warmed and first.warm_ns > 0  # one size a frame: heartbeats
+    assert "frame size 640x360 was not warmed up: its 2 input sizes" in caplog.text
+    message = detections_message(first, frame_id=1, capture_ns=1, media_ns=0, image_width=640, image_height=360,
+                                 exit_count=frames.exit_count, stamps=(Stamp("publish", 2),), received_ns=3, done_ns=now_ns())
+    assert [stamp.stage for stamp in message.stamps[:4]] == ["publish", "det.recv", "det.warm", "det.preprocess"]
+    assert message.stamps[2].t_ns == 3 + first.warm_ns  # the report's own stage, not the preprocessing's
     caplog.clear()
-    frames.process(texture(640, 360, seed=1), FRAME_NS)
-    assert "was not warmed up" not in caplog.text  # once per frame size
+    second = frames.process(texture(640, 360, seed=1), FRAME_NS)
+    assert half in fresh.warmed and second.warm_ns > 0  # the size a deadline falls back to, before it is needed
+    assert frames.process(texture(640, 360, seed=2), 2 * FRAME_NS).warm_ns == 0
+    assert "was not warmed up" not in caplog.text  # said once per frame size
+    for width in (320, 352, 384, 416):  # a folder of mixed sizes: the first few are warmed, then no more
+        frames.process(texture(width, 240), 3 * FRAME_NS)
+    assert fresh.input_size(416, 240, max(frames.policy.budgets()))[1] not in fresh.warmed
 
 
 @pytest.mark.parametrize("sizes", [[(0, 720)], [(1280, 99999)]])
