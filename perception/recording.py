@@ -202,6 +202,7 @@ class RecordingWriter:
                 try:
                     self._writer = Writer(self._sink, chunk_size=chunk_size, compression=CompressionType[compression.upper()])
                 except UnsupportedCompressionError as exc:  # after missing_codec said yes: say it the same way
+                    self._sink.close()
                     raise RecordingWriteError(f"recording {self.path}: {codec_missing(str(exc).split()[-1])}") from None
                 self._writer.start(profile="", library="perception")
                 self._channels = {channel.name: self._register(channel) for channel in channels}

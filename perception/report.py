@@ -168,7 +168,7 @@ def _stats(values_ns: list[int]) -> dict[str, float]:
 
 
 def format_report(report: dict) -> str:
-    order = ["capture", "transport", "preprocess"]
+    order = ["capture", "transport", "warm", "preprocess"]
     parts = [s for s in report["stages_ms"] if s not in order + ["postprocess", "decision"]]
     rows = [(s, report["stages_ms"][s]) for s in order + parts + ["postprocess", "decision"] if s in report["stages_ms"]]
     rows.append(("end to end", report["end_to_end_ms"]))

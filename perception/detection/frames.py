@@ -25,6 +25,7 @@ from perception.detection.network import StagedNetwork
 from perception.detection.outputs import Outcome, Output
 from perception.detection.planning import FrameContext, Plan, Policy, run_to_exit
 from perception.detection.risk import NO_RISK, RiskRules
+from perception.detection.yolox import check_frame
 from perception.latency import now_ns
 from perception.messages import LEVEL_PROPAGATE, NetworkPass
 from perception.tracking.change import change_outside, tiny
@@ -73,7 +74,10 @@ class FrameDetector:
     def process(self, frame: np.ndarray, t_ns: int, deadline_ns: int | None = None, max_exit: int | None = None) -> Outcome:
         """Detections (scoring at least the score threshold) for the next frame of the sequence, taken at
         `t_ns` on its source's timeline; `deadline_ns` (monotonic) and `max_exit` bound the network."""
-        warm_ns = self._warm_next_size(frame.shape[1], frame.shape[0]) if self.network.compiles_per_input_size else 0
+        warm_ns = 0
+        if self.network.compiles_per_input_size:
+            check_frame(frame)  # as the network would: one clear error, not one from warming a bad shape up
+            warm_ns = self._warm_next_size(frame.shape[1], frame.shape[0])
         started = now_ns()
         self._frame_number += 1
         if self._shape is not None and self._shape != frame.shape:
@@ -105,26 +109,31 @@ class FrameDetector:
 
     def _warm_next_size(self, width: int, height: int) -> int:
         """On an engine whose first run at an input size is costly (a GPU: ~100 ms), warm one input size
-        of this frame size that the policy may run and that is not warm yet, before the frame: its
-        first smaller frame under a deadline then runs warm. One a frame, since each costs about a
-        frame's budget and the node heartbeats only between frames; for the first few frame sizes only
-        (a folder of mixed sizes pays each first run as before). The time taken (ns), 0 if none.
-        `frame_sizes` in the detector's config warms them at start instead."""
+        of this frame size that the policy may run and that is not warm yet, before the frame: a
+        later fall to a smaller size under a deadline then runs warm. Smallest first: a frame made late
+        by the warming falls back to the smallest size, which is then warm, rather than paying a second
+        first run. One a frame, since each costs about a frame's budget and the node heartbeats only
+        between frames; for the first few frame sizes that needed it (a folder of mixed sizes pays
+        each first run as before). The time taken (ns), 0 if none. `frame_sizes` in the detector's
+        config warms them at start instead."""
         pending = self._cold.get((width, height))
         if pending is None:
             if len(self._cold) >= WARMED_LATE_FRAME_SIZES:
                 return 0
-            budgets = sorted(self.policy.budgets(), reverse=True)  # the full size, this frame's likely own, first
-            pending = self._cold[(width, height)] = [b for b in budgets
-                                                     if self.network.input_size(width, height, b)[1] not in self.network.warmed]
-            if pending:
-                log.warning("frame size %dx%d was not warmed up: its %d input sizes are warmed one a frame "
-                            "(list it in the detector's frame_sizes to warm it at start)", width, height, len(pending))
-        if not pending:
-            return 0
-        started = now_ns()
-        self.network.warm_at(pending.pop(0), (width, height), runs=1)
-        return now_ns() - started
+            by_size = {self.network.input_size(width, height, budget)[1]: budget
+                       for budget in sorted(self.policy.budgets(), reverse=True)}  # one budget per input size
+            pending = [budget for size, budget in sorted(by_size.items(), key=lambda item: item[1])
+                       if size not in self.network.warmed]
+            if not pending:
+                return 0  # nothing to warm: not counted against the frame sizes warmed late
+            self._cold[(width, height)] = pending
+            log.warning("frame size %dx%d was not warmed up: its %d input sizes are warmed one a frame "
+                        "(list it in the detector's frame_sizes to warm it at start)", width, height, len(pending))
+        while pending:
+            started = now_ns()
+            if self.network.warm_at(pending.pop(0), (width, height), runs=1) is not None:
+                return now_ns() - started
+        return 0
 
     def reset(self, reason: str) -> None:
         """Forget tracks and the previous frame (a new size, a scene cut, a torn frame)."""

@@ -30,7 +30,7 @@ from typing import Annotated, Literal
 from perception.config import ConfigError, Range, from_mapping, load_yaml
 from perception.detection.classes import WEIGHTS_DIR, read_class_names
 from perception.detection.onnx_model import looks_like_onnx, manifest_data
-from perception.messages import STAGE_NAME_CHARS, check_name
+from perception.messages import STAGE_NAME_CHARS, Detections, FrameHeader, check_name
 
 
 # The staged graphs' free dimensions are named, so that an engine can pin them (Manifest.dimensions)
@@ -133,6 +133,12 @@ class Manifest:
                 raise ValueError(f"exit {exit_.name} needs {missing}, not available after stage {exit_.after_stage}")
             if exit_.file is None and exit_.inputs != [exit_.output]:
                 raise ValueError(f"exit {exit_.name}: without a file, inputs must be exactly [output]")
+        # Each part a frame runs adds its stamp to the frame's own and the detector's recv, warm, flow and post.
+        room = Detections.MAX_STAMPS_IN - FrameHeader.MAX_STAMPS_IN - 4
+        heads = sum(1 for exit_ in self.exits if exit_.file)
+        if len(self.stages) + heads > room:
+            raise ValueError(f"{len(self.stages)} stages and {heads} exit heads: a frame's detections carry "
+                             f"the stamps of at most {room} parts")
         parts = [name for name, _ in self.parts()]
         if len(set(parts)) != len(parts):  # each is timed, and planned with, under its name
             raise ValueError(f"the names of the parts that run must differ, got {parts}")

@@ -207,7 +207,9 @@ def test_an_engine_whose_first_run_at_a_size_is_costly_warms_a_new_frame_sizes_i
     fresh.engine.compiles_per_input_size = True  # as PyTorch on CUDA (90-120 ms a first run on an H200)
     frames = detector(fresh, kind="deadline")
     first = frames.process(texture(640, 360), 0)
-    assert full in fresh.warmed and half not in fresh.warmed and first.warm_ns > 0  # one size a frame: heartbeats
+    # One size a frame (the node heartbeats between frames), the smallest first: a frame the warming
+    # made late falls back to it under a deadline, and finds it warm.
+    assert half in fresh.warmed and full not in fresh.warmed and first.warm_ns > 0
     assert "frame size 640x360 was not warmed up: its 2 input sizes" in caplog.text
     message = detections_message(first, frame_id=1, capture_ns=1, media_ns=0, image_width=640, image_height=360,
                                  exit_count=frames.exit_count, stamps=(Stamp("publish", 2),), received_ns=3, done_ns=now_ns())
@@ -215,12 +217,17 @@ def test_an_engine_whose_first_run_at_a_size_is_costly_warms_a_new_frame_sizes_i
     assert message.stamps[2].t_ns == 3 + first.warm_ns  # the report's own stage, not the preprocessing's
     caplog.clear()
     second = frames.process(texture(640, 360, seed=1), FRAME_NS)
-    assert half in fresh.warmed and second.warm_ns > 0  # the size a deadline falls back to, before it is needed
+    assert full in fresh.warmed and second.warm_ns > 0
     assert frames.process(texture(640, 360, seed=2), 2 * FRAME_NS).warm_ns == 0
     assert "was not warmed up" not in caplog.text  # said once per frame size
     for width in (320, 352, 384, 416):  # a folder of mixed sizes: the first few are warmed, then no more
         frames.process(texture(width, 240), 3 * FRAME_NS)
     assert fresh.input_size(416, 240, max(frames.policy.budgets()))[1] not in fresh.warmed
+    frames = detector(fresh, kind="deadline")
+    frames.process(texture(640, 360), 0)  # warm already: no warning, and not counted against the 4 sizes
+    assert "640x360 was not warmed up" not in caplog.text and not frames._cold
+    with pytest.raises(ValueError, match="expected an HxWx3 uint8 BGR frame, got \\(0, 640, 3\\)"):
+        frames.process(np.zeros((0, 640, 3), np.uint8), 0)  # the network's own error, before any warming
 
 
 @pytest.mark.parametrize("sizes", [[(0, 720)], [(1280, 99999)]])

@@ -67,3 +67,15 @@ def test_a_direct_graph_must_exist_and_every_part_that_runs_needs_its_own_short_
     head = {"name": "full.direct", "after_stage": 0, "file": "yolox_nano.onnx", "inputs": ["output"], "output": "output2"}
     with pytest.raises(ConfigError, match=r"the names of the parts that run must differ"):
         load_manifest(manifest(tmp_path, exits=[full | {"direct_file": "yolox_nano.onnx"}, head]))
+
+
+def test_a_model_with_more_parts_than_a_detections_message_can_stamp_is_refused(tmp_path):
+    # Each part a frame runs adds its stamp to the detections, which carry at most 24 (the frame's 4 and
+    # the detector's recv, warm, flow, post): a 17th part would make the detector fail on its first frame.
+    weights = load_manifest.__globals__["WEIGHTS_DIR"]
+    stage = {"name": "s0", "file": str(weights / "yolox_nano.onnx"), "inputs": ["images"], "outputs": ["output"]}
+    head = {"name": "e0", "after_stage": 0, "file": str(weights / "yolox_nano.onnx"), "inputs": ["output"], "output": "output"}
+    exits = [head | {"name": f"e{i}", "output": f"out{i}"} for i in range(15)]
+    assert len(load_manifest(manifest(tmp_path, stages=[stage], exits=exits)).exits) == 15  # 16 parts: fits
+    with pytest.raises(ConfigError, match=r"1 stages and 16 exit heads: a frame's detections carry the stamps of at most 16 parts"):
+        load_manifest(manifest(tmp_path, stages=[stage], exits=exits + [head | {"name": "e15", "output": "out15"}]))
