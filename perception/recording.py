@@ -120,6 +120,12 @@ def codec_missing(module: str) -> str:
     return f"its MCAP chunks need the {module} package, which this Python lacks (pip install {module}; mcap normally brings it)"
 
 
+def codec_refused(exc: Exception) -> str:
+    """codec_missing for mcap's UnsupportedCompressionError, whose message ends with the package it
+    could not import ("unsupported compression type zstandard"), when reading or writing."""
+    return codec_missing(str(exc).split()[-1])
+
+
 # -- writing --------------------------------------------------------------------------------
 
 
@@ -203,7 +209,7 @@ class RecordingWriter:
                     self._writer = Writer(self._sink, chunk_size=chunk_size, compression=CompressionType[compression.upper()])
                 except UnsupportedCompressionError as exc:  # after missing_codec said yes: say it the same way
                     self._sink.close()
-                    raise RecordingWriteError(f"recording {self.path}: {codec_missing(str(exc).split()[-1])}") from None
+                    raise RecordingWriteError(f"recording {self.path}: {codec_refused(exc)}") from None
                 self._writer.start(profile="", library="perception")
                 self._channels = {channel.name: self._register(channel) for channel in channels}
         except RecordingWriteError:

@@ -16,7 +16,7 @@ import numpy as np
 from perception.codec import UPGRADABLE_WIRE_VERSIONS, decode, upgrade
 from perception.image_decode import decode_compressed
 from perception.messages import WIRE_VERSION, FrameHeader, Message
-from perception.recording import MAGIC, RecordingError, codec_missing, require_mcap
+from perception.recording import MAGIC, RecordingError, codec_refused, require_mcap
 from perception.topics import BY_NAME, FRAMES, Topic
 from perception.visualization import IMAGE_CHANNEL
 
@@ -69,8 +69,7 @@ class RecordingReader:
                 except StopIteration:
                     return
                 except UnsupportedCompressionError as exc:  # the file is fine: this Python lacks the codec
-                    module = str(exc).split()[-1]  # mcap's message ends with the package it could not import
-                    raise RecordingError(f"recording {self.path}: {codec_missing(module)}") from None
+                    raise RecordingError(f"recording {self.path}: {codec_refused(exc)}") from None
                 except Exception as exc:  # the mcap library raises struct, unicode, CRC and its own errors
                     if first:
                         raise RecordingError(f"recording {self.path}: no complete MCAP header record after the "

@@ -120,10 +120,12 @@ class FrameDetector:
         if pending is None:
             if len(self._cold) >= WARMED_LATE_FRAME_SIZES:
                 return 0
-            by_size = {self.network.input_size(width, height, budget)[1]: budget
-                       for budget in sorted(self.policy.budgets(), reverse=True)}  # one budget per input size
-            pending = [budget for size, budget in sorted(by_size.items(), key=lambda item: item[1])
-                       if size not in self.network.warmed]
+            pending, sizes = [], set()
+            for budget in sorted(self.policy.budgets()):  # smallest first; one budget per input size
+                size = self.network.input_size(width, height, budget)[1]
+                if size not in self.network.warmed and size not in sizes:
+                    pending.append(budget)
+                    sizes.add(size)
             if not pending:
                 return 0  # nothing to warm: not counted against the frame sizes warmed late
             self._cold[(width, height)] = pending
