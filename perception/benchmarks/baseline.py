@@ -59,11 +59,11 @@ def run_baseline(spec: LaunchFile, launch_path: str, title: str = "") -> dict:
     configs = node_configs(spec, launch_path)
     capture, detector_config, decision_config = configs["capture"], configs["detector"], configs["decision"]
     # The plain network, not the detector node's (policy, ceilings, tracking): a user's loop has none
-    # of that. Engine and thresholds are the node's; built and warmed up as the node's is.
+    # of that. Engine and thresholds are the node's; built and warmed up as the node's is. The node's
+    # `frame_sizes` are not needed: this graph has one input size (416x416), which the warm-up runs.
     network = build_network(DetectorSettings(model=FULL_MODEL, engine=detector_config.engine,
                                              score_threshold=detector_config.score_threshold,
-                                             nms_threshold=detector_config.nms_threshold,
-                                             frame_sizes=detector_config.frame_sizes))
+                                             nms_threshold=detector_config.nms_threshold))
     try:
         names = detections_class_names(network.manifest.class_names(), decision_config.classes_file)
         maker = decision_maker(decision_config.rules, names, "baseline")
