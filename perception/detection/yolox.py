@@ -127,9 +127,15 @@ def decode(raw: np.ndarray, box: Letterbox, strides: tuple[int, ...], score_thre
 
 
 def nms_per_class(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices kept by non-maximum suppression within each class, best score first."""
-    if len(boxes) == 0:
+    """Indices kept by non-maximum suppression within each class, best score first. A candidate with a
+    non-finite coordinate or score (an engine's overflow, e.g. in fp16) is dropped: it has no place to
+    suppress others from, and one NaN in the class shift below would make every IoU NaN and keep only
+    the best box of the whole frame."""
+    finite = np.flatnonzero(np.isfinite(boxes).all(axis=1) & np.isfinite(scores))
+    if len(finite) == 0:
         return np.zeros(0, np.int64)
+    if len(finite) < len(boxes):
+        return finite[nms_per_class(boxes[finite], scores[finite], class_ids[finite], iou_threshold)]
     # Shift each class into its own region of the plane so one NMS pass never mixes classes (by the
     # boxes' whole extent: unclipped boxes, as Ultralytics' are at NMS, may reach below 0).
     shifted = boxes + (class_ids.astype(np.float32) * (boxes.max() - boxes.min() + 1.0))[:, None]

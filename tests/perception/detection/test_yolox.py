@@ -97,6 +97,21 @@ def test_nms_suppresses_within_a_class_only():
     assert sorted(kept.tolist()) == [0, 2]
 
 
+def test_a_candidate_with_a_nan_coordinate_is_dropped_and_suppresses_nothing():
+    # An engine's overflow (fp16) may give one candidate a NaN: the frame's other objects, of every
+    # class, must still come out (a NaN once made every IoU NaN and kept the best box alone).
+    boxes = np.array([[0, 0, 10, 10], [100, 100, 150, 200], [300, 300, 350, 400], [np.nan, 5, 20, 20],
+                      [0, 0, 10, 10]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6, np.nan], np.float32)
+    assert sorted(nms_per_class(boxes, scores, np.array([0, 0, 2, 5, 0]), 0.45).tolist()) == [0, 1, 2]
+    raw = np.zeros((1, 52 * 32 + 26 * 16 + 13 * 8, 85), np.float32)  # a 416x256 input, through decode
+    raw[0, [52 * 10 + 20, 52 * 20 + 40], 4:6] = 0.9  # two persons far apart
+    raw[0, 52 * 5 + 5, 4] = 0.5
+    raw[0, 52 * 5 + 5, [0, 10]] = [np.nan, 0.9]  # a weaker candidate of another class, x NaN
+    boxes, _, class_ids = decode(raw, Letterbox(0.5, 832, 512, 416, 256), (8, 16, 32))
+    assert len(boxes) == 2 and class_ids.tolist() == [0, 0] and np.isfinite(boxes).all()
+
+
 def test_pretrained_model_finds_the_two_cars_in_a_real_dashcam_frame():
     manifest = load_manifest("yolox_nano.json")
     detector = StagedNetwork(manifest, create_engine(EngineConfig()))
