@@ -78,24 +78,24 @@ def exit_ceiling(text: str) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     import json
-    from dataclasses import replace
 
     from perception.benchmarks.pareto import detector_settings
+    from perception.config import ConfigError
     from perception.detection.builder import build_detector
     from perception.evaluation import DEV_ANNOTATIONS, DEV_MOT, DEV_VIDEO
     from perception.evaluation.detector_eval import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, load_annotations
     from perception.evaluation.sequence_eval import evaluate_sequence
 
-    settings = detector_settings(args.detector)
+    # The flags are overrides of the config's keys, after --detector's: validated as the file is (one line
+    # naming the key), and a key no flag sets keeps the config's value.
+    flags = {"policy.kind": "interval" if args.interval is not None else args.policy, "policy.exit": args.exit,
+             "policy.interval": args.interval, "pixels": args.pixels, "engine.threads": args.threads}
+    if args.interval is not None and args.policy not in (None, "interval"):
+        raise ConfigError(f"--interval runs the interval policy: it cannot go with --policy {args.policy}")
+    settings = detector_settings([*args.detector, *(f"{key}={value}" for key, value in flags.items() if value is not None)])
     policy = settings.policy
-    if args.policy is not None:
-        policy = replace(policy, kind=args.policy)
-    if args.exit is not None:
-        policy = replace(policy, exit=args.exit)
-    if args.interval is not None:
-        policy = replace(policy, kind="interval", interval=args.interval)
-    settings = replace(settings, policy=policy, engine=replace(settings.engine, threads=args.threads),
-                       **({"pixels": args.pixels} if args.pixels is not None else {}))
+    if args.exit is not None and policy.kind not in ("fixed", "interval"):
+        raise ConfigError(f"--exit applies to the fixed and interval policies, not {policy.kind} (add --policy fixed)")
     detector = build_detector(settings, EVAL_SCORE_THRESHOLD, EVAL_NMS_THRESHOLD)
     annotations = load_annotations(args.annotations or DEV_ANNOTATIONS, detector.network.manifest.class_names())
     truth = None
@@ -216,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--exit", type=int, default=None, help="fixed and interval policies: exit index (-1: deepest)")
     evaluate.add_argument("--pixels", type=int, default=None, help="input pixel budget per frame (default: the model's)")
     evaluate.add_argument("--interval", type=int, default=None, help="the network every N frames, flow in between")
-    evaluate.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    evaluate.add_argument("--threads", type=int, default=None,
+                          help="ONNX Runtime threads (default: configs/detector.yaml's engine.threads)")
     evaluate.add_argument("--deadline-ms", type=positive_ms, default=None,
                           help="each frame due this long after it is handed over: the policy sizes and deepens "
                                "against the clock (default: no deadline)")

@@ -4,6 +4,7 @@ node, the benchmarks, the single-process baseline and the evaluation alike."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -22,7 +23,10 @@ from perception.engines import EngineConfig, create_engine
 from perception.tracking.flow import FlowConfig
 from perception.tracking.tracker import TrackerConfig
 
-PixelBudget = Annotated[int, Range(1024, 16_777_216)]  # from 32x32 to 4096x4096
+log = logging.getLogger(__name__)
+
+PIXEL_BUDGET_RANGE = (1024, 16_777_216)  # from 32x32 to 4096x4096
+PixelBudget = Annotated[int, Range(*PIXEL_BUDGET_RANGE)]
 FrameSide = Annotated[int, Range(2, 16384)]  # px
 
 
@@ -74,6 +78,15 @@ def check_settings(settings: DetectorSettings) -> Manifest:
     if engine.kind == "torch" and (manifest.output_layout != "yolox" or looks_like_onnx(Path(settings.model))):
         raise ConfigError(f"{settings.model}: the torch engine runs the PyTorch rebuild of the bundled YOLOX-nano only; "
                           "run this model with engine.kind onnxruntime or tensorrt")
+    exits = len(manifest.exits)
+    if settings.policy.exit >= exits:
+        raise ConfigError(f"policy.exit: {settings.policy.exit}, but {settings.model.name} has {exits} exit(s): "
+                          f"0 to {exits - 1}, or -1 for the deepest")
+    pixels = settings.pixels or manifest.input.default_pixels
+    for budget in make_policy(settings.policy, pixels).budgets():  # each input budget the policy may ask for
+        if not PIXEL_BUDGET_RANGE[0] <= budget <= PIXEL_BUDGET_RANGE[1]:
+            raise ConfigError(f"policy.sizes: {settings.policy.sizes} of {pixels} pixels asks for a {budget}-pixel "
+                              f"input, outside [{PIXEL_BUDGET_RANGE[0]}, {PIXEL_BUDGET_RANGE[1]}] (32x32 to 4096x4096)")
     try:
         RiskRules.of(settings.risk, manifest.class_names())
     except ValueError as exc:
@@ -115,6 +128,10 @@ def build_detector(settings: DetectorSettings, score_threshold: float | None = N
     model and engine, to share (a sweep over policies); else one is built."""
     network = network or build_network(settings, score_threshold, nms_threshold, warm_up=())
     policy = make_policy(settings.policy, network.pixels)
+    if not network.fits_aspect and (settings.pixels is not None or len(set(policy.budgets())) > 1):
+        spec = network.manifest.input
+        log.warning("%s runs at one input size on this engine (%dx%d): its pixel budget and policy.sizes change "
+                    "nothing", settings.model.name, spec.width, spec.height)
     risk = RiskRules.of(settings.risk, network.manifest.class_names()) if policy.assesses_risk else None
     network.warm(policy.budgets(), settings.frame_sizes)
     return FrameDetector(network, policy, settings.tracker, settings.flow, network.score_threshold,
