@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from perception import REPO
-from perception.config import parse_override
-from perception.detection.builder import DetectorSettings, build_detector, build_network, load_settings
+from perception.config import ConfigError, parse_override
+from perception.detection.builder import DetectorSettings, build_detector, build_network, check_settings, load_settings
 from perception.detection.manifest import load_manifest
+from perception.detection.policies import REGISTRY
 from perception.evaluation import DEV_ANNOTATIONS, DEV_MOT, DEV_VIDEO
 from perception.evaluation.detector_eval import EVAL_NMS_THRESHOLD, EVAL_SCORE_THRESHOLD, load_annotations
 from perception.evaluation.sequence_eval import evaluate_sequence
@@ -52,13 +53,22 @@ def detector_settings(overrides: list[str] = ()) -> DetectorSettings:
 
 def fixed_rows(base: DetectorSettings, pixels: tuple[int, ...], exits: tuple[int, ...],
                intervals: tuple[int, ...]) -> list[tuple[str, DetectorSettings]]:
+    """Every budget x exit x interval, each checked as a config is (ConfigError, one line naming the
+    value), named by the exit it runs (-1: the model's deepest, by its index)."""
+    exit_count = len(load_manifest(base.model).exits)
     rows = []
     for budget in pixels:
         for exit_index in exits:
             for interval in intervals:
-                policy = replace(base.policy, kind="interval" if interval > 1 else "fixed", exit=exit_index,
-                                 interval=interval)
-                rows.append((f"fixed {budget} px exit{exit_index} every {interval}", replace(base, pixels=budget, policy=policy)))
+                try:
+                    policy = replace(base.policy, kind="interval" if interval > 1 else "fixed", exit=exit_index,
+                                     interval=interval)
+                    settings = replace(base, pixels=budget, policy=policy)
+                except ValueError as exc:
+                    raise ConfigError(f"--pixels {budget} / --exits {exit_index} / --intervals {interval}: {exc}") from None
+                check_settings(settings)
+                ran = exit_index % exit_count
+                rows.append((f"fixed {budget} px exit{ran} every {interval}", settings))
     return rows
 
 
@@ -196,12 +206,13 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     budgets = sorted({r["pixels"] for r in rows if r["name"].startswith("fixed")})
-    colours = dict(zip(budgets, ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:pink")))
+    colours = {budget: f"C{index % 10}" for index, budget in enumerate(budgets)}  # matplotlib's cycle
+    deepest = max((int(r["name"].split(" exit")[1].split()[0]) for r in rows if r["name"].startswith("fixed")), default=0)
     for ax, key in zip(axes, ("AP50", "AP50:95")):
         for r in rows:
             if r["name"].startswith("fixed"):
                 interval = r["name"].rsplit(" ", 1)[1]
-                ax.scatter(r["ms_mean"], r[key], c=colours[r["pixels"]], marker="o" if "exit1" in r["name"] else "^", s=28)
+                ax.scatter(r["ms_mean"], r[key], c=colours[r["pixels"]], marker="o" if f" exit{deepest} " in r["name"] else "^", s=28)
                 ax.annotate(interval, (r["ms_mean"], r[key]), textcoords="offset points", xytext=(3, 3), fontsize=7)
         front = frontier(rows, key)
         ax.plot([r["ms_mean"] for r in front], [r[key] for r in front], "k--", lw=1, label="fixed frontier")
@@ -210,7 +221,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                 ax.scatter(r["ms_mean"], r[key], c="tab:green", marker="*", s=160)
                 ax.annotate(r["name"], (r["ms_mean"], r[key]), textcoords="offset points", xytext=(6, -10), fontsize=8)
         for budget, colour in colours.items():
-            ax.scatter([], [], c=colour, label=f"{budget} px (o full depth, ^ exit 0; label: every N)")
+            ax.scatter([], [], c=colour, label=f"{budget} px (o full depth, ^ a shallower exit; label: every N)")
         ax.set_xlabel("mean detector time per frame (ms, CPU: flow, network, tracker)")
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
@@ -228,6 +239,16 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of frames, 1 or more, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perception pareto", description=__doc__.splitlines()[0])
     parser.add_argument("--video", type=Path, default=None, help="default: PETS09-S2L1 frames 1-400 (recordings/)")
@@ -240,12 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector", metavar="KEY=VALUE", action="append", default=[],
                         help="override a key of configs/detector.yaml for every row, e.g. engine.threads=1")
     parser.add_argument("--passes", type=int, default=1, help="timing rounds over all rows")
-    parser.add_argument("--max-frames", type=int, default=None, help="only the clip's first frames")
+    parser.add_argument("--max-frames", type=_positive, default=None, help="only the clip's first frames")
     parser.add_argument("--only-adaptive", action="store_true", help="skip the fixed grid")
     parser.add_argument("--drive", type=Path, default=None, metavar="RECORDING",
                         help="instead: the configured policy (--policy to choose) against full depth on a recorded "
                              "drive, frame by frame: agreement of detections and of the decision node's decisions")
-    parser.add_argument("--policy", default=None, help="with --drive: the policy kind (default: configs/detector.yaml's)")
+    parser.add_argument("--policy", default=None, choices=sorted(REGISTRY),
+                        help="with --drive: the policy kind (default: configs/detector.yaml's)")
     parser.add_argument("--json", type=Path, help="write every configuration's figures here")
     parser.add_argument("--plot", type=Path, help="the frontier as a PNG")
     args = parser.parse_args(argv)
@@ -268,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     video = args.video or DEV_VIDEO
     mot = args.mot or (DEV_MOT if args.video is None else None)
     results = run(rows, video, args.annotations or DEV_ANNOTATIONS, mot, args.passes, args.max_frames)
-    full_name = f"fixed {default_pixels} px exit{max(args.exits)} every 1"
+    full_name = f"fixed {default_pixels} px exit{len(load_manifest(base.model).exits) - 1} every 1"
     comparison = compare(results, full_name)
     for entry in comparison:
         print(json.dumps(entry))

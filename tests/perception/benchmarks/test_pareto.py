@@ -39,3 +39,34 @@ def test_a_sweep_writes_every_row_the_fixed_frontier_and_each_adaptive_rows_marg
     assert all(r["frames"] == 12 for r in report["results"]) and report["frontier_AP50"]
     assert {a["name"] for a in report["adaptive"]} == set(names[4:])
     assert all("AP50_points_above_frontier" in a for a in report["adaptive"]) and plot.stat().st_size > 10_000
+
+
+def test_rows_are_named_by_the_exit_they_run_and_impossible_values_are_refused():
+    from perception.benchmarks.pareto import fixed_rows
+    from perception.config import ConfigError
+
+    base = detector_settings()
+    names = [name for name, _ in fixed_rows(base, (43264,), (-1, 0), (1,))]
+    assert names == ["fixed 43264 px exit1 every 1", "fixed 43264 px exit0 every 1"]  # -1: the deepest, by index
+    for pixels, exits, intervals, culprit in [((100,), (1,), (1,), "pixels"), ((43264,), (5,), (1,), "policy.exit: 5"),
+                                              ((43264,), (1,), (0,), "interval")]:
+        with pytest.raises(ConfigError, match=culprit):
+            fixed_rows(base, pixels, exits, intervals)
+
+
+def test_the_plot_takes_any_number_of_budgets_and_marks_full_depth_by_the_deepest_exit(tmp_path, monkeypatch):
+    from perception.benchmarks import pareto
+
+    rows = [{"name": f"fixed {budget} px exit{exit_index} every 1", "pixels": budget, "ms_mean": budget / 1e4 + exit_index,
+             "AP50": 0.5 + exit_index / 10, "AP50:95": 0.3} for budget in range(20000, 100000, 10000) for exit_index in (0, 1)]
+    rows.append({"name": "adaptive", "pixels": None, "ms_mean": 5.0, "AP50": 0.6, "AP50:95": 0.3})
+    markers = []
+    import matplotlib.axes
+
+    scatter = matplotlib.axes.Axes.scatter
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter",
+                        lambda self, *a, **k: markers.append(k.get("marker")) or scatter(self, *a, **k))
+    pareto.plot(rows, tmp_path / "p.png", "eight budgets")
+    assert (tmp_path / "p.png").stat().st_size > 0
+    fixed_markers = markers[:len(rows) - 1]  # the first axis' fixed rows, in order
+    assert fixed_markers == ["^", "o"] * 8
