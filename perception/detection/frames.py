@@ -74,10 +74,9 @@ class FrameDetector:
     def process(self, frame: np.ndarray, t_ns: int, deadline_ns: int | None = None, max_exit: int | None = None) -> Outcome:
         """Detections (scoring at least the score threshold) for the next frame of the sequence, taken at
         `t_ns` on its source's timeline; `deadline_ns` (monotonic) and `max_exit` bound the network."""
-        warm_ns = 0
-        if self.network.compiles_per_input_size:
-            check_frame(frame)  # as the network would: one clear error, not one from warming a bad shape up
-            warm_ns = self._warm_next_size(frame.shape[1], frame.shape[0])
+        # As the network would, before flow or warming touch it: one error, the same under every policy.
+        check_frame(frame)
+        warm_ns = self._warm_next_size(frame.shape[1], frame.shape[0]) if self.network.compiles_per_input_size else 0
         started = now_ns()
         self._frame_number += 1
         if self._shape is not None and self._shape != frame.shape:

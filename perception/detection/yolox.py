@@ -22,9 +22,10 @@ class Letterbox:
 
 
 def check_frame(frame: np.ndarray) -> None:
-    """ValueError unless `frame` is what the detector takes: an HxWx3 uint8 BGR image."""
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or 0 in frame.shape:
-        raise ValueError(f"expected an HxWx3 uint8 BGR frame, got {frame.shape} {frame.dtype}")
+    """ValueError unless `frame` is what the detector takes: an HxWx3 uint8 BGR image, at least 2x2 (what
+    optical flow needs: every policy takes the same frames)."""
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or min(frame.shape[:2]) < 2:
+        raise ValueError(f"expected an HxWx3 uint8 BGR frame of at least 2x2 pixels, got {frame.shape} {frame.dtype}")
 
 
 def _scaled(frame_width: int, frame_height: int, width: int, height: int) -> tuple[float, int, int]:

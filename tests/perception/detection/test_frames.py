@@ -226,7 +226,7 @@ def test_an_engine_whose_first_run_at_a_size_is_costly_warms_a_new_frame_sizes_i
     frames = detector(fresh, kind="deadline")
     frames.process(texture(640, 360), 0)  # warm already: no warning, and not counted against the 4 sizes
     assert "640x360 was not warmed up" not in caplog.text and not frames._cold
-    with pytest.raises(ValueError, match="expected an HxWx3 uint8 BGR frame, got \\(0, 640, 3\\)"):
+    with pytest.raises(ValueError, match="expected an HxWx3 uint8 BGR frame of at least 2x2 pixels, got \\(0, 640, 3\\)"):
         frames.process(np.zeros((0, 640, 3), np.uint8), 0)  # the network's own error, before any warming
 
 
@@ -234,3 +234,14 @@ def test_an_engine_whose_first_run_at_a_size_is_costly_warms_a_new_frame_sizes_i
 def test_an_impossible_frame_size_is_a_config_error(sizes):
     with pytest.raises(ValueError, match=r"frame_sizes \[0\] \[[01]\] must be in \[2, 16384\]"):
         replace(SETTINGS, frame_sizes=sizes)
+
+
+@pytest.mark.parametrize("kind", ["adaptive", "deadline"])
+@pytest.mark.parametrize("shape", [(240, 320, 4), (240, 320), (1, 50, 3), (50, 1, 3)], ids=["BGRA", "grey", "1x50", "50x1"])
+def test_every_policy_refuses_the_frames_the_network_does_not_take_with_its_error(network, kind, shape):
+    # Once, under the adaptive policy, flow saw the frame first: another message ("(h, w), (h, w, 1) or
+    # (h, w, 3)"), and a 1-pixel-high frame refused there ran at 32x32 under the deadline policy.
+    frames = detector(network, kind=kind)
+    with pytest.raises(ValueError, match=r"expected an HxWx3 uint8 BGR frame of at least 2x2 pixels"):
+        frames.process(np.zeros(shape, np.uint8), 0)
+    assert frames.process(texture(), 0).level >= 0  # and the detector goes on with the next frame
