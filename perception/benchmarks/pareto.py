@@ -67,8 +67,9 @@ def fixed_rows(base: DetectorSettings, pixels: tuple[int, ...], exits: tuple[int
                 except ValueError as exc:
                     raise ConfigError(f"--pixels {budget} / --exits {exit_index} / --intervals {interval}: {exc}") from None
                 check_settings(settings)
-                ran = exit_index % exit_count
-                rows.append((f"fixed {budget} px exit{ran} every {interval}", settings))
+                name = f"fixed {budget} px exit{exit_index % exit_count} every {interval}"
+                if name not in (row[0] for row in rows):  # -1 and the deepest's index are one row
+                    rows.append((name, settings))
     return rows
 
 
@@ -198,7 +199,9 @@ def summary_line(r: dict) -> str:
             f"{r['levels']} {r.get('sizes', {})}")
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot(rows: list[dict], path: Path, title: str, deepest_exit: int) -> None:
+    """AP50 and AP50:95 against time: fixed rows by budget (o: `deepest_exit`, the model's full depth;
+    ^: a shallower exit), the fixed frontier, the adaptive rows as stars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,12 +210,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
     budgets = sorted({r["pixels"] for r in rows if r["name"].startswith("fixed")})
     colours = {budget: f"C{index % 10}" for index, budget in enumerate(budgets)}  # matplotlib's cycle
-    deepest = max((int(r["name"].split(" exit")[1].split()[0]) for r in rows if r["name"].startswith("fixed")), default=0)
     for ax, key in zip(axes, ("AP50", "AP50:95")):
         for r in rows:
             if r["name"].startswith("fixed"):
                 interval = r["name"].rsplit(" ", 1)[1]
-                ax.scatter(r["ms_mean"], r[key], c=colours[r["pixels"]], marker="o" if f" exit{deepest} " in r["name"] else "^", s=28)
+                ax.scatter(r["ms_mean"], r[key], c=colours[r["pixels"]], marker="o" if f" exit{deepest_exit} " in r["name"] else "^", s=28)
                 ax.annotate(interval, (r["ms_mean"], r[key]), textcoords="offset points", xytext=(3, 3), fontsize=7)
         front = frontier(rows, key)
         ax.plot([r["ms_mean"] for r in front], [r[key] for r in front], "k--", lw=1, label="fixed frontier")
@@ -290,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     video = args.video or DEV_VIDEO
     mot = args.mot or (DEV_MOT if args.video is None else None)
     results = run(rows, video, args.annotations or DEV_ANNOTATIONS, mot, args.passes, args.max_frames)
-    full_name = f"fixed {default_pixels} px exit{len(load_manifest(base.model).exits) - 1} every 1"
+    deepest_exit = len(load_manifest(base.model).exits) - 1
+    full_name = f"fixed {default_pixels} px exit{deepest_exit} every 1"
     comparison = compare(results, full_name)
     for entry in comparison:
         print(json.dumps(entry))
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "results": results, "frontier_AP50": [r["name"] for r in frontier(results)],
                                          "adaptive": comparison}, indent=2))
     if args.plot:
-        plot(results, args.plot, f"{name}: accuracy against detector time (YOLOX-nano, CPU)")
+        plot(results, args.plot, f"{name}: accuracy against detector time (YOLOX-nano, CPU)", deepest_exit)
     return 0
 
 

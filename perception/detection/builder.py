@@ -79,11 +79,12 @@ def check_settings(settings: DetectorSettings) -> Manifest:
         raise ConfigError(f"{settings.model}: the torch engine runs the PyTorch rebuild of the bundled YOLOX-nano only; "
                           "run this model with engine.kind onnxruntime or tensorrt")
     exits = len(manifest.exits)
-    if settings.policy.exit >= exits:
+    if settings.policy.kind in ("fixed", "interval") and settings.policy.exit >= exits:  # the policies that read it
         raise ConfigError(f"policy.exit: {settings.policy.exit}, but {settings.model.name} has {exits} exit(s): "
                           f"0 to {exits - 1}, or -1 for the deepest")
     pixels = settings.pixels or manifest.input.default_pixels
-    for budget in make_policy(settings.policy, pixels).budgets():  # each input budget the policy may ask for
+    sized = manifest.input.fit_aspect and engine.kind != "tensorrt"  # else one input size: budgets change nothing
+    for budget in make_policy(settings.policy, pixels).budgets() if sized else ():  # each one the policy may ask for
         if not PIXEL_BUDGET_RANGE[0] <= budget <= PIXEL_BUDGET_RANGE[1]:
             raise ConfigError(f"policy.sizes: {settings.policy.sizes} of {pixels} pixels asks for a {budget}-pixel "
                               f"input, outside [{PIXEL_BUDGET_RANGE[0]}, {PIXEL_BUDGET_RANGE[1]}] (32x32 to 4096x4096)")
@@ -128,10 +129,12 @@ def build_detector(settings: DetectorSettings, score_threshold: float | None = N
     model and engine, to share (a sweep over policies); else one is built."""
     network = network or build_network(settings, score_threshold, nms_threshold, warm_up=())
     policy = make_policy(settings.policy, network.pixels)
-    if not network.fits_aspect and (settings.pixels is not None or len(set(policy.budgets())) > 1):
+    asked = [what for what, set_ in (("pixels", settings.pixels is not None),
+                                     ("policy.sizes", settings.policy.sizes != PolicyConfig().sizes)) if set_]
+    if not network.fits_aspect and asked:  # said of what was set only (the default sizes: every TensorRT start)
         spec = network.manifest.input
-        log.warning("%s runs at one input size on this engine (%dx%d): its pixel budget and policy.sizes change "
-                    "nothing", settings.model.name, spec.width, spec.height)
+        log.warning("%s runs at one input size on this engine (%dx%d): %s change%s nothing", settings.model.name,
+                    spec.width, spec.height, " and ".join(asked), "" if len(asked) > 1 else "s")
     risk = RiskRules.of(settings.risk, network.manifest.class_names()) if policy.assesses_risk else None
     network.warm(policy.budgets(), settings.frame_sizes)
     return FrameDetector(network, policy, settings.tracker, settings.flow, network.score_threshold,

@@ -138,8 +138,11 @@ def nms_per_class(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, 
     if len(finite) < len(boxes):
         return finite[nms_per_class(boxes[finite], scores[finite], class_ids[finite], iou_threshold)]
     # Shift each class into its own region of the plane so one NMS pass never mixes classes (by the
-    # boxes' whole extent: unclipped boxes, as Ultralytics' are at NMS, may reach below 0).
-    shifted = boxes + (class_ids.astype(np.float32) * (boxes.max() - boxes.min() + 1.0))[:, None]
+    # boxes' whole extent: unclipped boxes, as Ultralytics' are at NMS, may reach below 0). In float64 and
+    # within +-1e6 px, so a broken engine's huge but finite box neither overflows the shift nor swamps the
+    # other boxes' precision.
+    bounded = np.clip(boxes.astype(np.float64), -1e6, 1e6)
+    shifted = bounded + (class_ids.astype(np.float64) * (bounded.max() - bounded.min() + 1.0))[:, None]
     order = scores.argsort()[::-1]
     x1, y1, x2, y2 = shifted.T
     areas = (x2 - x1) * (y2 - y1)

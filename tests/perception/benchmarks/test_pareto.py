@@ -46,8 +46,8 @@ def test_rows_are_named_by_the_exit_they_run_and_impossible_values_are_refused()
     from perception.config import ConfigError
 
     base = detector_settings()
-    names = [name for name, _ in fixed_rows(base, (43264,), (-1, 0), (1,))]
-    assert names == ["fixed 43264 px exit1 every 1", "fixed 43264 px exit0 every 1"]  # -1: the deepest, by index
+    names = [name for name, _ in fixed_rows(base, (43264,), (-1, 0, 1), (1,))]
+    assert names == ["fixed 43264 px exit1 every 1", "fixed 43264 px exit0 every 1"]  # -1: the deepest, once
     for pixels, exits, intervals, culprit in [((100,), (1,), (1,), "pixels"), ((43264,), (5,), (1,), "policy.exit: 5"),
                                               ((43264,), (1,), (0,), "interval")]:
         with pytest.raises(ConfigError, match=culprit):
@@ -66,7 +66,10 @@ def test_the_plot_takes_any_number_of_budgets_and_marks_full_depth_by_the_deepes
     scatter = matplotlib.axes.Axes.scatter
     monkeypatch.setattr(matplotlib.axes.Axes, "scatter",
                         lambda self, *a, **k: markers.append(k.get("marker")) or scatter(self, *a, **k))
-    pareto.plot(rows, tmp_path / "p.png", "eight budgets")
+    pareto.plot(rows, tmp_path / "p.png", "eight budgets", deepest_exit=1)
     assert (tmp_path / "p.png").stat().st_size > 0
     fixed_markers = markers[:len(rows) - 1]  # the first axis' fixed rows, in order
     assert fixed_markers == ["^", "o"] * 8
+    markers.clear()  # a sweep of exit 0 alone: not full depth, whatever the rows' deepest
+    pareto.plot([r for r in rows if "exit0" in r["name"]], tmp_path / "q.png", "exit 0 only", deepest_exit=1)
+    assert markers[:8] == ["^"] * 8

@@ -104,6 +104,12 @@ def test_a_candidate_with_a_nan_coordinate_is_dropped_and_suppresses_nothing():
                       [0, 0, 10, 10]], np.float32)
     scores = np.array([0.9, 0.8, 0.7, 0.6, np.nan], np.float32)
     assert sorted(nms_per_class(boxes, scores, np.array([0, 0, 2, 5, 0]), 0.45).tolist()) == [0, 1, 2]
+    # A huge but finite box (an fp16 engine's 60000, a corrupt 1e38) neither overflows the class shift nor
+    # swamps the other boxes' precision: each class keeps its own.
+    for huge in (6e4, 1e38):
+        boxes = np.array([[0, 0, 10, 10], [-huge, -huge, huge, huge], [100, 100, 150, 200], [0, 0, 10, 10]], np.float32)
+        kept = nms_per_class(boxes, np.array([0.9, 0.8, 0.7, 0.6], np.float32), np.array([0, 1, 0, 5]), 0.45)
+        assert sorted(kept.tolist()) == [0, 1, 2, 3], huge
     raw = np.zeros((1, 52 * 32 + 26 * 16 + 13 * 8, 85), np.float32)  # a 416x256 input, through decode
     raw[0, [52 * 10 + 20, 52 * 20 + 40], 4:6] = 0.9  # two persons far apart
     raw[0, 52 * 5 + 5, 4] = 0.5
