@@ -286,13 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))
         return 0
-    default_pixels = base.pixels or load_manifest(base.model).input.default_pixels
+    manifest = load_manifest(base.model)
+    default_pixels = base.pixels or manifest.input.default_pixels
     rows = [] if args.only_adaptive else fixed_rows(base, args.pixels, args.exits, args.intervals)
     rows += adaptive_rows(base)
     video = args.video or DEV_VIDEO
     mot = args.mot or (DEV_MOT if args.video is None else None)
     results = run(rows, video, args.annotations or DEV_ANNOTATIONS, mot, args.passes, args.max_frames)
-    deepest_exit = len(load_manifest(base.model).exits) - 1
+    deepest_exit = len(manifest.exits) - 1
     full_name = f"fixed {default_pixels} px exit{deepest_exit} every 1"
     comparison = compare(results, full_name)
     for entry in comparison:
